@@ -1,0 +1,3 @@
+"""traitlens."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,17 @@
+"""What does the model compute on the trait prompts? Streaming capture of pooled
+hidden states and per-neuron firing statistics (memory independent of token count)."""
+
+from traitlens.capture.artifacts import Activations, NeuronStats
+from traitlens.capture.capture import ChatPrompt, Prompt, capture
+from traitlens.capture.reducers import POOLINGS, StreamingQuantile, pooling_weights
+
+__all__ = [
+    "POOLINGS",
+    "Activations",
+    "ChatPrompt",
+    "NeuronStats",
+    "Prompt",
+    "StreamingQuantile",
+    "capture",
+    "pooling_weights",
+]

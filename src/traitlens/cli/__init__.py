@@ -1,0 +1,1 @@
+"""The ``traitlens`` command: one subcommand per pipeline stage."""

@@ -1,0 +1,34 @@
+"""One exception family so callers (and the CLI) can tell user errors from bugs.
+
+Every message names what was wrong *and* the fix; the CLI prints it without a
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class TraitlensError(Exception):
+    """Base class for every error traitlens raises on purpose."""
+
+
+class DataError(TraitlensError, ValueError):
+    """A user-supplied (or shipped) data file is empty, malformed or inconsistent."""
+
+
+class ModelError(TraitlensError):
+    """A model cannot be loaded, or its layout is not one traitlens understands."""
+
+
+class HookPointError(TraitlensError, KeyError):
+    """A hook point name or layer index does not exist on this model."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ArtifactError(TraitlensError):
+    """An artifact is missing, corrupt, or was made for another model / hook point."""
+
+
+class InterventionError(TraitlensError, ValueError):
+    """An intervention is invalid: NaN/inf values, absurd strength, wrong shape."""

