@@ -1,0 +1,1 @@
+"""Which MLP neurons are trait-selective, where, and how overlapping?"""
