@@ -49,55 +49,66 @@ def pooling_weights(
 
 
 class StreamingQuantile:
-    """Per-neuron quantile estimate from a fixed-size histogram.
+    """Per-neuron quantile estimate from a fixed-size histogram with shared bin edges.
 
-    The bin range is set from the first batch (with head-room); values outside
-    land in the edge bins and the per-neuron running max/min replace the outer
-    edges at read-out, so the estimate degrades gracefully rather than clipping.
-    Error is bounded by one bin width inside the range. Memory: width × bins.
+    The range is set from the first batch with head-room; when a later batch
+    falls outside it, the range grows and old counts move to the new bin that
+    holds their old bin's centre (so nothing is clipped). Error is about one
+    bin width of the final range. Memory: width × bins, whatever the token count.
     """
 
     def __init__(self, width: int, bins: int = 256, device: torch.device | str = "cpu"):
         self.width = width
         self.bins = bins
-        self.counts = torch.zeros(width * bins, dtype=torch.float64, device=device)
+        self.counts = torch.zeros((width, bins), dtype=torch.float64, device=device)
         self.max = torch.full((width,), -math.inf, dtype=torch.float64, device=device)
         self.min = torch.full((width,), math.inf, dtype=torch.float64, device=device)
-        self.edges: torch.Tensor | None = None
+        self.edges: torch.Tensor | None = None  # bins + 1 increasing edges, float64
         self._offsets = torch.arange(width, device=device) * bins
+
+    def _set_range(self, lo: float, hi: float) -> None:
+        span = max(hi - lo, 1e-3)
+        new_edges = torch.linspace(lo - 0.05 * span, hi + 0.5 * span, self.bins + 1,
+                                   dtype=torch.float64, device=self.counts.device)
+        if self.edges is not None:
+            centres = (self.edges[:-1] + self.edges[1:]) / 2
+            target = (torch.bucketize(centres, new_edges[1:-1])).clamp(0, self.bins - 1)
+            moved = torch.zeros_like(self.counts)
+            moved.index_add_(1, target, self.counts)
+            self.counts = moved
+        self.edges = new_edges
 
     def update(self, values: torch.Tensor) -> None:
         """Add ``values`` of shape ``[n_tokens, width]``."""
         if values.numel() == 0:
             return
         values = values.detach()
+        lo, hi = float(values.min()), float(values.max())
         if self.edges is None:
-            lo, hi = float(values.min()), float(values.max())
-            span = max(hi - lo, 1e-6)
-            self.edges = torch.linspace(
-                lo - 0.05 * span, hi + 1.0 * span, self.bins - 1, device=values.device,
-                dtype=values.dtype,
-            )
-        index = torch.bucketize(values, self.edges.to(values.dtype))  # 0..bins-1
+            self._set_range(lo, hi)
+        elif lo < self.edges[0] or hi > self.edges[-1]:
+            self._set_range(min(lo, float(self.edges[0])), max(hi, float(self.edges[-1])))
+        assert self.edges is not None
+        inner = self.edges[1:-1].to(values.dtype)
+        index = torch.bucketize(values, inner)  # 0..bins-1
         flat = (index + self._offsets).reshape(-1)
-        self.counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
+        self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
         self.max = torch.maximum(self.max, values.max(0).values.double())
         self.min = torch.minimum(self.min, values.min(0).values.double())
 
     def quantile(self, q: float) -> torch.Tensor:
-        """Estimated ``q``-quantile per neuron (linear interpolation inside the bin)."""
+        """Estimated ``q``-quantile per neuron (linear interpolation inside the bin,
+        clipped to the neuron's observed min/max)."""
         if self.edges is None:
             return torch.full((self.width,), float("nan"), dtype=torch.float64)
-        counts = self.counts.view(self.width, self.bins)
-        cdf = counts.cumsum(-1) / counts.sum(-1, keepdim=True).clamp(min=1)
+        counts = self.counts
+        n = counts.sum(-1, keepdim=True).clamp(min=1)
+        cdf = counts.cumsum(-1) / n
         bin_index = (cdf < q).sum(-1).clamp(max=self.bins - 1)
-        edges = self.edges.double()
-        lower = torch.cat([edges.new_tensor([-math.inf]), edges])[bin_index]
-        upper = torch.cat([edges, edges.new_tensor([math.inf])])[bin_index]
-        lower = torch.where(torch.isinf(lower), self.min, lower)
-        upper = torch.where(torch.isinf(upper), self.max, upper)
         rows = torch.arange(self.width, device=counts.device)
         below = torch.where(bin_index > 0, cdf[rows, (bin_index - 1).clamp(min=0)], 0.0)
-        inside = counts[rows, bin_index] / counts.sum(-1).clamp(min=1)
+        inside = counts[rows, bin_index] / n[:, 0]
         frac = ((q - below) / inside.clamp(min=1e-12)).clamp(0, 1)
-        return (lower + frac * (upper - lower)).cpu()
+        lower, upper = self.edges[bin_index], self.edges[bin_index + 1]
+        estimate = lower + frac * (upper - lower)
+        return torch.minimum(torch.maximum(estimate, self.min), self.max).cpu()

@@ -1,0 +1,351 @@
+"""Typed records for every data file, so bad input fails at load time, not mid-experiment.
+
+The Big Five are referred to everywhere by a one-letter code (O, C, E, A, N); users may
+type full names in any case and :func:`normalize_trait` maps them to codes. The pydantic
+models are frozen so a prompt set cannot be mutated after it has been labelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from traitlens.errors import DataError
+
+__all__ = [
+    "TRAITS",
+    "TRAIT_NAMES",
+    "POLES",
+    "NEUTRAL_POLE",
+    "NEUTRAL_INTENSITY",
+    "POLE_INTENSITIES",
+    "Pole",
+    "PromptPole",
+    "normalize_trait",
+    "parse_traits",
+    "TraitInfo",
+    "Persona",
+    "Question",
+    "Statement",
+    "ForcedChoice",
+    "ContrastivePrompt",
+]
+
+Pole = Literal["high", "low"]
+PromptPole = Literal["high", "low", "neutral"]
+
+TRAITS: tuple[str, ...] = ("O", "C", "E", "A", "N")
+"""The Big Five codes, in the conventional OCEAN order used for every table and plot."""
+
+TRAIT_NAMES: dict[str, str] = {
+    "O": "openness",
+    "C": "conscientiousness",
+    "E": "extraversion",
+    "A": "agreeableness",
+    "N": "neuroticism",
+}
+"""Code -> full lowercase name."""
+
+POLES: tuple[Pole, ...] = ("high", "low")
+"""The two ends of each trait that personas and prompts are labelled with."""
+
+NEUTRAL_POLE: Literal["neutral"] = "neutral"
+"""Pole label for baseline prompts that carry no persona."""
+
+NEUTRAL_INTENSITY = 3
+"""Intensity of a neutral prompt: the midpoint of the 1-5 scale."""
+
+POLE_INTENSITIES: dict[str, tuple[int, ...]] = {"high": (4, 5), "low": (1, 2), "neutral": (3,)}
+"""Allowed intensities per pole: 5/1 = extreme, 4/2 = moderate, 3 = neutral."""
+
+# Common alternative spellings people type; mapped silently because the intent is clear.
+_TRAIT_ALIASES: dict[str, str] = {
+    "extroversion": "E",
+    "open": "O",
+    "conscientious": "C",
+    "extravert": "E",
+    "extrovert": "E",
+    "agreeable": "A",
+    "neurotic": "N",
+}
+
+_TRAIT_FIX = (
+    "use one of O, C, E, A, N (or the full names "
+    "openness, conscientiousness, extraversion, agreeableness, neuroticism)"
+)
+
+_KEYED_PLUS = {"+", "1", "+1", "plus", "pos", "positive", "forward", "f"}
+_KEYED_MINUS = {"-", "-1", "r", "reverse", "reversed", "minus", "neg", "negative"}
+
+
+def normalize_trait(value: str) -> str:
+    """Map a trait code or name (any case, surrounding spaces ignored) to its code.
+
+    Accepting both forms lets users write ``--traits openness,E`` on the CLI or
+    ``Extraversion`` in a CSV without caring which convention the library uses.
+
+    Raises:
+        ValueError: ``value`` is not a Big Five trait; the message lists the valid values.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"unknown trait {value!r} — {_TRAIT_FIX}")
+    key = value.strip()
+    if key.upper() in TRAITS:
+        return key.upper()
+    low = key.lower()
+    for code, name in TRAIT_NAMES.items():
+        if low == name:
+            return code
+    if low in _TRAIT_ALIASES:
+        return _TRAIT_ALIASES[low]
+    raise ValueError(f"unknown trait {value!r} — {_TRAIT_FIX}")
+
+
+def parse_traits(spec: str | Sequence[str] | None) -> list[str]:
+    """Turn a user trait selection into an ordered, de-duplicated list of codes.
+
+    ``None`` means all five (the common case); a string is split on commas, so
+    ``"O,C,E"`` and ``"openness, extraversion"`` both work. Order is preserved as given.
+
+    Raises:
+        DataError: the selection is empty or names an unknown trait.
+    """
+    if spec is None:
+        return list(TRAITS)
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    items = [str(item).strip() for item in items if str(item).strip()]
+    if not items:
+        raise DataError(
+            f"empty trait selection {spec!r} — name at least one trait, e.g. 'O,C,E', "
+            "or omit the option to use all five"
+        )
+    codes: list[str] = []
+    for item in items:
+        try:
+            code = normalize_trait(item)
+        except ValueError as exc:
+            raise DataError(f"in trait selection {spec!r}: {exc}") from None
+        if code not in codes:
+            codes.append(code)
+    return codes
+
+
+def _non_empty(value: str) -> str:
+    if not value:
+        raise ValueError("is empty — fill it in (whitespace-only text counts as empty)")
+    return value
+
+
+def _check_intensity(pole: str, intensity: int) -> None:
+    allowed = POLE_INTENSITIES[pole]
+    if intensity not in allowed:
+        shown = " or ".join(str(i) for i in allowed)
+        raise ValueError(
+            f"intensity {intensity} does not fit pole '{pole}' — use {shown} for '{pole}' "
+            "(scale: 1 extremely low, 2 moderately low, 4 moderately high, 5 extremely high)"
+        )
+
+
+class _Record(BaseModel):
+    """Shared config: frozen, trims whitespace, ignores extra columns users may keep."""
+
+    model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="ignore")
+
+
+class TraitInfo(_Record):
+    """What a trait means at each pole; used for labels in reports and judge rubrics."""
+
+    code: str
+    name: str
+    high_label: str
+    low_label: str
+    facets: tuple[str, ...]
+    description_high: str
+    description_low: str
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code(cls, value: Any) -> str:
+        return normalize_trait(value)
+
+    @field_validator("facets", mode="before")
+    @classmethod
+    def _facets(cls, value: Any) -> Any:
+        # CSV cells cannot hold lists; allow "a; b; c".
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(";") if part.strip())
+        return value
+
+    @field_validator("name", "high_label", "low_label", "description_high", "description_low")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _non_empty(value)
+
+    @model_validator(mode="after")
+    def _name_matches(self) -> TraitInfo:
+        if self.name.lower() != TRAIT_NAMES[self.code]:
+            raise ValueError(
+                f"name '{self.name}' does not match code '{self.code}' — "
+                f"use name '{TRAIT_NAMES[self.code]}' for code '{self.code}'"
+            )
+        return self
+
+
+class Persona(_Record):
+    """A system-prompt persona that pushes a model toward one pole of one trait."""
+
+    id: str
+    trait: str
+    pole: Pole
+    intensity: int
+    text: str
+
+    @field_validator("trait", mode="before")
+    @classmethod
+    def _trait(cls, value: Any) -> str:
+        return normalize_trait(value)
+
+    @field_validator("pole", mode="before")
+    @classmethod
+    def _pole(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in POLES:
+            return value.strip().lower()
+        raise ValueError(f"unknown pole {value!r} — use 'high' or 'low'")
+
+    @field_validator("id", "text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _non_empty(value)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Persona:
+        _check_intensity(self.pole, self.intensity)
+        return self
+
+
+class Question(_Record):
+    """An everyday situational question a persona-prompted model answers.
+
+    ``category`` is the trait code the question most touches, or ``"neutral"``; it lets
+    experiments check that a direction is not just "trait-relevant topic".
+    """
+
+    id: str
+    text: str
+    category: str = NEUTRAL_POLE
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _category(cls, value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() == NEUTRAL_POLE:
+            return NEUTRAL_POLE
+        try:
+            return normalize_trait(value)
+        except ValueError:
+            raise ValueError(
+                f"unknown category {value!r} — use 'neutral' or a trait: {_TRAIT_FIX}"
+            ) from None
+
+    @field_validator("id", "text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _non_empty(value)
+
+
+class Statement(_Record):
+    """A first-person questionnaire statement rated for agreement.
+
+    ``keyed`` is ``"+"`` when agreeing indicates the high pole and ``"-"`` when it
+    indicates the low pole (a reverse-keyed item).
+    """
+
+    id: str
+    trait: str
+    text: str
+    keyed: Literal["+", "-"]
+
+    @field_validator("trait", mode="before")
+    @classmethod
+    def _trait(cls, value: Any) -> str:
+        return normalize_trait(value)
+
+    @field_validator("keyed", mode="before")
+    @classmethod
+    def _keyed(cls, value: Any) -> str:
+        key = str(value).strip().lower() if not isinstance(value, bool) else ""
+        if key in _KEYED_PLUS:
+            return "+"
+        if key in _KEYED_MINUS:
+            return "-"
+        raise ValueError(
+            f"unknown keying {value!r} — use '+' (agreeing means high) or '-' "
+            "(reverse-keyed: agreeing means low); '1', '-1', 'R' and 'reverse' also work"
+        )
+
+    @field_validator("id", "text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _non_empty(value)
+
+
+class ForcedChoice(_Record):
+    """A situation with one high-pole and one low-pole answer, for choice-based scoring."""
+
+    id: str
+    trait: str
+    situation: str
+    high_option: str
+    low_option: str
+
+    @field_validator("trait", mode="before")
+    @classmethod
+    def _trait(cls, value: Any) -> str:
+        return normalize_trait(value)
+
+    @field_validator("id", "situation", "high_option", "low_option")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _non_empty(value)
+
+
+class ContrastivePrompt(_Record):
+    """One labelled chat prompt: persona as ``system``, question as ``user``.
+
+    The persona text lives only in ``system`` and the question only in ``user`` so that
+    activations read at the answer position can be attributed to the persona, not to
+    different user text.
+    """
+
+    id: str
+    trait: str
+    pole: PromptPole
+    intensity: int
+    persona_id: str
+    question_id: str
+    system: str
+    user: str
+
+    @field_validator("trait", mode="before")
+    @classmethod
+    def _trait(cls, value: Any) -> str:
+        return normalize_trait(value)
+
+    @field_validator("pole", mode="before")
+    @classmethod
+    def _pole(cls, value: Any) -> Any:
+        allowed = (*POLES, NEUTRAL_POLE)
+        if isinstance(value, str) and value.strip().lower() in allowed:
+            return value.strip().lower()
+        raise ValueError(f"unknown pole {value!r} — use 'high', 'low' or 'neutral'")
+
+    @field_validator("id", "persona_id", "question_id", "system", "user")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _non_empty(value)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ContrastivePrompt:
+        _check_intensity(self.pole, self.intensity)
+        return self

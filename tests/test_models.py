@@ -1,0 +1,166 @@
+"""Loading, the architecture adapter, chat spans and hook hygiene."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAMILIES, NO_SYSTEM, build_tiny
+from torch import nn
+
+from traitlens.errors import HookPointError, ModelError
+from traitlens.models import HookPoint, detect_adapter, hooks_installed, load_model
+from traitlens.models.batching import left_pad
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_every_family_exposes_uniform_hook_points(tiny_any) -> None:
+    tm = tiny_any
+    assert tm.n_layers == 3
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(t: torch.Tensor) -> None:
+            seen[name] = tuple(t.shape)
+
+        return hook
+
+    points = ["resid[0]", "resid[-1]", "mlp_act[1]", "attn_out[2]"]
+    ids = torch.tensor([tm.format(None, "hello there").input_ids])
+    with hooks_installed(tm.adapter, [(p, record(p)) for p in points]):
+        tm.model(input_ids=ids)
+    seq = ids.shape[1]
+    assert seen["resid[0]"] == (1, seq, tm.identity.d_model)
+    assert seen["resid[-1]"] == (1, seq, tm.identity.d_model)
+    assert seen["attn_out[2]"] == (1, seq, tm.identity.d_model)
+    assert seen["mlp_act[1]"] == (1, seq, tm.identity.d_mlp)
+    assert _hook_count(tm.model) == 0
+
+
+def test_resid_hook_is_the_block_output(tiny_any) -> None:
+    """resid[l] must equal hidden_states[l+1] from output_hidden_states (before final norm)."""
+    tm = tiny_any
+    ids = torch.tensor([tm.format("You are calm.", "How are you?").input_ids])
+    captured = {}
+    with hooks_installed(tm.adapter, [("resid[0]", lambda t: captured.setdefault(0, t))]):
+        out = tm.model(input_ids=ids, output_hidden_states=True)
+    torch.testing.assert_close(captured[0], out.hidden_states[1])
+
+
+def test_mlp_act_is_the_gate_activation_for_gated_mlps() -> None:
+    tm = build_tiny("llama")
+    mlp = tm.model.model.layers[1].mlp
+    x = torch.randn(1, 4, tm.identity.d_model)
+    captured = {}
+    with hooks_installed(tm.adapter, [("mlp_act[1]", lambda t: captured.setdefault("a", t))]):
+        mlp(x)
+    torch.testing.assert_close(captured["a"], torch.nn.functional.silu(mlp.gate_proj(x)))
+
+
+def test_hook_replacing_output_changes_the_forward() -> None:
+    tm = build_tiny("llama")
+    ids = torch.tensor([tm.format(None, "hi").input_ids])
+    base = tm.model(input_ids=ids).logits
+    with hooks_installed(tm.adapter, [("resid[1]", lambda t: t + 1.0)]):
+        steered = tm.model(input_ids=ids).logits
+    assert not torch.allclose(base, steered)
+    torch.testing.assert_close(tm.model(input_ids=ids).logits, base)
+
+
+def test_hooks_removed_after_exception_and_failed_registration() -> None:
+    tm = build_tiny("llama")
+    with pytest.raises(RuntimeError), hooks_installed(tm.adapter, [("resid[0]", lambda t: None)]):
+        assert _hook_count(tm.model) == 1
+        raise RuntimeError("boom")
+    assert _hook_count(tm.model) == 0
+    with pytest.raises(HookPointError, match="out of range"), hooks_installed(
+        tm.adapter, [("resid[0]", lambda t: None), ("resid[99]", lambda t: None)]
+    ):
+        pass
+    assert _hook_count(tm.model) == 0
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("resid[3]", "out of range"), ("resid[-4]", "out of range"), ("mlp[1]", "KIND"),
+     ("resid(1)", "KIND"), ("", "KIND")],
+)
+def test_bad_hook_points_are_refused(tiny_llama, spec: str, message: str) -> None:
+    with pytest.raises(HookPointError, match=message):
+        tiny_llama.adapter.resolve(spec)
+
+
+def test_hook_point_parse_roundtrip() -> None:
+    assert str(HookPoint.parse(" mlp_act[ 7 ] ")) == "mlp_act[7]"
+
+
+def test_unknown_architecture_gets_clear_error() -> None:
+    class Weird(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(2, 2) for _ in range(2)])
+
+    with pytest.raises(ModelError, match="unsupported architecture"):
+        detect_adapter(Weird())
+
+
+def test_chat_formats_and_spans() -> None:
+    for template, mode in [(None, "plain"), (NO_SYSTEM, "template-merged-system")]:
+        tm = build_tiny("llama", template=template)
+        assert tm.formatter.mode == mode
+        fp = tm.format("You are calm.", "How are you?", "Fine.")
+        tok = tm.tokenizer
+        assert tok.decode(fp.input_ids[slice(*fp.span("question"))]).strip() == "How are you?"
+        assert tok.decode(fp.input_ids[slice(*fp.span("answer"))]).strip() == "Fine."
+        assert "calm" in tok.decode(fp.input_ids[slice(*fp.span("system"))])
+        q_start, q_end = fp.span("question")
+        s_start, s_end = fp.span("system")
+        assert s_end <= q_start  # the question span never includes persona tokens
+    tm = build_tiny("llama")
+    assert tm.formatter.mode == "template"
+    with pytest.raises(KeyError, match="answers"):
+        tm.format("s", "q").span("answer")
+
+
+def test_left_pad_positions() -> None:
+    ids, mask, pos = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert pos.tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_missing_gguf_and_bad_dtype_errors(tmp_path) -> None:
+    with pytest.raises(ModelError, match="GGUF file not found"):
+        load_model(tmp_path / "nope.gguf")
+    with pytest.raises(ModelError, match="unknown dtype"):
+        load_model(tmp_path / "x", dtype="float8")
+
+
+def test_unloadable_directory_error(tmp_path) -> None:
+    with pytest.raises(ModelError, match="could not load model"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_families_cover_the_issue() -> None:
+    assert set(FAMILIES) >= {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
+                             "gpt2"}
+
+
+@pytest.mark.slow
+def test_embedded_model_loads_with_expected_shape(smol) -> None:
+    info = smol.describe()
+    assert (info["n_layers"], info["d_model"], info["d_mlp"]) == (30, 576, 1536)
+    assert info["chat_format"] == "template" and info["gated_mlp"]
+    fp = smol.format("You are a shy person.", "How do you spend Saturdays?", "Reading.")
+    assert smol.tokenizer.decode(fp.input_ids[slice(*fp.span("question"))]) == (
+        "How do you spend Saturdays?"
+    )
+
+
+@pytest.mark.slow
+def test_embedded_model_second_load_uses_cache(smol) -> None:
+    again = load_model(device="cpu")
+    assert again.identity == smol.identity
+    assert "traitlens" in again.source  # served from the safetensors cache
