@@ -30,19 +30,27 @@ def make_tokenizer(template: str | None = CHATML) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<eos>", "<|im_start|>", "<|im_end|>", "<start_of_turn>",
-                "<end_of_turn>"]
+    specials = ["<pad>", "<eos>", "<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = ["You are a calm and friendly person who enjoys quiet evenings.",
-              "How would you spend a free Saturday afternoon? I like parties and people.",
-              "system user assistant model question answer"] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = [
+        "You are a calm and friendly person who enjoys quiet evenings.",
+        "How would you spend a free Saturday afternoon? I like parties and people.",
+        "system user assistant model question answer",
+    ] * 20
     tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   additional_special_tokens=specials[2:])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        additional_special_tokens=specials[2:],
+    )
     fast.chat_template = template
     return fast
 
@@ -50,8 +58,15 @@ def make_tokenizer(template: str | None = CHATML) -> Any:
 def _configs() -> dict[str, Callable[[], Any]]:
     import transformers as tf
 
-    common = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    common = dict(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     return {
         "llama": lambda: tf.LlamaConfig(**common),
         "mistral": lambda: tf.MistralConfig(**common),
@@ -60,8 +75,9 @@ def _configs() -> dict[str, Callable[[], Any]]:
         "gemma2": lambda: tf.Gemma2Config(**common, head_dim=8),
         "gemma3": lambda: tf.Gemma3TextConfig(**common, head_dim=8),
         "phi3": lambda: tf.Phi3Config(**{**common, "num_key_value_heads": 4}, pad_token_id=0),
-        "gpt2": lambda: tf.GPT2Config(vocab_size=400, n_embd=32, n_layer=3, n_head=4,
-                                      n_positions=128),
+        "gpt2": lambda: tf.GPT2Config(
+            vocab_size=400, n_embd=32, n_layer=3, n_head=4, n_positions=128
+        ),
     }
 
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny
 
+from conftest import build_tiny
 from traitlens.capture import Activations, NeuronStats, Prompt, StreamingQuantile, capture
 from traitlens.capture.reducers import pooling_weights
 from traitlens.errors import ArtifactError, DataError
@@ -63,8 +63,9 @@ def test_pooled_vector_identical_alone_and_in_padded_batch(family: str, span: st
     for i, prompt in enumerate(PROMPTS):
         alone = capture(tm, [prompt], answers=[ANSWERS[i]], span=span, progress=False)
         for key in batch.pooled:
-            torch.testing.assert_close(alone.pooled[key][0], batch.pooled[key][i],
-                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                alone.pooled[key][0], batch.pooled[key][i], rtol=1e-4, atol=1e-5
+            )
 
 
 def _brute_force(tm, prompts, answers, groups, span):
@@ -74,17 +75,22 @@ def _brute_force(tm, prompts, answers, groups, span):
         fp = tm.format(prompt.system, prompt.user, answer)
         start, end = fp.span(span)
         store: list[torch.Tensor] = []
-        hooks = [(f"mlp_act[{layer}]", lambda t, s=store: s.append(t[0, start:end].clone()))
-                 for layer in range(tm.n_layers)]
+        hooks = [
+            (f"mlp_act[{layer}]", lambda t, s=store, a=start, b=end: s.append(t[0, a:b].clone()))
+            for layer in range(tm.n_layers)
+        ]
         with torch.no_grad(), hooks_installed(tm.adapter, hooks):
             tm.model(input_ids=torch.tensor([fp.input_ids]))
         per_group.setdefault(group, []).append(store)
     result = {}
     for group, rows in per_group.items():
         layers = [torch.cat([row[layer] for row in rows]) for layer in range(tm.n_layers)]
-        result[group] = (torch.stack([(a > 0).sum(0) for a in layers]).double(),
-                         layers[0].shape[0], torch.stack([a.sum(0) for a in layers]).double(),
-                         layers)
+        result[group] = (
+            torch.stack([(a > 0).sum(0) for a in layers]).double(),
+            layers[0].shape[0],
+            torch.stack([a.sum(0) for a in layers]).double(),
+            layers,
+        )
     return result
 
 
@@ -92,8 +98,9 @@ def _brute_force(tm, prompts, answers, groups, span):
 def test_neuron_counts_match_brute_force(family: str) -> None:
     tm = build_tiny(family)
     groups = ["high", "low", "high", "low"]
-    act = capture(tm, PROMPTS, answers=ANSWERS, span="answer", groups=groups, batch_size=3,
-                  progress=False)
+    act = capture(
+        tm, PROMPTS, answers=ANSWERS, span="answer", groups=groups, batch_size=3, progress=False
+    )
     stats = act.neuron_stats
     assert stats is not None and stats.groups == ["high", "low"]
     reference = _brute_force(tm, PROMPTS, ANSWERS, groups, "answer")
@@ -150,8 +157,14 @@ def test_corrupt_or_missing_artifacts(tmp_path) -> None:
 
 def test_capture_subset_of_layers_and_attn_out() -> None:
     tm = build_tiny("qwen2")
-    act = capture(tm, PROMPTS[:2], layers=[0, -1], kinds=("resid", "attn_out"),
-                  neuron_stats=False, progress=False)
+    act = capture(
+        tm,
+        PROMPTS[:2],
+        layers=[0, -1],
+        kinds=("resid", "attn_out"),
+        neuron_stats=False,
+        progress=False,
+    )
     assert act.layers == [0, 2]
     assert act.get("attn_out", "last").shape == (2, 2, tm.identity.d_model)
     assert act.layer(2).shape == (2, tm.identity.d_model)
@@ -181,12 +194,13 @@ def test_bad_capture_inputs(tiny_llama, kwargs, message) -> None:
 def test_generation_then_capture_on_answers_is_deterministic() -> None:
     tm = build_tiny("llama")
     greedy = generate_answers(tm, PROMPTS, max_new_tokens=5, batch_size=2, progress=False)
-    assert greedy == generate_answers(tm, PROMPTS, max_new_tokens=5, batch_size=4,
-                                      progress=False)
-    sampled = generate_answers(tm, PROMPTS, max_new_tokens=5, do_sample=True, seed=3,
-                               progress=False)
-    assert sampled == generate_answers(tm, PROMPTS, max_new_tokens=5, do_sample=True, seed=3,
-                                       progress=False)
+    assert greedy == generate_answers(tm, PROMPTS, max_new_tokens=5, batch_size=4, progress=False)
+    sampled = generate_answers(
+        tm, PROMPTS, max_new_tokens=5, do_sample=True, seed=3, progress=False
+    )
+    assert sampled == generate_answers(
+        tm, PROMPTS, max_new_tokens=5, do_sample=True, seed=3, progress=False
+    )
     with pytest.raises(DataError, match="max_new_tokens"):
         generate_answers(tm, PROMPTS, max_new_tokens=0)
 
@@ -197,8 +211,9 @@ def test_embedded_model_batched_generation_matches_single(smol) -> None:
     batched = generate_answers(smol, prompts, max_new_tokens=12, batch_size=3, progress=False)
     single = [generate_answers(smol, [p], max_new_tokens=12, progress=False)[0] for p in prompts]
     assert batched == single
-    act = capture(smol, prompts, answers=batched, span="answer", groups=["a", "b", "a"],
-                  progress=False)
+    act = capture(
+        smol, prompts, answers=batched, span="answer", groups=["a", "b", "a"], progress=False
+    )
     assert act.get().shape == (3, 30, 576)
     stats = act.neuron_stats
     assert stats is not None and (stats.a95 > 0).float().mean() > 0.5

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, NO_SYSTEM, build_tiny
 from torch import nn
 
+from conftest import FAMILIES, NO_SYSTEM, build_tiny
 from traitlens.errors import HookPointError, ModelError
 from traitlens.models import HookPoint, detect_adapter, hooks_installed, load_model
 from traitlens.models.batching import left_pad
@@ -75,8 +75,9 @@ def test_hooks_removed_after_exception_and_failed_registration() -> None:
         assert _hook_count(tm.model) == 1
         raise RuntimeError("boom")
     assert _hook_count(tm.model) == 0
-    with pytest.raises(HookPointError, match="out of range"), hooks_installed(
-        tm.adapter, [("resid[0]", lambda t: None), ("resid[99]", lambda t: None)]
+    with (
+        pytest.raises(HookPointError, match="out of range"),
+        hooks_installed(tm.adapter, [("resid[0]", lambda t: None), ("resid[99]", lambda t: None)]),
     ):
         pass
     assert _hook_count(tm.model) == 0
@@ -84,8 +85,13 @@ def test_hooks_removed_after_exception_and_failed_registration() -> None:
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("resid[3]", "out of range"), ("resid[-4]", "out of range"), ("mlp[1]", "KIND"),
-     ("resid(1)", "KIND"), ("", "KIND")],
+    [
+        ("resid[3]", "out of range"),
+        ("resid[-4]", "out of range"),
+        ("mlp[1]", "KIND"),
+        ("resid(1)", "KIND"),
+        ("", "KIND"),
+    ],
 )
 def test_bad_hook_points_are_refused(tiny_llama, spec: str, message: str) -> None:
     with pytest.raises(HookPointError, match=message):
@@ -144,8 +150,16 @@ def test_unloadable_directory_error(tmp_path) -> None:
 
 
 def test_families_cover_the_issue() -> None:
-    assert set(FAMILIES) >= {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
-                             "gpt2"}
+    assert set(FAMILIES) >= {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "gpt2",
+    }
 
 
 @pytest.mark.slow

@@ -3,15 +3,18 @@ hidden states and per-neuron firing statistics (memory independent of token coun
 
 from traitlens.capture.artifacts import Activations, NeuronStats
 from traitlens.capture.capture import ChatPrompt, Prompt, capture
+from traitlens.capture.pipeline import CaptureRun, capture_run
 from traitlens.capture.reducers import POOLINGS, StreamingQuantile, pooling_weights
 
 __all__ = [
     "POOLINGS",
     "Activations",
+    "CaptureRun",
     "ChatPrompt",
     "NeuronStats",
     "Prompt",
     "StreamingQuantile",
     "capture",
+    "capture_run",
     "pooling_weights",
 ]

@@ -71,7 +71,8 @@ class NeuronStats:
     def group_index(self, group: str) -> int:
         if group not in self.groups:
             raise ArtifactError(
-                f"group {group!r} is not in these neuron statistics (have: {', '.join(self.groups)})"
+                f"group {group!r} is not in these neuron statistics "
+                f"(have: {', '.join(self.groups)})"
             )
         return self.groups.index(group)
 
@@ -84,8 +85,12 @@ class NeuronStats:
             "layers": self.layers,
             "config": self.config,
         }
-        tensors = {"positive": self.positive, "tokens": self.tokens, "total": self.total,
-                   "a95": self.a95}
+        tensors = {
+            "positive": self.positive,
+            "tokens": self.tokens,
+            "total": self.total,
+            "a95": self.a95,
+        }
         _write_atomic(tensors, meta, Path(directory) / "neuron_stats")
 
     @classmethod
@@ -96,8 +101,16 @@ class NeuronStats:
         if expect is not None:
             identity.check_matches(expect, "neuron statistics file")
         tensors = _load_tensors(stem.with_suffix(".safetensors"))
-        return cls(identity, list(meta["groups"]), list(meta["layers"]), tensors["positive"],
-                   tensors["tokens"], tensors["total"], tensors["a95"], dict(meta["config"]))
+        return cls(
+            identity,
+            list(meta["groups"]),
+            list(meta["layers"]),
+            tensors["positive"],
+            tensors["tokens"],
+            tensors["total"],
+            tensors["a95"],
+            dict(meta["config"]),
+        )
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -162,5 +175,11 @@ class Activations:
         stats = None
         if (Path(directory) / "neuron_stats.json").exists():
             stats = NeuronStats.load(directory, expect)
-        return cls(identity, list(meta["prompt_ids"]), list(meta["layers"]), pooled,
-                   dict(meta["config"]), stats)
+        return cls(
+            identity,
+            list(meta["prompt_ids"]),
+            list(meta["layers"]),
+            pooled,
+            dict(meta["config"]),
+            stats,
+        )

@@ -98,22 +98,34 @@ def capture(
     for name in poolings:
         if name not in POOLINGS:
             raise DataError(f"unknown pooling {name!r}; use one of {', '.join(POOLINGS)}")
-    layer_list = list(range(tm.n_layers)) if layers is None else [
-        tm.adapter.resolve(f"resid[{layer}]").layer for layer in layers
-    ]
+    layer_list = (
+        list(range(tm.n_layers))
+        if layers is None
+        else [tm.adapter.resolve(f"resid[{layer}]").layer for layer in layers]
+    )
     for kind in kinds:
         if kind not in ("resid", "attn_out"):
             raise DataError(f"pooled capture supports kinds resid and attn_out, not {kind!r}")
     group_labels = list(groups) if groups is not None else ["all"] * len(prompts)
     group_names = sorted(set(group_labels))
     config: dict[str, Any] = {
-        "span": span, "neuron_span": neuron_span, "poolings": list(poolings),
-        "kinds": list(kinds), "layers": layer_list, "decay_half_life": decay_half_life,
-        "neuron_stats": neuron_stats, "chat_format": tm.formatter.mode,
+        "span": span,
+        "neuron_span": neuron_span,
+        "poolings": list(poolings),
+        "kinds": list(kinds),
+        "layers": layer_list,
+        "decay_half_life": decay_half_life,
+        "neuron_stats": neuron_stats,
+        "chat_format": tm.formatter.mode,
     }
     rows = [
-        {"id": _prompt_id(p, i), "system": p.system, "user": p.user,
-         "answer": None if answers is None else answers[i], "group": group_labels[i]}
+        {
+            "id": _prompt_id(p, i),
+            "system": p.system,
+            "user": p.user,
+            "answer": None if answers is None else answers[i],
+            "group": group_labels[i],
+        }
         for i, p in enumerate(prompts)
     ]
     key = _cache_key(tm, rows, config)
@@ -130,17 +142,31 @@ def capture(
         tm.format(p.system, p.user, None if answers is None else answers[i])
         for i, p in enumerate(prompts)
     ]
-    result = _run_capture(tm, formatted, group_labels, group_names, span, neuron_span,
-                          tuple(poolings), tuple(kinds), layer_list, neuron_stats,
-                          decay_half_life, batch_size, progress)
+    result = _run_capture(
+        tm,
+        formatted,
+        group_labels,
+        group_names,
+        span,
+        neuron_span,
+        tuple(poolings),
+        tuple(kinds),
+        layer_list,
+        neuron_stats,
+        decay_half_life,
+        batch_size,
+        progress,
+    )
     pooled, stats = result
     activations = Activations(
         identity=tm.identity,
-        prompt_ids=[r["id"] for r in rows],
+        prompt_ids=[str(r["id"]) for r in rows],
         layers=layer_list,
         pooled=pooled,
         config=config,
-        neuron_stats=None if stats is None else NeuronStats(
+        neuron_stats=None
+        if stats is None
+        else NeuronStats(
             identity=tm.identity, groups=group_names, layers=layer_list, config=config, **stats
         ),
     )
@@ -216,8 +242,9 @@ def _run_capture(
     with torch.inference_mode(), hooks_installed(tm.adapter, hooks):
         for batch in track(batches, len(batches), "capturing", progress):
             items = [formatted[i] for i in batch]
-            ids, attn, pos = left_pad([f.input_ids for f in items], tm.tokenizer.pad_token_id,
-                                      device)
+            ids, attn, pos = left_pad(
+                [f.input_ids for f in items], tm.tokenizer.pad_token_id, device
+            )
             width = ids.shape[1]
             span_mask = _span_mask(items, span, width)
             state["rows"] = torch.tensor(batch)

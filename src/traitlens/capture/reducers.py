@@ -68,8 +68,13 @@ class StreamingQuantile:
 
     def _set_range(self, lo: float, hi: float) -> None:
         span = max(hi - lo, 1e-3)
-        new_edges = torch.linspace(lo - 0.05 * span, hi + 0.5 * span, self.bins + 1,
-                                   dtype=torch.float64, device=self.counts.device)
+        new_edges = torch.linspace(
+            lo - 0.05 * span,
+            hi + 0.5 * span,
+            self.bins + 1,
+            dtype=torch.float64,
+            device=self.counts.device,
+        )
         if self.edges is not None:
             centres = (self.edges[:-1] + self.edges[1:]) / 2
             target = (torch.bucketize(centres, new_edges[1:-1])).clamp(0, self.bins - 1)

@@ -19,15 +19,22 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Find, measure and steer the Big Five personality traits inside an LLM."""
 
 
 # One module per subcommand group; each exposes register(app).
-_COMMAND_MODULES = ("models_cmd", "capture_cmd", "probe_cmd", "neurons_cmd", "steer_cmd",
-                    "evaluate_cmd", "fingerprint_cmd", "study_cmd")
+_COMMAND_MODULES = (
+    "models_cmd",
+    "capture_cmd",
+    "probe_cmd",
+    "neurons_cmd",
+    "steer_cmd",
+    "evaluate_cmd",
+    "fingerprint_cmd",
+    "study_cmd",
+)
 for _name in _COMMAND_MODULES:
     try:
         _module = importlib.import_module(f"traitlens.cli.{_name}")

@@ -103,9 +103,7 @@ class ChatFormatter:
         if assistant is not None:
             char_spans["answer"] = (prompt_end_char, len(text))
         add_special = self.mode == "plain"
-        encoding = self.tokenizer(
-            text, add_special_tokens=add_special, return_offsets_mapping=True
-        )
+        encoding = self.tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
         ids = list(encoding["input_ids"])
         offsets = [tuple(o) for o in encoding["offset_mapping"]]
         spans = {name: _token_span(offsets, a, b) for name, (a, b) in char_spans.items()}

@@ -44,8 +44,12 @@ def generate_answers(
     answers: list[str] = [""] * len(prompts)
     batches = length_sorted_batches([len(f.input_ids) for f in formatted], batch_size)
     eos = tm.tokenizer.eos_token_id
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                              "pad_token_id": tm.tokenizer.pad_token_id, "use_cache": True}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "pad_token_id": tm.tokenizer.pad_token_id,
+        "use_cache": True,
+    }
     if eos is not None:
         kwargs["eos_token_id"] = eos
     if do_sample:
@@ -54,8 +58,9 @@ def generate_answers(
         kwargs.update(temperature=None, top_p=None, top_k=None)
     with torch.inference_mode():
         for number, batch in enumerate(track(batches, len(batches), "generating", progress)):
-            ids, attn, _ = left_pad([formatted[i].input_ids for i in batch],
-                                    tm.tokenizer.pad_token_id, tm.device)
+            ids, attn, _ = left_pad(
+                [formatted[i].input_ids for i in batch], tm.tokenizer.pad_token_id, tm.device
+            )
             if do_sample:
                 torch.manual_seed(seed + number)
             out = tm.model.generate(input_ids=ids, attention_mask=attn, **kwargs)
