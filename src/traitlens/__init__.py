@@ -1,3 +1,58 @@
-"""traitlens."""
+"""traitlens: find where an open-weight LLM keeps the Big Five traits, then measure and steer them.
+
+The public API is re-exported here and nothing else is promised. Exports are
+resolved lazily (PEP 562) so ``import traitlens`` and ``traitlens --help`` do
+not pay for importing torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # models
+    "load_model": "traitlens.models.loading",
+    "TraitModel": "traitlens.models.loading",
+    "ModelIdentity": "traitlens.models.loading",
+    "HookPoint": "traitlens.models.adapter",
+    "hooks_installed": "traitlens.models.hooks",
+    "generate_answers": "traitlens.models.generation",
+    # data
+    "build_contrastive_set": "traitlens.data",
+    "load_personas": "traitlens.data",
+    "load_questions": "traitlens.data",
+    "load_statements": "traitlens.data",
+    "load_forced_choices": "traitlens.data",
+    "TRAITS": "traitlens.data",
+    "TRAIT_NAMES": "traitlens.data",
+    # capture
+    "capture": "traitlens.capture",
+    "capture_run": "traitlens.capture",
+    "Activations": "traitlens.capture",
+    "NeuronStats": "traitlens.capture",
+    "Prompt": "traitlens.capture",
+    # errors
+    "TraitlensError": "traitlens.errors",
+    "DataError": "traitlens.errors",
+    "ModelError": "traitlens.errors",
+    "HookPointError": "traitlens.errors",
+    "ArtifactError": "traitlens.errors",
+    "InterventionError": "traitlens.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'traitlens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

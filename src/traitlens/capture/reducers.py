@@ -60,7 +60,7 @@ class StreamingQuantile:
     def __init__(self, width: int, bins: int = 256, device: torch.device | str = "cpu"):
         self.width = width
         self.bins = bins
-        self.counts = torch.zeros((width, bins), dtype=torch.float64, device=device)
+        self.counts = torch.zeros((width, bins), dtype=torch.int64, device=device)
         self.max = torch.full((width,), -math.inf, dtype=torch.float64, device=device)
         self.min = torch.full((width,), math.inf, dtype=torch.float64, device=device)
         self.edges: torch.Tensor | None = None  # bins + 1 increasing edges, float64
@@ -77,7 +77,7 @@ class StreamingQuantile:
         )
         if self.edges is not None:
             centres = (self.edges[:-1] + self.edges[1:]) / 2
-            target = (torch.bucketize(centres, new_edges[1:-1])).clamp(0, self.bins - 1)
+            target = torch.bucketize(centres, new_edges[1:-1]).clamp(0, self.bins - 1)
             moved = torch.zeros_like(self.counts)
             moved.index_add_(1, target, self.counts)
             self.counts = moved
@@ -94,10 +94,13 @@ class StreamingQuantile:
         elif lo < self.edges[0] or hi > self.edges[-1]:
             self._set_range(min(lo, float(self.edges[0])), max(hi, float(self.edges[-1])))
         assert self.edges is not None
-        inner = self.edges[1:-1].to(values.dtype)
-        index = torch.bucketize(values, inner)  # 0..bins-1
+        # uniform bins: the index is arithmetic (no binary search), and an int64
+        # scatter-add into the persistent buffer is the cheapest count we measured
+        start = float(self.edges[0])
+        inv_width = self.bins / float(self.edges[-1] - self.edges[0])
+        index = ((values - start) * inv_width).long().clamp_(0, self.bins - 1)
         flat = (index + self._offsets).reshape(-1)
-        self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
+        self.counts.view(-1).scatter_add_(0, flat, torch.ones_like(flat))
         self.max = torch.maximum(self.max, values.max(0).values.double())
         self.min = torch.minimum(self.min, values.min(0).values.double())
 
@@ -106,7 +109,7 @@ class StreamingQuantile:
         clipped to the neuron's observed min/max)."""
         if self.edges is None:
             return torch.full((self.width,), float("nan"), dtype=torch.float64)
-        counts = self.counts
+        counts = self.counts.double()
         n = counts.sum(-1, keepdim=True).clamp(min=1)
         cdf = counts.cumsum(-1) / n
         bin_index = (cdf < q).sum(-1).clamp(max=self.bins - 1)

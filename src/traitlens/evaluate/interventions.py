@@ -1,0 +1,255 @@
+"""Did an intervention move the representation, the behaviour — and at what cost?
+
+For one set of interventions (applied with :func:`traitlens.steer.steering`)
+:func:`measure` records raw, per-prompt / per-item numbers:
+
+- **representation**: probe readouts (``ProbeSet.readout``, logit units) of every
+  trait on held-out neutral prompts, and of the target trait on held-out prompts
+  whose persona is the *opposite* pole;
+- **behaviour**: questionnaire item scores (log-prob Likert, reverse-keyed) and
+  forced-choice P(high option) for all five traits;
+- **cost**: perplexity of a neutral reference text, distinct-n and repetition
+  of a few generated answers.
+
+:func:`effect` then compares a measurement with the unsteered baseline:
+targeted success rate (held-out prompts whose readout crosses from the
+opposite pole's side to the target's), readout shifts (the 5×5 spillover row),
+questionnaire / forced-choice shifts with paired bootstrap CIs and effect
+sizes, and the cost deltas. Raw measurements are JSON so a study can resume
+and re-analyse them without recomputation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from traitlens.capture.capture import Prompt, capture
+from traitlens.evaluate.cost import perplexity, text_cost
+from traitlens.evaluate.forced_choice import run_forced_choice
+from traitlens.evaluate.questionnaire import run_questionnaire
+from traitlens.evaluate.stats import bootstrap_ci, paired_bootstrap_ci, paired_effect_size
+from traitlens.models.generation import generate_answers
+from traitlens.models.loading import TraitModel
+
+
+@dataclass
+class EvalSets:
+    """Held-out material every intervention is measured on (never used for fitting)."""
+
+    traits: list[str]
+    opposite: dict[str, list[Any]]  # "T|target_pole" -> prompts with the opposite persona
+    target_persona: dict[str, str]  # "T|pole" -> a held-out persona text (prompt baseline)
+    neutral: list[Prompt]
+    statements: list[Any]
+    forced: list[Any]
+    templates: list[str] | None = None
+    generation: list[Prompt] = field(default_factory=list)
+    max_new_tokens: int = 32
+
+
+@dataclass
+class ReadoutSpec:
+    """Where traits are read: probe set, one layer per trait (downstream of steering)."""
+
+    probes: Any  # ProbeSet
+    layers: dict[str, int]
+    pooling: str = "mean"
+    batch_size: int = 16
+
+
+def readouts(
+    tm: TraitModel, prompts: Sequence[Any], spec: ReadoutSpec, traits: Sequence[str]
+) -> np.ndarray:
+    """``[n_prompts, len(traits)]`` probe readouts, each trait at its own layer.
+
+    Runs whatever ``tm.model`` currently computes, so call it inside ``steering``.
+    """
+    layers = sorted({spec.layers[t] for t in traits})
+    act = capture(
+        tm,
+        prompts,
+        span="question",
+        layers=layers,
+        poolings=(spec.pooling,),
+        neuron_stats=False,
+        batch_size=spec.batch_size,
+        progress=False,
+    )
+    columns = []
+    for trait in traits:
+        layer = spec.layers[trait]
+        read = spec.probes.readout(act.layer(layer, "resid", spec.pooling), layer)
+        columns.append(read[:, spec.probes.traits.index(trait)].cpu().numpy())
+    return np.stack(columns, axis=1)
+
+
+def _item_scores(result: Any) -> dict[str, dict[str, float]]:
+    """trait -> item id -> mean reverse-keyed score over templates and orders."""
+    collected: dict[str, dict[str, list[float]]] = {}
+    for item in result.items:
+        collected.setdefault(item.trait, {}).setdefault(item.item_id, []).append(item.score)
+    return {t: {i: float(np.mean(v)) for i, v in items.items()} for t, items in collected.items()}
+
+
+def _choice_scores(result: Any) -> dict[str, dict[str, float]]:
+    """trait -> item id -> mean P(high option) over both option orders."""
+    collected: dict[str, dict[str, list[float]]] = {}
+    for item in result.items:
+        collected.setdefault(item.trait, {}).setdefault(item.item_id, []).append(item.p_high)
+    return {t: {i: float(np.mean(v)) for i, v in items.items()} for t, items in collected.items()}
+
+
+def measure(
+    tm: TraitModel,
+    sets: EvalSets,
+    spec: ReadoutSpec,
+    *,
+    opposite_keys: Sequence[str] = (),
+    system: str | None = None,
+    opposite_system: str | None = None,
+    with_generation: bool = True,
+) -> dict[str, Any]:
+    """Raw measurements of whatever the model currently computes (JSON-able).
+
+    ``system`` replaces the (absent) system prompt of neutral prompts and
+    questionnaires — the prompt-based baseline; ``opposite_system`` replaces
+    the persona of the opposite-pole prompts (so the baseline's success rate is
+    "swap the persona for a target-pole one").
+    """
+    neutral = [Prompt(p.user, system, p.id) for p in sets.neutral] if system else sets.neutral
+    out: dict[str, Any] = {
+        "neutral_readout": readouts(tm, neutral, spec, sets.traits).tolist(),
+        "opposite_readout": {},
+    }
+    for key in opposite_keys:
+        trait = key.split("|")[0]
+        prompts = sets.opposite[key]
+        if opposite_system is not None:
+            prompts = [Prompt(p.user, opposite_system, p.id) for p in prompts]
+        out["opposite_readout"][key] = readouts(tm, prompts, spec, [trait])[:, 0].tolist()
+    questionnaire = run_questionnaire(tm, sets.statements, templates=sets.templates, system=system)
+    out["questionnaire"] = _item_scores(questionnaire)
+    out["questionnaire_label_mass"] = float(np.mean([i.label_mass for i in questionnaire.items]))
+    forced = run_forced_choice(tm, sets.forced, system=system)
+    out["forced_choice"] = _choice_scores(forced)
+    out["perplexity"] = float(perplexity(tm).perplexity)
+    if with_generation and sets.generation:
+        gen_prompts = (
+            [Prompt(p.user, system, p.id) for p in sets.generation] if system else sets.generation
+        )
+        answers = generate_answers(
+            tm, gen_prompts, max_new_tokens=sets.max_new_tokens, progress=False
+        )
+        cost = text_cost(answers)
+        out["answers"] = answers
+        out["distinct_2"] = float(cost.distinct_2)
+        out["repetition"] = float(cost.repetition_rate)
+    return out
+
+
+def _nan_ci() -> dict[str, float]:
+    return {"low": math.nan, "high": math.nan}
+
+
+def _ci(ci: Any) -> dict[str, float]:
+    return {"low": float(ci.low), "high": float(ci.high)}
+
+
+def success_rate(
+    baseline: Sequence[float],
+    steered: Sequence[float],
+    sign: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Targeted success rate: among prompts whose baseline readout sits on the
+    opposite pole's side (``sign · readout < 0``), the fraction whose steered
+    readout crosses to the target side; bootstrap CI over those prompts."""
+    base, new = np.asarray(baseline) * sign, np.asarray(steered) * sign
+    eligible = base < 0
+    n = int(eligible.sum())
+    if n == 0:
+        return {"rate": math.nan, "ci": _nan_ci(), "n_eligible": 0, "n_prompts": len(base)}
+    crossed = (new[eligible] > 0).astype(float)
+    ci = bootstrap_ci(crossed, n_boot=n_boot, seed=seed) if n > 1 else None
+    return {
+        "rate": float(crossed.mean()),
+        "ci": _ci(ci) if ci else _nan_ci(),
+        "n_eligible": n,
+        "n_prompts": len(base),
+    }
+
+
+def _paired(base: Mapping[str, float], new: Mapping[str, float], seed: int) -> dict[str, Any]:
+    ids = sorted(set(base) & set(new))
+    a = np.array([base[i] for i in ids])
+    b = np.array([new[i] for i in ids])
+    shift = float(np.mean(b - a)) if ids else math.nan
+    if len(ids) < 2:
+        return {"shift": shift, "ci": _nan_ci(), "effect_size": math.nan, "n": len(ids)}
+    ci = paired_bootstrap_ci(b, a, seed=seed)  # CI of (steered − baseline)
+    return {
+        "shift": shift,
+        "ci": _ci(ci),
+        "effect_size": float(paired_effect_size(b, a)),
+        "n": len(ids),
+    }
+
+
+def effect(
+    baseline: Mapping[str, Any],
+    measured: Mapping[str, Any],
+    traits: Sequence[str],
+    target: str | None = None,
+    pole: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare a measurement with the unsteered baseline (see module docstring)."""
+    base_read = np.asarray(baseline["neutral_readout"])
+    new_read = np.asarray(measured["neutral_readout"])
+    readout_shift: dict[str, Any] = {}
+    for j, trait in enumerate(traits):
+        diff = new_read[:, j] - base_read[:, j]
+        ci = bootstrap_ci(diff, seed=seed) if len(diff) > 1 else None
+        readout_shift[trait] = {"shift": float(diff.mean()), "ci": _ci(ci) if ci else _nan_ci()}
+    result: dict[str, Any] = {
+        "readout_shift": readout_shift,
+        "questionnaire_shift": {
+            t: _paired(
+                baseline["questionnaire"].get(t, {}), measured["questionnaire"].get(t, {}), seed
+            )
+            for t in traits
+        },
+        "forced_choice_shift": {
+            t: _paired(
+                baseline["forced_choice"].get(t, {}), measured["forced_choice"].get(t, {}), seed
+            )
+            for t in traits
+        },
+        "perplexity": measured["perplexity"],
+        "perplexity_ratio": measured["perplexity"] / baseline["perplexity"],
+        "label_mass": measured.get("questionnaire_label_mass", math.nan),
+    }
+    if "distinct_2" in measured and "distinct_2" in baseline:
+        result["distinct_2"] = measured["distinct_2"]
+        result["distinct_2_delta"] = measured["distinct_2"] - baseline["distinct_2"]
+        result["repetition"] = measured["repetition"]
+    if target is not None and pole is not None:
+        key = f"{target}|{pole}"
+        sign = 1.0 if pole == "high" else -1.0
+        if key in measured["opposite_readout"] and key in baseline["opposite_readout"]:
+            result["success"] = success_rate(
+                baseline["opposite_readout"][key],
+                measured["opposite_readout"][key],
+                sign,
+                seed=seed,
+            )
+        result["target_readout_shift"] = sign * readout_shift[target]["shift"]
+        result["target_questionnaire_shift"] = sign * result["questionnaire_shift"][target]["shift"]
+        result["target_forced_choice_shift"] = sign * result["forced_choice_shift"][target]["shift"]
+    return result

@@ -1,0 +1,373 @@
+"""``build_report(run_dir)``: the study's story on one self-contained HTML page.
+
+Reads artifacts only (probes, neurons, eval.json, fingerprint if present), so
+``traitlens report RUN`` rebuilds the page without touching the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traitlens.errors import ArtifactError
+from traitlens.report.html import Section, Table, write_page
+
+SECTION_IDS = (
+    "summary",
+    "decodability",
+    "neurons",
+    "success",
+    "behaviour",
+    "spillover",
+    "dose-response",
+    "gap",
+    "controls",
+    "provenance",
+)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ArtifactError(f"{path} not found; run `traitlens study` (or that stage) first")
+    return dict(json.loads(path.read_text()))
+
+
+def _fmt_ci(entry: dict[str, Any]) -> str:
+    value = entry.get("shift", entry.get("rate", math.nan))
+    ci = entry.get("ci", {})
+    low, high = ci.get("low", math.nan), ci.get("high", math.nan)
+    if not np.isfinite(low):
+        return f"{value:+.3f}"
+    return f"{value:+.3f} [{low:+.2f}, {high:+.2f}]"
+
+
+def _rate(entry: dict[str, Any] | None) -> str:
+    if not entry or not np.isfinite(entry.get("rate", math.nan)):
+        return "–"
+    ci = entry.get("ci", {})
+    text = f"{entry['rate']:.2f}"
+    if np.isfinite(ci.get("low", math.nan)):
+        text += f" [{ci['low']:.2f}, {ci['high']:.2f}]"
+    return text + f" (n={entry.get('n_eligible', 0)})"
+
+
+def _probe_section(run: Path, figures: Path) -> tuple[Section, list[dict[str, Any]]]:
+    from traitlens.probe import ProbeSet
+
+    probes = ProbeSet.load(run)
+    summary = probes.summary()
+    rows = []
+    for trait in probes.traits:
+        binary = summary["binary"][trait]
+        intensity = summary.get("intensity", {}).get(trait, {})
+        rows.append(
+            {
+                "trait": trait,
+                "best layer": binary["best_layer"],
+                "held-out accuracy": f"{binary['score']:.3f} ± {binary['sd']:.3f}",
+                "control (shuffled)": binary["control"],
+                "selectivity": binary["selectivity"],
+                "90% depth": binary["depth_90"],
+                "intensity R² (best)": intensity.get("score", math.nan),
+            }
+        )
+    which = summary.get("trait", {})
+    paragraphs = [
+        "Linear probes per layer, cross-validated with folds grouped by question AND persona "
+        "(no test prompt shares either with training). Control = the same probe trained on "
+        "labels shuffled within groups; selectivity = score − control.",
+    ]
+    if which:
+        entry = next(iter(which.values()))
+        paragraphs.append(
+            f"5-way 'which trait is expressed' probe: best layer {entry['best_layer']}, "
+            f"accuracy {entry['score']:.3f} ± {entry['sd']:.3f} (control {entry['control']:.3f})."
+        )
+    section = Section(
+        "decodability",
+        "Where is each trait decodable? (layer-wise probes)",
+        paragraphs,
+        figures=[
+            (figures / "probe_accuracy.png", "Held-out accuracy vs depth, with control"),
+            (figures / "probe_r2.png", "Intensity regression R² vs depth"),
+        ],
+        tables=[Table("Best layer per trait (binary high-vs-low probe)", rows)],
+    )
+    return section, rows
+
+
+def _neuron_section(run: Path, figures: Path) -> tuple[Section, dict[str, Any]]:
+    from traitlens.neurons import NeuronSet
+
+    neurons = NeuronSet.load(run)
+    summary = neurons.summary()
+    rows = []
+    for trait, poles in summary["per_trait"].items():
+        profile = summary["layer_profile"].get(trait, {})
+        rows.append(
+            {
+                "trait": trait,
+                "high: NPTI rule": poles["high"]["npti"],
+                "high: after FDR": poles["high"]["selected"],
+                "low: NPTI rule": poles["low"]["npti"],
+                "low: after FDR": poles["low"]["selected"],
+                "early": profile.get("early", math.nan),
+                "middle": profile.get("middle", math.nan),
+                "late": profile.get("late", math.nan),
+            }
+        )
+    section = Section(
+        "neurons",
+        "Which MLP neurons are trait-selective?",
+        [
+            f"NPTI rule: δ = P(act>0 | high persona) − P(act>0 | low persona) over answer tokens, "
+            f"|δ| ≥ threshold; then a two-proportion test per neuron with Benjamini–Hochberg FDR "
+            f"over {summary['n_tests_per_trait']} neurons per trait. early/middle/late = share of "
+            "the selected neurons in each third of the depth."
+        ],
+        figures=[
+            (figures / "neuron_counts.png", "Selected neurons per layer (traits × layers)"),
+            (figures / "neuron_overlap.png", "Jaccard overlap between trait-pole sets"),
+        ],
+        tables=[Table("Selected neurons per trait and pole", rows)],
+    )
+    return section, summary
+
+
+def _result_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in evaluation["results"] if not r.get("dose")]
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write ``report.html`` (and its figures) for a finished or partial study."""
+    from traitlens.report import eval_figures
+
+    run = Path(run_dir)
+    figures = run / "figures"
+    evaluation = _load_json(run / "eval.json")
+    config = _load_json(run / "study_config.json")
+    probe_section, probe_rows = _probe_section(run, figures)
+    neuron_section, neuron_summary = _neuron_section(run, figures)
+    traits = evaluation["traits"]
+    main = _result_rows(evaluation)
+
+    paths = {
+        "success": eval_figures.plot_success_rates(evaluation, figures),
+        "behaviour": eval_figures.plot_behaviour_shifts(evaluation, figures),
+        "dose": eval_figures.plot_dose_response(evaluation, figures),
+        "gap": eval_figures.plot_representation_vs_behaviour(evaluation, figures),
+    }
+    spill = [
+        eval_figures.plot_spillover(evaluation, figures, m)
+        for m in evaluation["config"]["eval_methods"]
+    ]
+
+    success_rows = []
+    for trait in traits:
+        for pole in ("high", "low"):
+            row: dict[str, Any] = {"target": f"{trait} {pole}"}
+            for r in main:
+                if r["trait"] == trait and r["pole"] == pole:
+                    name = r["method"] + (" control" if r["control"] else "")
+                    row[name] = _rate(r.get("success"))
+            success_rows.append(row)
+    behaviour_rows = []
+    for r in main:
+        behaviour_rows.append(
+            {
+                "target": f"{r['trait']} {r['pole']}",
+                "method": r["method"] + (" (control)" if r["control"] else ""),
+                "readout Δ (target)": r.get("target_readout_shift", math.nan),
+                "questionnaire Δ": _fmt_ci(r["questionnaire_shift"][r["trait"]]),
+                "effect size dz": r["questionnaire_shift"][r["trait"]].get("effect_size", math.nan),
+                "forced-choice Δ": _fmt_ci(r["forced_choice_shift"][r["trait"]]),
+                "perplexity ×": r["perplexity_ratio"],
+            }
+        )
+    dose_rows = [
+        {
+            "trait": r["trait"],
+            "method": r["method"],
+            "strength/γ": r.get("strength", r.get("gamma")),
+            "readout Δ": r["readout_shift"][r["trait"]]["shift"],
+            "questionnaire Δ": r["questionnaire_shift"][r["trait"]]["shift"],
+            "forced-choice Δ": r["forced_choice_shift"][r["trait"]]["shift"],
+            "perplexity ×": r["perplexity_ratio"],
+            "distinct-2": r.get("distinct_2", math.nan),
+        }
+        for r in evaluation["results"]
+        if r.get("dose")
+    ]
+
+    # headline numbers, computed here so the page states them in words
+    def mean_of(method: str, control: bool, field: str) -> float:
+        values = [
+            r.get(field, math.nan)
+            for r in main
+            if r["method"] == method and bool(r["control"]) == control
+        ]
+        values = [v for v in values if np.isfinite(v)]
+        return float(np.mean(values)) if values else math.nan
+
+    def mean_rate(method: str, control: bool) -> float:
+        values = [
+            r.get("success", {}).get("rate", math.nan)
+            for r in main
+            if r["method"] == method and bool(r["control"]) == control
+        ]
+        values = [v for v in values if np.isfinite(v)]
+        return float(np.mean(values)) if values else math.nan
+
+    headline = []
+    for method in evaluation["config"]["eval_methods"]:
+        headline.append(
+            f"{method}: mean targeted success {mean_rate(method, False):.2f} vs control "
+            f"{mean_rate(method, True):.2f}; mean questionnaire shift toward target "
+            f"{mean_of(method, False, 'target_questionnaire_shift'):+.3f} vs control "
+            f"{mean_of(method, True, 'target_questionnaire_shift'):+.3f}; perplexity × "
+            f"{mean_of(method, False, 'perplexity_ratio'):.3f}."
+        )
+    headline.append(
+        f"Persona prompt baseline: success {mean_rate('prompt', False):.2f}, questionnaire "
+        f"shift {mean_of('prompt', False, 'target_questionnaire_shift'):+.3f}."
+    )
+    best = ", ".join(
+        f"{r['trait']}: layer {r['best layer']} ({r['held-out accuracy']})" for r in probe_rows
+    )
+    notes = []
+    for method in evaluation["config"]["eval_methods"]:
+        real, control = mean_rate(method, False), mean_rate(method, True)
+        if np.isfinite(real) and np.isfinite(control) and real - control < 0.1:
+            notes.append(
+                f"{method}: success barely exceeds its random control "
+                f"({real:.2f} vs {control:.2f}) — treat its representational effect "
+                "as weak at this strength."
+            )
+        q_real = mean_of(method, False, "target_questionnaire_shift")
+        q_control = mean_of(method, True, "target_questionnaire_shift")
+        if np.isfinite(q_real) and abs(q_real - q_control) < 0.05:
+            notes.append(
+                f"{method}: questionnaire answers barely move beyond the control "
+                f"({q_real:+.3f} vs {q_control:+.3f}) — behavioural control is weak."
+            )
+    baseline = evaluation["baseline"]
+    sections = [
+        Section(
+            "summary",
+            "Summary",
+            [
+                f"Model {config['model']['name']} ({config['model']['architecture']}, "
+                f"{config['model']['n_layers']} layers); profile '{config['profile']}'. "
+                f"Steering band: layers {evaluation['steer_layers'][0]}–"
+                f"{evaluation['steer_layers'][-1]}; traits read downstream at "
+                + ", ".join(f"{t}: L{layer}" for t, layer in evaluation["readout_layers"].items())
+                + ".",
+                f"Best probe layers — {best}.",
+                *headline,
+                "Unsteered questionnaire scores (1–5): "
+                + ", ".join(f"{t} {baseline['questionnaire'][t]:.2f}" for t in traits)
+                + f"; option-label probability mass {baseline.get('label_mass') or math.nan:.2f}.",
+            ],
+            notes=notes,
+        ),
+        probe_section,
+        neuron_section,
+        Section(
+            "success",
+            "Targeted success rates",
+            [
+                "Held-out prompts (unseen questions and personas) whose persona is the OPPOSITE "
+                "pole; success = the target trait's probe readout starts on the opposite side and "
+                "crosses to the target side under the intervention. 95% bootstrap CI over "
+                "prompts. 'prompt' swaps the persona for a held-out target-pole persona instead "
+                "of steering.",
+            ],
+            figures=[(paths["success"], "Targeted success rate, methods vs controls")],
+            tables=[Table("Targeted success rate [95% CI] (n eligible prompts)", success_rows)],
+        ),
+        Section(
+            "behaviour",
+            "Behavioural shifts (questionnaire and forced choice)",
+            [
+                "Questionnaire: expected Likert answer from next-token log-probs, averaged over "
+                f"{len(evaluation['n_eval']['templates'])} templates and both option orders, "
+                "reverse-keyed; Δ = steered − unsteered with a paired bootstrap CI over items and "
+                "Cohen's dz. Forced choice: P(high-pole option), both orders.",
+            ],
+            figures=[(paths["behaviour"], "Shift toward the target pole")],
+            tables=[Table("Behavioural shifts of the target trait", behaviour_rows)],
+        ),
+        Section(
+            "spillover",
+            "Spillover onto other traits (5×5)",
+            [
+                "Row: the trait steered toward its high pole; column: the trait read. Off-diagonal "
+                "cells are side effects.",
+            ],
+            figures=[(p, f"Spillover: {p.stem}") for p in spill],
+        ),
+        Section(
+            "dose-response",
+            "Dose–response: pick a strength",
+            [
+                "Strength in spread units per steered layer (one standard deviation of the "
+                "residual stream along the trait axis at that layer); neuron edits by γ.",
+            ],
+            figures=[(paths["dose"], "Effect and cost against strength")],
+            tables=[Table("Dose–response points", dose_rows)],
+        ),
+        Section(
+            "gap",
+            "Representation vs behaviour",
+            [
+                "An intervention can move the probe readout without moving the answers (the "
+                "representation–behaviour gap): points on the x-axis but near y = 0.",
+            ],
+            figures=[(paths["gap"], "Representational vs behavioural shift per intervention")],
+        ),
+        Section(
+            "controls",
+            "Controls",
+            [
+                "Random direction: random unit vectors with the same per-layer norm as the trait "
+                "vector, same layers and strength. Random neurons: the same number per layer, "
+                "drawn from neurons selected for no trait, given the real set's δ values so the "
+                "NPTI "
+                "boost has the same size. Probe control: labels shuffled within groups.",
+            ],
+        ),
+    ]
+    fingerprint = _fingerprint_section(run)
+    if fingerprint is not None:
+        sections.append(fingerprint)
+    sections.append(
+        Section(
+            "provenance",
+            "Provenance",
+            [
+                "Configuration and model identity, as recorded in study_config.json:",
+                json.dumps(config, default=str)[:4000],
+            ],
+        )
+    )
+    return write_page(
+        run / "report.html",
+        "traitlens study report",
+        sections,
+        subtitle=f"{config['model']['name']} · {run.resolve()}",
+    )
+
+
+def _fingerprint_section(run: Path) -> Section | None:
+    """Embed the fingerprint stage's section when its artifacts are in the run."""
+    if not (run / "fingerprint.json").exists():
+        return None
+    try:
+        from traitlens.report.fingerprint_report import fingerprint_section_html
+    except ImportError:
+        return None
+    return Section("fingerprint", "Behavioural fingerprint", raw_html=fingerprint_section_html(run))

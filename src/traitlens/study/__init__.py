@@ -1,0 +1,7 @@
+"""The whole experiment in one call: capture → probes → neurons → vectors →
+interventions → evaluation → report.html, resumable at every step."""
+
+from traitlens.study.config import PROFILES, StudyConfig, resolve_config
+from traitlens.study.pipeline import run_study
+
+__all__ = ["PROFILES", "StudyConfig", "resolve_config", "run_study"]

@@ -1,0 +1,117 @@
+"""Study configuration: defaults < profile < YAML file < CLI flags, resolved here only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from traitlens.errors import DataError
+
+
+class StudyConfig(BaseModel):
+    """Every knob of a study. Sizes are per trait unless said otherwise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: str = "default"
+    traits: list[str] = Field(default_factory=lambda: ["O", "C", "E", "A", "N"])
+    seed: int = 0
+    batch_size: int = 16
+    # capture
+    n_questions: int = Field(24, ge=2)
+    n_personas: int = Field(6, ge=1)
+    max_new_tokens: int = Field(40, ge=4)
+    # probes / neurons
+    folds: int = Field(5, ge=2)
+    threshold: float = Field(0.1, gt=0, lt=1)
+    fdr: float = Field(0.05, gt=0, lt=1)
+    # steering
+    vector_methods: list[str] = Field(
+        default_factory=lambda: ["mean_diff", "pca", "regression", "probe"]
+    )
+    eval_methods: list[str] = Field(default_factory=lambda: ["mean_diff", "neurons"])
+    strength: float = Field(4.0, gt=0, le=50)
+    gamma: float = Field(2.0, gt=0, le=50)
+    steer_band: tuple[float, float] = (0.25, 0.65)
+    # evaluation
+    eval_questions: int = Field(12, ge=2)
+    eval_personas: int = Field(3, ge=1)
+    statements_per_trait: int = Field(8, ge=2)
+    forced_per_trait: int = Field(6, ge=1)
+    templates: int = Field(3, ge=1)
+    generation_prompts: int = Field(4, ge=0)
+    dose_traits: list[str] = Field(default_factory=lambda: ["O", "C", "E", "A", "N"])
+    dose_strengths: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 12.0])
+    dose_gammas: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+
+    @field_validator("traits", "dose_traits")
+    @classmethod
+    def _traits(cls, value: list[str]) -> list[str]:
+        from traitlens.data import parse_traits
+
+        return parse_traits(value) if value else []
+
+    @field_validator("eval_methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        allowed = {"mean_diff", "pca", "regression", "probe", "neurons"}
+        bad = [m for m in value if m not in allowed]
+        if bad:
+            raise ValueError(f"unknown methods {bad}; use some of {sorted(allowed)}")
+        return value
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # sized to finish on 2 CPU cores in well under 10 minutes (used by a CI test)
+    "quick": {
+        "n_questions": 4,
+        "n_personas": 2,
+        "max_new_tokens": 16,
+        "folds": 2,
+        "vector_methods": ["mean_diff", "probe"],
+        "eval_questions": 4,
+        "eval_personas": 1,
+        "statements_per_trait": 2,
+        "forced_per_trait": 2,
+        "templates": 3,
+        "generation_prompts": 0,
+        "dose_traits": ["E"],
+        "dose_strengths": [2.0, 8.0],
+        "dose_gammas": [4.0],
+    },
+    "default": {},
+}
+
+
+def resolve_config(
+    profile: str = "default",
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> StudyConfig:
+    """Merge defaults < profile < YAML < overrides (``None`` overrides are ignored)."""
+    if profile not in PROFILES:
+        raise DataError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    values: dict[str, Any] = {"profile": profile, **PROFILES[profile]}
+    if yaml_path is not None:
+        import yaml
+
+        path = Path(yaml_path)
+        if not path.exists():
+            raise DataError(f"config file {path} not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DataError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise DataError(f"config file {path} must hold a mapping of option: value")
+        values.update(loaded)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return StudyConfig(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise DataError(f"invalid study configuration — {problems}") from exc
