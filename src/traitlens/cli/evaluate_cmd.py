@@ -1,0 +1,193 @@
+"""``traitlens evaluate``: behaviour (questionnaire, forced choice) and cost (perplexity)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+
+from traitlens.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, console, done, load
+
+OUT_OPTION = typer.Option(
+    Path("traitlens-eval"), "--out", "-o", help="directory for the CSV + JSON tables"
+)
+TRAITS_OPTION = typer.Option(
+    None, "--traits", "-t", help="e.g. O,C,E or openness (default: every trait in the items)"
+)
+SYSTEM_OPTION = typer.Option(None, "--system", help="optional system prompt (e.g. a persona)")
+BATCH_OPTION = typer.Option(32, "--batch-size", help="prompts per forward pass")
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "—" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def register(app: typer.Typer) -> None:
+    evaluate_app = typer.Typer(
+        help="Measure behaviour and cost: questionnaire, forced choice, perplexity.",
+        no_args_is_help=True,
+    )
+    app.add_typer(evaluate_app, name="evaluate")
+
+    @evaluate_app.command("questionnaire")
+    def questionnaire_cmd(
+        model: str | None = MODEL_OPTION,
+        statements: Path | None = typer.Option(
+            None,
+            "--statements",
+            "-s",
+            help="CSV/JSONL/JSON with id,trait,text,keyed (default: the shipped statements)",
+        ),
+        traits: str | None = TRAITS_OPTION,
+        templates: str | None = typer.Option(
+            None, "--templates", help="comma-separated: likert,accuracy,agreement (default: all)"
+        ),
+        system: str | None = SYSTEM_OPTION,
+        batch_size: int = BATCH_OPTION,
+        out: Path = OUT_OPTION,
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+    ) -> None:
+        """Rate each statement 1-5 from label log-probs, over templates and both option orders."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from traitlens.data import load_statements
+        from traitlens.evaluate import run_questionnaire
+
+        items = load_statements(statements)
+        tm = load(model, device, dtype)
+        names = [t.strip() for t in templates.split(",") if t.strip()] if templates else None
+        result = run_questionnaire(
+            tm,
+            items,
+            traits=traits,
+            templates=names,
+            system=system,
+            batch_size=batch_size,
+            progress=True,
+        )
+        table = Table(title=f"questionnaire — {tm.identity.name}")
+        # short headers: the table must fit an 80-column terminal
+        for column in (
+            "trait",
+            "items",
+            "score",
+            "argmax",
+            "α",
+            "tmpl sd",
+            "order",
+            "acq.",
+            "mass",
+        ):
+            table.add_column(column, justify="left" if column == "trait" else "right")
+        for row in result.traits:
+            table.add_row(
+                row.trait,
+                str(row.n_items),
+                _fmt(row.score),
+                _fmt(row.score_argmax),
+                _fmt(row.alpha),
+                _fmt(row.template_sd, 3),
+                _fmt(row.order_asymmetry, 3),
+                _fmt(row.acquiescence),
+                _fmt(row.label_mass),
+            )
+        Console().print(table)
+        console.print(
+            f"{result.config['n_prompts']} prompts in {result.config['seconds']:.1f} s.\n"
+            "score: mean 1-5 rating, reverse-keyed (argmax: of the most likely label); "
+            "α: Cronbach's alpha over the template×order administrations; "
+            "tmpl sd: sd of the score across templates; "
+            "order: mean raw rating with options listed 1→5 minus 5→1; "
+            "acq.: mean raw rating − 3; mass: probability put on the five labels"
+        )
+        done(result.save(out), "questionnaire tables")
+
+    @evaluate_app.command("forced-choice")
+    def forced_choice_cmd(
+        model: str | None = MODEL_OPTION,
+        items_path: Path | None = typer.Option(
+            None,
+            "--items",
+            "-i",
+            help="CSV/JSONL/JSON with id,trait,situation,high_option,"
+            "low_option (default: the shipped items)",
+        ),
+        traits: str | None = TRAITS_OPTION,
+        system: str | None = SYSTEM_OPTION,
+        batch_size: int = BATCH_OPTION,
+        out: Path = OUT_OPTION,
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+    ) -> None:
+        """P(high-pole option) between two answers, from A/B log-probs in both orders."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from traitlens.data import load_forced_choices
+        from traitlens.evaluate import run_forced_choice
+
+        items = load_forced_choices(items_path)
+        tm = load(model, device, dtype)
+        result = run_forced_choice(
+            tm, items, traits=traits, system=system, batch_size=batch_size, progress=True
+        )
+        table = Table(title=f"forced choice — {tm.identity.name}")
+        for column in ("trait", "items", "P(high)", "order bias", "consistency", "label mass"):
+            table.add_column(column, justify="left" if column == "trait" else "right")
+        for row in result.traits:
+            table.add_row(
+                row.trait,
+                str(row.n_items),
+                _fmt(row.score, 3),
+                _fmt(row.order_bias, 3),
+                _fmt(row.consistency),
+                _fmt(row.label_mass),
+            )
+        Console().print(table)
+        console.print(
+            "P(high) averaged over both option orders (0.5 = no preference); "
+            "order bias = mean P('A') − 0.5"
+        )
+        done(result.save(out), "forced-choice tables")
+
+    @evaluate_app.command("perplexity")
+    def perplexity_cmd(
+        model: str | None = MODEL_OPTION,
+        text_file: Path | None = typer.Option(
+            None, "--text", help="UTF-8 text file to score (default: the built-in neutral text)"
+        ),
+        max_length: int | None = typer.Option(None, "--max-length", help="window in tokens"),
+        out: Path = OUT_OPTION,
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+    ) -> None:
+        """Perplexity of a neutral reference text (the cost side of an intervention)."""
+        from traitlens.errors import DataError
+        from traitlens.evaluate import NEUTRAL_TEXT, perplexity
+        from traitlens.evaluate.tables import write_json
+
+        text = NEUTRAL_TEXT
+        if text_file is not None:
+            try:
+                text = text_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"{text_file}: cannot read it as UTF-8 text ({exc})") from None
+        tm = load(model, device, dtype)
+        result = perplexity(tm, text, max_length=max_length)
+        typer.echo(
+            f"perplexity {result.perplexity:.3f} (mean NLL {result.mean_nll:.4f} nats over "
+            f"{result.n_tokens} tokens, window {result.window})"
+        )
+        path = write_json(
+            {
+                "kind": "perplexity",
+                "model": tm.identity.to_dict(),
+                "text": "built-in neutral text" if text_file is None else str(text_file),
+                **result.to_dict(),
+            },
+            out / "perplexity.json",
+        )
+        done(path, "perplexity")

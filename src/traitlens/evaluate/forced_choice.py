@@ -1,0 +1,239 @@
+"""Forced choice: which of two answers — one per trait pole — does the model pick?
+
+Each situation is shown twice, with the high-pole option as "A" and then as
+"B"; P(high) is read from the next-token log-probabilities of the labels "A"
+and "B" (softmax over the two). Averaging over both orders cancels a plain
+label preference, and that preference is reported on its own as ``order_bias``
+(mean P("A") − 0.5), because a model that always says "A" would otherwise look
+perfectly balanced on every trait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from traitlens.data import TRAITS, parse_traits
+from traitlens.errors import DataError
+from traitlens.evaluate.logprobs import label_distribution, resolve_label_tokens
+from traitlens.evaluate.tables import read_json, restore_floats, write_csv, write_json
+from traitlens.models.loading import TraitModel
+
+LABELS = ("A", "B")
+INSTRUCTION = (
+    "Which option is closer to what you would do? Answer with A or B only.\n\n"
+    "Situation: {situation}\nA) {a}\nB) {b}"
+)
+
+
+class ForcedChoiceLike(Protocol):
+    """``traitlens.data.ForcedChoice`` or anything shaped like it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def trait(self) -> str: ...
+
+    @property
+    def situation(self) -> str: ...
+
+    @property
+    def high_option(self) -> str: ...
+
+    @property
+    def low_option(self) -> str: ...
+
+
+def render_choice(item: ForcedChoiceLike, high_label: str) -> str:
+    """The user turn with the high-pole option shown under ``high_label`` ("A" or "B").
+
+    The instruction comes first so all prompts share it as a token prefix.
+    """
+    first, second = (
+        (item.high_option, item.low_option)
+        if high_label == "A"
+        else (item.low_option, item.high_option)
+    )
+    return INSTRUCTION.format(situation=item.situation, a=first, b=second)
+
+
+@dataclass(frozen=True)
+class ChoiceResponse:
+    """One item in one order: ``p_a`` = P("A"), ``p_high`` = P(the high-pole option)."""
+
+    item_id: str
+    trait: str
+    high_label: str
+    p_a: float
+    p_high: float
+    label_mass: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ChoiceTraitSummary:
+    """Per trait: ``score`` = mean P(high) over items and both orders (0.5 = no
+    preference); ``order_bias`` = mean P("A") − 0.5; ``consistency`` = share of
+    items where the same option (by content) wins in both orders."""
+
+    trait: str
+    n_items: int
+    score: float
+    order_bias: float
+    consistency: float
+    label_mass: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ForcedChoiceResult:
+    """Item rows (two per item) and per-trait summaries, plus the run's configuration."""
+
+    items: tuple[ChoiceResponse, ...]
+    traits: tuple[ChoiceTraitSummary, ...]
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    def trait(self, code: str) -> ChoiceTraitSummary:
+        for summary in self.traits:
+            if summary.trait == code:
+                return summary
+        raise DataError(f"trait {code!r} was not measured (have {[t.trait for t in self.traits]})")
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Trait code → mean P(high-pole option)."""
+        return {t.trait: t.score for t in self.traits}
+
+    @property
+    def order_bias(self) -> float:
+        return float(np.mean([i.p_a for i in self.items]) - 0.5)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "forced_choice",
+            "config": dict(self.config),
+            "order_bias": self.order_bias,
+            "traits": [t.to_dict() for t in self.traits],
+            "items": [i.to_dict() for i in self.items],
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``forced_choice.json`` plus ``forced_choice_{traits,items}.csv``."""
+        out = Path(directory)
+        write_csv([i.to_dict() for i in self.items], out / "forced_choice_items.csv")
+        write_csv([t.to_dict() for t in self.traits], out / "forced_choice_traits.csv")
+        write_json(self.to_dict(), out / "forced_choice.json")
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ForcedChoiceResult:
+        data = read_json(Path(directory) / "forced_choice.json")
+        return cls(
+            tuple(ChoiceResponse(**restore_floats(row)) for row in data["items"]),
+            tuple(ChoiceTraitSummary(**restore_floats(row)) for row in data["traits"]),
+            data.get("config", {}),
+        )
+
+
+def summarize_choices(trait: str, items: Sequence[ChoiceResponse]) -> ChoiceTraitSummary:
+    """Per-trait summary of forced-choice rows (pure; no model needed)."""
+    by_item: dict[str, list[ChoiceResponse]] = {}
+    for row in items:
+        by_item.setdefault(row.item_id, []).append(row)
+    consistent = [
+        len({r.p_high > 0.5 for r in rows}) == 1 for rows in by_item.values() if len(rows) == 2
+    ]
+    return ChoiceTraitSummary(
+        trait=trait,
+        n_items=len(by_item),
+        score=float(np.mean([r.p_high for r in items])),
+        order_bias=float(np.mean([r.p_a for r in items]) - 0.5),
+        consistency=float(np.mean(consistent)) if consistent else float("nan"),
+        label_mass=float(np.mean([r.label_mass for r in items])),
+    )
+
+
+def run_forced_choice(
+    tm: TraitModel,
+    items: Sequence[ForcedChoiceLike],
+    *,
+    traits: str | Sequence[str] | None = None,
+    system: str | None = None,
+    batch_size: int = 32,
+    share_prefix: bool = True,
+    progress: bool = False,
+) -> ForcedChoiceResult:
+    """Score forced-choice items on whatever ``tm.model`` currently computes.
+
+    ``items``: e.g. ``traitlens.data.load_forced_choices(path)``. With ``traits``
+    None, every trait the items cover is reported.
+    """
+    if not items:
+        raise DataError(
+            "no forced-choice items; pass some (traitlens.data.load_forced_choices() loads "
+            "the shipped ones)"
+        )
+    for item in items:
+        if item.trait not in TRAITS:
+            raise DataError(
+                f"forced-choice item {item.id!r} has unknown trait {item.trait!r}; use one of "
+                f"{', '.join(TRAITS)}"
+            )
+    if len({item.id for item in items}) != len(items):
+        raise DataError("forced-choice item ids must be unique")
+    present = {item.trait for item in items}
+    selected = [t for t in TRAITS if t in present] if traits is None else parse_traits(traits)
+    missing = [t for t in selected if t not in present]
+    if missing:
+        raise DataError(
+            f"no forced-choice items for trait(s) {', '.join(missing)}; add items for them "
+            "or leave them out of --traits"
+        )
+    chosen = [item for item in items if item.trait in selected]
+    started = time.perf_counter()
+    label_tokens = resolve_label_tokens(tm, LABELS)
+    prompts = [(item, high) for high in LABELS for item in chosen]
+    sequences = [tm.format(system, render_choice(item, high)).input_ids for item, high in prompts]
+    dist = label_distribution(
+        tm,
+        sequences,
+        label_tokens,
+        batch_size=batch_size,
+        share_prefix=share_prefix,
+        progress=progress,
+        description="forced choice",
+    )
+    rows = tuple(
+        ChoiceResponse(
+            item_id=item.id,
+            trait=item.trait,
+            high_label=high,
+            p_a=float(probs[0]),
+            p_high=float(probs[0] if high == "A" else probs[1]),
+            label_mass=float(mass),
+        )
+        for (item, high), probs, mass in zip(prompts, dist.probs, dist.label_mass, strict=True)
+    )
+    summaries = tuple(
+        summarize_choices(trait, [r for r in rows if r.trait == trait]) for trait in selected
+    )
+    config = {
+        "model": tm.identity.to_dict(),
+        "chat_format": tm.formatter.mode,
+        "instruction": INSTRUCTION,
+        "system": system,
+        "n_items": len(chosen),
+        "label_token_ids": list(label_tokens.ids),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return ForcedChoiceResult(rows, summaries, config)

@@ -1,0 +1,79 @@
+"""CSV + JSON writing for result tables, with no pandas/pyarrow dependency.
+
+JSON has no NaN, so non-finite floats are written as ``null``; both files are
+written through a temporary sibling and renamed, so an interrupted run never
+leaves a half-written table that looks finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def jsonable(value: Any) -> Any:
+    """Recursively turn numpy scalars/arrays and tuples into JSON types, NaN/inf → None."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def restore_floats(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON row with every ``null`` (a NaN on the way out) turned back into NaN."""
+    return {key: math.nan if value is None else value for key, value in row.items()}
+
+
+def write_json(data: Mapping[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(data), indent=2, ensure_ascii=False))
+    tmp.replace(path)
+    return path
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """One row per mapping; columns in the order of the first row's keys."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    columns = list(rows[0]) if rows else []
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+    tmp.replace(path)
+    return path
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else repr(value)
+    return value
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    from traitlens.errors import ArtifactError
+
+    if not path.exists():
+        raise ArtifactError(f"{path} not found; run the evaluation that writes it first")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); delete it and re-run") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} does not hold a JSON object; delete it and re-run")
+    return data
