@@ -1,1 +1,24 @@
 """Which MLP neurons are trait-selective, where, and how overlapping?"""
+
+from traitlens.neurons.artifact import NeuronSet
+from traitlens.neurons.select import prompts_per_group, select_neurons
+from traitlens.neurons.selected import SelectedNeurons
+from traitlens.neurons.stats import (
+    benjamini_hochberg,
+    firing_delta,
+    jaccard_matrix,
+    matched_random_neurons,
+    two_proportion_z_test,
+)
+
+__all__ = [
+    "NeuronSet",
+    "SelectedNeurons",
+    "benjamini_hochberg",
+    "firing_delta",
+    "jaccard_matrix",
+    "matched_random_neurons",
+    "prompts_per_group",
+    "select_neurons",
+    "two_proportion_z_test",
+]

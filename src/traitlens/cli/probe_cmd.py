@@ -1,0 +1,67 @@
+"""``traitlens probe``: at which depth is each trait linearly decodable?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from traitlens.cli.common import console, done
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("probe")
+    def probe_cmd(
+        run: Path = typer.Option(..., "--run", "-r", help="run directory written by capture"),
+        kind: str = typer.Option("resid", "--kind", help="hook kind: resid or attn_out"),
+        pooling: str = typer.Option("mean", "--pooling", help="mean, last or decay"),
+        traits: str | None = typer.Option(
+            None, "--traits", "-t", help="e.g. O,C,E (default: every trait in the run)"
+        ),
+        folds: int = typer.Option(5, "--folds", help="folds over questions and personas"),
+        seed: int = typer.Option(0, "--seed"),
+        figures: bool = typer.Option(True, help="also write figures to RUN/figures/"),
+    ) -> None:
+        """Fit per-layer probes (pole, intensity, which trait) with grouped CV and a control."""
+        from traitlens.capture.artifacts import Activations
+        from traitlens.data import load_prompts
+        from traitlens.errors import ArtifactError
+        from traitlens.probe import fit_probes
+
+        prompts_path = run / "prompts.jsonl"
+        if not prompts_path.exists():
+            raise ArtifactError(f"{prompts_path} not found; run `traitlens capture --out {run}`")
+        prompts = load_prompts(prompts_path)
+        activations = Activations.load(run / "activations" / "question")
+        probes = fit_probes(
+            activations,
+            prompts,
+            traits,
+            kind=kind,
+            pooling=pooling,
+            folds=folds,
+            seed=seed,
+            out_dir=run,
+        )
+        summary = probes.summary()
+        console.print(f"probes on {kind}.{pooling}, {probes.config['folds']}-fold grouped CV")
+        for trait, row in summary["binary"].items():
+            r2 = summary["intensity"][trait]
+            console.print(
+                f"  {trait}: pole accuracy {row['score']:.2f} ± {row['sd']:.2f} "
+                f"(control {row['control']:.2f}) at layer {row['best_layer']}, "
+                f"90% by layer {row['depth_90']}; intensity R² {r2['score']:.2f}"
+            )
+        if "trait" in summary:
+            row = next(iter(summary["trait"].values()))
+            console.print(
+                f"  which trait: accuracy {row['score']:.2f} (control {row['control']:.2f}) "
+                f"at layer {row['best_layer']}"
+            )
+        if figures:
+            from traitlens.report.probe_figures import plot_probe_accuracy, plot_probe_r2
+
+            plot_probe_accuracy(probes, run / "figures")
+            plot_probe_r2(probes, run / "figures")
+            done(run / "figures", "probe figures")
+        done(run / "probes.json", "probe set")

@@ -1,0 +1,358 @@
+"""Fit every probe at every layer with grouped cross-validation and a control task."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import r2_score
+from threadpoolctl import threadpool_limits
+
+from traitlens.capture.artifacts import Activations
+from traitlens.data import TRAITS, parse_traits
+from traitlens.errors import DataError, TraitlensError
+from traitlens.probe.artifact import WHICH_TRAIT, CurveScores, ProbeSet
+from traitlens.probe.estimators import LinearProbe, RidgeProbe
+from traitlens.probe.folds import Fold, GroupedFolds, control_labels, grouped_folds
+from traitlens.progress import track
+
+POLES = ("high", "low")
+
+
+class LabelledPrompt(Protocol):
+    """What probes need from a prompt (``traitlens.data.ContrastivePrompt`` has it all)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def trait(self) -> str: ...
+    @property
+    def pole(self) -> str: ...
+    @property
+    def intensity(self) -> int: ...
+    @property
+    def persona_id(self) -> str: ...
+    @property
+    def question_id(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One probe problem: rows (into the used prompts), targets, control targets, folds."""
+
+    name: str
+    key: str
+    rows: NDArray[np.int64]
+    y: NDArray[Any]
+    y_control: NDArray[Any]
+    folds: list[Fold]
+    metric: str
+    chance: float
+
+
+def _subseed(seed: int, *names: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32("|".join(names).encode())) % (2**32)
+
+
+def _resolve_traits(traits: str | Sequence[str] | None, prompts: Sequence[Any]) -> list[str]:
+    present = {p.trait for p in prompts if p.pole in POLES}
+    if traits is None:
+        codes = [t for t in TRAITS if t in present]
+        if not codes:
+            raise DataError("no prompt has pole 'high' or 'low'; build a contrastive set first")
+    else:
+        codes = parse_traits(traits)
+    for code in codes:
+        for pole in POLES:
+            if not any(p.trait == code and p.pole == pole for p in prompts):
+                raise DataError(
+                    f"trait {code} has no '{pole}'-pole prompts, so no probe can separate its "
+                    f"poles; include both poles of {code} in the prompt set or leave {code} out "
+                    "(--traits)"
+                )
+    return codes
+
+
+def _subset_folds(folds: list[Fold], rows: NDArray[np.int64], n_used: int) -> list[Fold]:
+    """Restrict global folds (indices into the used prompts) to a task's rows, re-indexed."""
+    position = np.full(n_used, -1, dtype=np.int64)
+    position[rows] = np.arange(rows.size)
+    out = []
+    for fold in folds:
+        train, test = position[fold.train], position[fold.test]
+        out.append(Fold(train=train[train >= 0], test=test[test >= 0]))
+    return out
+
+
+def _score(probe: Any, X: NDArray[Any], y: NDArray[Any], metric: str) -> float:
+    if y.size == 0:
+        return float("nan")
+    predicted = probe.predict(X)
+    if metric == "accuracy":
+        return float(np.mean(predicted == y))
+    if np.unique(y).size < 2:  # R² is undefined for a constant target
+        return float("nan")
+    return float(r2_score(y, predicted))
+
+
+def _cross_validate(
+    make: Callable[[], Any], X: NDArray[Any], y: NDArray[Any], folds: list[Fold], metric: str
+) -> list[float]:
+    scores = []
+    for fold in folds:
+        train_y = y[fold.train]
+        if metric == "accuracy" and np.unique(train_y).size < 2:
+            # a tiny design can leave one class in a training fold: the best any
+            # probe can do then is predict that class
+            scores.append(
+                float(np.mean(y[fold.test] == train_y[0])) if fold.test.size else float("nan")
+            )
+            continue
+        probe = make().fit(X[fold.train], train_y)
+        scores.append(_score(probe, X[fold.test], y[fold.test], metric))
+    return scores
+
+
+def _inputs_key(features: NDArray[Any], rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    hasher = hashlib.sha256()
+    hasher.update(np.ascontiguousarray(features).tobytes())
+    hasher.update(json.dumps({"rows": rows, "config": config}, sort_keys=True).encode())
+    return hasher.hexdigest()[:20]
+
+
+def fit_probes(
+    activations: Activations,
+    prompts: Sequence[LabelledPrompt],
+    traits: str | Sequence[str] | None = None,
+    kind: str = "resid",
+    pooling: str = "mean",
+    folds: int = 5,
+    seed: int = 0,
+    *,
+    C: float = 0.1,
+    alpha: float = 100.0,
+    max_iter: int = 200,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> ProbeSet:
+    """Fit per-layer trait probes with grouped CV, a control task and selectivity.
+
+    For every captured layer of ``activations.get(kind, pooling)``
+    (``[n_prompts, n_layers, d_model]``, rows matched to ``prompts`` by id):
+
+    - ``binary``: per trait, a standardized logistic probe separating the high
+      from the low pole (accuracy);
+    - ``intensity``: per trait, a ridge probe predicting persona intensity 1–5
+      over all that trait's prompts, neutral ones included if present (R²);
+    - ``trait``: one multinomial probe naming which trait a polar persona
+      expresses (accuracy; needs ≥ 2 traits).
+
+    Scores are held out with :func:`grouped_folds` (no test prompt shares its
+    question or persona with training) and reported per fold; the control is
+    the same probe, on the same splits, trained on the labels shifted by a
+    random per-question amount, balanced per fold (:func:`control_labels`),
+    and selectivity is score − control (Hewitt & Liang 2019). ``folds`` is
+    reduced (and the reduction recorded in ``config["folds"]``) when there are
+    fewer questions, or personas per trait pole, than folds. The returned
+    probes' weights come from a final fit on all prompts. With ``out_dir``, a
+    probe set already saved there for the same inputs is returned instead of
+    refitted, and a new one is saved.
+
+    BLAS is limited to one thread while fitting: the problems are small
+    (~hundreds × d_model), where thread start-up costs more than it saves and
+    oversubscribed cores slow lbfgs by an order of magnitude.
+    """
+    if not prompts:
+        raise DataError("fit_probes got no prompts; pass the run's prompts.jsonl records")
+    features_all = activations.get(kind, pooling)
+    codes = _resolve_traits(traits, prompts)
+    row_of = {pid: i for i, pid in enumerate(activations.prompt_ids)}
+    used = [p for p in prompts if p.trait in codes]
+    missing = [p.id for p in used if p.id not in row_of]
+    if missing:
+        raise DataError(
+            f"{len(missing)} prompts have no captured activations (e.g. {missing[0]!r}); "
+            "capture the same prompts.jsonl again so every prompt has a row"
+        )
+    features = features_all[[row_of[p.id] for p in used]].float().numpy()
+    n_used, n_layers = features.shape[0], features.shape[1]
+
+    strata = [(p.trait, p.pole) for p in used]
+    polar_personas: dict[tuple[str, str], set[str]] = {}
+    for p in used:
+        if p.pole in POLES:
+            polar_personas.setdefault((p.trait, p.pole), set()).add(p.persona_id)
+    n_questions = len({p.question_id for p in used})
+    fewest = min(len(v) for v in polar_personas.values())
+    n_folds = min(folds, n_questions, fewest)
+    if n_folds < 2:
+        raise DataError(
+            f"grouped cross-validation needs at least 2 distinct questions and 2 personas per "
+            f"trait pole; got {n_questions} questions and as few as {fewest} personas for a "
+            "pole — build a larger contrastive set"
+        )
+    plan = grouped_folds(
+        [p.question_id for p in used], [p.persona_id for p in used], strata, n_folds, seed
+    )
+
+    tasks = _build_tasks(used, codes, plan, seed)
+    config: dict[str, Any] = {
+        "folds": n_folds,
+        "folds_requested": folds,
+        "seed": seed,
+        "C": C,
+        "alpha": alpha,
+        "max_iter": max_iter,
+        "n_prompts": n_used,
+        "test_sizes": [int(f.test.size) for f in plan.splits],
+        "train_sizes": [int(f.train.size) for f in plan.splits],
+        "control": "labels cyclically shifted per question (balanced per fold); same splits",
+    }
+    label_rows = [
+        {
+            "id": p.id,
+            "trait": p.trait,
+            "pole": p.pole,
+            "intensity": int(p.intensity),
+            "persona": p.persona_id,
+            "question": p.question_id,
+        }
+        for p in used
+    ]
+    key = _inputs_key(
+        features,
+        label_rows,
+        {**config, "kind": kind, "pooling": pooling, "traits": codes, "layers": activations.layers},
+    )
+    if out_dir is not None and (Path(out_dir) / "probes.json").exists():
+        try:
+            cached = ProbeSet.load(out_dir, expect=activations.identity)
+            if cached.config.get("inputs_key") == key:
+                return cached
+        except TraitlensError:
+            pass  # unreadable or for another model: refit and overwrite
+    config["inputs_key"] = key
+
+    per_fold: dict[tuple[str, str], list[list[float]]] = {(t.name, t.key): [] for t in tasks}
+    control: dict[tuple[str, str], list[list[float]]] = {(t.name, t.key): [] for t in tasks}
+    d_model = features.shape[2]
+    weights = {
+        "binary": np.zeros((len(codes), n_layers, d_model), np.float32),
+        "intensity": np.zeros((len(codes), n_layers, d_model), np.float32),
+        "trait": np.zeros((n_layers, len(codes), d_model), np.float32),
+    }
+    biases = {
+        "binary": np.zeros((len(codes), n_layers), np.float32),
+        "intensity": np.zeros((len(codes), n_layers), np.float32),
+        "trait": np.zeros((n_layers, len(codes)), np.float32),
+    }
+
+    def make(task: _Task) -> Callable[[], Any]:
+        if task.metric == "r2":
+            return lambda: RidgeProbe(alpha=alpha)
+        return lambda: LinearProbe(C=C, max_iter=max_iter)
+
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        # max_iter is modest by design (speed); a not-fully-converged probe is
+        # still a valid, regularized linear read-out
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for column in track(range(n_layers), n_layers, "fitting probes", progress):
+            layer_features = features[:, column].astype(np.float64)
+            for task in tasks:
+                X = layer_features[task.rows]
+                per_fold[(task.name, task.key)].append(
+                    _cross_validate(make(task), X, task.y, task.folds, task.metric)
+                )
+                control[(task.name, task.key)].append(
+                    _cross_validate(make(task), X, task.y_control, task.folds, task.metric)
+                )
+                final = make(task)().fit(X, task.y)
+                if task.name == "trait":
+                    weights["trait"][column] = final.coef_
+                    biases["trait"][column] = final.intercept_
+                else:
+                    index = codes.index(task.key)
+                    weights[task.name][index, column] = final.coef_.reshape(-1)
+                    biases[task.name][index, column] = final.intercept_.reshape(-1)[0]
+
+    scores: dict[str, dict[str, CurveScores]] = {}
+    for task in tasks:
+        scores.setdefault(task.name, {})[task.key] = CurveScores(
+            metric=task.metric,
+            chance=task.chance,
+            per_fold=per_fold[(task.name, task.key)],
+            control_per_fold=control[(task.name, task.key)],
+        )
+    with_trait = len(codes) > 1
+    probes = ProbeSet(
+        identity=activations.identity,
+        traits=codes,
+        layers=list(activations.layers),
+        kind=kind,
+        pooling=pooling,
+        binary_weight=torch.from_numpy(weights["binary"]),
+        binary_bias=torch.from_numpy(biases["binary"]),
+        intensity_weight=torch.from_numpy(weights["intensity"]),
+        intensity_bias=torch.from_numpy(biases["intensity"]),
+        trait_weight=torch.from_numpy(weights["trait"]) if with_trait else None,
+        trait_bias=torch.from_numpy(biases["trait"]) if with_trait else None,
+        scores=scores,
+        config=config,
+    )
+    if out_dir is not None:
+        probes.save(out_dir)
+    return probes
+
+
+def _build_tasks(
+    used: Sequence[LabelledPrompt], codes: list[str], plan: GroupedFolds, seed: int
+) -> list[_Task]:
+    """The binary and intensity problems per trait, plus the "which trait" problem."""
+
+    def task(name: str, key: str, rows: list[int], y: NDArray[Any], metric: str) -> _Task:
+        index = np.asarray(rows, dtype=np.int64)
+        control = control_labels(
+            y.tolist(),
+            [used[i].question_id for i in index],
+            plan.question_fold[index].tolist(),
+            _subseed(seed, name, key),
+        )
+        if metric == "r2":
+            chance = 0.0
+        else:
+            chance = float(np.bincount(y).max() / y.size)
+        return _Task(
+            name,
+            key,
+            index,
+            y,
+            np.asarray(control, dtype=y.dtype),
+            _subset_folds(plan.splits, index, len(used)),
+            metric,
+            chance,
+        )
+
+    tasks: list[_Task] = []
+    for code in codes:
+        rows = [i for i, p in enumerate(used) if p.trait == code and p.pole in POLES]
+        y = np.array([int(used[i].pole == "high") for i in rows])
+        tasks.append(task("binary", code, rows, y, "accuracy"))
+    for code in codes:
+        rows = [i for i, p in enumerate(used) if p.trait == code]
+        y = np.array([float(used[i].intensity) for i in rows])
+        tasks.append(task("intensity", code, rows, y, "r2"))
+    if len(codes) > 1:
+        rows = [i for i, p in enumerate(used) if p.pole in POLES]
+        y = np.array([codes.index(used[i].trait) for i in rows])
+        tasks.append(task("trait", WHICH_TRAIT, rows, y, "accuracy"))
+    return tasks
