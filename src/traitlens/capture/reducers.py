@@ -57,10 +57,10 @@ class StreamingQuantile:
     bin width of the final range. Memory: width × bins, whatever the token count.
     """
 
-    def __init__(self, width: int, bins: int = 256, device: torch.device | str = "cpu"):
+    def __init__(self, width: int, bins: int = 128, device: torch.device | str = "cpu"):
         self.width = width
         self.bins = bins
-        self.counts = torch.zeros((width, bins), dtype=torch.int64, device=device)
+        self.counts = torch.zeros((width, bins), dtype=torch.int32, device=device)
         self.max = torch.full((width,), -math.inf, dtype=torch.float64, device=device)
         self.min = torch.full((width,), math.inf, dtype=torch.float64, device=device)
         self.edges: torch.Tensor | None = None  # bins + 1 increasing edges, float64
@@ -94,13 +94,13 @@ class StreamingQuantile:
         elif lo < self.edges[0] or hi > self.edges[-1]:
             self._set_range(min(lo, float(self.edges[0])), max(hi, float(self.edges[-1])))
         assert self.edges is not None
-        # uniform bins: the index is arithmetic (no binary search), and an int64
-        # scatter-add into the persistent buffer is the cheapest count we measured
+        # uniform bins: the index is arithmetic (no binary search), and a scatter-add
+        # into the persistent int32 buffer is the cheapest count we measured
         start = float(self.edges[0])
         inv_width = self.bins / float(self.edges[-1] - self.edges[0])
         index = ((values - start) * inv_width).long().clamp_(0, self.bins - 1)
         flat = (index + self._offsets).reshape(-1)
-        self.counts.view(-1).scatter_add_(0, flat, torch.ones_like(flat))
+        self.counts.view(-1).scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
         self.max = torch.maximum(self.max, values.max(0).values.double())
         self.min = torch.minimum(self.min, values.min(0).values.double())
 

@@ -99,13 +99,22 @@ class NeuronSet:
             a95=self.a95[columns, indices],
         )
 
-    def select(self, trait: str, pole: str) -> SelectedNeurons:
+    def _rule_mask(self, trait: str, pole: str, rule: str) -> torch.Tensor:
+        if rule == "fdr":
+            return self.mask(trait, pole)
+        if rule == "npti":
+            return self.npti_mask(trait, pole)
+        raise DataError(f"unknown selection rule {rule!r}; use 'fdr' or 'npti'")
+
+    def select(self, trait: str, pole: str, rule: str = "fdr") -> SelectedNeurons:
         """The trait's selective neurons for ``pole``, ordered by layer then index.
 
-        ``delta`` is signed toward the pole (positive = fires more under it),
-        as :class:`SelectedNeurons` specifies; ``layers`` are model layers.
+        ``rule="fdr"`` (default): δ rule and FDR; ``"npti"``: NPTI's δ rule alone
+        (what the NPTI paper edits). ``delta`` is signed toward the pole
+        (positive = fires more under it), as :class:`SelectedNeurons`
+        specifies; ``layers`` are model layers.
         """
-        columns, indices = torch.nonzero(self.mask(trait, pole), as_tuple=True)
+        columns, indices = torch.nonzero(self._rule_mask(trait, pole, rule), as_tuple=True)
         return self._selected(trait, pole, columns, indices)
 
     def union_mask(self) -> torch.Tensor:
@@ -116,7 +125,9 @@ class NeuronSet:
                 out |= self.mask(trait, pole)
         return out
 
-    def random_control(self, trait: str, pole: str, seed: int = 0) -> SelectedNeurons:
+    def random_control(
+        self, trait: str, pole: str, seed: int = 0, rule: str = "fdr"
+    ) -> SelectedNeurons:
         """A random neuron set matched to ``select(trait, pole)`` layer by layer.
 
         Same count in every layer, drawn from neurons selected for *no* trait
@@ -124,7 +135,7 @@ class NeuronSet:
         ``(trait, pole, seed)``: the same call always returns the same set.
         ``delta`` holds those neurons' own (small) δ toward the pole.
         """
-        counts = self.mask(trait, pole).sum(-1)
+        counts = self._rule_mask(trait, pole, rule).sum(-1)
         key = f"{trait.strip().upper()}|{pole}|{seed}".encode()
         generator = torch.Generator().manual_seed(zlib.crc32(key))
         columns, indices = matched_random_neurons(counts, self.union_mask(), generator)

@@ -69,7 +69,7 @@ def _probe_section(run: Path, figures: Path) -> tuple[Section, list[dict[str, An
                 "trait": trait,
                 "best layer": binary["best_layer"],
                 "held-out accuracy": f"{binary['score']:.3f} ± {binary['sd']:.3f}",
-                "control (shuffled)": binary["control"],
+                "control task": binary["control"],
                 "selectivity": binary["selectivity"],
                 "90% depth": binary["depth_90"],
                 "intensity R² (best)": intensity.get("score", math.nan),
@@ -78,8 +78,9 @@ def _probe_section(run: Path, figures: Path) -> tuple[Section, list[dict[str, An
     which = summary.get("trait", {})
     paragraphs = [
         "Linear probes per layer, cross-validated with folds grouped by question AND persona "
-        "(no test prompt shares either with training). Control = the same probe trained on "
-        "labels shuffled within groups; selectivity = score − control.",
+        "(no test prompt shares either with training). Control task = the same probe trained "
+        "on labels shifted cyclically per question (independent of the true pole in every "
+        "training fold); selectivity = score − control.",
     ]
     if which:
         entry = next(iter(which.values()))
@@ -337,7 +338,7 @@ def build_report(run_dir: str | Path) -> Path:
                 "vector, same layers and strength. Random neurons: the same number per layer, "
                 "drawn from neurons selected for no trait, given the real set's δ values so the "
                 "NPTI "
-                "boost has the same size. Probe control: labels shuffled within groups.",
+                "boost has the same size. Probe control task: labels shifted per question.",
             ],
         ),
     ]

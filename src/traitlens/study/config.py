@@ -34,6 +34,8 @@ class StudyConfig(BaseModel):
     eval_methods: list[str] = Field(default_factory=lambda: ["mean_diff", "neurons"])
     strength: float = Field(4.0, gt=0, le=50)
     gamma: float = Field(2.0, gt=0, le=50)
+    # neuron edits use the FDR set when it has this many neurons in the band, else NPTI's rule
+    min_fdr_neurons: int = Field(20, ge=0)
     steer_band: tuple[float, float] = (0.25, 0.65)
     # evaluation
     eval_questions: int = Field(12, ge=2)

@@ -101,6 +101,14 @@ def restrict(neurons: SelectedNeurons, layers: list[int]) -> SelectedNeurons:
     )
 
 
+def neuron_rule(neurons: Any, trait: str, band: list[int], minimum: int) -> str:
+    """'fdr' when the FDR-controlled set has at least ``minimum`` neurons (both poles)
+    inside the steering band, else NPTI's δ rule alone ('npti'): with few answers per
+    persona group the prompt-level test is too weak for anything to survive."""
+    count = sum(len(restrict(neurons.select(trait, pole, "fdr"), band)) for pole in ("high", "low"))
+    return "fdr" if count >= minimum else "npti"
+
+
 def matched_control(real: SelectedNeurons, random: SelectedNeurons) -> SelectedNeurons:
     """Random neurons (same count per layer) carrying the real set's δ values, so an
     NPTI boost of the control has the same magnitude as the real edit."""
@@ -149,7 +157,7 @@ def build_eval_sets(config: StudyConfig, train_prompts: list[Any]) -> EvalSets:
     target_persona: dict[str, str] = {}
     for trait in config.traits:
         for pole, other in (("high", "low"), ("low", "high")):
-            pool = [p for p in personas if p.trait == trait and p.pole == other]
+            pool = [p for p in personas if p.trait == trait]
             chosen = build_contrastive_set(
                 [trait],
                 personas=pool,
@@ -301,16 +309,18 @@ def run_study(
                 real: Any
                 control: Any
                 if method == "neurons":
-                    target = restrict(neurons.select(trait, pole), band)
-                    opposite = restrict(neurons.select(trait, other), band)
+                    rule = neuron_rule(neurons, trait, band, config.min_fdr_neurons)
+                    target = restrict(neurons.select(trait, pole, rule), band)
+                    opposite = restrict(neurons.select(trait, other, rule), band)
                     real = NeuronEdit(target, opposite, gamma=config.gamma)
                     control = NeuronEdit(
                         matched_control(
-                            target, restrict(neurons.random_control(trait, pole, config.seed), band)
+                            target,
+                            restrict(neurons.random_control(trait, pole, config.seed, rule), band),
                         ),
                         matched_control(
                             opposite,
-                            restrict(neurons.random_control(trait, other, config.seed), band),
+                            restrict(neurons.random_control(trait, other, config.seed, rule), band),
                         ),
                         gamma=config.gamma,
                     )
@@ -318,6 +328,7 @@ def run_study(
                         "gamma": config.gamma,
                         "n_target": len(target),
                         "n_opposite": len(opposite),
+                        "neuron_rule": rule,
                     }
                 else:
                     vector = vectors.get(trait, method)
@@ -371,9 +382,10 @@ def run_study(
                         ],
                     }
                 )
+        rule = neuron_rule(neurons, trait, band, config.min_fdr_neurons)
         for gamma in config.dose_gammas:
-            target = restrict(neurons.select(trait, "high"), band)
-            opposite = restrict(neurons.select(trait, "low"), band)
+            target = restrict(neurons.select(trait, "high", rule), band)
+            opposite = restrict(neurons.select(trait, "low", rule), band)
             plan.append(
                 {
                     "key": _key(trait, "high", "dose_neurons", gamma),
@@ -383,6 +395,7 @@ def run_study(
                     "control": False,
                     "dose": True,
                     "gamma": gamma,
+                    "neuron_rule": rule,
                     "interventions": [NeuronEdit(target, opposite, gamma=gamma)],
                 }
             )
