@@ -164,17 +164,26 @@ def success_rate(
     baseline: Sequence[float],
     steered: Sequence[float],
     sign: float,
+    boundary: float = 0.0,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Targeted success rate: among prompts whose baseline readout sits on the
-    opposite pole's side (``sign · readout < 0``), the fraction whose steered
-    readout crosses to the target side; bootstrap CI over those prompts."""
-    base, new = np.asarray(baseline) * sign, np.asarray(steered) * sign
+    opposite pole's side of ``boundary`` (``sign · (readout − boundary) < 0``), the
+    fraction whose steered readout crosses to the target side; bootstrap CI
+    over those prompts."""
+    base = (np.asarray(baseline) - boundary) * sign
+    new = (np.asarray(steered) - boundary) * sign
     eligible = base < 0
     n = int(eligible.sum())
     if n == 0:
-        return {"rate": math.nan, "ci": _nan_ci(), "n_eligible": 0, "n_prompts": len(base)}
+        return {
+            "rate": math.nan,
+            "ci": _nan_ci(),
+            "n_eligible": 0,
+            "n_prompts": len(base),
+            "boundary": boundary,
+        }
     crossed = (new[eligible] > 0).astype(float)
     ci = bootstrap_ci(crossed, n_boot=n_boot, seed=seed) if n > 1 else None
     return {
@@ -182,7 +191,25 @@ def success_rate(
         "ci": _ci(ci) if ci else _nan_ci(),
         "n_eligible": n,
         "n_prompts": len(base),
+        "boundary": boundary,
     }
+
+
+def held_out_boundary(baseline: Mapping[str, Any], trait: str) -> float:
+    """The pole boundary of ``trait``'s probe on held-out data: the midpoint between
+    the unsteered mean readouts of held-out high-persona and low-persona prompts.
+
+    The probe's own zero is fitted on training questions; on unseen questions its
+    intercept drifts (on small runs every held-out prompt can read "low"), so
+    crossing is judged against this calibrated boundary instead. Falls back to 0
+    when the baseline lacks either set.
+    """
+    readouts = baseline.get("opposite_readout", {})
+    low_persona = readouts.get(f"{trait}|high")  # prompts to be pushed high hold low personas
+    high_persona = readouts.get(f"{trait}|low")
+    if not low_persona or not high_persona:
+        return 0.0
+    return float((np.mean(low_persona) + np.mean(high_persona)) / 2)
 
 
 def _paired(base: Mapping[str, float], new: Mapping[str, float], seed: int) -> dict[str, Any]:
@@ -239,6 +266,13 @@ def effect(
         result["distinct_2"] = measured["distinct_2"]
         result["distinct_2_delta"] = measured["distinct_2"] - baseline["distinct_2"]
         result["repetition"] = measured["repetition"]
+    for name in ("answer_probe_scores", "judge_scores"):
+        if name in measured and name in baseline:
+            result[name.replace("_scores", "_shift")] = {
+                t: float(np.nanmean(measured[name][t]) - np.nanmean(baseline[name][t]))
+                for t in traits
+                if t in measured[name] and t in baseline[name]
+            }
     if target is not None and pole is not None:
         key = f"{target}|{pole}"
         sign = 1.0 if pole == "high" else -1.0

@@ -46,12 +46,13 @@ def write_json(data: Mapping[str, Any], path: Path) -> Path:
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """One row per mapping; columns in the order of the first row's keys."""
+    """One row per mapping; columns are the union of keys in first-seen order
+    (rows may differ, e.g. neuron-edit rows carry γ, direction rows a strength)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    columns = list(rows[0]) if rows else []
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _cell(v) for k, v in row.items()})

@@ -36,7 +36,9 @@ class StudyConfig(BaseModel):
     gamma: float = Field(2.0, gt=0, le=50)
     # neuron edits use the FDR set when it has this many neurons in the band, else NPTI's rule
     min_fdr_neurons: int = Field(20, ge=0)
-    steer_band: tuple[float, float] = (0.25, 0.65)
+    # early-middle window (CAA and repeng steer best there); narrow, because additions
+    # accumulate in the residual stream: k layers at strength s push about k·s sd in total
+    steer_band: tuple[float, float] = (1 / 3, 1 / 2)
     # evaluation
     eval_questions: int = Field(12, ge=2)
     eval_personas: int = Field(3, ge=1)
@@ -44,6 +46,10 @@ class StudyConfig(BaseModel):
     forced_per_trait: int = Field(6, ge=1)
     templates: int = Field(3, ge=1)
     generation_prompts: int = Field(4, ge=0)
+    statements_file: str | None = None  # e.g. an IPIP inventory CSV you supply
+    forced_choice_file: str | None = None
+    judge_url: str | None = None  # OpenAI-compatible endpoint rating open-ended answers
+    judge_model: str = "default"
     dose_traits: list[str] = Field(default_factory=lambda: ["O", "C", "E", "A", "N"])
     dose_strengths: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 12.0])
     dose_gammas: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])

@@ -169,15 +169,17 @@ def build_eval_sets(config: StudyConfig, train_prompts: list[Any]) -> EvalSets:
             targets = [p for p in personas if p.trait == trait and p.pole == pole]
             target_persona[f"{trait}|{pole}"] = targets[0].text
     neutral = [Prompt(q.text, None, q.id) for q in questions]
+    all_statements = load_statements(config.statements_file)
+    all_forced = load_forced_choices(config.forced_choice_file)
     statements = []
     for trait in config.traits:
-        items = [s for s in load_statements() if s.trait == trait]
+        items = [s for s in all_statements if s.trait == trait]
         plus = [s for s in items if s.keyed == "+"][: (config.statements_per_trait + 1) // 2]
         minus = [s for s in items if s.keyed == "-"][: config.statements_per_trait // 2]
         statements += plus + minus
     forced = []
     for trait in config.traits:
-        forced += [f for f in load_forced_choices() if f.trait == trait][: config.forced_per_trait]
+        forced += [f for f in all_forced if f.trait == trait][: config.forced_per_trait]
     from traitlens.evaluate.questionnaire import TEMPLATES
 
     templates = list(TEMPLATES)[: config.templates]
@@ -290,12 +292,49 @@ def run_study(
     rows_dir = run / "eval" / "rows"
     all_keys = list(sets.opposite)
 
+    judge = None
+    if config.judge_url:
+        from traitlens.evaluate.judge import HttpJudge
+
+        judge = HttpJudge(config.judge_url, model=config.judge_model, timeout=20.0)
+        judge.rate(traits[0], "I spent the afternoon reading.")  # fail now, not mid-run
+
+    def score_answers(data: dict[str, Any]) -> None:
+        """Open-ended answers read back by the UNSTEERED model's probes (and the judge)."""
+        from traitlens.evaluate.openended import endpoint_scores, probe_scores
+
+        answers = data["answers"]
+        prompts = sets.generation[: len(answers)]
+        columns = {}
+        for layer in sorted(set(layers_read.values())):
+            scores = probe_scores(
+                tm,
+                prompts,
+                answers,
+                probes,
+                layer,
+                traits=traits,
+                pooling=probes.pooling,
+                batch_size=config.batch_size,
+            )
+            for index, trait in enumerate(traits):
+                if layers_read[trait] == layer:
+                    columns[trait] = scores.scores[:, index].tolist()
+        data["answer_probe_scores"] = columns
+        if judge is not None:
+            rated = endpoint_scores(
+                judge, answers, traits=traits, questions=[p.user for p in prompts]
+            )
+            data["judge_scores"] = {t: rated.scores[:, i].tolist() for i, t in enumerate(traits)}
+
     def measured(key: str, interventions: list[Any], **kwargs: Any) -> dict[str, Any]:
         path = rows_dir / f"{key}.json"
         if path.exists():
             return dict(_read_json(path))
         with steering(tm, interventions):
             data = measure(tm, sets, spec, **kwargs)
+        if data.get("answers"):
+            score_answers(data)
         _write_json(path, data)
         return data
 

@@ -1,0 +1,252 @@
+"""The study: configuration precedence, the evaluation maths, and (slow) the whole
+pipeline on the embedded model — report sections, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+from traitlens.errors import DataError
+from traitlens.evaluate.interventions import effect, held_out_boundary, success_rate
+from traitlens.neurons.selected import SelectedNeurons
+from traitlens.report.study_report import SECTION_IDS
+from traitlens.study import resolve_config
+from traitlens.study.pipeline import matched_control, restrict, steer_layers
+
+# a one-trait study small enough for CI, used by the slow tests
+MICRO = {
+    "traits": ["E"],
+    "dose_traits": ["E"],
+    "dose_strengths": [4.0],
+    "dose_gammas": [2.0],
+    "eval_methods": ["mean_diff", "neurons"],
+}
+
+
+def test_config_precedence(tmp_path: Path) -> None:
+    assert resolve_config().n_questions == 24
+    quick = resolve_config("quick")
+    assert quick.n_questions == 4 and quick.profile == "quick"
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("n_questions: 7\nstrength: 2.5\n")
+    cfg = resolve_config("quick", yaml_file, {"strength": 3.0, "seed": None})
+    assert (cfg.n_questions, cfg.strength, cfg.seed) == (7, 3.0, 0)  # CLI > YAML > profile
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"profile": "huge"}, "unknown profile"),
+        ({"overrides": {"traits": ["X"]}}, "unknown trait"),
+        ({"overrides": {"strength": 500}}, "strength"),
+        ({"overrides": {"eval_methods": ["magic"]}}, "unknown methods"),
+        ({"overrides": {"n_questoins": 3}}, "n_questoins"),
+    ],
+)
+def test_bad_config_is_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        resolve_config(**kwargs)
+
+
+def test_bad_yaml_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        resolve_config(yaml_path=tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(DataError, match="mapping"):
+        resolve_config(yaml_path=bad)
+
+
+def test_success_rate_hand_computed() -> None:
+    # pushing high (sign +1) from below the boundary 0: prompts at -1, -2, +3 (ineligible)
+    result = success_rate([-1.0, -2.0, 3.0], [0.5, -0.5, 4.0], sign=1.0)
+    assert result["n_eligible"] == 2 and result["rate"] == 0.5
+    # pushing low with a calibrated boundary of 1: eligible are readouts above 1
+    low = success_rate([2.0, 3.0, 0.0], [0.5, 1.5, -1.0], sign=-1.0, boundary=1.0)
+    assert low["n_eligible"] == 2 and low["rate"] == 0.5
+    assert math.isnan(success_rate([1.0], [2.0], sign=1.0)["rate"])
+
+
+def test_held_out_boundary_is_midpoint_of_pole_means() -> None:
+    baseline = {"opposite_readout": {"E|high": [-3.0, -1.0], "E|low": [1.0, 5.0]}}
+    assert held_out_boundary(baseline, "E") == pytest.approx((-2.0 + 3.0) / 2)
+    assert held_out_boundary({"opposite_readout": {}}, "E") == 0.0
+
+
+def test_effect_shifts_signed_toward_target() -> None:
+    baseline = {
+        "neutral_readout": [[0.0, 1.0], [0.0, 1.0]],
+        "opposite_readout": {"E|low": [2.0, 2.0], "E|high": [-2.0, -2.0]},
+        "questionnaire": {"E": {"a": 3.0, "b": 3.0}, "A": {"c": 2.0, "d": 2.0}},
+        "forced_choice": {"E": {"x": 0.5, "y": 0.5}, "A": {"z": 0.5, "w": 0.5}},
+        "perplexity": 10.0,
+    }
+    steered = {
+        "neutral_readout": [[-1.0, 1.0], [-3.0, 1.0]],
+        "opposite_readout": {"E|low": [-1.0, 3.0]},
+        "questionnaire": {"E": {"a": 2.0, "b": 2.5}, "A": {"c": 2.0, "d": 2.0}},
+        "forced_choice": {"E": {"x": 0.4, "y": 0.4}, "A": {"z": 0.5, "w": 0.5}},
+        "perplexity": 12.0,
+    }
+    result = effect(baseline, steered, ["E", "A"], "E", "low")
+    assert result["readout_shift"]["E"]["shift"] == pytest.approx(-2.0)
+    assert result["target_readout_shift"] == pytest.approx(2.0)  # toward low = positive
+    assert result["target_questionnaire_shift"] == pytest.approx(0.75)
+    assert result["questionnaire_shift"]["A"]["shift"] == 0.0
+    assert result["target_forced_choice_shift"] == pytest.approx(0.1)
+    assert result["perplexity_ratio"] == pytest.approx(1.2)
+    assert result["success"]["rate"] == 0.5 and result["success"]["boundary"] == 0.0
+
+
+def _neurons(layers: list[int], delta: list[float]) -> SelectedNeurons:
+    n = len(layers)
+    return SelectedNeurons(
+        torch.tensor(layers), torch.arange(n), torch.tensor(delta), torch.ones(n)
+    )
+
+
+def test_restrict_and_matched_control() -> None:
+    real = _neurons([1, 3, 3, 7], [0.2, 0.3, 0.4, 0.5])
+    assert restrict(real, [3]).layers.tolist() == [3, 3]
+    random = SelectedNeurons(
+        torch.tensor([7, 3, 1, 3]),
+        torch.tensor([9, 8, 7, 6]),
+        torch.zeros(4),
+        torch.full((4,), 2.0),
+    )
+    control = matched_control(real, random)
+    assert control.layers.tolist() == [1, 3, 3, 7]
+    assert control.delta.tolist() == pytest.approx([0.2, 0.3, 0.4, 0.5])  # same boost size
+    assert set(control.indices.tolist()) == {9, 8, 7, 6}
+    with pytest.raises(ValueError, match="matched"):
+        matched_control(real, _neurons([1, 1, 3, 7], [0, 0, 0, 0]))
+
+
+def test_steer_band() -> None:
+    assert steer_layers(30, (1 / 3, 1 / 2)) == [10, 11, 12, 13, 14]
+    assert steer_layers(4, (1 / 3, 1 / 2)) == [1]
+
+
+class _Sections(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.images = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "section" and values.get("id"):
+            self.ids.append(str(values["id"]))
+        if tag == "img" and str(values.get("src", "")).startswith("data:image/png;base64,"):
+            self.images += 1
+
+
+def _study(out: Path, config: Path | None = None, profile: str = "quick") -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "traitlens.cli.main",
+        "study",
+        "--profile",
+        profile,
+        "--out",
+        str(out),
+    ]
+    if config is not None:
+        command += ["--config", str(config)]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def _yaml(path: Path, values: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.slow
+def test_quick_study_produces_report_with_every_section(tmp_path: Path) -> None:
+    """The CI test of `traitlens study --profile quick` (all five traits)."""
+    out = tmp_path / "run"
+    process = _study(out)
+    log, _ = process.communicate(timeout=1800)
+    assert process.returncode == 0, log[-3000:]
+    parser = _Sections()
+    parser.feed((out / "report.html").read_text())
+    assert set(SECTION_IDS) <= set(parser.ids), parser.ids
+    assert parser.images >= 8
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert {r["trait"] for r in evaluation["results"]} == {"O", "C", "E", "A", "N"}
+    assert {r["pole"] for r in evaluation["results"]} == {"high", "low"}
+    assert (out / "eval.csv").read_text().count("\n") == len(evaluation["results"]) + 1
+
+
+@pytest.mark.slow
+def test_study_resumes_after_kill_without_recomputing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = _yaml(tmp_path / "micro.yaml", MICRO)
+    process = _study(out, config)
+    deadline = time.time() + 1500
+    rows = out / "eval" / "rows"
+    # kill -9 once the first intervention row exists: mid-way through evaluation
+    while time.time() < deadline and not (rows.exists() and len(list(rows.glob("*.json"))) >= 2):
+        if process.poll() is not None:
+            pytest.fail("study ended before it could be interrupted:\n" + process.stdout.read())
+        time.sleep(1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            out / "prompts.jsonl",
+            out / "answers.jsonl",
+            out / "probes.safetensors",
+            out / "neurons.safetensors",
+            out / "vectors.safetensors",
+            out / "activations" / "answer" / "activations.safetensors",
+            *rows.glob("*.json"),
+        ]
+    }
+    assert not (out / "report.html").exists()
+    process = _study(out, config)
+    log, _ = process.communicate(timeout=1500)
+    assert process.returncode == 0, log[-3000:]
+    assert "(cached)" in log
+    for path, stamp in finished.items():
+        assert path.stat().st_mtime_ns == stamp, f"{path.name} was recomputed"
+    assert (out / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_bad_input_mid_study_keeps_finished_stages(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    empty = tmp_path / "statements.csv"
+    empty.write_text("")
+    config = _yaml(tmp_path / "bad.yaml", {**MICRO, "statements_file": str(empty)})
+    process = _study(out, config)
+    log, _ = process.communicate(timeout=1500)
+    assert process.returncode == 2, log[-3000:]
+    assert "statements.csv is empty" in log and "Traceback" not in log
+    assert (out / "probes.json").exists() and (out / "vectors.json").exists()
+    config = _yaml(tmp_path / "judge.yaml", {**MICRO, "judge_url": "http://127.0.0.1:9"})
+    process = _study(out, config)
+    log, _ = process.communicate(timeout=1500)
+    assert process.returncode == 2, log[-3000:]
+    assert "127.0.0.1:9" in log and "Traceback" not in log
+    assert (out / "probes.json").exists()
