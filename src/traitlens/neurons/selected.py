@@ -35,8 +35,9 @@ class SelectedNeurons:
 
     def in_layer(self, layer: int) -> SelectedNeurons:
         keep = self.layers == layer
-        return SelectedNeurons(self.layers[keep], self.indices[keep], self.delta[keep],
-                               self.a95[keep])
+        return SelectedNeurons(
+            self.layers[keep], self.indices[keep], self.delta[keep], self.a95[keep]
+        )
 
     def per_layer_counts(self, n_layers: int) -> torch.Tensor:
         return torch.bincount(self.layers, minlength=n_layers)

@@ -282,7 +282,8 @@ def build_report(run_dir: str | Path) -> Path:
             "Targeted success rates",
             [
                 "Held-out prompts (unseen questions and personas) whose persona is the OPPOSITE "
-                "pole; success = the target trait's probe readout starts on the opposite side and "
+                "pole; success = the target trait's probe readout starts on the opposite side of "
+                "the held-out boundary (midpoint of unsteered high- and low-persona readouts) and "
                 "crosses to the target side under the intervention. 95% bootstrap CI over "
                 "prompts. 'prompt' swaps the persona for a held-out target-pole persona instead "
                 "of steering.",
