@@ -1,0 +1,228 @@
+"""``traitlens steer`` (side-by-side steered answers) and ``traitlens vectors``
+(show / export to llama.cpp GGUF / import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import typer
+
+from traitlens.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, console, done, load
+
+if TYPE_CHECKING:
+    from traitlens.steer.interventions import Intervention, Positions
+
+METHOD_HELP = "mean_diff, pca, regression, probe (directions) or neurons (NPTI edit)"
+
+
+def _trait(value: str) -> str:
+    from traitlens.data import normalize_trait
+
+    try:
+        return normalize_trait(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _pole(value: str) -> str:
+    if value not in ("high", "low"):
+        raise typer.BadParameter(f"pole must be 'high' or 'low', got {value!r}")
+    return value
+
+
+def _positions(value: str) -> Positions:
+    if value not in ("all", "prompt", "generated"):
+        raise typer.BadParameter(f"positions must be all, prompt or generated, got {value!r}")
+    return cast("Positions", value)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("steer")
+    def steer_cmd(
+        trait: str = typer.Option(..., "--trait", "-t", help="O, C, E, A or N (or full name)"),
+        prompt: list[str] = typer.Option(..., "--prompt", "-p", help="repeatable"),
+        pole: str = typer.Option("high", "--pole", help="push toward the high or low pole"),
+        method: str = typer.Option("mean_diff", "--method", help=METHOD_HELP),
+        strength: float = typer.Option(
+            2.0, "--strength", "-s", help="standard deviations added at each layer (|s| <= 50)"
+        ),
+        layers: str | None = typer.Option(
+            None, "--layers", "-l", help="e.g. 10-20 or 8,10,12 (default: a middle window)"
+        ),
+        run: Path | None = typer.Option(
+            None,
+            "--run",
+            help="run directory: reuses its vectors/capture, saves new vectors "
+            "(default: a per-model cache run)",
+        ),
+        system: str | None = typer.Option(None, "--system", help="system prompt for every prompt"),
+        span: str = typer.Option(
+            "auto",
+            "--span",
+            help="captured tokens vectors are read from: auto (answers; questions for pca), "
+            "answer or question",
+        ),
+        max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n"),
+        positions: str = typer.Option("all", "--positions", help="all, prompt or generated"),
+        gamma: float = typer.Option(1.0, "--gamma", help="NPTI γ (method neurons)"),
+        sample: bool = typer.Option(False, "--sample", help="sample instead of greedy"),
+        seed: int = typer.Option(0, "--seed"),
+        model: str | None = MODEL_OPTION,
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+    ) -> None:
+        """Answer prompts with and without steering toward a trait pole, side by side."""
+        from rich.table import Table
+
+        from traitlens.steer import (
+            AddDirection,
+            compare_steering,
+            default_run_dir,
+            middle_layers,
+            parse_layers,
+            run_neuron_edit,
+            run_vector,
+        )
+
+        code, pole = _trait(trait), _pole(pole)
+        where = _positions(positions)
+        tm = load(model, device, dtype)
+        run = run or default_run_dir(tm)
+        chosen = parse_layers(layers, tm.n_layers) if layers else middle_layers(tm.n_layers)
+        intervention: Intervention
+        if method == "neurons":
+            edit = run_neuron_edit(tm, run, code, pole, gamma=gamma, layers=chosen, positions=where)
+            how = (
+                f"NPTI γ={gamma:g}: {len(edit.target)} {pole}-pole neurons boosted, "
+                f"{len(edit.opposite)} opposite silenced"
+            )
+            intervention = edit
+        else:
+            if span not in ("auto", "answer", "question"):
+                raise typer.BadParameter(f"--span must be auto, answer or question, not {span!r}")
+            vector = run_vector(tm, run, code, method, span=span)
+            signed = strength if pole == "high" else -strength
+            intervention = AddDirection(vector, signed, layers=tuple(chosen), positions=where)
+            how = f"{method} from {vector.source.get('span', '?')} tokens, {signed:+g}σ"
+        pairs = compare_steering(
+            tm,
+            prompt,
+            intervention,
+            system=system,
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            seed=seed,
+            progress=False,
+        )
+        span = (
+            f"{chosen[0]}-{chosen[-1]}"
+            if chosen == list(range(chosen[0], chosen[-1] + 1))
+            else ",".join(map(str, chosen))
+        )
+        table = Table(
+            title=f"{code} → {pole} ({how}, layers {span}, positions {positions})",
+            show_lines=True,
+        )
+        table.add_column("prompt", style="bold", ratio=1)
+        table.add_column("unsteered", ratio=2)
+        table.add_column(f"steered: {code} {pole}", ratio=2)
+        for text, (plain, steered) in zip(prompt, pairs, strict=True):
+            table.add_row(text, plain, steered)
+        from rich.console import Console
+
+        Console().print(table)
+        done(run, "neuron set (neurons.json)" if method == "neurons" else "vectors (vectors.json)")
+
+    vectors_app = typer.Typer(
+        help="Trait vectors of a run: show them, export to llama.cpp GGUF, import GGUF.",
+        no_args_is_help=True,
+    )
+    app.add_typer(vectors_app, name="vectors")
+
+    @vectors_app.command("show")
+    def vectors_show(run: Path = typer.Option(..., "--run", help="run directory")) -> None:
+        """List the trait vectors saved in RUN/vectors.json."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from traitlens.steer import VectorSet
+
+        vectors = VectorSet.load(run)
+        table = Table(title=f"{run}/vectors.json — model {vectors.identity.name}")
+        for column in ("trait", "method", "pole", "hook", "layers", "spread (min–max)", "prompts"):
+            table.add_column(column)
+        for vector in vectors:
+            table.add_row(
+                vector.trait,
+                vector.method,
+                vector.pole,
+                vector.hook,
+                f"{vector.layers[0]}-{vector.layers[-1]} ({len(vector.layers)})",
+                f"{float(vector.spread.min()):.3g}–{float(vector.spread.max()):.3g}",
+                str(vector.source.get("n_prompts", "")),
+            )
+        Console().print(table)
+
+    @vectors_app.command("export")
+    def vectors_export(
+        run: Path = typer.Option(..., "--run", help="run directory holding vectors.json"),
+        trait: str = typer.Option(..., "--trait", "-t"),
+        out: Path = typer.Option(..., "--out", "-o", help="file to write"),
+        method: str = typer.Option("mean_diff", "--method"),
+        fmt: str = typer.Option("gguf", "--format", help="gguf (llama.cpp) or safetensors"),
+        strength: float = typer.Option(
+            1.0, "--strength", "-s", help="baked in: the file holds strength × spread × direction"
+        ),
+        layers: str | None = typer.Option(None, "--layers", "-l", help="default: all but 0"),
+    ) -> None:
+        """Export one vector; GGUF files load in llama.cpp with --control-vector FILE."""
+        from traitlens.steer import VectorSet, parse_layers
+
+        vector = VectorSet.load(run).get(_trait(trait), method)
+        chosen = parse_layers(layers, vector.identity.n_layers) if layers else None
+        if fmt == "gguf":
+            path = vector.to_gguf(out, strength=strength, layers=chosen)
+            console.print(
+                f"llama.cpp: llama-cli -m MODEL.gguf --control-vector {path} "
+                "(tensors direction.N act on block N's output, N from 1)"
+            )
+        elif fmt == "safetensors":
+            path = (vector.select(chosen) if chosen else vector).save(out)
+        else:
+            raise typer.BadParameter(f"--format must be gguf or safetensors, got {fmt!r}")
+        done(path, "vector")
+
+    @vectors_app.command("import")
+    def vectors_import(
+        file: Path = typer.Argument(
+            ..., help="control-vector .gguf (traitlens, repeng, llama.cpp)"
+        ),
+        run: Path = typer.Option(..., "--run", help="run directory to add it to"),
+        trait: str | None = typer.Option(
+            None, "--trait", "-t", help="name it (default: from file)"
+        ),
+        method: str | None = typer.Option(None, "--method", help="name it (default: from file)"),
+        model: str | None = MODEL_OPTION,
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+    ) -> None:
+        """Import a control-vector GGUF into RUN/vectors.* (checked against the model)."""
+        from dataclasses import replace
+
+        from traitlens.steer import TraitVector, VectorSet
+
+        tm = load(model, device, dtype)
+        vector = TraitVector.from_gguf(file, tm)
+        vector = replace(
+            vector,
+            trait=_trait(trait) if trait else vector.trait,
+            method=method or vector.method,
+        )
+        vectors = (
+            VectorSet.load(run, expect=tm.identity)
+            if (run / "vectors.json").exists()
+            else VectorSet(tm.identity)
+        )
+        vectors.add(vector)
+        done(vectors.save(run), f"{vector.trait}/{vector.method} vector")
