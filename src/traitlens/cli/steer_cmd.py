@@ -132,7 +132,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         Console().print(table)
-        done(run, "neuron set (neurons.json)" if method == "neurons" else "vectors (vectors.json)")
+        done(run, "run artifacts (captures, vectors.json / neurons.json)")
 
     vectors_app = typer.Typer(
         help="Trait vectors of a run: show them, export to llama.cpp GGUF, import GGUF.",

@@ -240,8 +240,14 @@ def steering(
 
     ``with steering(tm, [AddDirection(e_vec, 4, layers=range(10, 20))]): tm.model(...)``
     works for plain forward passes and for ``tm.model.generate`` alike. Hooks
-    are always removed on exit, including when the block raises. ``inplace=False``
-    makes every op allocate a new tensor (kept for measurement; slower).
+    are always removed on exit, including when the block raises; contexts nest.
+
+    Ops edit the hooked tensor in place (no extra activation-sized allocation
+    per hook, which matters for long prefills on big models; on the embedded
+    model on CPU the two are indistinguishable, see ``benchmarks/steer_overhead.py
+    --compare-inplace``). A hook registered *before* this context that keeps a
+    reference to the same tensor without copying it will therefore see the
+    steered value. ``inplace=False`` makes every op allocate a new tensor.
     """
     hooks = compile_interventions(tm, interventions, inplace=inplace)
     with hooks_installed(tm.adapter, list(hooks)) as points:

@@ -110,7 +110,7 @@ class AddDirection:
 
     vector: TraitVector
     strength: float = 1.0
-    layers: tuple[int, ...] | None = None
+    layers: Sequence[int] | None = None
     positions: Positions = "all"
 
     def __post_init__(self) -> None:
@@ -144,7 +144,7 @@ class AblateDirection:
     """
 
     vector: TraitVector
-    layers: tuple[int, ...] | None = None
+    layers: Sequence[int] | None = None
     positions: Positions = "all"
 
     def __post_init__(self) -> None:
