@@ -88,7 +88,10 @@ class StreamingQuantile:
         if values.numel() == 0:
             return
         values = values.detach()
-        lo, hi = float(values.min()), float(values.max())
+        column_max, column_min = values.max(0).values, values.min(0).values
+        self.max = torch.maximum(self.max, column_max.double())
+        self.min = torch.minimum(self.min, column_min.double())
+        lo, hi = float(column_min.min()), float(column_max.max())
         if self.edges is None:
             self._set_range(lo, hi)
         elif lo < self.edges[0] or hi > self.edges[-1]:
@@ -101,8 +104,6 @@ class StreamingQuantile:
         index = ((values - start) * inv_width).long().clamp_(0, self.bins - 1)
         flat = (index + self._offsets).reshape(-1)
         self.counts.view(-1).scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
-        self.max = torch.maximum(self.max, values.max(0).values.double())
-        self.min = torch.minimum(self.min, values.min(0).values.double())
 
     def quantile(self, q: float) -> torch.Tensor:
         """Estimated ``q``-quantile per neuron (linear interpolation inside the bin,
