@@ -8,7 +8,7 @@ models are frozen so a prompt set cannot be mutated after it has been labelled.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -349,3 +349,26 @@ class ContrastivePrompt(_Record):
     def _coherent(self) -> ContrastivePrompt:
         _check_intensity(self.pole, self.intensity)
         return self
+
+
+class LabelledPrompt(Protocol):
+    """What later stages need to know about a prompt; :class:`ContrastivePrompt` has it all
+    (a structural type, so users' own prompt objects work too)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def trait(self) -> str: ...
+
+    @property
+    def pole(self) -> str: ...
+
+    @property
+    def intensity(self) -> int: ...
+
+    @property
+    def persona_id(self) -> str: ...
+
+    @property
+    def question_id(self) -> str: ...

@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from traitlens.capture.artifacts import Activations
 from traitlens.data import TRAITS, parse_traits
+from traitlens.data.schema import LabelledPrompt
 from traitlens.errors import DataError, TraitlensError
 from traitlens.probe.artifact import WHICH_TRAIT, CurveScores, ProbeSet
 from traitlens.probe.estimators import LinearProbe, RidgeProbe
@@ -27,23 +28,6 @@ from traitlens.probe.folds import Fold, GroupedFolds, control_labels, grouped_fo
 from traitlens.progress import track
 
 POLES = ("high", "low")
-
-
-class LabelledPrompt(Protocol):
-    """What probes need from a prompt (``traitlens.data.ContrastivePrompt`` has it all)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def trait(self) -> str: ...
-    @property
-    def pole(self) -> str: ...
-    @property
-    def intensity(self) -> int: ...
-    @property
-    def persona_id(self) -> str: ...
-    @property
-    def question_id(self) -> str: ...
 
 
 @dataclass(frozen=True)

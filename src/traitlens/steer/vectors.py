@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from traitlens import __version__
+from traitlens.data.schema import LabelledPrompt
 from traitlens.errors import ArtifactError, DataError, InterventionError
 from traitlens.models.loading import ModelIdentity, require_identity
 from traitlens.steer import directions as dirs
@@ -42,26 +43,6 @@ METHODS = ("mean_diff", "pca", "regression", "probe")
 
 HOOK_KINDS = ("resid", "attn_out")
 """Hook-point kinds a direction can live at (both are ``[batch, seq, d_model]``)."""
-
-
-class LabelledPrompt(Protocol):
-    """What a direction estimator needs to know about a prompt (the data stage's
-    ``ContrastivePrompt`` has all of it)."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def trait(self) -> str: ...
-
-    @property
-    def pole(self) -> str: ...
-
-    @property
-    def intensity(self) -> int: ...
-
-    @property
-    def question_id(self) -> str: ...
 
 
 class ProbeWeights(Protocol):
