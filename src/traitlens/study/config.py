@@ -87,7 +87,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "templates": 3,
         "generation_prompts": 0,
         "dose_traits": ["E"],
-        "dose_strengths": [2.0, 8.0],
+        "dose_strengths": [1.0, 4.0],
         "dose_gammas": [4.0],
     },
     "default": {},
