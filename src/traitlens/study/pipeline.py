@@ -43,7 +43,6 @@ import torch
 from traitlens.capture.capture import Prompt
 from traitlens.capture.pipeline import capture_run
 from traitlens.data import (
-    NEUTRAL_SYSTEM,
     build_contrastive_set,
     load_forced_choices,
     load_personas,
@@ -516,4 +515,4 @@ def _flat(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-__all__ = ["NEUTRAL_SYSTEM", "run_study"]
+__all__ = ["run_study"]
