@@ -21,7 +21,13 @@ from traitlens.evaluate.interventions import effect, held_out_boundary, success_
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.report.study_report import SECTION_IDS
 from traitlens.study import resolve_config
-from traitlens.study.pipeline import matched_control, restrict, steer_layers
+from traitlens.study.pipeline import (
+    control_seed,
+    matched_control,
+    random_vector_like,
+    restrict,
+    steer_layers,
+)
 
 # a one-trait study small enough for CI, used by the slow tests
 MICRO = {
@@ -130,6 +136,27 @@ def test_restrict_and_matched_control() -> None:
     assert set(control.indices.tolist()) == {9, 8, 7, 6}
     with pytest.raises(ValueError, match="matched"):
         matched_control(real, _neurons([1, 1, 3, 7], [0, 0, 0, 0]))
+
+
+def test_random_direction_controls_are_per_trait_and_stable(tiny_llama) -> None:
+    from traitlens.steer import TraitVector
+
+    vector = TraitVector.from_directions(
+        tiny_llama.identity,
+        {1: torch.ones(tiny_llama.identity.d_model, dtype=torch.float64)},
+        spread={1: 3.0},
+        trait="O",
+        method="mean_diff",
+    )
+    seeds = {t: control_seed(0, t) for t in "OCEAN"}
+    assert len(set(seeds.values())) == 5  # five independent controls, not one shared
+    assert control_seed(0, " o") == seeds["O"] and control_seed(1, "O") != seeds["O"]
+    a = random_vector_like(vector, seeds["O"])
+    b = random_vector_like(vector, seeds["O"])
+    c = random_vector_like(vector, seeds["C"])
+    assert torch.equal(a.direction(1), b.direction(1))
+    assert not torch.allclose(a.direction(1), c.direction(1))
+    assert float(a.spread[0]) == pytest.approx(3.0)  # same size as the real vector
 
 
 def test_steer_band() -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,11 @@ def matched_control(real: SelectedNeurons, random: SelectedNeurons) -> SelectedN
         real.delta[order_real],
         random.a95[order_random],
     )
+
+
+def control_seed(seed: int, trait: str) -> int:
+    """Seed of a trait's random-direction control: stable, and different per trait."""
+    return zlib.crc32(f"{trait.strip().upper()}|{seed}|random-direction".encode())
 
 
 def random_vector_like(vector: Any, seed: int) -> Any:
@@ -372,7 +378,9 @@ def run_study(
                     vector = vectors.get(trait, method)
                     real = AddDirection(vector, sign * config.strength, layers=tuple(band))
                     control = AddDirection(
-                        random_vector_like(vector, config.seed + 7),
+                        # one random direction per trait (seeded by trait), so the five
+                        # controls are independent draws rather than one shared direction
+                        random_vector_like(vector, control_seed(config.seed, trait)),
                         sign * config.strength,
                         layers=tuple(band),
                     )
