@@ -8,9 +8,16 @@ models are frozen so a prompt set cannot be mutated after it has been labelled.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    field_validator,
+    model_validator,
+)
 
 from traitlens.errors import DataError
 
@@ -148,6 +155,48 @@ def _check_intensity(pole: str, intensity: int) -> None:
         )
 
 
+def _pole_parser(allowed: tuple[str, ...], fix: str) -> BeforeValidator:
+    def parse(value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in allowed:
+            return value.strip().lower()
+        raise ValueError(f"unknown pole {value!r} — use {fix}")
+
+    return BeforeValidator(parse)
+
+
+def _parse_keyed(value: Any) -> str:
+    key = str(value).strip().lower() if not isinstance(value, bool) else ""
+    if key in _KEYED_PLUS:
+        return "+"
+    if key in _KEYED_MINUS:
+        return "-"
+    raise ValueError(
+        f"unknown keying {value!r} — use '+' (agreeing means high) or '-' "
+        "(reverse-keyed: agreeing means low); '1', '-1', 'R' and 'reverse' also work"
+    )
+
+
+def _parse_category(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() == NEUTRAL_POLE:
+        return NEUTRAL_POLE
+    try:
+        return normalize_trait(value)
+    except ValueError:
+        raise ValueError(
+            f"unknown category {value!r} — use 'neutral' or a trait: {_TRAIT_FIX}"
+        ) from None
+
+
+# Field types carrying their own parsing, so every record validates a trait, a pole or a
+# piece of text the same way (and says the same fix) without repeating validators.
+TraitCode = Annotated[str, BeforeValidator(normalize_trait)]
+Text = Annotated[str, AfterValidator(_non_empty)]
+PoleField = Annotated[Pole, _pole_parser(POLES, "'high' or 'low'")]
+PromptPoleField = Annotated[
+    PromptPole, _pole_parser((*POLES, NEUTRAL_POLE), "'high', 'low' or 'neutral'")
+]
+
+
 class _Record(BaseModel):
     """Shared config: frozen, trims whitespace, ignores extra columns users may keep."""
 
@@ -157,18 +206,13 @@ class _Record(BaseModel):
 class TraitInfo(_Record):
     """What a trait means at each pole; used for labels in reports and judge rubrics."""
 
-    code: str
-    name: str
-    high_label: str
-    low_label: str
+    code: TraitCode
+    name: Text
+    high_label: Text
+    low_label: Text
     facets: tuple[str, ...]
-    description_high: str
-    description_low: str
-
-    @field_validator("code", mode="before")
-    @classmethod
-    def _code(cls, value: Any) -> str:
-        return normalize_trait(value)
+    description_high: Text
+    description_low: Text
 
     @field_validator("facets", mode="before")
     @classmethod
@@ -177,11 +221,6 @@ class TraitInfo(_Record):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(";") if part.strip())
         return value
-
-    @field_validator("name", "high_label", "low_label", "description_high", "description_low")
-    @classmethod
-    def _text(cls, value: str) -> str:
-        return _non_empty(value)
 
     @model_validator(mode="after")
     def _name_matches(self) -> TraitInfo:
@@ -196,28 +235,11 @@ class TraitInfo(_Record):
 class Persona(_Record):
     """A system-prompt persona that pushes a model toward one pole of one trait."""
 
-    id: str
-    trait: str
-    pole: Pole
+    id: Text
+    trait: TraitCode
+    pole: PoleField
     intensity: int
-    text: str
-
-    @field_validator("trait", mode="before")
-    @classmethod
-    def _trait(cls, value: Any) -> str:
-        return normalize_trait(value)
-
-    @field_validator("pole", mode="before")
-    @classmethod
-    def _pole(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in POLES:
-            return value.strip().lower()
-        raise ValueError(f"unknown pole {value!r} — use 'high' or 'low'")
-
-    @field_validator("id", "text")
-    @classmethod
-    def _text(cls, value: str) -> str:
-        return _non_empty(value)
+    text: Text
 
     @model_validator(mode="after")
     def _coherent(self) -> Persona:
@@ -232,26 +254,9 @@ class Question(_Record):
     experiments check that a direction is not just "trait-relevant topic".
     """
 
-    id: str
-    text: str
-    category: str = NEUTRAL_POLE
-
-    @field_validator("category", mode="before")
-    @classmethod
-    def _category(cls, value: Any) -> str:
-        if isinstance(value, str) and value.strip().lower() == NEUTRAL_POLE:
-            return NEUTRAL_POLE
-        try:
-            return normalize_trait(value)
-        except ValueError:
-            raise ValueError(
-                f"unknown category {value!r} — use 'neutral' or a trait: {_TRAIT_FIX}"
-            ) from None
-
-    @field_validator("id", "text")
-    @classmethod
-    def _text(cls, value: str) -> str:
-        return _non_empty(value)
+    id: Text
+    text: Text
+    category: Annotated[str, BeforeValidator(_parse_category)] = NEUTRAL_POLE
 
 
 class Statement(_Record):
@@ -261,53 +266,20 @@ class Statement(_Record):
     indicates the low pole (a reverse-keyed item).
     """
 
-    id: str
-    trait: str
-    text: str
-    keyed: Literal["+", "-"]
-
-    @field_validator("trait", mode="before")
-    @classmethod
-    def _trait(cls, value: Any) -> str:
-        return normalize_trait(value)
-
-    @field_validator("keyed", mode="before")
-    @classmethod
-    def _keyed(cls, value: Any) -> str:
-        key = str(value).strip().lower() if not isinstance(value, bool) else ""
-        if key in _KEYED_PLUS:
-            return "+"
-        if key in _KEYED_MINUS:
-            return "-"
-        raise ValueError(
-            f"unknown keying {value!r} — use '+' (agreeing means high) or '-' "
-            "(reverse-keyed: agreeing means low); '1', '-1', 'R' and 'reverse' also work"
-        )
-
-    @field_validator("id", "text")
-    @classmethod
-    def _text(cls, value: str) -> str:
-        return _non_empty(value)
+    id: Text
+    trait: TraitCode
+    text: Text
+    keyed: Annotated[Literal["+", "-"], BeforeValidator(_parse_keyed)]
 
 
 class ForcedChoice(_Record):
     """A situation with one high-pole and one low-pole answer, for choice-based scoring."""
 
-    id: str
-    trait: str
-    situation: str
-    high_option: str
-    low_option: str
-
-    @field_validator("trait", mode="before")
-    @classmethod
-    def _trait(cls, value: Any) -> str:
-        return normalize_trait(value)
-
-    @field_validator("id", "situation", "high_option", "low_option")
-    @classmethod
-    def _text(cls, value: str) -> str:
-        return _non_empty(value)
+    id: Text
+    trait: TraitCode
+    situation: Text
+    high_option: Text
+    low_option: Text
 
 
 class ContrastivePrompt(_Record):
@@ -318,32 +290,14 @@ class ContrastivePrompt(_Record):
     different user text.
     """
 
-    id: str
-    trait: str
-    pole: PromptPole
+    id: Text
+    trait: TraitCode
+    pole: PromptPoleField
     intensity: int
-    persona_id: str
-    question_id: str
-    system: str
-    user: str
-
-    @field_validator("trait", mode="before")
-    @classmethod
-    def _trait(cls, value: Any) -> str:
-        return normalize_trait(value)
-
-    @field_validator("pole", mode="before")
-    @classmethod
-    def _pole(cls, value: Any) -> Any:
-        allowed = (*POLES, NEUTRAL_POLE)
-        if isinstance(value, str) and value.strip().lower() in allowed:
-            return value.strip().lower()
-        raise ValueError(f"unknown pole {value!r} — use 'high', 'low' or 'neutral'")
-
-    @field_validator("id", "persona_id", "question_id", "system", "user")
-    @classmethod
-    def _text(cls, value: str) -> str:
-        return _non_empty(value)
+    persona_id: Text
+    question_id: Text
+    system: Text
+    user: Text
 
     @model_validator(mode="after")
     def _coherent(self) -> ContrastivePrompt:

@@ -21,7 +21,13 @@ import numpy as np
 from traitlens.data import TRAITS, parse_traits
 from traitlens.errors import DataError
 from traitlens.evaluate.logprobs import label_distribution, resolve_label_tokens
-from traitlens.evaluate.tables import read_json, restore_floats, write_csv, write_json
+from traitlens.evaluate.tables import (
+    TraitLookup,
+    read_json,
+    restore_floats,
+    write_csv,
+    write_json,
+)
 from traitlens.models.loading import TraitModel
 
 LABELS = ("A", "B")
@@ -96,23 +102,12 @@ class ChoiceTraitSummary:
 
 
 @dataclass(frozen=True)
-class ForcedChoiceResult:
+class ForcedChoiceResult(TraitLookup[ChoiceTraitSummary]):
     """Item rows (two per item) and per-trait summaries, plus the run's configuration."""
 
     items: tuple[ChoiceResponse, ...]
     traits: tuple[ChoiceTraitSummary, ...]
     config: Mapping[str, Any] = field(default_factory=dict)
-
-    def trait(self, code: str) -> ChoiceTraitSummary:
-        for summary in self.traits:
-            if summary.trait == code:
-                return summary
-        raise DataError(f"trait {code!r} was not measured (have {[t.trait for t in self.traits]})")
-
-    @property
-    def scores(self) -> dict[str, float]:
-        """Trait code → mean P(high-pole option)."""
-        return {t.trait: t.score for t in self.traits}
 
     @property
     def order_bias(self) -> float:

@@ -33,7 +33,13 @@ from traitlens.data import TRAITS, parse_traits
 from traitlens.errors import DataError
 from traitlens.evaluate.logprobs import label_distribution, resolve_label_tokens
 from traitlens.evaluate.stats import cronbach_alpha, sample_sd
-from traitlens.evaluate.tables import read_json, restore_floats, write_csv, write_json
+from traitlens.evaluate.tables import (
+    TraitLookup,
+    read_json,
+    restore_floats,
+    write_csv,
+    write_json,
+)
 from traitlens.models.loading import TraitModel
 
 SCALE = (1, 2, 3, 4, 5)
@@ -191,23 +197,12 @@ class TraitSummary:
 
 
 @dataclass(frozen=True)
-class QuestionnaireResult:
+class QuestionnaireResult(TraitLookup[TraitSummary]):
     """Item-level rows and per-trait summaries, plus the run's configuration."""
 
     items: tuple[ItemResponse, ...]
     traits: tuple[TraitSummary, ...]
     config: Mapping[str, Any] = field(default_factory=dict)
-
-    def trait(self, code: str) -> TraitSummary:
-        for summary in self.traits:
-            if summary.trait == code:
-                return summary
-        raise DataError(f"trait {code!r} was not measured (have {[t.trait for t in self.traits]})")
-
-    @property
-    def scores(self) -> dict[str, float]:
-        """Trait code → keyed mean score (1..5)."""
-        return {t.trait: t.score for t in self.traits}
 
     @property
     def order_asymmetry(self) -> float:

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -78,3 +78,33 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ArtifactError(f"{path} does not hold a JSON object; delete it and re-run")
     return data
+
+
+class _HasTrait(Protocol):
+    @property
+    def trait(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+
+
+S = TypeVar("S", bound=_HasTrait)
+
+
+class TraitLookup(Generic[S]):
+    """Per-trait access shared by result objects that hold one summary per trait."""
+
+    traits: tuple[S, ...]
+
+    def trait(self, code: str) -> S:
+        """The summary for trait ``code``; a clear error names the traits measured."""
+        for summary in self.traits:
+            if summary.trait == code:
+                return summary
+        from traitlens.errors import DataError
+
+        raise DataError(f"trait {code!r} was not measured (have {[t.trait for t in self.traits]})")
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Trait code → score (the summary's ``score``)."""
+        return {t.trait: t.score for t in self.traits}
