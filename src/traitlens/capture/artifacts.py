@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from traitlens import __version__
+from traitlens.artifact_io import read_artifact, write_artifact
 from traitlens.errors import ArtifactError
-from traitlens.models.loading import ModelIdentity, require_identity
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ArtifactError(f"{path} not found; run the stage that writes it first")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc}); delete it and recompute") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} does not hold a JSON object; delete it and recompute")
-    return data
-
-
-def _write_atomic(tensors: dict[str, torch.Tensor], meta: dict[str, Any], stem: Path) -> None:
-    """Write tensors then JSON, each via a temp file + rename: the JSON (written last)
-    marks the artifact complete, so an interrupted write is never mistaken for a result."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tensor_path = stem.with_suffix(".safetensors")
-    json_path = stem.with_suffix(".json")
-    tmp_tensor = tensor_path.with_suffix(".safetensors.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp_tensor))
-    tmp_tensor.replace(tensor_path)
-    tmp_json = json_path.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(meta, indent=2))
-    tmp_json.replace(json_path)
+from traitlens.models.loading import ModelIdentity
 
 
 @dataclass
@@ -91,16 +64,12 @@ class NeuronStats:
             "total": self.total,
             "a95": self.a95,
         }
-        _write_atomic(tensors, meta, Path(directory) / "neuron_stats")
+        write_artifact(tensors, meta, Path(directory) / "neuron_stats")
 
     @classmethod
     def load(cls, directory: str | Path, expect: ModelIdentity | None = None) -> NeuronStats:
         stem = Path(directory) / "neuron_stats"
-        meta = _read_json(stem.with_suffix(".json"))
-        identity = require_identity(meta, stem.with_suffix(".json"))
-        if expect is not None:
-            identity.check_matches(expect, "neuron statistics file")
-        tensors = _load_tensors(stem.with_suffix(".safetensors"))
+        meta, identity, tensors = read_artifact(stem, "neuron statistics file", expect)
         return cls(
             identity,
             list(meta["groups"]),
@@ -111,15 +80,6 @@ class NeuronStats:
             tensors["a95"],
             dict(meta["config"]),
         )
-
-
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise ArtifactError(f"{path} not found; the artifact is incomplete — recompute it")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types on corruption
-        raise ArtifactError(f"{path} is unreadable ({exc}); delete it and recompute") from exc
 
 
 @dataclass
@@ -160,18 +120,14 @@ class Activations:
             "layers": self.layers,
             "config": self.config,
         }
-        _write_atomic(self.pooled, meta, Path(directory) / "activations")
+        write_artifact(self.pooled, meta, Path(directory) / "activations")
         if self.neuron_stats is not None:
             self.neuron_stats.save(directory)
 
     @classmethod
     def load(cls, directory: str | Path, expect: ModelIdentity | None = None) -> Activations:
         stem = Path(directory) / "activations"
-        meta = _read_json(stem.with_suffix(".json"))
-        identity = require_identity(meta, stem.with_suffix(".json"))
-        if expect is not None:
-            identity.check_matches(expect, "activations file")
-        pooled = _load_tensors(stem.with_suffix(".safetensors"))
+        meta, identity, pooled = read_artifact(stem, "activations file", expect)
         stats = None
         if (Path(directory) / "neuron_stats.json").exists():
             stats = NeuronStats.load(directory, expect)

@@ -8,28 +8,12 @@ leaves a half-written table that looks finished.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-import numpy as np
-
-
-def jsonable(value: Any) -> Any:
-    """Recursively turn numpy scalars/arrays and tuples into JSON types, NaN/inf → None."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from traitlens import artifact_io
 
 
 def restore_floats(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,11 +22,7 @@ def restore_floats(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_json(data: Mapping[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=2, ensure_ascii=False))
-    tmp.replace(path)
-    return path
+    return artifact_io.write_json(path, data)
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -67,17 +47,7 @@ def _cell(value: Any) -> Any:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    from traitlens.errors import ArtifactError
-
-    if not path.exists():
-        raise ArtifactError(f"{path} not found; run the evaluation that writes it first")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc}); delete it and re-run") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} does not hold a JSON object; delete it and re-run")
-    return data
+    return artifact_io.read_json(path, "run the evaluation that writes it first")
 
 
 class _HasTrait(Protocol):

@@ -18,7 +18,6 @@ unit is therefore "one calibration interquartile range", comparable across model
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
-from safetensors.torch import load_file, save_file
 
 from traitlens import __version__
+from traitlens.artifact_io import read_artifact, write_artifact
 from traitlens.errors import ArtifactError, DataError
 from traitlens.fingerprint.stats import FloatArray, cosine, robust_scale
 from traitlens.fingerprint.texts import AXES, resolve_axes
-from traitlens.models.loading import ModelIdentity, require_identity
+from traitlens.models.loading import ModelIdentity
 
 
 def as_array(pooled: Any) -> FloatArray:
@@ -217,18 +216,6 @@ def split_half_stability(
     return np.asarray(cosines, dtype=np.float64)
 
 
-def _write_atomic(tensors: dict[str, torch.Tensor], meta: dict[str, Any], stem: Path) -> None:
-    """Tensors first, JSON last, each via temp file + rename: the JSON marks completion."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tensor_path, json_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    tmp_tensor = tensor_path.with_suffix(".safetensors.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp_tensor))
-    tmp_tensor.replace(tensor_path)
-    tmp_json = json_path.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(meta, indent=2))
-    tmp_json.replace(json_path)
-
-
 @dataclass(frozen=True, eq=False)
 class TraitAxes:
     """The calibrated axes of one model: an artifact (``axes.safetensors`` + ``axes.json``).
@@ -369,31 +356,20 @@ class TraitAxes:
         if self.length_slopes is not None:
             tensors["length_slopes"] = torch.from_numpy(np.ascontiguousarray(self.length_slopes))
         stem = Path(directory) / "axes"
-        _write_atomic(tensors, meta, stem)
+        write_artifact(tensors, meta, stem)
         return stem.with_suffix(".json")
 
     @classmethod
     def load(cls, directory: str | Path, expect: ModelIdentity | None = None) -> TraitAxes:
         """Read an axes artifact, checking model identity (if ``expect``) and shapes."""
         stem = Path(directory) / "axes"
-        json_path, tensor_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-        if not json_path.exists():
-            raise ArtifactError(f"{json_path} not found; run `traitlens fingerprint` first")
-        try:
-            meta = json.loads(json_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{json_path} is not valid JSON ({exc}); recompute it") from exc
-        if not isinstance(meta, dict) or meta.get("kind") != "fingerprint_axes":
-            raise ArtifactError(f"{json_path} is not a fingerprint axes file; recompute it")
-        identity = require_identity(meta, json_path)
-        if expect is not None:
-            identity.check_matches(expect, "fingerprint axes file")
-        if not tensor_path.exists():
-            raise ArtifactError(f"{tensor_path} not found; the axes artifact is incomplete")
-        try:
-            tensors = load_file(str(tensor_path))
-        except Exception as exc:  # safetensors raises its own types on corruption
-            raise ArtifactError(f"{tensor_path} is unreadable ({exc}); recompute it") from exc
+        meta, identity, tensors = read_artifact(
+            stem,
+            "fingerprint axes file",
+            expect,
+            missing="run `traitlens fingerprint` first",
+            kind="fingerprint_axes",
+        )
         try:
             names = tuple(str(a) for a in meta["axes"])
             layers = tuple(int(x) for x in meta["layers"])
@@ -422,7 +398,8 @@ class TraitAxes:
             or arrays["scales"].shape != expected[:1]
         ):
             raise ArtifactError(
-                f"{tensor_path} does not match {json_path}: directions {tuple(directions.shape)} "
+                f"{stem}.safetensors does not match {stem}.json: directions "
+                f"{tuple(directions.shape)} "
                 f"for axes {list(names)}, layers {list(layers)} and d_model {identity.d_model} "
                 f"(expected {expected}); the two files come from different runs — recompute"
             )

@@ -18,23 +18,13 @@ import numpy as np
 import torch
 
 from traitlens import __version__
-from traitlens.capture.artifacts import _load_tensors, _read_json, _write_atomic
+from traitlens.artifact_io import read_artifact, write_artifact
 from traitlens.errors import ArtifactError, DataError
-from traitlens.models.loading import ModelIdentity, require_identity
+from traitlens.models.loading import ModelIdentity
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.neurons.stats import jaccard_matrix, matched_random_neurons
 
 POLES = ("high", "low")
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,19 +219,14 @@ class NeuronSet:
             "a95": self.a95,
         }
         stem = Path(directory) / "neurons"
-        _write_atomic(tensors, _json_safe(meta), stem)
+        write_artifact(tensors, meta, stem)
         return stem.with_suffix(".json")
 
     @classmethod
     def load(cls, directory: str | Path, expect: ModelIdentity | None = None) -> NeuronSet:
         """Read a saved neuron set; with ``expect``, refuse one made for another model."""
         stem = Path(directory) / "neurons"
-        json_path = stem.with_suffix(".json")
-        meta = _read_json(json_path)
-        identity = require_identity(meta, json_path)
-        if expect is not None:
-            identity.check_matches(expect, "neuron set")
-        tensors = _load_tensors(stem.with_suffix(".safetensors"))
+        meta, identity, tensors = read_artifact(stem, "neuron set", expect)
         try:
             fdr = meta["fdr"]
             neurons = cls(
@@ -258,7 +243,7 @@ class NeuronSet:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(
-                f"{json_path} is incomplete or corrupt ({exc!r}); delete neurons.* and recompute"
+                f"{stem}.json is incomplete or corrupt ({exc!r}); delete neurons.* and recompute"
             ) from exc
         shape = (len(neurons.traits), len(neurons.layers))
         if tuple(neurons.delta.shape[:2]) != shape or neurons.a95.shape != neurons.delta.shape[1:]:

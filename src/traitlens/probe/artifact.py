@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from traitlens import __version__
-from traitlens.capture.artifacts import _load_tensors, _read_json, _write_atomic
+from traitlens.artifact_io import read_artifact, write_artifact
 from traitlens.errors import ArtifactError, DataError
-from traitlens.models.loading import ModelIdentity, require_identity
+from traitlens.models.loading import ModelIdentity
 
 TASKS = ("binary", "intensity", "trait")
 """Probe tasks: high vs low pole per trait (accuracy), persona intensity 1–5 per trait
@@ -50,18 +50,6 @@ def first_layer_reaching(
         return None
     threshold = chance + fraction * (best - chance)
     return int(np.flatnonzero(np.nan_to_num(values, nan=-np.inf) >= threshold - 1e-12)[0])
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN → None recursively: strict JSON has no NaN, and scores can be undefined
-    (R² on a test fold whose targets are all equal)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
 
 
 def _float(value: Any) -> float:
@@ -300,19 +288,14 @@ class ProbeSet:
             "config": self.config,
         }
         stem = Path(directory) / "probes"
-        _write_atomic(self._tensors(), _json_safe(meta), stem)
+        write_artifact(self._tensors(), meta, stem)
         return stem.with_suffix(".json")
 
     @classmethod
     def load(cls, directory: str | Path, expect: ModelIdentity | None = None) -> ProbeSet:
         """Read a saved probe set; with ``expect``, refuse one made for another model."""
         stem = Path(directory) / "probes"
-        json_path = stem.with_suffix(".json")
-        meta = _read_json(json_path)
-        identity = require_identity(meta, json_path)
-        if expect is not None:
-            identity.check_matches(expect, "probe set")
-        tensors = _load_tensors(stem.with_suffix(".safetensors"))
+        meta, identity, tensors = read_artifact(stem, "probe set", expect)
         try:
             traits, layers = list(meta["traits"]), [int(v) for v in meta["layers"]]
             scores = {
@@ -336,7 +319,7 @@ class ProbeSet:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(
-                f"{json_path} is incomplete or corrupt ({exc!r}); delete probes.* and refit"
+                f"{stem}.json is incomplete or corrupt ({exc!r}); delete probes.* and refit"
             ) from exc
         expected = (len(traits), len(layers), identity.d_model)
         if tuple(probes.binary_weight.shape) != expected:

@@ -17,7 +17,6 @@ a run, keyed by ``(trait, method)``, in ``RUN/vectors.safetensors`` +
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from traitlens import __version__
+from traitlens.artifact_io import load_tensors, read_json, write_artifact
 from traitlens.data.schema import LabelledPrompt
 from traitlens.errors import ArtifactError, DataError, InterventionError
 from traitlens.models.loading import ModelIdentity, require_identity
@@ -67,38 +66,9 @@ def _stem(path: str | Path) -> Path:
     return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
 
 
-def _write_artifact(tensors: dict[str, torch.Tensor], meta: dict[str, Any], stem: Path) -> None:
-    """Tensors first, JSON last, each through a temp file + rename: a JSON file on disk
-    means the artifact is complete."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tensor_path, json_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    tmp = tensor_path.with_suffix(".safetensors.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(tensor_path)
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(json_path)
-
-
 def _read_artifact(stem: Path, what: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    json_path, tensor_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    if not json_path.exists():
-        raise ArtifactError(f"{json_path} not found; build the {what} first (traitlens steer)")
-    try:
-        meta = json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(
-            f"{json_path} is not valid JSON ({exc}); delete it and rebuild"
-        ) from exc
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"{json_path} does not hold a JSON object; delete it and rebuild")
-    if not tensor_path.exists():
-        raise ArtifactError(f"{tensor_path} not found; the {what} is incomplete — rebuild it")
-    try:
-        tensors = load_file(str(tensor_path))
-    except Exception as exc:  # safetensors raises its own error types on corruption
-        raise ArtifactError(f"{tensor_path} is unreadable ({exc}); delete it and rebuild") from exc
-    return meta, tensors
+    meta = read_json(stem.with_suffix(".json"), f"build the {what} first (traitlens steer)")
+    return meta, load_tensors(stem.with_suffix(".safetensors"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -321,7 +291,7 @@ class TraitVector:
             **self._meta(),
         }
         tensors = {"vectors": self.vectors, "spread": self.spread, "norms": self.norms}
-        _write_artifact(tensors, meta, stem)
+        write_artifact(tensors, meta, stem)
         return stem.with_suffix(".json")
 
     @classmethod
@@ -471,7 +441,7 @@ class VectorSet:
             "model": self.identity.to_dict(),
             "vectors": entries,
         }
-        _write_artifact(tensors, meta, stem)
+        write_artifact(tensors, meta, stem)
         return stem.with_suffix(".json")
 
     @classmethod
