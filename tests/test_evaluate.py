@@ -51,6 +51,7 @@ from traitlens.evaluate import (
     run_questionnaire,
     text_cost,
 )
+from traitlens.evaluate.judge import judge_ratings
 from traitlens.evaluate.logprobs import resolve_label_tokens
 from traitlens.evaluate.questionnaire import ItemResponse, summarize_trait
 from traitlens.models import hooks_installed
@@ -549,20 +550,43 @@ def test_probe_scores_read_the_answer_span(tiny: Any) -> None:
 
 class _JudgeHandler(BaseHTTPRequestHandler):
     bodies: list[dict[str, Any]] = []
+    hits: dict[str, int] = {}
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length))
         type(self).bodies.append({"path": self.path, **body})
+        hits = type(self).hits
+        hits[self.path] = hits.get(self.path, 0) + 1
         if self.path.startswith("/slow"):
             time.sleep(1.5)
+        if self.path.startswith(("/flaky", "/busy", "/bad")) and (
+            self.path.startswith(("/busy", "/bad")) or hits[self.path] <= 2
+        ):
+            # /flaky: 503 twice, then fine; /busy: always 429; /bad: always 400
+            self.send_response(
+                400 if self.path.startswith("/bad") else 503 if "flaky" in self.path else 429
+            )
+            self.send_header("Retry-After", "0")
+            self.end_headers()
+            self.wfile.write(b"try later")
+            return
+        if self.path.startswith("/echo"):
+            # rates an answer by the digit it holds, so order and pairing can be checked
+            answer = body["messages"][1]["content"]
+            payload = json.dumps({"choices": [{"message": {"content": answer[-1]}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         if self.path.startswith("/error"):
             self.send_response(500)
             self.end_headers()
             self.wfile.write(b"boom")
             return
         payload: bytes
-        if self.path.startswith("/good"):
+        if self.path.startswith(("/good", "/flaky")):
             payload = json.dumps({"choices": [{"message": {"content": "Rating: 4/5"}}]}).encode()
         elif self.path.startswith("/ramble"):
             payload = json.dumps({"choices": [{"message": {"content": "I cannot say."}}]}).encode()
@@ -623,9 +647,35 @@ def test_judge_malformed_replies(judge_server: str) -> None:
         HttpJudge(f"{judge_server}/error").rate("A", "hm")
 
 
+def test_judge_retries_transient_errors_only(judge_server: str) -> None:
+    hits = _JudgeHandler.hits
+    assert HttpJudge(f"{judge_server}/flaky/a", retries=2, backoff=0).rate("E", "hi") == 4.0
+    assert hits["/flaky/a/chat/completions"] == 3  # two 503s, then the answer
+    with pytest.raises(JudgeError, match=r"HTTP 503.*after 1 retries"):
+        HttpJudge(f"{judge_server}/flaky/b", retries=1, backoff=0).rate("E", "hi")
+    with pytest.raises(JudgeError, match="HTTP 429"):
+        HttpJudge(f"{judge_server}/busy", retries=3, backoff=0).rate("E", "hi")
+    assert hits["/busy/chat/completions"] == 4  # Retry-After: 0 honoured, 1 + 3 retries
+    with pytest.raises(JudgeError, match="HTTP 400"):
+        HttpJudge(f"{judge_server}/bad", retries=3, backoff=0).rate("E", "hi")
+    assert hits["/bad/chat/completions"] == 1  # a client error is not retried
+    with pytest.raises(JudgeError, match="must be ≥ 0"):
+        HttpJudge(f"{judge_server}/good", retries=-1).rate("E", "hi")
+
+
+def test_judge_ratings_concurrent_keep_order(judge_server: str) -> None:
+    judge = HttpJudge(f"{judge_server}/echo", timeout=5)
+    answers = [f"answer {i % 5 + 1}" for i in range(12)]
+    expected = [[float(i % 5 + 1)] * 2 for i in range(12)]
+    assert judge_ratings(judge, answers, traits=["O", "N"], workers=4) == expected
+    assert judge_ratings(judge, answers, traits=["O", "N"], workers=1) == expected
+    with pytest.raises(DataError, match="workers"):
+        judge_ratings(judge, answers, workers=0)
+
+
 def test_judge_timeout(judge_server: str) -> None:
     with pytest.raises(JudgeUnavailableError, match=r"did not answer within 0\.3 s"):
-        HttpJudge(f"{judge_server}/slow", timeout=0.3).rate("C", "I plan.")
+        HttpJudge(f"{judge_server}/slow", timeout=0.3, retries=1, backoff=0).rate("C", "I plan.")
 
 
 def test_judge_unreachable_url_names_url_and_fix() -> None:

@@ -4,6 +4,11 @@ Uses only ``urllib.request`` (no new dependency). The endpoint is
 ``{url}/chat/completions`` unless the URL already ends in ``/chat/completions``;
 the body is ``{"model", "messages", "temperature": 0, "max_tokens"}``.
 
+Transient failures (HTTP 429/5xx, a timeout, a dropped connection) are retried
+``retries`` times with exponential backoff, honouring ``Retry-After``; a refused
+connection or a 4xx is a configuration problem and fails at once. Requests can run
+``workers`` at a time (a hosted judge is latency-bound, not compute-bound).
+
 Failure policy (why two kinds): problems with the *endpoint* — unreachable,
 timeout, HTTP error, a reply that is not a chat completion — affect every item
 and raise :class:`JudgeError` at once, naming the URL and the fix. A well-formed
@@ -18,10 +23,12 @@ import http.client
 import json
 import math
 import re
+import time
 import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -46,6 +53,26 @@ class JudgeError(TraitlensError):
 
 class JudgeUnavailableError(JudgeError):
     """The judge endpoint could not be reached (connection refused, DNS, timeout)."""
+
+
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class _Transient(Exception):
+    """A failure worth retrying; carries the error to raise once retries run out."""
+
+    def __init__(self, error: JudgeError, wait: float | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.wait = wait
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        value = float(headers.get("Retry-After")) if headers is not None else None
+    except (TypeError, ValueError):
+        return None  # absent, or an HTTP date: use our own backoff
+    return None if value is None else min(max(value, 0.0), 30.0)
 
 
 class JudgeReplyWarning(UserWarning):
@@ -83,6 +110,8 @@ class HttpJudge:
     timeout: float = 30.0
     api_key: str | None = None
     max_tokens: int = 8
+    retries: int = 2
+    backoff: float = 0.5
 
     @property
     def endpoint(self) -> str:
@@ -95,6 +124,21 @@ class HttpJudge:
         return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST with retries: transient failures wait ``backoff·2^k`` s (or the
+        server's ``Retry-After``, capped at 30 s) and try again."""
+        if self.retries < 0 or self.backoff < 0:
+            raise JudgeError(f"retries ({self.retries}) and backoff ({self.backoff}) must be ≥ 0")
+        attempt = 0
+        while True:
+            try:
+                return self._post_once(body)
+            except _Transient as exc:
+                if attempt >= self.retries:
+                    raise exc.error from exc.error.__cause__
+                time.sleep(exc.wait if exc.wait is not None else self.backoff * 2**attempt)
+                attempt += 1
+
+    def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
         endpoint = self.endpoint
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
@@ -112,22 +156,34 @@ class HttpJudge:
                 403: "check the API key",
                 404: "check the URL path (it must reach .../chat/completions)",
             }.get(exc.code, "check the server's log")
-            raise JudgeError(
+            error: JudgeError = JudgeError(
                 f"judge endpoint {endpoint} answered HTTP {exc.code} {exc.reason}: "
                 f"{detail.strip()!r}; {hint}"
-            ) from exc
+                + (f" (after {self.retries} retries)" if exc.code in _RETRY_STATUS else "")
+            )
+            error.__cause__ = exc
+            if exc.code in _RETRY_STATUS:
+                raise _Transient(error, _retry_after(exc.headers)) from exc
+            raise error from exc
         except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
-                raise JudgeUnavailableError(
-                    f"judge endpoint {endpoint} did not answer within {self.timeout:g} s; "
-                    "check the server is up and not overloaded, or raise the timeout"
-                ) from exc
-            raise JudgeUnavailableError(
+                error = JudgeUnavailableError(
+                    f"judge endpoint {endpoint} did not answer within {self.timeout:g} s "
+                    f"({self.retries + 1} attempts); check the server is up and not "
+                    "overloaded, or raise the timeout"
+                )
+                error.__cause__ = exc
+                raise _Transient(error, None) from exc
+            error = JudgeUnavailableError(
                 f"cannot reach the judge endpoint {endpoint} ({reason}); start the server or "
                 "fix the URL — it should be an OpenAI-compatible base URL such as "
                 "http://localhost:8000/v1 (or the full .../chat/completions URL)"
-            ) from exc
+            )
+            if isinstance(reason, ConnectionRefusedError) or isinstance(exc, urllib.error.URLError):
+                raise error from exc  # nothing listens there: retrying cannot help
+            error.__cause__ = exc
+            raise _Transient(error, None) from exc  # a dropped connection: try again
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -182,14 +238,27 @@ def judge_ratings(
     *,
     traits: Sequence[str] = TRAITS,
     questions: Sequence[str | None] | None = None,
+    workers: int = 4,
 ) -> list[list[float]]:
-    """``[n_answers][n_traits]`` judge ratings (one request per answer and trait)."""
+    """``[n_answers][n_traits]`` judge ratings (one request per answer and trait),
+    ``workers`` requests in flight at a time; the result keeps the input order and
+    the first endpoint error stops the run."""
     if not answers:
         raise DataError("no answers to judge")
     if questions is not None and len(questions) != len(answers):
         raise DataError(f"got {len(questions)} questions for {len(answers)} answers")
+    if workers < 1:
+        raise DataError(f"workers must be ≥ 1, got {workers}")
     codes = parse_traits(traits)
-    return [
-        [judge.rate(code, answer, None if questions is None else questions[i]) for code in codes]
+    jobs = [
+        (code, answer, None if questions is None else questions[i])
         for i, answer in enumerate(answers)
+        for code in codes
     ]
+    if workers == 1:
+        flat = [judge.rate(*job) for job in jobs]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            flat = list(pool.map(lambda job: judge.rate(*job), jobs))
+    n = len(codes)
+    return [flat[i * n : (i + 1) * n] for i in range(len(answers))]
