@@ -545,6 +545,110 @@ def test_probe_scores_read_the_answer_span(tiny: Any) -> None:
         probe_scores(tiny, prompts, answers[:2], judge, layer=0)
 
 
+# --------------------------------------------------------------------- embedding judge
+
+
+def _planted_embedder(dim: int = 6) -> Any:
+    """Texts containing "HIGH-<T>" / "LOW-<T>" point along +/- axis T (plus a shared
+    offset the judge must centre away); anything else sits at the offset."""
+    axes = {t: i for i, t in enumerate("OCEAN")}
+    offset = np.full(dim, 5.0)
+
+    def embed(texts: Any) -> np.ndarray:
+        rows = []
+        for text in texts:
+            v = offset.copy()
+            for t, i in axes.items():
+                if f"HIGH-{t}" in text:
+                    v[i] += 1.0 + 0.1 * len(text) % 3
+                if f"LOW-{t}" in text:
+                    v[i] -= 1.0 + 0.1 * len(text) % 3
+            rows.append(v)
+        return np.array(rows)
+
+    return embed
+
+
+def _keyed(trait: str, n: int = 3) -> list[Any]:
+    from traitlens.data.schema import Statement
+
+    return [
+        Statement(id=f"{trait}{pole}{i}", trait=trait, text=f"I am {pole}-{trait} {i}", keyed=key)
+        for pole, key in (("HIGH", "+"), ("LOW", "-"))
+        for i in range(n)
+    ]
+
+
+def test_embedding_judge_on_planted_embeddings() -> None:
+    from traitlens.evaluate.embedding import embedding_scores, fit_embedding_judge
+
+    embed = _planted_embedder()
+    judge = fit_embedding_judge(embed, _keyed("E", 6) + _keyed("N", 6), traits="E,N")
+    assert judge.traits == ("E", "N")
+    assert judge.loo_auc == {"E": 1.0, "N": 1.0}  # held-out statements land on their pole
+    assert judge.loo_p["E"] < 0.05 and judge.loo_p["N"] < 0.05
+    scores = embedding_scores(["so HIGH-E", "very LOW-E", "HIGH-N", ""], judge, embed)
+    assert scores.source == "embedding" and scores.scores.shape == (4, 2)
+    assert scores.scores[0, 0] > 0.5 and scores.scores[1, 0] < -0.5
+    assert scores.scores[2, 1] > 0.5 and abs(scores.scores[2, 0]) < scores.scores[2, 1]
+    assert np.isnan(scores.scores[3]).all()  # empty answer: nothing to embed
+
+
+def test_embedding_judge_loo_auc_is_unbiased_for_unrelated_text() -> None:
+    """On random embeddings the leave-one-out AUC must average 0.5. Keeping the held-out
+    statement in the centring mean biases it to about 0.1 (an earlier bug)."""
+    from traitlens.evaluate.embedding import fit_embedding_judge
+
+    aucs = []
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        table: dict[str, np.ndarray] = {}
+
+        def embed(texts: Any, table: Any = table, rng: Any = rng) -> np.ndarray:
+            return np.array([table.setdefault(t, rng.normal(size=16)) for t in texts])
+
+        judge = fit_embedding_judge(embed, _keyed("O", 12), traits="O", permutations=0)
+        aucs.append(judge.loo_auc["O"])
+    assert 0.42 < float(np.mean(aucs)) < 0.58  # single draws vary widely at n = 24
+
+
+def test_embedding_judge_bad_inputs(tiny: Any) -> None:
+    from traitlens.data.schema import Statement
+    from traitlens.evaluate.embedding import (
+        embedding_scores,
+        fit_embedding_judge,
+        model_embedder,
+    )
+
+    embed = _planted_embedder()
+    only_plus = [s for s in _keyed("A") if s.keyed == "+"]
+    with pytest.raises(DataError, match="keyed both"):
+        fit_embedding_judge(embed, only_plus, traits="A")
+    with pytest.raises(DataError, match="one finite vector per text"):
+        fit_embedding_judge(lambda texts: np.zeros((1, 3)), _keyed("A"), traits="A")
+    with pytest.raises(DataError, match="one finite vector per text"):
+        fit_embedding_judge(lambda texts: np.full((len(texts), 3), np.nan), _keyed("A"))
+    judge = fit_embedding_judge(embed, _keyed("A"), traits="A")
+    with pytest.raises(DataError, match="same embedder"):
+        judge.score(np.zeros((2, 4)))
+    with pytest.raises(DataError, match="no answers"):
+        embedding_scores([], judge, embed)
+    with pytest.raises(Exception, match="layer"):
+        model_embedder(tiny, layer=99)
+    assert isinstance(Statement, type)
+
+
+def test_model_embedder_reads_answer_tokens(tiny: Any) -> None:
+    from traitlens.evaluate.embedding import default_embedding_layer, model_embedder
+
+    embed = model_embedder(tiny)
+    vectors = embed(["I love parties.", "I prefer quiet evenings.", "I love parties."])
+    assert vectors.shape == (3, tiny.identity.d_model)
+    assert np.allclose(vectors[0], vectors[2], atol=1e-5)  # same text, same vector
+    assert not np.allclose(vectors[0], vectors[1])
+    assert embed.layer == default_embedding_layer(tiny.n_layers)
+
+
 # --------------------------------------------------------------------- HTTP judge
 
 
@@ -743,6 +847,42 @@ def test_cli_questionnaire_on_a_user_csv(tmp_path: Any) -> None:
     assert isinstance(bad.exception, DataError) and "no statements for trait(s) N" in str(
         bad.exception
     )
+
+
+def test_cli_scores_an_answer_file(tmp_path: Any, judge_server: str) -> None:
+    from typer.testing import CliRunner
+
+    from traitlens.cli.main import app
+    from traitlens.errors import ArtifactError
+
+    tm = build_tiny("llama")
+    tm.model.save_pretrained(tmp_path / "model")
+    tm.tokenizer.save_pretrained(tmp_path / "model")
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(
+        '{"id": "a", "question": "Weekend plans?", "answer": "A big party with friends!"}\n'
+        '{"id": "b", "answer": "Reading alone at home."}\n'
+        '{"id": "c", "answer": ""}\n'
+    )
+    base = ["evaluate", "answers", str(answers), "--model", str(tmp_path / "model")]
+    args = [*base, "--traits", "E,N", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--judge-url", f"{judge_server}/good/v1"])
+    assert result.exit_code == 0, result.output
+    assert "LOO AUC" in result.output and "permutation p" in result.output
+    saved = json.loads((tmp_path / "out" / "answer_scores.json").read_text())
+    assert set(saved["means"]) == {"embedding", "judge"} and saved["traits"] == ["E", "N"]
+    assert saved["means"]["judge"] == {"E": 4.0, "N": 4.0}  # the test server always says 4
+    rows = (tmp_path / "out" / "answer_scores.csv").read_text().splitlines()
+    assert rows[0].startswith("id,question,embedding_E,embedding_N,judge_E,judge_N")
+    assert len(rows) == 4 and rows[3].startswith("c,,,")  # empty answer: blank (NaN) scores
+    missing = CliRunner().invoke(app, [*args, "--probes", str(tmp_path / "nowhere")])
+    assert isinstance(missing.exception, ArtifactError) and "probes.json not found" in str(
+        missing.exception
+    )
+    malformed = tmp_path / "bad.csv"
+    malformed.write_text("id,response\n1,hello\n")
+    bad = CliRunner().invoke(app, ["evaluate", "answers", str(malformed), "--model", "x"])
+    assert isinstance(bad.exception, DataError) and "answer" in str(bad.exception)
 
 
 @pytest.mark.slow

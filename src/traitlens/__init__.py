@@ -55,6 +55,10 @@ _EXPORTS: dict[str, str] = {
     "run_questionnaire": "traitlens.evaluate",
     "run_forced_choice": "traitlens.evaluate",
     "perplexity": "traitlens.evaluate",
+    "probe_scores": "traitlens.evaluate",
+    "fit_embedding_judge": "traitlens.evaluate",
+    "model_embedder": "traitlens.evaluate",
+    "embedding_scores": "traitlens.evaluate",
     "run_study": "traitlens.study",
     "resolve_config": "traitlens.study",
     # errors

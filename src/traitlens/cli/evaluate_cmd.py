@@ -191,3 +191,68 @@ def register(app: typer.Typer) -> None:
             out / "perplexity.json",
         )
         done(path, "perplexity")
+
+    @evaluate_app.command("answers")
+    def answers_cmd(
+        answers_path: Path = typer.Argument(
+            ..., help="CSV/JSONL/JSON with an 'answer' field (optional 'question', 'id')"
+        ),
+        model: str | None = MODEL_OPTION,
+        probes_dir: Path | None = typer.Option(
+            None, "--probes", help="run directory with probes.* (adds the probe judge)"
+        ),
+        judge_url: str | None = typer.Option(
+            None, "--judge-url", help="OpenAI-compatible endpoint (adds the external judge)"
+        ),
+        judge_model: str = typer.Option("default", "--judge-model"),
+        statements: Path | None = typer.Option(
+            None, "--statements", "-s", help="keyed statements for the embedding prototypes"
+        ),
+        layer: int | None = typer.Option(
+            None, "--layer", help="embedding layer (default: two thirds of the depth)"
+        ),
+        traits: str | None = TRAITS_OPTION,
+        out: Path = OUT_OPTION,
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+    ) -> None:
+        """Score open-ended answers: embedding prototypes, and probes / a judge if given."""
+        from rich.table import Table
+
+        from traitlens.data import load_answers, load_statements, parse_traits
+        from traitlens.evaluate.answers import score_answer_file
+
+        records = load_answers(answers_path)
+        items = load_statements(statements)
+        codes = (
+            parse_traits(traits) if traits else sorted({s.trait for s in items}, key="OCEAN".index)
+        )
+        tm = load(model, device, dtype)
+        result = score_answer_file(
+            tm,
+            records,
+            items,
+            traits=codes,
+            layer=layer,
+            probes_dir=probes_dir,
+            judge_url=judge_url,
+            judge_model=judge_model,
+            out=out,
+        )
+        table = Table(title=f"open-ended answers — {len(records)} scored by {tm.identity.name}")
+        table.add_column("scorer")
+        for code in codes:
+            table.add_column(code, justify="right")
+        for source, means in result["means"].items():
+            table.add_row(source, *(_fmt(means[c], 2) for c in codes))
+        auc = result["embedding"]["loo_auc"]
+        table.add_row("(embedding LOO AUC)", *(_fmt(auc[c], 2) for c in codes))
+        pvalue = result["embedding"]["loo_p"]
+        table.add_row("(its permutation p)", *(_fmt(pvalue[c], 3) for c in codes))
+        console.print(table)
+        console.print(
+            "embedding: cos(high prototype) − cos(low prototype), −2..2; its LOO AUC says how "
+            "well the prototypes tell held-out high- from low-keyed statements (0.5 = chance). "
+            "probe: log-odds of the high pole; judge: rating 1–5."
+        )
+        done(result["path"], "answer scores")

@@ -17,6 +17,7 @@ from traitlens.data.contrastive import (
 )
 from traitlens.data.loaders import (
     SUPPORTED_SUFFIXES,
+    load_answers,
     load_forced_choices,
     load_personas,
     load_prompts,
@@ -34,6 +35,7 @@ from traitlens.data.schema import (
     POLES,
     TRAIT_NAMES,
     TRAITS,
+    AnswerRecord,
     ContrastivePrompt,
     ForcedChoice,
     Persona,
@@ -63,6 +65,7 @@ __all__ = [
     "Question",
     "Statement",
     "ForcedChoice",
+    "AnswerRecord",
     "ContrastivePrompt",
     "normalize_trait",
     "parse_traits",
@@ -70,6 +73,7 @@ __all__ = [
     "load_personas",
     "load_questions",
     "load_statements",
+    "load_answers",
     "load_forced_choices",
     "load_prompts",
     "save_jsonl",

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from traitlens.data.schema import (
     TRAITS,
+    AnswerRecord,
     ContrastivePrompt,
     ForcedChoice,
     Persona,
@@ -44,6 +45,7 @@ __all__ = [
     "load_questions",
     "load_statements",
     "load_forced_choices",
+    "load_answers",
     "load_prompts",
     "save_jsonl",
     "save_prompts",
@@ -236,7 +238,7 @@ def _explain(
 
 
 def _load_records(
-    source: Path | Traversable, display: str, model: type[M], *, id_field: str = "id"
+    source: Path | Traversable, display: str, model: type[M], *, id_field: str | None = "id"
 ) -> list[M]:
     suffix = Path(source.name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -278,8 +280,8 @@ def _load_records(
             record = model.model_validate(raw)
         except ValidationError as exc:
             raise DataError(_explain(exc, display, line, model, kind, raw)) from None
-        key = str(getattr(record, id_field))
-        if key in first_seen:
+        key = str(getattr(record, id_field)) if id_field else ""
+        if key and key in first_seen:
             raise DataError(
                 f"{display} line {line}: duplicate {id_field} '{key}' (already used on line "
                 f"{first_seen[key]}) — give every record a unique {id_field}"
@@ -331,6 +333,13 @@ def load_questions(path: PathLike | None = None) -> list[Question]:
     """Load situational questions (fields id, text, optional category; default neutral)."""
     source, display = _resolve(path, "questions.jsonl")
     return _load_records(source, display, Question)
+
+
+def load_answers(path: PathLike) -> list[AnswerRecord]:
+    """Load open-ended answers to score (fields answer, optional question and id);
+    ids, when given, must be unique."""
+    source, display = _resolve(path, "")
+    return _load_records(source, display, AnswerRecord, id_field="id")
 
 
 def load_statements(path: PathLike | None = None) -> list[Statement]:

@@ -38,6 +38,7 @@ __all__ = [
     "Statement",
     "ForcedChoice",
     "ContrastivePrompt",
+    "AnswerRecord",
 ]
 
 Pole = Literal["high", "low"]
@@ -303,6 +304,14 @@ class ContrastivePrompt(_Record):
     def _coherent(self) -> ContrastivePrompt:
         _check_intensity(self.pole, self.intensity)
         return self
+
+
+class AnswerRecord(_Record):
+    """One open-ended answer to score (``question`` optional; an empty answer scores NaN)."""
+
+    answer: str
+    question: str = ""
+    id: str = ""
 
 
 class LabelledPrompt(Protocol):

@@ -3,7 +3,8 @@
 - questionnaire "label generation": 1–5 ratings read from next-token log-probs,
   across templates and both option orders (:func:`run_questionnaire`);
 - forced choice between one option per pole (:func:`run_forced_choice`);
-- open-ended answers scored by the model's own probes (:func:`probe_scores`) or
+- open-ended answers scored by the model's own probes (:func:`probe_scores`), by
+  similarity to keyed-statement prototypes (:func:`fit_embedding_judge`), or
   any OpenAI-compatible judge endpoint (:class:`HttpJudge`);
 - cost: perplexity of a neutral reference text, distinct-n and repetition;
 - statistics: Cronbach's α, bootstrap CIs, effect sizes.
@@ -25,6 +26,12 @@ from traitlens.evaluate.forced_choice import (
     ChoiceTraitSummary,
     ForcedChoiceResult,
     run_forced_choice,
+)
+from traitlens.evaluate.embedding import (
+    EmbeddingJudge,
+    embedding_scores,
+    fit_embedding_judge,
+    model_embedder,
 )
 from traitlens.evaluate.judge import (
     HttpJudge,
@@ -61,6 +68,7 @@ __all__ = [
     "ChoiceResponse",
     "ChoiceTraitSummary",
     "ConfidenceInterval",
+    "EmbeddingJudge",
     "ForcedChoiceResult",
     "HttpJudge",
     "ItemResponse",
@@ -79,8 +87,11 @@ __all__ = [
     "cohens_d",
     "cronbach_alpha",
     "distinct_n",
+    "embedding_scores",
     "endpoint_scores",
+    "fit_embedding_judge",
     "label_distribution",
+    "model_embedder",
     "paired_bootstrap_ci",
     "paired_effect_size",
     "parse_rating",
