@@ -29,7 +29,15 @@ def _prompts(n: int) -> list:
     from traitlens.data import build_contrastive_set
 
     prompts = build_contrastive_set(n_personas_per_pole=4, n_questions=8, seed=0)
-    return (prompts * (n // len(prompts) + 1))[:n]
+    # round-robin over trait|pole groups, so 1x and 4x the prompts hold the same groups
+    # (the reducers' size depends on the number of groups, not on tokens)
+    groups: dict[str, list] = {}
+    for p in prompts:
+        groups.setdefault(f"{p.trait}|{p.pole}", []).append(p)
+    order = [
+        g[i] for i in range(max(map(len, groups.values()))) for g in groups.values() if i < len(g)
+    ]
+    return (order * (n // len(order) + 1))[:n]
 
 
 def _plain(tm, prompts, batch_size: int) -> None:
