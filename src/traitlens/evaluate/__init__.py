@@ -21,17 +21,17 @@ from traitlens.evaluate.cost import (
     repetition_rate,
     text_cost,
 )
-from traitlens.evaluate.forced_choice import (
-    ChoiceResponse,
-    ChoiceTraitSummary,
-    ForcedChoiceResult,
-    run_forced_choice,
-)
 from traitlens.evaluate.embedding import (
     EmbeddingJudge,
     embedding_scores,
     fit_embedding_judge,
     model_embedder,
+)
+from traitlens.evaluate.forced_choice import (
+    ChoiceResponse,
+    ChoiceTraitSummary,
+    ForcedChoiceResult,
+    run_forced_choice,
 )
 from traitlens.evaluate.judge import (
     HttpJudge,

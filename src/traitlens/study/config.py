@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -37,6 +37,9 @@ class StudyConfig(BaseModel):
     gamma: float = Field(2.0, gt=0, le=50)
     # neuron edits use the FDR set when it has this many neurons in the band, else NPTI's rule
     min_fdr_neurons: int = Field(20, ge=0)
+    # which selected neurons an edit touches: all of them (as NPTI does) or only those
+    # inside the direction band
+    neuron_layers: Literal["all", "band"] = "all"
     # early-middle window (CAA and repeng steer best there); narrow, because additions
     # accumulate in the residual stream: k layers at strength s push about k·s sd in total
     steer_band: tuple[float, float] = (1 / 3, 1 / 2)

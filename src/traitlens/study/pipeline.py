@@ -103,7 +103,7 @@ def restrict(neurons: SelectedNeurons, layers: list[int]) -> SelectedNeurons:
 
 def neuron_rule(neurons: Any, trait: str, band: list[int], minimum: int) -> str:
     """'fdr' when the FDR-controlled set has at least ``minimum`` neurons (both poles)
-    inside the steering band, else NPTI's δ rule alone ('npti'): with few answers per
+    inside the edited layers ``band``, else NPTI's δ rule alone ('npti'): with few answers per
     persona group the prompt-level test is too weak for anything to survive."""
     count = sum(len(restrict(neurons.select(trait, pole, "fdr"), band)) for pole in ("high", "low"))
     return "fdr" if count >= minimum else "npti"
@@ -291,6 +291,9 @@ def run_study(
 
     log("[5/6] interventions: representation, behaviour, cost — with controls")
     band = steer_layers(tm.n_layers, config.steer_band)
+    # NPTI edits every selected neuron wherever it is; "band" confines edits to the
+    # direction band (comparable placement, but at small sizes often no neuron is there)
+    edit_layers = band if config.neuron_layers == "band" else list(range(tm.n_layers))
     layers_read = readout_layers(probes, traits, after=band[-1])
     spec = ReadoutSpec(probes, layers_read, pooling=probes.pooling, batch_size=config.batch_size)
     sets = build_eval_sets(config, prompts)
@@ -353,18 +356,22 @@ def run_study(
                 real: Any
                 control: Any
                 if method == "neurons":
-                    rule = neuron_rule(neurons, trait, band, config.min_fdr_neurons)
-                    target = restrict(neurons.select(trait, pole, rule), band)
-                    opposite = restrict(neurons.select(trait, other, rule), band)
+                    rule = neuron_rule(neurons, trait, edit_layers, config.min_fdr_neurons)
+                    target = restrict(neurons.select(trait, pole, rule), edit_layers)
+                    opposite = restrict(neurons.select(trait, other, rule), edit_layers)
                     real = NeuronEdit(target, opposite, gamma=config.gamma)
                     control = NeuronEdit(
                         matched_control(
                             target,
-                            restrict(neurons.random_control(trait, pole, config.seed, rule), band),
+                            restrict(
+                                neurons.random_control(trait, pole, config.seed, rule), edit_layers
+                            ),
                         ),
                         matched_control(
                             opposite,
-                            restrict(neurons.random_control(trait, other, config.seed, rule), band),
+                            restrict(
+                                neurons.random_control(trait, other, config.seed, rule), edit_layers
+                            ),
                         ),
                         gamma=config.gamma,
                     )
@@ -373,6 +380,7 @@ def run_study(
                         "n_target": len(target),
                         "n_opposite": len(opposite),
                         "neuron_rule": rule,
+                        "neuron_layers": config.neuron_layers,
                     }
                 else:
                     vector = vectors.get(trait, method)
@@ -428,10 +436,10 @@ def run_study(
                         ],
                     }
                 )
-        rule = neuron_rule(neurons, trait, band, config.min_fdr_neurons)
+        rule = neuron_rule(neurons, trait, edit_layers, config.min_fdr_neurons)
         for gamma in config.dose_gammas:
-            target = restrict(neurons.select(trait, "high", rule), band)
-            opposite = restrict(neurons.select(trait, "low", rule), band)
+            target = restrict(neurons.select(trait, "high", rule), edit_layers)
+            opposite = restrict(neurons.select(trait, "low", rule), edit_layers)
             plan.append(
                 {
                     "key": _key(trait, "high", "dose_neurons", gamma),
@@ -442,6 +450,9 @@ def run_study(
                     "dose": True,
                     "gamma": gamma,
                     "neuron_rule": rule,
+                    "neuron_layers": config.neuron_layers,
+                    "n_target": len(target),
+                    "n_opposite": len(opposite),
                     "interventions": [NeuronEdit(target, opposite, gamma=gamma)],
                 }
             )
