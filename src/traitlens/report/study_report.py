@@ -73,6 +73,9 @@ def _probe_section(run: Path, figures: Path) -> tuple[Section, list[dict[str, An
                 "selectivity": binary["selectivity"],
                 "90% depth": binary["depth_90"],
                 "intensity R² (best)": intensity.get("score", math.nan),
+                "_selectivity": binary["selectivity"],
+                "_score": binary["score"],
+                "_control": binary["control"],
             }
         )
     which = summary.get("trait", {})
@@ -96,7 +99,12 @@ def _probe_section(run: Path, figures: Path) -> tuple[Section, list[dict[str, An
             (figures / "probe_accuracy.png", "Held-out accuracy vs depth, with control"),
             (figures / "probe_r2.png", "Intensity regression R² vs depth"),
         ],
-        tables=[Table("Best layer per trait (binary high-vs-low probe)", rows)],
+        tables=[
+            Table(
+                "Best layer per trait (binary high-vs-low probe)",
+                [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+            )
+        ],
     )
     return section, rows
 
@@ -187,6 +195,13 @@ def build_report(run_dir: str | Path) -> Path:
                 "effect size dz": r["questionnaire_shift"][r["trait"]].get("effect_size", math.nan),
                 "forced-choice Δ": _fmt_ci(r["forced_choice_shift"][r["trait"]]),
                 "perplexity ×": r["perplexity_ratio"],
+                "size": (
+                    f"{r.get('n_target', 0)}+{r.get('n_opposite', 0)} neurons, γ {r['gamma']}"
+                    if r["method"] == "neurons"
+                    else f"strength {r['strength']:+g}"
+                    if "strength" in r
+                    else "persona"
+                ),
             }
         )
     dose_rows = [
@@ -255,6 +270,26 @@ def build_report(run_dir: str | Path) -> Path:
                 f"{method}: questionnaire answers barely move beyond the control "
                 f"({q_real:+.3f} vs {q_control:+.3f}) — behavioural control is weak."
             )
+    for r in probe_rows:
+        if r["_selectivity"] < 0.1:
+            notes.append(
+                f"{r['trait']}: the pole is barely decodable on held-out prompts (accuracy "
+                f"{r['_score']:.2f} vs control {r['_control']:.2f}); readouts and success "
+                f"rates for {r['trait']} rest on a weak probe."
+            )
+    empty = sorted(
+        {
+            f"{r['trait']} {r['pole']}"
+            for r in evaluation["results"]
+            if r["method"] == "neurons" and r.get("n_target", 1) + r.get("n_opposite", 1) == 0
+        }
+    )
+    if empty:
+        notes.append(
+            "Neuron edits with no selected neuron (the edit is a no-op, identical to baseline): "
+            + ", ".join(empty)
+            + " — too few answers per persona group for any neuron to pass the rule."
+        )
     baseline = evaluation["baseline"]
     sections = [
         Section(
