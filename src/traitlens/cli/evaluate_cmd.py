@@ -250,6 +250,19 @@ def register(app: typer.Typer) -> None:
         pvalue = result["embedding"]["loo_p"]
         table.add_row("(its permutation p)", *(_fmt(pvalue[c], 3) for c in codes))
         console.print(table)
+        if len(records) <= 20:  # few answers: show each one, not just the means
+            each = Table(title="per answer")
+            each.add_column("answer · scorer")
+            for code in codes:
+                each.add_column(code, justify="right")
+            for source, scored in result["scores"].items():
+                for i, values in enumerate(scored["scores"]):
+                    name = records[i].id or str(i)
+                    each.add_row(
+                        f"{name} · {source}",
+                        *("—" if v is None else f"{v:.2f}" for v in values),
+                    )
+            console.print(each)
         console.print(
             "embedding: cos(high prototype) − cos(low prototype), −2..2; its LOO AUC says how "
             "well the prototypes tell held-out high- from low-keyed statements (0.5 = chance). "
