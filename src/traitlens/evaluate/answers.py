@@ -20,12 +20,12 @@ from traitlens.capture import Prompt
 from traitlens.data.schema import AnswerRecord
 from traitlens.evaluate.embedding import (
     NEUTRAL_QUESTION,
-    KeyedStatement,
     embedding_scores,
     fit_embedding_judge,
     model_embedder,
 )
 from traitlens.evaluate.openended import OpenEndedScores, endpoint_scores, probe_scores
+from traitlens.evaluate.questionnaire import StatementLike
 from traitlens.evaluate.tables import write_csv, write_json
 from traitlens.models.loading import TraitModel
 
@@ -57,7 +57,7 @@ def _probe_columns(
 def score_answer_file(
     tm: TraitModel,
     records: Sequence[AnswerRecord],
-    statements: Sequence[KeyedStatement],
+    statements: Sequence[StatementLike],
     *,
     traits: list[str],
     out: Path,

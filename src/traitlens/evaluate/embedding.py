@@ -24,28 +24,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from traitlens.data import parse_traits
 from traitlens.errors import DataError
 from traitlens.evaluate.openended import OpenEndedScores
+from traitlens.evaluate.questionnaire import StatementLike
 from traitlens.models.loading import TraitModel
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
 NEUTRAL_QUESTION = "Tell me a little about yourself."
 """The question every text is placed after, so statements and answers are read alike."""
-
-
-class KeyedStatement(Protocol):
-    @property
-    def trait(self) -> str: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def keyed(self) -> str: ...
 
 
 def default_embedding_layer(n_layers: int) -> int:
@@ -145,7 +137,7 @@ class EmbeddingJudge:
 
 def fit_embedding_judge(
     embed: Embedder,
-    statements: Sequence[KeyedStatement],
+    statements: Sequence[StatementLike],
     *,
     traits: str | Sequence[str] | None = None,
     permutations: int = 200,

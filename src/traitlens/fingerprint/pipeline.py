@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from traitlens import __version__
+from traitlens.artifact_io import jsonable as _json_safe
+from traitlens.artifact_io import write_json as _write_json
 from traitlens.capture.capture import Prompt, capture
 from traitlens.errors import ArtifactError, DataError
 from traitlens.fingerprint.axes import (
@@ -101,28 +103,6 @@ def _quiet(message: str) -> None:
 def slugify(name: str) -> str:
     """A directory-safe model name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf → None and NumPy scalars → Python, so the JSON is strict and portable."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False))
-    tmp.replace(path)
 
 
 def select_questions(
