@@ -165,9 +165,9 @@ def register(app: typer.Typer) -> None:
         dtype: str = DTYPE_OPTION,
     ) -> None:
         """Perplexity of a neutral reference text (the cost side of an intervention)."""
+        from traitlens.artifact_io import write_json
         from traitlens.errors import DataError
         from traitlens.evaluate import NEUTRAL_TEXT, perplexity
-        from traitlens.evaluate.tables import write_json
 
         text = NEUTRAL_TEXT
         if text_file is not None:
@@ -182,13 +182,13 @@ def register(app: typer.Typer) -> None:
             f"{result.n_tokens} tokens, window {result.window})"
         )
         path = write_json(
+            out / "perplexity.json",
             {
                 "kind": "perplexity",
                 "model": tm.identity.to_dict(),
                 "text": "built-in neutral text" if text_file is None else str(text_file),
                 **result.to_dict(),
             },
-            out / "perplexity.json",
         )
         done(path, "perplexity")
 

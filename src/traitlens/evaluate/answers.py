@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from traitlens.artifact_io import write_json
 from traitlens.capture import Prompt
 from traitlens.data.schema import AnswerRecord
 from traitlens.evaluate.embedding import (
@@ -24,9 +26,9 @@ from traitlens.evaluate.embedding import (
     fit_embedding_judge,
     model_embedder,
 )
-from traitlens.evaluate.openended import OpenEndedScores, endpoint_scores, probe_scores
+from traitlens.evaluate.openended import OpenEndedScores, answer_hidden, endpoint_scores
 from traitlens.evaluate.questionnaire import StatementLike
-from traitlens.evaluate.tables import write_csv, write_json
+from traitlens.evaluate.tables import write_csv
 from traitlens.models.loading import TraitModel
 
 
@@ -44,13 +46,21 @@ def _probe_columns(
             f"the probes in {probes_dir} were not fitted for trait(s) {', '.join(missing)} "
             f"(have {', '.join(probes.traits)}); pass --traits {','.join(probes.traits)}"
         )
+    layers = {t: probes.best_layer(t) for t in traits}  # each trait at its own best layer
+    hidden = answer_hidden(  # one forward pass for every layer needed
+        tm,
+        prompts,
+        answers,
+        sorted(set(layers.values())),
+        kind=probes.kind,
+        pooling=probes.pooling,
+    )
     scores = np.full((len(answers), len(traits)), np.nan)
-    layers = {t: probes.best_layer(t) for t in traits}
-    for layer in sorted(set(layers.values())):
-        read = probe_scores(tm, prompts, answers, probes, layer)
+    with torch.inference_mode():
         for column, trait in enumerate(traits):
-            if layers[trait] == layer:
-                scores[:, column] = read.scores[:, read.traits.index(trait)]
+            read = probes.readout(hidden[layers[trait]], layers[trait])
+            scores[:, column] = read[:, probes.traits.index(trait)].double().cpu().numpy()
+    scores[np.array([not a.strip() for a in answers])] = np.nan  # nothing to read
     return OpenEndedScores(tuple(traits), scores, "probe")
 
 
@@ -99,5 +109,5 @@ def score_answer_file(
         "embedding": {"loo_auc": judge.loo_auc, "loo_p": judge.loo_p, **judge.source},
         "scores": {r.source: r.to_dict() for r in results},
     }
-    path = write_json(summary, out / "answer_scores.json")
+    path = write_json(out / "answer_scores.json", summary)
     return {**summary, "path": path}

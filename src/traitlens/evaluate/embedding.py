@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from traitlens.data import parse_traits
+from traitlens.data import TRAITS, parse_traits
 from traitlens.errors import DataError
 from traitlens.evaluate.openended import OpenEndedScores
 from traitlens.evaluate.questionnaire import StatementLike
@@ -55,25 +55,16 @@ def model_embedder(
 ) -> Embedder:
     """``texts → [n, d_model]``: mean residual stream at ``layer`` over the text's tokens,
     with the text given as the assistant's answer to ``question``."""
-    from traitlens.capture import Prompt, capture
+    from traitlens.capture import Prompt
+    from traitlens.evaluate.openended import answer_hidden
 
     chosen = default_embedding_layer(tm.n_layers) if layer is None else layer
     resolved = tm.adapter.resolve(f"resid[{chosen}]").layer  # clear error for a bad index
 
     def embed(texts: Sequence[str]) -> np.ndarray:
-        acts = capture(
-            tm,
-            [Prompt(question) for _ in texts],
-            answers=list(texts),
-            span="answer",
-            poolings=("mean",),
-            kinds=("resid",),
-            layers=[resolved],
-            neuron_stats=False,
-            batch_size=batch_size,
-            progress=False,
-        )
-        return acts.layer(resolved, "resid", "mean").double().cpu().numpy()
+        prompts = [Prompt(question) for _ in texts]
+        hidden = answer_hidden(tm, prompts, list(texts), [resolved], batch_size=batch_size)
+        return hidden[resolved].double().cpu().numpy()
 
     embed.layer = resolved  # type: ignore[attr-defined]
     return embed
@@ -92,23 +83,30 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
 
-def _loo_auc(raw: np.ndarray, plus: np.ndarray, minus: np.ndarray) -> float:
-    """AUC of held-out statements scored by prototypes built entirely without them.
+def _loo_units(raw: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``[k, k, d]``: for each held-out statement ``index[a]``, the unit vectors of all
+    ``index`` statements centred on the mean of every statement *except* ``index[a]``.
 
-    The centre is recomputed without the held-out statement too: centred vectors sum
-    to zero, so keeping it in the centre would make the rest of its own pole point
-    *away* from it (on random embeddings that bias alone gives an AUC near 0.1).
+    The centre must exclude the held-out statement: centred vectors sum to zero, so
+    keeping it in would make the rest of its own pole point *away* from it (on random
+    embeddings that bias alone gives an AUC near 0.1). Computed once, shared by the
+    observed AUC and every permutation.
     """
-    everything = np.arange(raw.shape[0])
-    scores = {}
-    for i in np.concatenate([plus, minus]):
-        rest = everything != i
-        center = raw[rest].mean(axis=0)
-        h = _unit(_unit(raw[[j for j in plus if j != i]] - center).mean(axis=0))
-        lo = _unit(_unit(raw[[j for j in minus if j != i]] - center).mean(axis=0))
-        u = _unit(raw[i] - center)
-        scores[int(i)] = float(u @ h - u @ lo)
-    return _auc(np.array([scores[int(i)] for i in plus]), np.array([scores[int(i)] for i in minus]))
+    total, n = raw.sum(axis=0), raw.shape[0]
+    centres = (total[None] - raw[index]) / (n - 1)  # [k, d]
+    return np.stack([_unit(raw[index] - centre) for centre in centres])
+
+
+def _loo_auc(units: np.ndarray, is_plus: np.ndarray) -> float:
+    """AUC of each held-out statement scored by prototypes built entirely without it."""
+    k = len(is_plus)
+    scores = np.empty(k)
+    for a in range(k):
+        others = np.arange(k) != a
+        h = _unit(units[a, others & is_plus].mean(axis=0))
+        lo = _unit(units[a, others & ~is_plus].mean(axis=0))
+        scores[a] = units[a, a] @ h - units[a, a] @ lo
+    return _auc(scores[is_plus], scores[~is_plus])
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,7 +144,8 @@ def fit_embedding_judge(
     """Prototypes from keyed statements, plus each trait's leave-one-out AUC and its
     one-sided permutation p-value (keys shuffled ``permutations`` times): with 8 + 8
     statements a single AUC swings widely, so the p-value says whether it beats chance."""
-    codes = parse_traits(traits) if traits else sorted({s.trait for s in statements})
+    present = {s.trait for s in statements}
+    codes = parse_traits(traits) if traits else [t for t in TRAITS if t in present]
     chosen = [s for s in statements if s.trait in codes]
     for code in codes:
         keys = {s.keyed for s in chosen if s.trait == code}
@@ -170,14 +169,13 @@ def fit_embedding_judge(
         minus = np.array([i for i in index if chosen[i].keyed == "-"])
         high.append(_unit(units[plus].mean(axis=0)))
         low.append(_unit(units[minus].mean(axis=0)))
-        observed = _loo_auc(raw, plus, minus)
+        both = np.concatenate([plus, minus])
+        units_loo = _loo_units(raw, both)
+        is_plus = np.arange(len(both)) < len(plus)
+        observed = _loo_auc(units_loo, is_plus)
         # permutation null: the same statements with their keys shuffled
         rng = np.random.default_rng(seed)
-        both = np.concatenate([plus, minus])
-        null = []
-        for _ in range(permutations):
-            shuffled = rng.permutation(both)
-            null.append(_loo_auc(raw, shuffled[: len(plus)], shuffled[len(plus) :]))
+        null = [_loo_auc(units_loo, rng.permutation(is_plus)) for _ in range(permutations)]
         loo[code] = observed
         loo_p[code] = (1 + sum(v >= observed for v in null)) / (1 + len(null))
     return EmbeddingJudge(

@@ -18,15 +18,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from traitlens.artifact_io import read_json, write_json
 from traitlens.data import TRAITS, parse_traits
 from traitlens.errors import DataError
 from traitlens.evaluate.logprobs import label_distribution, resolve_label_tokens
 from traitlens.evaluate.tables import (
     TraitLookup,
-    read_json,
     restore_floats,
     write_csv,
-    write_json,
 )
 from traitlens.models.loading import TraitModel
 
@@ -127,12 +126,14 @@ class ForcedChoiceResult(TraitLookup[ChoiceTraitSummary]):
         out = Path(directory)
         write_csv([i.to_dict() for i in self.items], out / "forced_choice_items.csv")
         write_csv([t.to_dict() for t in self.traits], out / "forced_choice_traits.csv")
-        write_json(self.to_dict(), out / "forced_choice.json")
+        write_json(out / "forced_choice.json", self.to_dict())
         return out
 
     @classmethod
     def load(cls, directory: str | Path) -> ForcedChoiceResult:
-        data = read_json(Path(directory) / "forced_choice.json")
+        data = read_json(
+            Path(directory) / "forced_choice.json", "run the evaluation that writes it first"
+        )
         return cls(
             tuple(ChoiceResponse(**restore_floats(row)) for row in data["items"]),
             tuple(ChoiceTraitSummary(**restore_floats(row)) for row in data["traits"]),

@@ -50,6 +50,9 @@ RUBRIC = (
 class JudgeError(TraitlensError):
     """The judge endpoint failed or replied with something that is not a chat completion."""
 
+    transient: bool = False  # a retry may succeed (HTTP 429/5xx, timeout, dropped link)
+    retry_after: float | None = None
+
 
 class JudgeUnavailableError(JudgeError):
     """The judge endpoint could not be reached (connection refused, DNS, timeout)."""
@@ -58,13 +61,11 @@ class JudgeUnavailableError(JudgeError):
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
-class _Transient(Exception):
-    """A failure worth retrying; carries the error to raise once retries run out."""
-
-    def __init__(self, error: JudgeError, wait: float | None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.wait = wait
+def _retryable(error: JudgeError, wait: float | None = None) -> JudgeError:
+    """Mark ``error`` as worth retrying (after ``wait`` s if the server said so)."""
+    error.retry_after = wait
+    error.transient = True
+    return error
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -128,15 +129,15 @@ class HttpJudge:
         server's ``Retry-After``, capped at 30 s) and try again."""
         if self.retries < 0 or self.backoff < 0:
             raise JudgeError(f"retries ({self.retries}) and backoff ({self.backoff}) must be ≥ 0")
-        attempt = 0
-        while True:
+        for attempt in range(self.retries + 1):
             try:
                 return self._post_once(body)
-            except _Transient as exc:
-                if attempt >= self.retries:
-                    raise exc.error from exc.error.__cause__
-                time.sleep(exc.wait if exc.wait is not None else self.backoff * 2**attempt)
-                attempt += 1
+            except JudgeError as exc:
+                if not exc.transient or attempt == self.retries:
+                    raise
+                wait = exc.retry_after
+                time.sleep(wait if wait is not None else self.backoff * 2**attempt)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
         endpoint = self.endpoint
@@ -156,34 +157,32 @@ class HttpJudge:
                 403: "check the API key",
                 404: "check the URL path (it must reach .../chat/completions)",
             }.get(exc.code, "check the server's log")
-            error: JudgeError = JudgeError(
+            error = JudgeError(
                 f"judge endpoint {endpoint} answered HTTP {exc.code} {exc.reason}: "
                 f"{detail.strip()!r}; {hint}"
                 + (f" (after {self.retries} retries)" if exc.code in _RETRY_STATUS else "")
             )
-            error.__cause__ = exc
             if exc.code in _RETRY_STATUS:
-                raise _Transient(error, _retry_after(exc.headers)) from exc
+                raise _retryable(error, _retry_after(exc.headers)) from exc
             raise error from exc
         except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
-                error = JudgeUnavailableError(
-                    f"judge endpoint {endpoint} did not answer within {self.timeout:g} s "
-                    f"({self.retries + 1} attempts); check the server is up and not "
-                    "overloaded, or raise the timeout"
-                )
-                error.__cause__ = exc
-                raise _Transient(error, None) from exc
-            error = JudgeUnavailableError(
+                raise _retryable(
+                    JudgeUnavailableError(
+                        f"judge endpoint {endpoint} did not answer within {self.timeout:g} s "
+                        f"({self.retries + 1} attempts); check the server is up and not "
+                        "overloaded, or raise the timeout"
+                    )
+                ) from exc
+            unreachable = JudgeUnavailableError(
                 f"cannot reach the judge endpoint {endpoint} ({reason}); start the server or "
                 "fix the URL — it should be an OpenAI-compatible base URL such as "
                 "http://localhost:8000/v1 (or the full .../chat/completions URL)"
             )
-            if isinstance(reason, ConnectionRefusedError) or isinstance(exc, urllib.error.URLError):
-                raise error from exc  # nothing listens there: retrying cannot help
-            error.__cause__ = exc
-            raise _Transient(error, None) from exc  # a dropped connection: try again
+            if isinstance(exc, urllib.error.URLError):
+                raise unreachable from exc  # refused or unknown host: retrying cannot help
+            raise _retryable(unreachable) from exc  # a dropped connection: try again
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -61,6 +61,34 @@ class OpenEndedScores:
         }
 
 
+def answer_hidden(
+    tm: TraitModel,
+    prompts: Sequence[ChatPrompt],
+    answers: Sequence[str],
+    layers: Sequence[int],
+    *,
+    kind: str = "resid",
+    pooling: str = "mean",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[int, torch.Tensor]:
+    """``{layer: [n_answers, d]}`` hidden states pooled over the answer tokens only, with
+    each answer placed after its prompt; one forward pass serves every layer."""
+    acts = capture(
+        tm,
+        prompts,
+        answers=answers,
+        span="answer",
+        poolings=(pooling,),
+        kinds=(kind,),
+        layers=list(layers),
+        neuron_stats=False,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return {layer: acts.layer(layer, kind, pooling) for layer in layers}
+
+
 def probe_scores(
     tm: TraitModel,
     prompts: Sequence[ChatPrompt],
@@ -86,19 +114,16 @@ def probe_scores(
     resolved = tm.adapter.resolve(f"resid[{layer}]").layer
     pool = pooling or str(getattr(probes, "pooling", "mean"))
     kind = str(getattr(probes, "kind", "resid"))  # read where the probes were fitted
-    acts = capture(
+    hidden = answer_hidden(
         tm,
         prompts,
-        answers=answers,
-        span="answer",
-        poolings=(pool,),
-        kinds=(kind,),
-        layers=[resolved],
-        neuron_stats=False,
+        answers,
+        [resolved],
+        kind=kind,
+        pooling=pool,
         batch_size=batch_size,
         progress=progress,
-    )
-    hidden = acts.layer(resolved, kind, pool)
+    )[resolved]
     with torch.inference_mode():
         scores = probes.readout(hidden, resolved).detach().float().cpu().numpy().astype(np.float64)
     if scores.ndim != 2 or scores.shape[0] != len(answers):

@@ -29,16 +29,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from traitlens.artifact_io import read_json, write_json
 from traitlens.data import TRAITS, parse_traits
 from traitlens.errors import DataError
 from traitlens.evaluate.logprobs import label_distribution, resolve_label_tokens
 from traitlens.evaluate.stats import cronbach_alpha, sample_sd
 from traitlens.evaluate.tables import (
     TraitLookup,
-    read_json,
     restore_floats,
     write_csv,
-    write_json,
 )
 from traitlens.models.loading import TraitModel
 
@@ -224,12 +223,14 @@ class QuestionnaireResult(TraitLookup[TraitSummary]):
         out = Path(directory)
         write_csv([i.row() for i in self.items], out / "questionnaire_items.csv")
         write_csv([t.row() for t in self.traits], out / "questionnaire_traits.csv")
-        write_json(self.to_dict(), out / "questionnaire.json")
+        write_json(out / "questionnaire.json", self.to_dict())
         return out
 
     @classmethod
     def load(cls, directory: str | Path) -> QuestionnaireResult:
-        data = read_json(Path(directory) / "questionnaire.json")
+        data = read_json(
+            Path(directory) / "questionnaire.json", "run the evaluation that writes it first"
+        )
         items = tuple(
             ItemResponse(**{**restore_floats(row), "probs": tuple(row["probs"])})
             for row in data["items"]

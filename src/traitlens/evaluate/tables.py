@@ -13,16 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from traitlens import artifact_io
-
 
 def restore_floats(row: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON row with every ``null`` (a NaN on the way out) turned back into NaN."""
     return {key: math.nan if value is None else value for key, value in row.items()}
-
-
-def write_json(data: Mapping[str, Any], path: Path) -> Path:
-    return artifact_io.write_json(path, data)
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -44,10 +38,6 @@ def _cell(value: Any) -> Any:
     if isinstance(value, float):
         return "" if not math.isfinite(value) else repr(value)
     return value
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return artifact_io.read_json(path, "run the evaluation that writes it first")
 
 
 class _HasTrait(Protocol):

@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 
 from traitlens import __version__
-from traitlens.artifact_io import jsonable as _json_safe
-from traitlens.artifact_io import write_json as _write_json
+from traitlens.artifact_io import jsonable, write_json
 from traitlens.capture.capture import Prompt, capture
 from traitlens.errors import ArtifactError, DataError
 from traitlens.fingerprint.axes import (
@@ -186,7 +185,7 @@ def _generate_cached(
     )
     answers = [clean_answer(a, tm.formatter.mode) for a in raw]
     if path is not None:
-        _write_json(path, {"key": key, "answers": answers})
+        write_json(path, {"key": key, "answers": answers})
     return answers
 
 
@@ -622,7 +621,7 @@ def fingerprint_model(
                 )
             ],
         )
-        _write_json(directory / "summary.json", summary)
+        write_json(directory / "summary.json", summary)
     return ModelFingerprint(summary, base_scores, base_qids, axes)
 
 
@@ -632,7 +631,7 @@ def _write_scores(path: Path, axes: Sequence[str], rows: Sequence[tuple[Any, ...
     for kind, item, answer, length, scores in rows:
         lines.append(
             json.dumps(
-                _json_safe(
+                jsonable(
                     {
                         "set": kind,
                         "id": item.id,
@@ -700,7 +699,7 @@ def _drift(
         progress=progress,
     )
     if cache is not None and replay is None:
-        _write_json(cache, {"key": key, "answers": run.answers})
+        write_json(cache, {"key": key, "answers": run.answers})
     result: dict[str, Any] = {}
     for c, scenario in enumerate(scenarios):
         n = len(turns[c])
@@ -826,7 +825,7 @@ def run_fingerprint(
         "comparison": compare(results, config) if len(results) > 1 else None,
     }
     path = run / "fingerprint.json"
-    _write_json(path, document)
+    write_json(path, document)
     return path
 
 

@@ -55,12 +55,13 @@ def _rate(entry: dict[str, Any] | None) -> str:
     return text + f" (n={entry.get('n_eligible', 0)})"
 
 
-def _probe_section(run: Path, figures: Path) -> tuple[Section, list[dict[str, Any]]]:
+def _probe_section(run: Path, figures: Path) -> tuple[Section, list[dict[str, Any]], list[str]]:
+    """The decodability section, its table rows, and a note per barely decodable trait."""
     from traitlens.probe import ProbeSet
 
     probes = ProbeSet.load(run)
     summary = probes.summary()
-    rows = []
+    rows, weak = [], []
     for trait in probes.traits:
         binary = summary["binary"][trait]
         intensity = summary.get("intensity", {}).get(trait, {})
@@ -73,11 +74,14 @@ def _probe_section(run: Path, figures: Path) -> tuple[Section, list[dict[str, An
                 "selectivity": binary["selectivity"],
                 "90% depth": binary["depth_90"],
                 "intensity R² (best)": intensity.get("score", math.nan),
-                "_selectivity": binary["selectivity"],
-                "_score": binary["score"],
-                "_control": binary["control"],
             }
         )
+        if binary["selectivity"] < 0.1:
+            weak.append(
+                f"{trait}: the pole is barely decodable on held-out prompts (accuracy "
+                f"{binary['score']:.2f} vs control {binary['control']:.2f}); readouts and "
+                f"success rates for {trait} rest on a weak probe."
+            )
     which = summary.get("trait", {})
     paragraphs = [
         "Linear probes per layer, cross-validated with folds grouped by question AND persona "
@@ -99,14 +103,9 @@ def _probe_section(run: Path, figures: Path) -> tuple[Section, list[dict[str, An
             (figures / "probe_accuracy.png", "Held-out accuracy vs depth, with control"),
             (figures / "probe_r2.png", "Intensity regression R² vs depth"),
         ],
-        tables=[
-            Table(
-                "Best layer per trait (binary high-vs-low probe)",
-                [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
-            )
-        ],
+        tables=[Table("Best layer per trait (binary high-vs-low probe)", rows)],
     )
-    return section, rows
+    return section, rows, weak
 
 
 def _neuron_section(run: Path, figures: Path) -> tuple[Section, dict[str, Any]]:
@@ -159,7 +158,7 @@ def build_report(run_dir: str | Path) -> Path:
     figures = run / "figures"
     evaluation = _load_json(run / "eval.json")
     config = _load_json(run / "study_config.json")
-    probe_section, probe_rows = _probe_section(run, figures)
+    probe_section, probe_rows, weak_probes = _probe_section(run, figures)
     neuron_section, neuron_summary = _neuron_section(run, figures)
     traits = evaluation["traits"]
     main = _result_rows(evaluation)
@@ -270,13 +269,7 @@ def build_report(run_dir: str | Path) -> Path:
                 f"{method}: questionnaire answers barely move beyond the control "
                 f"({q_real:+.3f} vs {q_control:+.3f}) — behavioural control is weak."
             )
-    for r in probe_rows:
-        if r["_selectivity"] < 0.1:
-            notes.append(
-                f"{r['trait']}: the pole is barely decodable on held-out prompts (accuracy "
-                f"{r['_score']:.2f} vs control {r['_control']:.2f}); readouts and success "
-                f"rates for {r['trait']} rest on a weak probe."
-            )
+    notes += weak_probes
     empty = sorted(
         {
             f"{r['trait']} {r['pole']}"
