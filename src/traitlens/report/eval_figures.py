@@ -215,7 +215,8 @@ def plot_representation_vs_behaviour(evaluation: dict[str, Any], directory: Path
         x = [r.get("target_readout_shift", np.nan) for r in rows]
         y = [r.get("target_questionnaire_shift", np.nan) for r in rows]
         marker, colour = styles[kind]
-        ax.scatter(x, y, marker=marker, c=colour, edgecolors="black", label=kind, s=30)
+        edge = None if marker in ("x", "+") else "black"  # line markers have no edge
+        ax.scatter(x, y, marker=marker, c=colour, edgecolors=edge, label=kind, s=30)
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.axvline(0, color="grey", linewidth=0.5)
     ax.set_xlabel("target probe readout shift (logit, toward target)")
