@@ -36,13 +36,15 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _raw_shift(run: Path, key: str, baseline: dict[str, Any], trait: str) -> float:
+def _raw_shift(run: Path, result: dict[str, Any], baseline: dict[str, Any], trait: str) -> float:
     """Mean change of the raw (un-keyed) 1–5 answer over the trait's items."""
     from traitlens.data import load_statements
 
     config = json.loads((run / "study_config.json").read_text())
     keyed = {s.id: s.keyed for s in load_statements(config.get("statements_file"))}
-    row = json.loads((run / "eval" / "rows" / f"{key}.json").read_text())
+    # each measured row is stored under its input key (eval/rows/NAME--KEY.json)
+    path = run / "eval" / "rows" / f"{result['name']}--{result['row_key'][:16]}.json"
+    row = json.loads(path.read_text())["data"]
     base, new = baseline["questionnaire"].get(trait, {}), row["questionnaire"].get(trait, {})
     diffs = []
     for item, score in new.items():
@@ -58,7 +60,9 @@ def main(run_dir: str) -> None:
 
     run = Path(run_dir)
     evaluation = json.loads((run / "eval.json").read_text())
-    baseline = json.loads((run / "eval" / "rows" / "baseline.json").read_text())
+    baseline_key = evaluation["provenance"]["baseline"][:16]
+    baseline = json.loads((run / "eval" / "rows" / f"baseline--{baseline_key}.json").read_text())
+    baseline = baseline["data"]
     traits = evaluation["traits"]
 
     probes = ProbeSet.load(run).summary()
@@ -110,9 +114,10 @@ def main(run_dir: str) -> None:
                 r["method"] + (" ctrl" if r["control"] else ""),
                 size,
                 f"{_f(success.get('rate'))} (n={success.get('n_eligible', '—')})",
+                _f(success.get("boundary"), 2, sign=True),
                 _f(r.get("target_readout_shift"), 1, sign=True),
                 _f(r["questionnaire_shift"][t]["shift"], 3, sign=True),
-                _f(_raw_shift(run, r["key"], baseline, t), 3, sign=True),
+                _f(_raw_shift(run, r, baseline, t), 3, sign=True),
                 _f(r["forced_choice_shift"][t]["shift"], 3, sign=True),
                 _f(r["perplexity_ratio"]),
             ]
@@ -124,6 +129,7 @@ def main(run_dir: str) -> None:
                 "method",
                 "size",
                 "success",
+                "boundary",
                 "readout Δ",
                 "quest. Δ (keyed)",
                 "raw answer Δ",

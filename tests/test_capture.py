@@ -14,6 +14,7 @@ from traitlens.capture.reducers import pooling_weights
 from traitlens.errors import ArtifactError, DataError
 from traitlens.models import hooks_installed
 from traitlens.models.generation import generate_answers
+from traitlens.provenance import RunConflictError
 
 PROMPTS = [
     Prompt("How would you spend a free Saturday afternoon?", "You are calm.", "p0"),
@@ -128,11 +129,15 @@ def test_save_load_round_trip_and_reuse(tmp_path) -> None:
     assert loaded.neuron_stats is not None and first.neuron_stats is not None
     assert torch.equal(loaded.neuron_stats.positive, first.neuron_stats.positive)
     assert torch.equal(loaded.neuron_stats.a95, first.neuron_stats.a95)
-    # same inputs → reused (the file is not rewritten); changed inputs → recomputed
+    # same inputs → reused (the file is not rewritten); changed inputs → refused, the
+    # saved capture untouched; with force → recomputed
     stamp = (out / "activations.safetensors").stat().st_mtime_ns
     capture(tm, PROMPTS, groups=["a", "b", "a", "b"], out_dir=out, progress=False)
     assert (out / "activations.safetensors").stat().st_mtime_ns == stamp
-    capture(tm, PROMPTS[:2], out_dir=out, progress=False)
+    with pytest.raises(RunConflictError, match=r"n_prompts 4 → 2.*--force"):
+        capture(tm, PROMPTS[:2], out_dir=out, progress=False)
+    assert (out / "activations.safetensors").stat().st_mtime_ns == stamp
+    capture(tm, PROMPTS[:2], out_dir=out, progress=False, force=True)
     assert Activations.load(out).prompt_ids == ["p0", "p1"]
 
 

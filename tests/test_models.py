@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,7 @@ from conftest import FAMILIES, NO_SYSTEM, build_tiny
 from traitlens.errors import HookPointError, ModelError
 from traitlens.models import HookPoint, detect_adapter, hooks_installed, load_model
 from traitlens.models.batching import left_pad
+from traitlens.models.loading import cache_root
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -177,4 +180,33 @@ def test_embedded_model_loads_with_expected_shape(smol) -> None:
 def test_embedded_model_second_load_uses_cache(smol) -> None:
     again = load_model(device="cpu")
     assert again.identity == smol.identity
-    assert "traitlens" in again.source  # served from the safetensors cache
+    # served from the safetensors cache, wherever $TRAITLENS_CACHE puts it
+    assert Path(again.source).resolve().is_relative_to(cache_root().resolve())
+
+
+def test_no_public_name_is_shadowed_by_a_subpackage() -> None:
+    """Import every subpackage first (the order that used to turn ``tl.capture`` into a
+    module), then every exported name must be the documented object."""
+    import importlib
+    import pkgutil
+    import subprocess
+    import sys
+
+    import traitlens
+
+    subpackages = [m.name for m in pkgutil.walk_packages(traitlens.__path__, "traitlens.")]
+    code = (
+        "import importlib, traitlens\n"
+        f"for name in {subpackages!r}:\n"
+        "    importlib.import_module(name)\n"
+        "from traitlens import _EXPORTS\n"
+        "bad = [n for n, m in _EXPORTS.items()\n"
+        "       if getattr(traitlens, n) is not getattr(importlib.import_module(m), n)]\n"
+        "from traitlens import capture\n"
+        "assert callable(capture) and not isinstance(capture, type(traitlens)), capture\n"
+        "print('BAD', bad)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "BAD []" in done.stdout, done.stdout
+    assert importlib.import_module("traitlens.capture").capture is traitlens.capture

@@ -26,6 +26,7 @@ from traitlens.neurons import (
     select_neurons,
     two_proportion_z_test,
 )
+from traitlens.provenance import RunConflictError
 
 IDENTITY = ModelIdentity("synthetic", "SynthForCausalLM", 4, 16, 500, "c" * 16)
 OTHER = ModelIdentity("other", "OtherForCausalLM", 4, 16, 500, "d" * 16)
@@ -270,8 +271,11 @@ def test_select_neurons_reuses_saved_result(
     monkeypatch.setattr("traitlens.neurons.select.two_proportion_z_test", boom)
     again = select_neurons(stats, out_dir=tmp_path)
     assert torch.equal(again.qvalue, first.qvalue)
-    with pytest.raises(AssertionError, match="recomputed"):
+    # other inputs: refused (the saved set is another set-up's), recomputed with force
+    with pytest.raises(RunConflictError, match=r"threshold 0.1 → 0.2.*--force"):
         select_neurons(stats, threshold=0.2, out_dir=tmp_path)
+    with pytest.raises(AssertionError, match="recomputed"):
+        select_neurons(stats, threshold=0.2, out_dir=tmp_path, force=True)
 
 
 # ---------------------------------------------------------------- bad input

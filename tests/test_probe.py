@@ -28,6 +28,7 @@ from traitlens.probe import (
     fit_probes,
     grouped_folds,
 )
+from traitlens.provenance import RunConflictError
 
 TRAITS = ("O", "C", "E", "A", "N")
 
@@ -347,8 +348,13 @@ def test_fit_probes_reuses_saved_result(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(LinearProbe, "fit", boom)
     again = fit_probes(activations, prompts, folds=2, out_dir=tmp_path, progress=False)
     assert torch.equal(again.binary_weight, first.binary_weight)
-    with pytest.raises(AssertionError, match="refitted"):  # other inputs → refit
+    # other inputs: refused (the saved set is another set-up's), refitted with force
+    with pytest.raises(RunConflictError, match=r"seed 0 → 1.*--force"):
         fit_probes(activations, prompts, folds=2, seed=1, out_dir=tmp_path, progress=False)
+    with pytest.raises(AssertionError, match="refitted"):
+        fit_probes(
+            activations, prompts, folds=2, seed=1, out_dir=tmp_path, progress=False, force=True
+        )
 
 
 # ---------------------------------------------------------------- bad input

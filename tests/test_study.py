@@ -86,7 +86,32 @@ def test_success_rate_hand_computed() -> None:
 def test_held_out_boundary_is_midpoint_of_pole_means() -> None:
     baseline = {"opposite_readout": {"E|high": [-3.0, -1.0], "E|low": [1.0, 5.0]}}
     assert held_out_boundary(baseline, "E") == pytest.approx((-2.0 + 3.0) / 2)
-    assert held_out_boundary({"opposite_readout": {}}, "E") == 0.0
+    assert held_out_boundary({"opposite_readout": {}}, "E") is None
+
+
+def test_effect_judges_success_against_the_held_out_boundary() -> None:
+    """Asymmetric fixture: the probe reads every held-out prompt 'high' (its zero drifted),
+    so against zero nothing is eligible for 'push high'; against the held-out midpoint
+    (+4) the low-persona prompts are eligible and two of three cross."""
+    baseline = {
+        "neutral_readout": [[0.0], [0.0]],
+        "opposite_readout": {"E|high": [1.0, 2.0, 3.0], "E|low": [6.0, 6.0]},
+        "questionnaire": {"E": {"a": 3.0}},
+        "forced_choice": {"E": {"x": 0.5}},
+        "perplexity": 10.0,
+    }
+    steered = {**baseline, "opposite_readout": {"E|high": [5.0, 4.5, 3.5]}}
+    result = effect(baseline, steered, ["E"], "E", "high")
+    assert result["success"]["boundary"] == pytest.approx(4.0)
+    assert result["success"]["n_eligible"] == 3
+    assert result["success"]["rate"] == pytest.approx(2 / 3)
+    assert "held-out midpoint" in result["success"]["boundary_source"]
+    against_zero = success_rate([1.0, 2.0, 3.0], [5.0, 4.5, 3.5], sign=1.0)
+    assert against_zero["n_eligible"] == 0  # what the old, uncalibrated rule reported
+    # without the other pole's readouts the row says the boundary could not be computed
+    partial = {**baseline, "opposite_readout": {"E|high": [1.0, 2.0, 3.0]}}
+    fallback = effect(partial, steered, ["E"], "E", "high")["success"]
+    assert fallback["boundary"] == 0.0 and "cannot be computed" in fallback["boundary_source"]
 
 
 def test_effect_shifts_signed_toward_target() -> None:
@@ -254,26 +279,29 @@ def test_study_resumes_after_kill_without_recomputing(tmp_path: Path) -> None:
     process = _study(out, config)
     log, _ = process.communicate(timeout=1500)
     assert process.returncode == 0, log[-3000:]
-    assert "(cached)" in log
+    assert "(reused)" in log
     for path, stamp in finished.items():
         assert path.stat().st_mtime_ns == stamp, f"{path.name} was recomputed"
     assert (out / "report.html").exists()
 
 
 @pytest.mark.slow
-def test_bad_input_mid_study_keeps_finished_stages(tmp_path: Path) -> None:
+def test_bad_study_input_is_refused_before_any_work(tmp_path: Path) -> None:
+    """A bad statements file or an unreachable judge used to surface mid-study (after the
+    capture); both are now refused before the model loads, with nothing written."""
     out = tmp_path / "run"
     empty = tmp_path / "statements.csv"
     empty.write_text("")
     config = _yaml(tmp_path / "bad.yaml", {**MICRO, "statements_file": str(empty)})
     process = _study(out, config)
-    log, _ = process.communicate(timeout=1500)
+    log, _ = process.communicate(timeout=300)
     assert process.returncode == 2, log[-3000:]
     assert "statements.csv is empty" in log and "Traceback" not in log
-    assert (out / "probes.json").exists() and (out / "vectors.json").exists()
+    assert "model:" not in log  # refused before the model loaded
+    assert not (out / "prompts.jsonl").exists()
     config = _yaml(tmp_path / "judge.yaml", {**MICRO, "judge_url": "http://127.0.0.1:9"})
     process = _study(out, config)
-    log, _ = process.communicate(timeout=1500)
+    log, _ = process.communicate(timeout=300)
     assert process.returncode == 2, log[-3000:]
     assert "127.0.0.1:9" in log and "Traceback" not in log
-    assert (out / "probes.json").exists()
+    assert not (out / "prompts.jsonl").exists()

@@ -8,6 +8,8 @@ not pay for importing torch and transformers.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -71,6 +73,24 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
+
+class _Package(types.ModuleType):
+    """The package module, guarding its public names against submodule imports.
+
+    Importing ``traitlens.capture`` (the subpackage) makes Python bind the attribute
+    ``traitlens.capture`` to that module, which would shadow the exported
+    ``capture()`` function depending on import order. Submodules stay reachable
+    through ``sys.modules`` and ``from traitlens.capture import ...``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,15 @@ from traitlens.errors import ArtifactError
 if TYPE_CHECKING:
     from traitlens.models.loading import ModelIdentity
 
-__all__ = ["jsonable", "read_json", "write_json", "load_tensors", "write_artifact", "read_artifact"]
+__all__ = [
+    "check_writable",
+    "jsonable",
+    "read_json",
+    "write_json",
+    "load_tensors",
+    "write_artifact",
+    "read_artifact",
+]
 
 
 def jsonable(value: Any) -> Any:
@@ -41,11 +50,42 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: Any) -> Path:
-    """Strict JSON (see :func:`jsonable`), written atomically."""
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def check_writable(directory: Path) -> None:
+    """Fail now, before any work, when ``directory`` cannot be created or written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except FileExistsError as exc:
+        raise ArtifactError(
+            f"cannot write to {directory}: a file is in the way of that folder; choose another "
+            "--out (or move the file)"
+        ) from exc
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ArtifactError(
+            f"cannot write to {directory} ({reason}); choose a writable --out, or fix the "
+            "folder's permissions or free space"
+        ) from exc
+
+
+def write_json(path: Path, data: Any, *, allow_nan: bool = False) -> Path:
+    """Strict JSON (see :func:`jsonable`), written atomically. ``allow_nan`` keeps NaN as
+    Python's ``NaN`` token instead (measured rows, where NaN means "undefined" and is
+    read back as a float)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=2, ensure_ascii=False, allow_nan=False))
+    payload = json.loads(json.dumps(data, default=_plain)) if allow_nan else jsonable(data)
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=allow_nan))
     tmp.replace(path)
     return path
 

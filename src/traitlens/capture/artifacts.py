@@ -96,6 +96,17 @@ class Activations:
     config: dict[str, Any] = field(default_factory=dict)
     neuron_stats: NeuronStats | None = None
 
+    @property
+    def key(self) -> str | None:
+        """The input key this capture was saved under (None for one built by hand)."""
+        value = self.config.get("cache_key")
+        return None if value is None else str(value)
+
+    @property
+    def stage(self) -> str:
+        """The run-manifest stage this capture was recorded as (e.g. ``capture.answer``)."""
+        return str((self.config.get("provenance") or {}).get("stage", "capture"))
+
     def get(self, kind: str = "resid", pooling: str = "mean") -> torch.Tensor:
         key = f"{kind}.{pooling}"
         if key not in self.pooled:

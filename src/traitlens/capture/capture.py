@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from traitlens.artifact_io import check_writable
 from traitlens.capture.artifacts import Activations, NeuronStats
 from traitlens.capture.reducers import POOLINGS, StreamingQuantile, pooling_weights
-from traitlens.errors import DataError, TraitlensError
+from traitlens.errors import DataError
 from traitlens.models.batching import last_logits_kwargs, left_pad, length_sorted_batches
 from traitlens.models.chat import SPANS, FormattedPrompt
 from traitlens.models.hooks import HookFn, hooks_installed
 from traitlens.models.loading import TraitModel
 from traitlens.progress import track
+from traitlens.provenance import claim, provenance, record, saved_key
 
 
 class ChatPrompt(Protocol):
@@ -44,15 +44,6 @@ def _prompt_id(prompt: ChatPrompt, index: int) -> str:
     return str(getattr(prompt, "id", "") or index)
 
 
-def _cache_key(tm: TraitModel, rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
-    hasher = hashlib.sha256()
-    hasher.update(tm.identity.digest.encode())
-    hasher.update(json.dumps(config, sort_keys=True).encode())
-    for row in rows:
-        hasher.update(json.dumps(row, sort_keys=True).encode())
-    return hasher.hexdigest()[:20]
-
-
 def capture(
     tm: TraitModel,
     prompts: Sequence[ChatPrompt],
@@ -69,6 +60,10 @@ def capture(
     batch_size: int = 16,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    run_dir: str | Path | None = None,
+    stage: str = "capture",
+    upstream: Mapping[str, str | None] | None = None,
+    force: bool = False,
 ) -> Activations:
     """Pooled hidden states per prompt and layer, plus per-group neuron statistics.
 
@@ -79,7 +74,11 @@ def capture(
     ``system`` or ``all``. ``neuron_span`` (default: same as ``span``) picks
     the tokens counted for ``mlp_act`` statistics, accumulated separately per
     ``groups[i]`` label (e.g. ``"E|high"``). With ``out_dir``, a finished
-    capture of the same inputs is loaded instead of recomputed.
+    capture of the same inputs is loaded instead of recomputed; one made from
+    other inputs is never overwritten unless ``force`` (see
+    :func:`traitlens.provenance.claim`; ``run_dir``/``stage`` name the run manifest
+    entry, default ``out_dir``/"capture"; ``upstream`` the keys it was made from).
+    ``batch_size`` is not part of the key: results are batch-invariant (tested).
     Memory is O(prompts × layers × d_model + groups × layers × d_mlp).
     """
     if not prompts:
@@ -128,15 +127,30 @@ def capture(
         }
         for i, p in enumerate(prompts)
     ]
-    key = _cache_key(tm, rows, config)
-    if out_dir is not None and (Path(out_dir) / "activations.json").exists():
-        try:
-            cached = Activations.load(out_dir, expect=tm.identity)
-            if cached.config.get("cache_key") == key:
-                return cached
-        except TraitlensError:
-            pass  # unreadable or for another model: recompute and overwrite
-    config["cache_key"] = key
+    prov = provenance(
+        stage,
+        model=tm.identity,
+        config={"n_prompts": len(rows), **config},
+        data=rows,
+        upstream=upstream,
+    )
+    manifest_dir = Path(run_dir) if run_dir is not None else out_dir
+    if out_dir is not None:
+        exists, saved = saved_key(Path(out_dir) / "activations.json")
+        assert manifest_dir is not None
+        if claim(
+            manifest_dir,
+            stage,
+            prov,
+            saved,
+            exists=exists,
+            force=force,
+            what=f"{stage} activations",
+        ):
+            return Activations.load(out_dir, expect=tm.identity)
+        check_writable(Path(out_dir))
+    config["cache_key"] = prov.key
+    config["provenance"] = prov.to_dict()
 
     formatted = [
         tm.format(p.system, p.user, None if answers is None else answers[i])
@@ -171,7 +185,9 @@ def capture(
         ),
     )
     if out_dir is not None:
+        assert manifest_dir is not None
         activations.save(out_dir)
+        record(manifest_dir, stage, prov)
     return activations
 
 

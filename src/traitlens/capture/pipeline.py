@@ -18,12 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from traitlens.artifact_io import read_json, write_json
 from traitlens.capture.artifacts import Activations
 from traitlens.capture.capture import capture
 from traitlens.data import ContrastivePrompt, build_contrastive_set, load_prompts, save_prompts
-from traitlens.errors import ArtifactError
+from traitlens.errors import ArtifactError, TraitlensError
 from traitlens.models.generation import generate_answers
 from traitlens.models.loading import TraitModel
+from traitlens.provenance import Provenance, RunManifest, claim, provenance, record
 
 
 @dataclass
@@ -39,6 +41,12 @@ def group_labels(prompts: Sequence[ContrastivePrompt]) -> list[str]:
     return [f"{p.trait}|{p.pole}" for p in prompts]
 
 
+def prompts_provenance(prompts: Sequence[ContrastivePrompt]) -> Provenance:
+    """Key of a prompt set: its content alone, so the same prompts always match."""
+    summary = {"n_prompts": len(prompts), "traits": sorted({p.trait for p in prompts})}
+    return provenance("prompts", config=summary, data=[p.model_dump() for p in prompts])
+
+
 def prepare_prompts(
     run_dir: Path,
     traits: Sequence[str] | str | None = None,
@@ -47,8 +55,12 @@ def prepare_prompts(
     n_personas_per_pole: int | None = 6,
     question_category: str | None = None,
     seed: int = 0,
-) -> list[ContrastivePrompt]:
-    """Build the contrastive set; if ``prompts.jsonl`` holds the same set, keep it."""
+    force: bool = False,
+    write: bool = True,
+) -> tuple[list[ContrastivePrompt], Provenance]:
+    """Build the contrastive set; keep ``prompts.jsonl`` when it holds the same set, and
+    refuse to replace a different one unless ``force`` (another set-up's run).
+    ``write=False`` only checks (the CLI does, before the model loads)."""
     prompts = build_contrastive_set(
         traits,
         n_personas_per_pole=n_personas_per_pole,
@@ -56,11 +68,31 @@ def prepare_prompts(
         question_category=question_category,
         seed=seed,
     )
+    prov = prompts_provenance(prompts)
     path = run_dir / "prompts.jsonl"
-    if path.exists() and load_prompts(path) == prompts:
-        return prompts
+    existing, exists = None, path.exists()
+    if exists:
+        try:
+            existing = prompts_provenance(load_prompts(path))
+        except TraitlensError:
+            exists = False  # unreadable: nothing worth keeping
+    if (
+        claim(
+            run_dir,
+            "prompts",
+            prov,
+            None if existing is None else existing.key,
+            exists=exists,
+            force=force,
+            what="prompt set",
+            existing_inputs=None if existing is None else existing.inputs,
+        )
+        or not write
+    ):
+        return prompts, prov
     save_prompts(prompts, path)
-    return prompts
+    record(run_dir, "prompts", prov)
+    return prompts, prov
 
 
 def load_answers(path: Path) -> dict[str, str]:
@@ -93,10 +125,37 @@ def generate_run_answers(
     batch_size: int = 16,
     chunk_size: int = 128,
     progress: bool = True,
+    upstream: dict[str, str | None] | None = None,
+    force: bool = False,
 ) -> list[str]:
-    """Greedy answers for every prompt, appended to ``answers.jsonl`` chunk by chunk."""
+    """Greedy answers for every prompt, appended to ``answers.jsonl`` chunk by chunk.
+
+    ``answers.json`` records their input key (model, prompts, length, chat format):
+    an interrupted generation resumes only under the same key; answers made under
+    other inputs are refused (or, with ``force``, replaced), never mixed in."""
     path = run_dir / "answers.jsonl"
-    done = load_answers(path)
+    sidecar = run_dir / "answers.json"
+    prov = provenance(
+        "answers",
+        model=tm.identity,
+        config={"max_new_tokens": max_new_tokens, "decoding": "greedy", "chat": tm.formatter.mode},
+        data=[[p.id, p.system, p.user] for p in prompts],
+        upstream=upstream,
+    )
+    saved_key = None
+    if sidecar.exists():
+        try:
+            saved_key = read_json(sidecar).get("key")
+        except TraitlensError:
+            saved_key = None
+    exists = path.exists()
+    if claim(run_dir, "answers", prov, saved_key, exists=exists, force=force, what="answer set"):
+        done = load_answers(path)
+    else:
+        done = {}
+        path.write_text("")
+        write_json(sidecar, {"key": prov.key, "provenance": prov.to_dict()})
+        record(run_dir, "answers", prov)
     todo = [p for p in prompts if p.id not in done]
     if todo:
         # rewrite the finished part cleanly (drops a truncated last line), then append
@@ -127,12 +186,21 @@ def capture_run(
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,
+    force: bool = False,
 ) -> CaptureRun:
-    """Run the whole capture stage into ``run_dir`` (resumable, nothing computed twice)."""
+    """Run the whole capture stage into ``run_dir`` (resumable, nothing computed twice).
+
+    A run directory holding a capture made from other inputs is refused with the
+    fix unless ``force`` (then it is replaced and what depends on it recomputes)."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    prompts = prepare_prompts(
-        run, traits, n_questions=n_questions, n_personas_per_pole=n_personas_per_pole, seed=seed
+    prompts, prompt_prov = prepare_prompts(
+        run,
+        traits,
+        n_questions=n_questions,
+        n_personas_per_pole=n_personas_per_pole,
+        seed=seed,
+        force=force,
     )
     groups = group_labels(prompts)
     question = capture(
@@ -143,12 +211,24 @@ def capture_run(
         batch_size=batch_size,
         out_dir=run / "activations" / "question",
         progress=progress,
+        run_dir=run,
+        stage="capture.question",
+        upstream={"prompts": prompt_prov.key},
+        force=force,
     )
     if not generate:
         return CaptureRun(prompts, question, None, None)
     answers = generate_run_answers(
-        tm, prompts, run, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+        tm,
+        prompts,
+        run,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        upstream={"prompts": prompt_prov.key},
+        force=force,
     )
+    answers_key = RunManifest(run).get("answers")
     answer = capture(
         tm,
         prompts,
@@ -158,5 +238,9 @@ def capture_run(
         batch_size=batch_size,
         out_dir=run / "activations" / "answer",
         progress=progress,
+        run_dir=run,
+        stage="capture.answer",
+        upstream={"answers": None if answers_key is None else answers_key.key},
+        force=force,
     )
     return CaptureRun(prompts, question, answers, answer)

@@ -6,7 +6,24 @@ from pathlib import Path
 
 import typer
 
-from traitlens.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, console, done, load
+from traitlens.cli.common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    MAX_BATCH_SIZE,
+    MAX_COUNT,
+    MAX_NEW_TOKENS,
+    MODEL_OPTION,
+    check_int,
+    check_model,
+    check_out_dir,
+    check_seed,
+    check_traits,
+    console,
+    load,
+    report_stages,
+    run_state,
+)
+from traitlens.errors import DataError
 
 
 def register(app: typer.Typer) -> None:
@@ -23,12 +40,38 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0),
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
+        force: bool = typer.Option(
+            False, "--force", help="replace artifacts in the run made from other inputs"
+        ),
     ) -> None:
         """Capture pooled hidden states (question + answer spans) and neuron statistics."""
-        from traitlens.capture.pipeline import capture_run
-        from traitlens.data import parse_traits
+        from traitlens.capture.pipeline import capture_run, prepare_prompts
 
-        trait_list = parse_traits(None if traits.lower() == "all" else traits)
+        # everything that can be wrong without the model, checked before it loads
+        trait_list = check_traits("--traits", traits) or []
+        check_int("--n-questions", n_questions, 2, MAX_COUNT, example=24)
+        check_int("--n-personas", n_personas, 1, MAX_COUNT, example=6)
+        check_int("--max-new-tokens", max_new_tokens, 1, MAX_NEW_TOKENS, example=40)
+        check_int("--batch-size", batch_size, 1, MAX_BATCH_SIZE, example=16)
+        check_seed("--seed", seed)
+        info = check_model(model, device, dtype)
+        if info.context_length is not None and max_new_tokens >= info.context_length:
+            raise DataError(
+                f"--max-new-tokens {max_new_tokens} does not fit {info.display}'s context of "
+                f"{info.context_length} tokens; use a smaller value (e.g. 40)"
+            )
+        check_out_dir(out)
+        # a run made by another set-up is refused now, not after the model has loaded
+        prepare_prompts(
+            out,
+            trait_list,
+            n_questions=n_questions,
+            n_personas_per_pole=n_personas,
+            seed=seed,
+            force=force,
+            write=False,
+        )
+        before = run_state(out)
         tm = load(model, device, dtype)
         run = capture_run(
             tm,
@@ -40,8 +83,10 @@ def register(app: typer.Typer) -> None:
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             seed=seed,
+            force=force,
         )
         console.print(
             f"{len(run.prompts)} prompts, {len(trait_list)} traits, {tm.n_layers} layers captured"
         )
-        done(out)
+        stages = ["prompts", "capture.question"]
+        report_stages(out, before, stages + (["answers", "capture.answer"] if generate else []))

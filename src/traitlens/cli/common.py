@@ -1,15 +1,25 @@
-"""Options and helpers shared by subcommands."""
+"""Options and helpers shared by subcommands.
+
+Every handler checks what it can *before* the model loads (numbers, names, files,
+output folders, the model path itself), so a typo costs a second, not a model load
+and a half-finished run. The ``check_*`` helpers raise :class:`DataError` (or the
+error of the layer that owns the rule) with the option, the value and the fix.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
+from traitlens.errors import ArtifactError, DataError, ModelError, TraitlensError
+
 if TYPE_CHECKING:
-    from traitlens.models.loading import TraitModel
+    from traitlens.models.loading import SourceInfo, TraitModel
 
 console = Console(stderr=True)
 
@@ -18,6 +28,14 @@ MODEL_OPTION = typer.Option(
 )
 DEVICE_OPTION = typer.Option("auto", "--device", help="cpu, cuda, cuda:1, or auto")
 DTYPE_OPTION = typer.Option("auto", "--dtype", help="float32, bfloat16, float16 or auto")
+
+# Sane upper bounds: far above any useful value, low enough to catch a slipped digit
+# before it allocates a batch or a generation that cannot fit in memory.
+MAX_BATCH_SIZE = 4096
+MAX_NEW_TOKENS = 4096
+MAX_SEED = 2**32 - 1
+MAX_FOLDS = 100
+MAX_COUNT = 10_000  # questions, personas, seeds: more than any shipped or sensible set
 
 
 def load(model: str | None, device: str = "auto", dtype: str = "auto") -> TraitModel:
@@ -34,3 +52,219 @@ def load(model: str | None, device: str = "auto", dtype: str = "auto") -> TraitM
 
 def done(path: Path | str, what: str = "artifacts") -> None:
     console.print(f"[green]✓[/] {what} written to [bold]{path}[/]")
+
+
+def run_state(run: Path) -> dict[str, tuple[str, int]]:
+    """``{stage: (key, mtime)}`` of a run's stage artifacts, to tell afterwards what a
+    command wrote and what it reused."""
+    from traitlens.provenance import STAGE_FILES, RunManifest
+
+    try:
+        stages = RunManifest(run).stages
+    except TraitlensError:
+        return {}
+    state = {}
+    for stage, prov in stages.items():
+        path = run / STAGE_FILES.get(stage, "")
+        state[stage] = (prov.key, path.stat().st_mtime_ns if path.is_file() else 0)
+    return state
+
+
+def report_stages(run: Path, before: dict[str, tuple[str, int]], stages: list[str]) -> None:
+    """One line per stage: written (new key or rewritten) or reused (same inputs)."""
+    after = run_state(run)
+    for stage in stages:
+        if stage not in after:
+            continue
+        if before.get(stage) == after[stage]:
+            console.print(f"[green]✓[/] {stage}: reused (same inputs, nothing recomputed)")
+        else:
+            console.print(f"[green]✓[/] {stage}: written (key {after[stage][0][:12]})")
+    console.print(f"artifacts in [bold]{run}[/]")
+
+
+# ------------------------------------------------------------------------ checks
+
+
+def check_int(
+    option: str, value: int | None, low: int, high: int | None = None, example: int | None = None
+) -> None:
+    """``low <= value <= high`` (``None``: the option was not given, nothing to check)."""
+    if value is None:
+        return
+    if value < low or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        shown = f" (e.g. {option} {example})" if example is not None else ""
+        raise DataError(f"{option} {value} is out of range: give a whole number {span}{shown}")
+
+
+def check_float(
+    option: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    absolute: bool = False,
+    hint: str = "",
+) -> None:
+    """A finite ``value`` within ``low``..``high`` (open ends exclude the bound; with
+    ``absolute`` the bounds apply to ``|value|``)."""
+    if value is None:
+        return
+    tail = f"; {hint}" if hint else ""
+    if not math.isfinite(value):
+        raise DataError(f"{option} {value} is not a finite number: give a real number{tail}")
+    checked = abs(value) if absolute else value
+    too_low = low is not None and (checked <= low if low_open else checked < low)
+    too_high = high is not None and (checked >= high if high_open else checked > high)
+    if too_low or too_high:
+        left = "" if low is None else f"{low:g} {'<' if low_open else '<='} "
+        right = "" if high is None else f" {'<' if high_open else '<='} {high:g}"
+        what = f"|{option}|" if absolute else option
+        raise DataError(f"{option} {value:g} is out of range: need {left}{what}{right}{tail}")
+
+
+def check_choice(option: str, value: str | None, choices: Iterable[str]) -> None:
+    allowed = list(choices)
+    if value is not None and value not in allowed:
+        raise DataError(f"unknown {option} {value!r}: use one of {', '.join(allowed)}")
+
+
+def check_traits(option: str, spec: str | None) -> list[str] | None:
+    """Parse a trait selection (``O,C``, full names, or ``all``) or say what is wrong."""
+    from traitlens.data import TRAITS, parse_traits
+
+    if spec is None:
+        return None
+    if spec.strip().lower() == "all":
+        return list(TRAITS)
+    try:
+        return parse_traits(spec)
+    except (DataError, ValueError) as exc:
+        raise DataError(f"{option} {spec!r}: {exc}") from None
+
+
+def check_seed(option: str, value: int | None) -> None:
+    check_int(option, value, 0, MAX_SEED, example=0)
+
+
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` that exists on this machine."""
+    import re
+
+    value = device.strip().lower()
+    if value in ("auto", "cpu"):
+        return
+    if value == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ModelError("--device mps: Apple's MPS is not available here; use --device cpu")
+        return
+    match = re.fullmatch(r"cuda(?::(\d+))?", value)
+    if match is None:
+        raise DataError(f"unknown --device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError(
+            f"--device {device}: CUDA is not available on this machine; use --device cpu (or auto)"
+        )
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise ModelError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
+
+
+def check_dtype(dtype: str) -> None:
+    from traitlens.models.loading import DTYPES
+
+    check_choice("--dtype", dtype, ("auto", *DTYPES))
+
+
+def check_model(model: str | None, device: str = "auto", dtype: str = "auto") -> SourceInfo:
+    """``--model``/``--device``/``--dtype`` without loading weights; returns what is known
+    of the model's shape (layer count, context) for range checks."""
+    from traitlens.models.loading import inspect_model
+
+    check_dtype(dtype)
+    check_device(device)
+    return inspect_model(model)
+
+
+def check_layer_spec(option: str, spec: str | None, n_layers: int | None) -> None:
+    """A layer selection (``10-14``, ``8,10,12``): syntax always, range when known."""
+    if spec is None:
+        return
+    from traitlens.steer.workflow import parse_layers
+
+    try:
+        parse_layers(spec, n_layers if n_layers is not None else 1_000_000)
+    except DataError as exc:
+        raise DataError(f"{option}: {exc}") from None
+
+
+def check_layer_index(option: str, layer: int | None, n_layers: int | None) -> None:
+    if layer is None or n_layers is None:
+        return
+    if not -n_layers <= layer < n_layers:
+        raise DataError(
+            f"{option} {layer} is out of range: this model has {n_layers} layers "
+            f"(0..{n_layers - 1}, or negative from the end)"
+        )
+
+
+def check_input_file(option: str, path: Path | None) -> None:
+    if path is None:
+        return
+    if not path.exists():
+        raise DataError(f"{option} {path}: file not found — check the path and spelling")
+    if not path.is_file():
+        raise DataError(f"{option} {path} is a folder — pass the path of a file")
+
+
+def check_run_dir(path: Path, option: str = "--run", needs: str | None = None) -> None:
+    """An existing run directory (``needs``: a file in it that must exist)."""
+    if not path.exists():
+        raise ArtifactError(
+            f"{option} {path}: no such directory — pass a run directory written by "
+            "`traitlens capture` (or `traitlens study`)"
+        )
+    if not path.is_dir():
+        raise ArtifactError(f"{option} {path} is a file, not a run directory")
+    if needs is not None and not (path / needs).exists():
+        raise ArtifactError(
+            f"{path / needs} not found; run the stage that writes it first "
+            f"(e.g. `traitlens capture --out {path}`)"
+        )
+
+
+def check_out_dir(path: Path) -> None:
+    """An output folder that can be created and written (call it last: it creates it)."""
+    from traitlens.artifact_io import check_writable
+
+    check_writable(path)
+
+
+def check_out_file(path: Path, option: str = "--out") -> None:
+    """An output *file*: not a folder, in a folder that can be written."""
+    if path.is_dir():
+        raise ArtifactError(
+            f"{option} {path} is a folder; name the file to write, e.g. {path / 'vector.gguf'}"
+        )
+    from traitlens.artifact_io import check_writable
+
+    try:
+        check_writable(path.parent)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{option} {path}: {exc}") from None
+
+
+def check_judge_url(url: str | None) -> None:
+    from traitlens.evaluate.judge import check_judge_url as check
+
+    if url is not None:
+        check(url)

@@ -7,7 +7,22 @@ from pathlib import Path
 
 import typer
 
-from traitlens.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, console, done, load
+from traitlens.cli.common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    MAX_BATCH_SIZE,
+    MODEL_OPTION,
+    check_choice,
+    check_int,
+    check_judge_url,
+    check_layer_index,
+    check_model,
+    check_out_dir,
+    check_traits,
+    console,
+    done,
+    load,
+)
 
 OUT_OPTION = typer.Option(
     Path("traitlens-eval"), "--out", "-o", help="directory for the CSV + JSON tables"
@@ -54,11 +69,20 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from traitlens.data import load_statements
-        from traitlens.evaluate import run_questionnaire
+        from traitlens.evaluate import TEMPLATES, run_questionnaire
+        from traitlens.evaluate.questionnaire import check_questionnaire
 
-        items = load_statements(statements)
-        tm = load(model, device, dtype)
+        # everything that can be wrong without the model, checked before it loads
+        check_traits("--traits", traits)
         names = [t.strip() for t in templates.split(",") if t.strip()] if templates else None
+        for name in names or ():
+            check_choice("--templates", name, TEMPLATES)
+        check_int("--batch-size", batch_size, 1, MAX_BATCH_SIZE, example=32)
+        items = load_statements(statements)
+        check_questionnaire(items, traits, names)
+        check_model(model, device, dtype)
+        check_out_dir(out)
+        tm = load(model, device, dtype)
         result = run_questionnaire(
             tm,
             items,
@@ -126,10 +150,22 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from traitlens.data import load_forced_choices
+        from traitlens.data import TRAITS, load_forced_choices
+        from traitlens.errors import DataError
         from traitlens.evaluate import run_forced_choice
 
+        selected = check_traits("--traits", traits)
+        check_int("--batch-size", batch_size, 1, MAX_BATCH_SIZE, example=32)
         items = load_forced_choices(items_path)
+        present = {item.trait for item in items}
+        missing = [t for t in selected or () if t not in present]
+        if missing:
+            raise DataError(
+                f"no forced-choice items for trait(s) {', '.join(missing)}; the items cover "
+                f"{', '.join(t for t in TRAITS if t in present)} — add items or change --traits"
+            )
+        check_model(model, device, dtype)
+        check_out_dir(out)
         tm = load(model, device, dtype)
         result = run_forced_choice(
             tm, items, traits=traits, system=system, batch_size=batch_size, progress=True
@@ -169,12 +205,31 @@ def register(app: typer.Typer) -> None:
         from traitlens.errors import DataError
         from traitlens.evaluate import NEUTRAL_TEXT, perplexity
 
+        check_int("--max-length", max_length, 2, 1_000_000, example=512)
         text = NEUTRAL_TEXT
         if text_file is not None:
+            if not text_file.is_file():
+                what = "is a folder" if text_file.is_dir() else "not found"
+                raise DataError(f"--text {text_file}: {what} — pass the path of a text file")
             try:
                 text = text_file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise DataError(f"{text_file}: cannot read it as UTF-8 text ({exc})") from None
+            except UnicodeDecodeError:
+                raise DataError(
+                    f"--text {text_file}: not valid UTF-8 text — re-save the file as UTF-8"
+                ) from None
+            except OSError as exc:
+                raise DataError(f"--text {text_file}: cannot be read ({exc.strerror})") from None
+            if not text.strip():
+                raise DataError(f"--text {text_file} is empty; give a file with some text")
+        info = check_model(model, device, dtype)
+        if max_length is not None and info.context_length is not None:
+            if max_length > info.context_length:
+                raise DataError(
+                    f"--max-length {max_length} exceeds {info.display}'s context of "
+                    f"{info.context_length} tokens; pass at most {info.context_length} "
+                    "(or leave it out)"
+                )
+        check_out_dir(out)
         tm = load(model, device, dtype)
         result = perplexity(tm, text, max_length=max_length)
         typer.echo(
@@ -220,13 +275,39 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from traitlens.data import load_answers, load_statements, parse_traits
+        from traitlens.errors import DataError
         from traitlens.evaluate.answers import score_answer_file
+        from traitlens.probe import ProbeSet
 
+        # everything that can be wrong without the model, checked before it loads
+        check_traits("--traits", traits)
+        if not judge_model.strip():
+            raise DataError("--judge-model is empty; name the model the endpoint serves")
         records = load_answers(answers_path)
         items = load_statements(statements)
         codes = (
             parse_traits(traits) if traits else sorted({s.trait for s in items}, key="OCEAN".index)
         )
+        for code in codes:
+            keys = {s.keyed for s in items if s.trait == code}
+            if keys != {"+", "-"}:
+                raise DataError(
+                    f"trait {code} needs statements keyed both '+' and '-' (have "
+                    f"{sorted(keys) or 'none'}); add items to --statements or change --traits"
+                )
+        if probes_dir is not None:
+            probes = ProbeSet.load(probes_dir)  # unreadable probes fail before the model loads
+            missing = [t for t in codes if t not in probes.traits]
+            if missing:
+                raise DataError(
+                    f"the probes in {probes_dir} were not fitted for trait(s) "
+                    f"{', '.join(missing)} (have {', '.join(probes.traits)}); pass --traits "
+                    f"{','.join(probes.traits)}"
+                )
+        info = check_model(model, device, dtype)
+        check_layer_index("--layer", layer, info.n_layers)
+        check_judge_url(judge_url)
+        check_out_dir(out)
         tm = load(model, device, dtype)
         result = score_answer_file(
             tm,

@@ -6,7 +6,20 @@ from pathlib import Path
 
 import typer
 
-from traitlens.cli.common import DEVICE_OPTION, DTYPE_OPTION, console, done
+from traitlens.cli.common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    MAX_BATCH_SIZE,
+    MAX_NEW_TOKENS,
+    check_float,
+    check_int,
+    check_layer_index,
+    check_model,
+    check_out_dir,
+    check_seed,
+    console,
+    done,
+)
 
 
 def _layers(spec: str | None) -> tuple[int, ...] | None:
@@ -62,15 +75,30 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Calibrate trait axes, read the model's default profile off them, and report how
         reliable it is, where the dead zones are, how it drifts, and how models compare."""
+        import os
+
         from traitlens.fingerprint import profile, resolve_axes, run_fingerprint
 
+        # everything that can be wrong without the models, checked before any loads
+        check_float("--decay-half-life", decay_half_life, 0.0, 10_000.0, low_open=True)
+        check_int("--seeds", seeds, 1, 100, example=3)
+        check_int("--max-new-tokens", max_new_tokens, 4, MAX_NEW_TOKENS, example=48)
+        check_seed("--seed", seed)
+        check_int("--batch-size", batch_size, 1, MAX_BATCH_SIZE, example=16)
+        check_int("--threads", threads, 1, max(64, 4 * (os.cpu_count() or 1)), example=1)
+        chosen_layers = _layers(layers)
+        models = list(model) if model else [None]
+        for name in models:
+            info = check_model(name, device, dtype)
+            for index in chosen_layers or ():
+                check_layer_index("--layers", index, info.n_layers)
         if threads is not None:
             import torch
 
             torch.set_num_threads(threads)
         config = profile(profile_name).with_overrides(
             axes=None if traits is None else resolve_axes(traits),
-            layers=_layers(layers),
+            layers=chosen_layers,
             pooling=pooling,
             decay_half_life=decay_half_life,
             seeds=seeds,
@@ -80,7 +108,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             batch_size=batch_size,
         )
-        models = list(model) if model else [None]
+        check_out_dir(out)
         path = run_fingerprint(models, out, config, device=device, dtype=dtype, log=console.print)
         if report:
             from traitlens.report.fingerprint_report import write_fingerprint_report

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from traitlens.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, load
+from traitlens.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, check_model, load
 
 
 def register(app: typer.Typer) -> None:
@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
     ) -> None:
         """Load a model and show its layers, widths, chat format and hook points."""
+        check_model(model, device, dtype)
         tm = load(model, device, dtype)
         info = tm.describe()
         if as_json:

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from traitlens.cli.common import console, done
+from traitlens.artifact_io import check_writable
+from traitlens.cli.common import (
+    check_choice,
+    check_float,
+    check_run_dir,
+    check_traits,
+    console,
+    done,
+    report_stages,
+    run_state,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -23,15 +33,24 @@ def register(app: typer.Typer) -> None:
             "prompts", "--effective-n", help="n of the z-test: prompts (conservative) or tokens"
         ),
         figures: bool = typer.Option(True, help="also write figures to RUN/figures/"),
+        force: bool = typer.Option(
+            False, "--force", help="replace artifacts in the run made from other inputs"
+        ),
     ) -> None:
         """Select trait-selective neurons (NPTI δ rule + z-test with BH FDR control)."""
         from traitlens.capture.artifacts import NeuronStats
         from traitlens.data import load_prompts
-        from traitlens.errors import ArtifactError, DataError
+        from traitlens.errors import ArtifactError
         from traitlens.neurons import prompts_per_group, select_neurons
 
-        if effective_n not in ("prompts", "tokens"):
-            raise DataError(f"--effective-n must be 'prompts' or 'tokens', not {effective_n!r}")
+        check_float(
+            "--threshold", threshold, 0.0, 1.0, low_open=True, high_open=True, hint="NPTI uses 0.1"
+        )
+        if not no_fdr:
+            check_float("--fdr", fdr, 0.0, 1.0, low_open=True, hint="e.g. --fdr 0.05")
+        check_choice("--effective-n", effective_n, ("prompts", "tokens"))
+        check_traits("--traits", traits)
+        check_run_dir(run)
         stats = NeuronStats.load(run / "activations" / "answer")
         counts = None
         if effective_n == "prompts":
@@ -41,8 +60,17 @@ def register(app: typer.Typer) -> None:
                     f"{prompts_path} not found; rerun capture, or pass --effective-n tokens"
                 )
             counts = prompts_per_group(load_prompts(prompts_path))
+        if figures:
+            check_writable(run / "figures")
+        before = run_state(run)
         neurons = select_neurons(
-            stats, threshold, None if no_fdr else fdr, traits, prompt_counts=counts, out_dir=run
+            stats,
+            threshold,
+            None if no_fdr else fdr,
+            traits,
+            prompt_counts=counts,
+            out_dir=run,
+            force=force,
         )
         summary = neurons.summary()
         console.print(
@@ -60,4 +88,4 @@ def register(app: typer.Typer) -> None:
             plot_neuron_counts(neurons, run / "figures")
             plot_neuron_overlap(neurons, run / "figures")
             done(run / "figures", "neuron figures")
-        done(run / "neurons.json", "neuron set")
+        report_stages(run, before, ["neurons"])

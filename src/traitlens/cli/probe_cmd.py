@@ -6,7 +6,19 @@ from pathlib import Path
 
 import typer
 
-from traitlens.cli.common import console, done
+from traitlens.artifact_io import check_writable
+from traitlens.cli.common import (
+    MAX_FOLDS,
+    check_choice,
+    check_int,
+    check_run_dir,
+    check_seed,
+    check_traits,
+    console,
+    done,
+    report_stages,
+    run_state,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -21,18 +33,31 @@ def register(app: typer.Typer) -> None:
         folds: int = typer.Option(5, "--folds", help="folds over questions and personas"),
         seed: int = typer.Option(0, "--seed"),
         figures: bool = typer.Option(True, help="also write figures to RUN/figures/"),
+        force: bool = typer.Option(
+            False, "--force", help="replace artifacts in the run made from other inputs"
+        ),
     ) -> None:
         """Fit per-layer probes (pole, intensity, which trait) with grouped CV and a control."""
+        from traitlens.capture import POOLINGS
         from traitlens.capture.artifacts import Activations
         from traitlens.data import load_prompts
         from traitlens.errors import ArtifactError
         from traitlens.probe import fit_probes
 
+        check_choice("--kind", kind, ("resid", "attn_out"))
+        check_choice("--pooling", pooling, POOLINGS)
+        check_int("--folds", folds, 2, MAX_FOLDS, example=5)
+        check_seed("--seed", seed)
+        check_traits("--traits", traits)
+        check_run_dir(run)
         prompts_path = run / "prompts.jsonl"
         if not prompts_path.exists():
             raise ArtifactError(f"{prompts_path} not found; run `traitlens capture --out {run}`")
         prompts = load_prompts(prompts_path)
         activations = Activations.load(run / "activations" / "question")
+        if figures:
+            check_writable(run / "figures")  # fail before fitting, not after
+        before = run_state(run)
         probes = fit_probes(
             activations,
             prompts,
@@ -42,6 +67,7 @@ def register(app: typer.Typer) -> None:
             folds=folds,
             seed=seed,
             out_dir=run,
+            force=force,
         )
         summary = probes.summary()
         console.print(f"probes on {kind}.{pooling}, {probes.config['folds']}-fold grouped CV")
@@ -64,4 +90,4 @@ def register(app: typer.Typer) -> None:
             plot_probe_accuracy(probes, run / "figures")
             plot_probe_r2(probes, run / "figures")
             done(run / "figures", "probe figures")
-        done(run / "probes.json", "probe set")
+        report_stages(run, before, ["probes"])

@@ -8,7 +8,25 @@ from typing import TYPE_CHECKING, cast
 
 import typer
 
-from traitlens.cli.common import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, console, done, load
+from traitlens.cli.common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    MAX_NEW_TOKENS,
+    MODEL_OPTION,
+    check_choice,
+    check_float,
+    check_input_file,
+    check_int,
+    check_layer_spec,
+    check_model,
+    check_out_dir,
+    check_out_file,
+    check_run_dir,
+    check_seed,
+    console,
+    done,
+    load,
+)
 
 if TYPE_CHECKING:
     from traitlens.steer.interventions import Intervention, Positions
@@ -75,7 +93,12 @@ def register(app: typer.Typer) -> None:
         """Answer prompts with and without steering toward a trait pole, side by side."""
         from rich.table import Table
 
+        from traitlens.errors import DataError
+        from traitlens.models.loading import check_text_fits
         from traitlens.steer import (
+            MAX_GAMMA,
+            MAX_STRENGTH,
+            METHODS,
             AddDirection,
             compare_steering,
             default_run_dir,
@@ -85,9 +108,40 @@ def register(app: typer.Typer) -> None:
             run_vector,
         )
 
+        # everything that can be wrong without the model, checked before it loads
         code, pole = _trait(trait), _pole(pole)
         where = _positions(positions)
+        check_choice("--method", method, (*METHODS, "neurons"))
+        check_choice("--span", span, ("auto", "answer", "question"))
+        check_float(
+            "--strength",
+            strength,
+            high=MAX_STRENGTH,
+            absolute=True,
+            hint="strengths are in standard deviations; useful ones lie around 1-15",
+        )
+        check_float(
+            "--gamma",
+            gamma,
+            high=MAX_GAMMA,
+            absolute=True,
+            hint="γ multiplies a neuron's usual activation; NPTI uses about 1",
+        )
+        check_int("--max-new-tokens", max_new_tokens, 1, MAX_NEW_TOKENS, example=48)
+        check_seed("--seed", seed)
+        for index, text in enumerate(prompt, start=1):
+            if not text.strip():
+                raise DataError(f"--prompt #{index} is empty; give the text to answer")
+        info = check_model(model, device, dtype)
+        check_layer_spec("--layers", layers, info.n_layers)
+        if run is not None:
+            check_out_dir(run)
         tm = load(model, device, dtype)
+        check_text_fits(
+            tm, [(f"#{i}", text) for i, text in enumerate(prompt, 1)], "--prompt", "shorten it"
+        )
+        if system:
+            check_text_fits(tm, [("", system)], "--system", "shorten it")
         run = run or default_run_dir(tm)
         chosen = parse_layers(layers, tm.n_layers) if layers else middle_layers(tm.n_layers)
         intervention: Intervention
@@ -99,8 +153,6 @@ def register(app: typer.Typer) -> None:
             )
             intervention = edit
         else:
-            if span not in ("auto", "answer", "question"):
-                raise typer.BadParameter(f"--span must be auto, answer or question, not {span!r}")
             vector = run_vector(tm, run, code, method, span=span)
             signed = strength if pole == "high" else -strength
             intervention = AddDirection(vector, signed, layers=tuple(chosen), positions=where)
@@ -148,6 +200,7 @@ def register(app: typer.Typer) -> None:
 
         from traitlens.steer import VectorSet
 
+        check_run_dir(run, needs="vectors.json")
         vectors = VectorSet.load(run)
         table = Table(title=f"{run}/vectors.json — model {vectors.identity.name}")
         for column in ("trait", "method", "pole", "hook", "layers", "spread (min–max)", "prompts"):
@@ -177,9 +230,23 @@ def register(app: typer.Typer) -> None:
         layers: str | None = typer.Option(None, "--layers", "-l", help="default: all but 0"),
     ) -> None:
         """Export one vector; GGUF files load in llama.cpp with --control-vector FILE."""
-        from traitlens.steer import VectorSet, parse_layers
+        from traitlens.steer import MAX_STRENGTH, METHODS, VectorSet, parse_layers
 
-        vector = VectorSet.load(run).get(_trait(trait), method)
+        code = _trait(trait)
+        check_choice("--format", fmt, ("gguf", "safetensors"))
+        check_choice("--method", method, METHODS)
+        check_float(
+            "--strength",
+            strength,
+            high=MAX_STRENGTH,
+            absolute=True,
+            hint="strengths are in standard deviations; useful ones lie around 1-15",
+        )
+        check_layer_spec("--layers", layers, None)
+        check_run_dir(run, needs="vectors.json")
+        check_out_file(out)
+        vector = VectorSet.load(run).get(code, method)
+        check_layer_spec("--layers", layers, vector.identity.n_layers)
         chosen = parse_layers(layers, vector.identity.n_layers) if layers else None
         if fmt == "gguf":
             path = vector.to_gguf(out, strength=strength, layers=chosen)
@@ -189,7 +256,7 @@ def register(app: typer.Typer) -> None:
             )
         elif fmt == "safetensors":
             path = (vector.select(chosen) if chosen else vector).save(out)
-        else:
+        else:  # pragma: no cover - checked above
             raise typer.BadParameter(f"--format must be gguf or safetensors, got {fmt!r}")
         done(path, "vector")
 
@@ -210,19 +277,21 @@ def register(app: typer.Typer) -> None:
         """Import a control-vector GGUF into RUN/vectors.* (checked against the model)."""
         from dataclasses import replace
 
-        from traitlens.steer import TraitVector, VectorSet
+        from traitlens.steer import TraitVector, VectorSet, read_gguf
 
+        code = _trait(trait) if trait else None
+        if method is not None and not method.strip():
+            raise typer.BadParameter("--method must not be empty")
+        check_input_file("FILE", file)
+        read_gguf(file)  # a truncated or foreign file fails here, before the model loads
+        existing = (run / "vectors.json").exists()
+        if existing:
+            VectorSet.load(run)  # an unreadable vector set is reported before loading
+        check_model(model, device, dtype)
+        check_out_dir(run)
         tm = load(model, device, dtype)
         vector = TraitVector.from_gguf(file, tm)
-        vector = replace(
-            vector,
-            trait=_trait(trait) if trait else vector.trait,
-            method=method or vector.method,
-        )
-        vectors = (
-            VectorSet.load(run, expect=tm.identity)
-            if (run / "vectors.json").exists()
-            else VectorSet(tm.identity)
-        )
+        vector = replace(vector, trait=code or vector.trait, method=method or vector.method)
+        vectors = VectorSet.load(run, expect=tm.identity) if existing else VectorSet(tm.identity)
         vectors.add(vector)
         done(vectors.save(run), f"{vector.trait}/{vector.method} vector")

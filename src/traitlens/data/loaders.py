@@ -87,6 +87,11 @@ def _read_text(source: Path | Traversable, display: str) -> str:
         raise DataError(f"{display}: is a directory — pass the path of a data file") from None
     except OSError as exc:
         raise DataError(f"{display}: cannot be read ({exc}) — check its permissions") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:2]):
+        raise DataError(
+            f"{display}: the file is UTF-16 encoded — re-save it as UTF-8 (in a spreadsheet: "
+            "'CSV UTF-8'; in an editor: encoding UTF-8)"
+        )
     try:
         return data.decode("utf-8-sig")  # -sig: tolerate the BOM spreadsheet apps add
     except UnicodeDecodeError as exc:
@@ -165,6 +170,13 @@ def _parse_csv(text: str, display: str) -> list[tuple[int, dict[str, Any]]]:
         if header is None or not any(cell.strip() for cell in header):
             return []
         names = [cell.strip().lower() for cell in header]
+        for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+            if any(separator in cell for cell in header):
+                raise DataError(
+                    f"{display} line 1: the header {','.join(header)!r} looks separated by "
+                    f"{name} — use commas as the delimiter (in a spreadsheet, export as "
+                    "'CSV (comma delimited)')"
+                )
         if "" in names:
             col = names.index("") + 1
             raise DataError(

@@ -29,7 +29,7 @@ from traitlens.evaluate.embedding import (
 from traitlens.evaluate.openended import OpenEndedScores, answer_hidden, endpoint_scores
 from traitlens.evaluate.questionnaire import StatementLike
 from traitlens.evaluate.tables import write_csv
-from traitlens.models.loading import TraitModel
+from traitlens.models.loading import TraitModel, check_text_fits
 
 
 def _probe_columns(
@@ -78,6 +78,25 @@ def score_answer_file(
 ) -> dict[str, Any]:
     """Score ``records`` with each judge available; writes and returns the tables."""
     answers = [r.answer for r in records]
+    hint = "shorten it, or score it in parts"
+    check_text_fits(
+        tm,
+        [(repr(r.id or str(i)), r.answer) for i, r in enumerate(records)],
+        "answer",
+        hint,
+    )
+    check_text_fits(
+        tm,
+        [(repr(r.id or str(i)), r.question) for i, r in enumerate(records)],
+        "the question of answer",
+        "shorten it",
+    )
+    check_text_fits(
+        tm,
+        [(repr(s.id), s.text) for s in statements],
+        "statement",
+        "shorten it (a questionnaire statement is one sentence) or drop it from the file",
+    )
     embed = model_embedder(tm, layer)
     judge = fit_embedding_judge(embed, statements, traits=traits)
     results = [embedding_scores(answers, judge, embed)]

@@ -27,7 +27,7 @@ import torch
 
 from traitlens.errors import DataError
 from traitlens.evaluate.reference import NEUTRAL_TEXT
-from traitlens.models.loading import TraitModel
+from traitlens.models.loading import TraitModel, context_length
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 _MAX_WINDOW = 1024
@@ -75,9 +75,15 @@ def perplexity(
     ids = list(tm.tokenizer(text, add_special_tokens=True)["input_ids"])
     if len(ids) < 2:
         raise DataError("perplexity needs a text of at least two tokens")
-    window = max_length or _context_length(tm)
+    window = _context_length(tm) if max_length is None else max_length
     if window < 2:
         raise DataError(f"max_length must be >= 2, got {window}")
+    context = context_length(tm)
+    if max_length is not None and context is not None and max_length > context:
+        raise DataError(
+            f"max_length {max_length} exceeds {tm.identity.name}'s context of {context} "
+            f"tokens; pass at most {context} (or leave it out to use the context)"
+        )
     step = stride or max(1, window // 2)
     if not 1 <= step < window:
         # a stride of a whole window would leave each window's first token unscored

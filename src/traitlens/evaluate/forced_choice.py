@@ -27,7 +27,7 @@ from traitlens.evaluate.tables import (
     restore_floats,
     write_csv,
 )
-from traitlens.models.loading import TraitModel
+from traitlens.models.loading import TraitModel, check_text_fits
 
 LABELS = ("A", "B")
 INSTRUCTION = (
@@ -187,6 +187,18 @@ def run_forced_choice(
             )
     if len({item.id for item in items}) != len(items):
         raise DataError("forced-choice item ids must be unique")
+    check_text_fits(
+        tm,
+        [
+            (f"{item.id!r} ({field})", getattr(item, field))
+            for item in items
+            for field in ("situation", "high_option", "low_option")
+        ],
+        "forced-choice item",
+        "shorten it (a situation is a sentence or two, an option one sentence)",
+    )
+    if system:
+        check_text_fits(tm, [("", system)], "the system prompt", "shorten it")
     present = {item.trait for item in items}
     selected = [t for t in TRAITS if t in present] if traits is None else parse_traits(traits)
     missing = [t for t in selected if t not in present]

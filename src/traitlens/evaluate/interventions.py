@@ -195,20 +195,21 @@ def success_rate(
     }
 
 
-def held_out_boundary(baseline: Mapping[str, Any], trait: str) -> float:
+def held_out_boundary(baseline: Mapping[str, Any], trait: str) -> float | None:
     """The pole boundary of ``trait``'s probe on held-out data: the midpoint between
     the unsteered mean readouts of held-out high-persona and low-persona prompts.
 
     The probe's own zero is fitted on training questions; on unseen questions its
     intercept drifts (on small runs every held-out prompt can read "low"), so
-    crossing is judged against this calibrated boundary instead. Falls back to 0
-    when the baseline lacks either set.
+    crossing is judged against this calibrated boundary instead. ``None`` when the
+    baseline lacks either set (then :func:`effect` falls back to the probe's zero and
+    says so in the row).
     """
     readouts = baseline.get("opposite_readout", {})
     low_persona = readouts.get(f"{trait}|high")  # prompts to be pushed high hold low personas
     high_persona = readouts.get(f"{trait}|low")
     if not low_persona or not high_persona:
-        return 0.0
+        return None
     return float((np.mean(low_persona) + np.mean(high_persona)) / 2)
 
 
@@ -277,11 +278,19 @@ def effect(
         key = f"{target}|{pole}"
         sign = 1.0 if pole == "high" else -1.0
         if key in measured["opposite_readout"] and key in baseline["opposite_readout"]:
+            boundary = held_out_boundary(baseline, target)
             result["success"] = success_rate(
                 baseline["opposite_readout"][key],
                 measured["opposite_readout"][key],
                 sign,
+                boundary=0.0 if boundary is None else boundary,
                 seed=seed,
+            )
+            result["success"]["boundary_source"] = (
+                "held-out midpoint of unsteered high- and low-persona readouts"
+                if boundary is not None
+                else "probe zero: the baseline lacks held-out readouts of one pole, so the "
+                "held-out boundary cannot be computed"
             )
         result["target_readout_shift"] = sign * readout_shift[target]["shift"]
         result["target_questionnaire_shift"] = sign * result["questionnaire_shift"][target]["shift"]

@@ -76,6 +76,56 @@ def _retry_after(headers: Any) -> float | None:
     return None if value is None else min(max(value, 0.0), 30.0)
 
 
+def _checked_url(url: str) -> str:
+    """``url`` stripped of a trailing slash, or JudgeError saying what is malformed."""
+    from urllib.parse import urlsplit
+
+    text = url.strip()
+    example = "e.g. http://localhost:8000/v1"
+    if not text.lower().startswith(("http://", "https://")):
+        raise JudgeError(f"judge URL {url!r} must start with http:// or https:// ({example})")
+    text = text.rstrip("/")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise JudgeError(f"judge URL {url!r} is malformed ({exc}); {example}") from None
+    if not parts.hostname:
+        raise JudgeError(f"judge URL {url!r} names no host; {example}")
+    if port == 0:
+        raise JudgeError(f"judge URL {url!r} has port 0; {example}")
+    return text
+
+
+def check_judge_url(url: str, timeout: float = 3.0) -> None:
+    """Fail now, before any scoring, when ``url`` is malformed or nothing listens there
+    (a TCP connect to its host and port; no request is sent)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(_checked_url(url))
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme.lower())
+    if proxy and not urllib.request.proxy_bypass(host):
+        # urllib will go through this proxy, so that is what must answer
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        try:
+            host, port = via.hostname or host, via.port or 80
+        except ValueError:
+            return  # a proxy setting urllib itself will complain about
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise JudgeUnavailableError(
+            f"cannot reach the judge endpoint {url} ({host}:{port}: {reason}); start the "
+            "server or fix --judge-url — an OpenAI-compatible base URL such as "
+            "http://localhost:8000/v1"
+        ) from None
+
+
 class JudgeReplyWarning(UserWarning):
     """A judge reply held no rating 1–5; the score is NaN."""
 
@@ -116,12 +166,7 @@ class HttpJudge:
 
     @property
     def endpoint(self) -> str:
-        url = self.url.strip().rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise JudgeError(
-                f"judge URL {self.url!r} must start with http:// or https:// "
-                "(e.g. http://localhost:8000/v1)"
-            )
+        url = _checked_url(self.url)
         return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from traitlens.evaluate.tables import (
     restore_floats,
     write_csv,
 )
-from traitlens.models.loading import TraitModel
+from traitlens.models.loading import TraitModel, check_text_fits
 
 SCALE = (1, 2, 3, 4, 5)
 ORDERS = ("ascending", "descending")
@@ -329,6 +329,17 @@ def _select_items(
     return chosen, selected
 
 
+def check_questionnaire(
+    statements: Sequence[StatementLike],
+    traits: str | Sequence[str] | None = None,
+    templates: Sequence[str | LikertTemplate] | None = None,
+) -> None:
+    """Raise the :class:`DataError` :func:`run_questionnaire` would raise for these
+    items, traits and templates, without a model (so a CLI can fail before loading)."""
+    _select_items(statements, traits)
+    _select_templates(templates)
+
+
 def run_questionnaire(
     tm: TraitModel,
     statements: Sequence[StatementLike],
@@ -352,6 +363,14 @@ def run_questionnaire(
     """
     items, selected = _select_items(statements, traits)
     chosen_templates = _select_templates(templates)
+    check_text_fits(
+        tm,
+        [(repr(s.id), s.text) for s in items],
+        "statement",
+        "shorten it (a questionnaire statement is one sentence) or drop it from the file",
+    )
+    if system:
+        check_text_fits(tm, [("", system)], "the system prompt", "shorten it")
     for order in orders:
         if order not in ORDERS:
             raise DataError(f"unknown option order {order!r}; use one of {', '.join(ORDERS)}")

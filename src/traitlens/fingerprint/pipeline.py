@@ -17,7 +17,6 @@ after an interruption resamples nothing.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import math
 import re
@@ -67,6 +66,7 @@ from traitlens.fingerprint.texts import (
 )
 from traitlens.models.generation import generate_answers
 from traitlens.models.loading import ModelIdentity, TraitModel, require_identity
+from traitlens.provenance import provenance
 
 Log = Callable[[str], None]
 SEED_STRIDE = 10_007  # generate_answers seeds batch b with seed + b: keep seeds' ranges apart
@@ -140,11 +140,10 @@ def select_questions(
 
 
 def _cache_key(tm: TraitModel, items: Sequence[_Item], settings: dict[str, Any]) -> str:
-    hasher = hashlib.sha256(tm.identity.digest.encode())
-    hasher.update(json.dumps(settings, sort_keys=True).encode())
-    for item in items:
-        hasher.update(json.dumps([item.id, item.system, item.user]).encode())
-    return hasher.hexdigest()[:20]
+    data = [[item.id, item.system, item.user] for item in items]
+    return provenance(
+        "fingerprint", model=tm.identity, config={**settings, "chat": tm.formatter.mode}, data=data
+    ).key
 
 
 def _generate_cached(
@@ -677,7 +676,9 @@ def _drift(
         "turns": turns,
         "clean": CLEAN_VERSION,
     }
-    key = hashlib.sha256((tm.identity.digest + json.dumps(settings)).encode()).hexdigest()[:20]
+    key = provenance(
+        "fingerprint", model=tm.identity, config={**settings, "chat": tm.formatter.mode}
+    ).key
     replay = None
     if cache is not None and cache.exists():
         try:

@@ -153,6 +153,10 @@ def model_identity(model: Any, name: str, adapter: ArchitectureAdapter) -> Model
     )
 
 
+DTYPES: tuple[str, ...] = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+"""Names ``--dtype`` accepts besides ``auto``."""
+
+
 def _resolve_device(device: str | None) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -173,17 +177,23 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         "fp16": torch.float16,
     }
     if dtype not in table:
-        raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(table)}")
+        raise ModelError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
     return table[dtype]
+
+
+def _gguf_cache_target(gguf: Path) -> Path:
+    """Where :func:`_gguf_cached_dir` keeps (or will keep) the float copy of ``gguf``."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}".encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"{gguf.stem}-{key}"
 
 
 def _gguf_cached_dir(gguf: Path) -> Path:
     """Dequantize a GGUF once and cache float weights + tokenizer as safetensors."""
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}".encode()).hexdigest()[:12]
-    target = cache_root() / "models" / f"{gguf.stem}-{key}"
+    target = _gguf_cache_target(gguf)
     if (target / "traitlens-complete").exists():
         return target
+    check_gguf_file(gguf)  # a clear message for a truncated or foreign file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -238,6 +248,8 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress display is enough
+    resolved_device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, resolved_device)  # a bad dtype fails before any work
     key = str(name).strip().lower() if name is not None else None
     if key in EMBEDDED_ALIASES:
         source_path: Path | str = _gguf_cached_dir(embedded_gguf_path())
@@ -249,15 +261,13 @@ def load_model(
         display = GEMMA_MODEL_NAME
     elif str(name).endswith(".gguf"):
         gguf = Path(str(name)).expanduser()
-        if not gguf.is_file():
-            raise ModelError(f"GGUF file not found: {gguf}")
+        inspect_model(str(name))  # missing, a folder, truncated or not GGUF: say which
         source_path = _gguf_cached_dir(gguf)
         display = gguf.stem
     else:
-        source_path = str(name)
+        inspect_model(str(name))  # a local path that is missing or holds no weights
+        source_path = str(Path(str(name)).expanduser()) if _looks_local(str(name)) else str(name)
         display = str(name)
-    resolved_device = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, resolved_device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source_path)
         kwargs: dict[str, Any] = {"dtype": torch_dtype}
@@ -301,3 +311,196 @@ def require_identity(data: dict[str, Any], path: Path) -> ModelIdentity:
             f"{path} has no valid model identity ({exc}); it was not written by traitlens or "
             "is corrupt — recompute it"
         ) from exc
+
+
+# --------------------------------------------------------------- checks without weights
+
+_WEIGHT_PATTERNS = (
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What can be learned about a ``--model`` without loading its weights (``None``:
+    unknown until the model loads, e.g. for a hub id)."""
+
+    display: str
+    n_layers: int | None = None
+    context_length: int | None = None
+
+
+def _looks_local(name: str) -> bool:
+    """A filesystem path rather than a hub id (``org/name`` has exactly one slash)."""
+    if Path(name).expanduser().exists():
+        return True
+    if name.startswith(("/", "./", "../", "~", ".\\")) or "\\" in name:
+        return True
+    return name.count("/") > 1
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _config_shape(config: dict[str, Any]) -> tuple[int | None, int | None]:
+    """``(n_layers, context_length)`` read from a ``config.json`` mapping."""
+    nested = config.get("text_config")
+    scopes = [nested, config] if isinstance(nested, dict) else [config]
+    layers = context = None
+    for scope in scopes:
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            layers = layers or _positive_int(scope.get(key))
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            context = context or _positive_int(scope.get(key))
+    return layers, context
+
+
+def check_gguf_file(path: Path) -> tuple[int | None, int | None]:
+    """Refuse a missing, truncated or non-GGUF ``path`` with a clear :class:`ModelError`;
+    returns ``(n_layers, context_length)`` from its header (reads no tensor data)."""
+    if not path.exists():
+        raise ModelError(
+            f"GGUF file not found: {path} (no such file or directory) — check the --model path"
+        )
+    if not path.is_file():
+        raise ModelError(f"{path} is a folder, not a .gguf file — pass the file itself")
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelError(f"{path} cannot be read ({exc.strerror or exc}); check it") from None
+    if magic != b"GGUF":
+        raise ModelError(
+            f"{path} is not a GGUF file (it does not start with the GGUF magic bytes); pass a "
+            "real .gguf model file, or a model directory"
+        )
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception:  # gguf raises ValueError/IndexError on cut-off files
+        raise ModelError(
+            f"{path} is truncated or corrupt: its header or tensor data ends before what it "
+            "declares; download or export the file again"
+        ) from None
+    size = path.stat().st_size
+    for tensor in reader.tensors:
+        if int(tensor.data_offset) + int(tensor.n_bytes) > size:
+            raise ModelError(
+                f"{path} is truncated (tensor {tensor.name} ends past the end of the "
+                f"{size}-byte file); download or export the file again"
+            )
+
+    def scalar(key: str) -> int | None:
+        field = reader.fields.get(key)
+        if field is None or not field.data:
+            return None
+        try:
+            return _positive_int(int(field.parts[field.data[0]][0]))
+        except (IndexError, TypeError, ValueError):
+            return None
+
+    arch_field = reader.fields.get("general.architecture")
+    arch = ""
+    if arch_field is not None and arch_field.data:
+        arch = bytes(arch_field.parts[arch_field.data[0]]).decode("utf-8", "replace")
+    return scalar(f"{arch}.block_count"), scalar(f"{arch}.context_length")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(
+            f"{path} is unreadable or not valid JSON ({exc}); the model directory is "
+            "corrupt — save or download it again"
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} does not hold a JSON object; the model directory is corrupt")
+    return data
+
+
+def inspect_model(name: str | os.PathLike[str] | None) -> SourceInfo:
+    """Check ``--model`` without loading weights: a local path must exist and hold a
+    model (config + weights) or be an intact GGUF; the embedded model must be installed.
+    Returns the layer count and context length when they can be read cheaply."""
+    key = str(name).strip().lower() if name is not None else None
+    if key in EMBEDDED_ALIASES:
+        gguf = embedded_gguf_path()
+        cached = _gguf_cache_target(gguf)
+        if (cached / "traitlens-complete").exists() and (cached / "config.json").is_file():
+            layers, context = _config_shape(_read_config(cached / "config.json"))
+        else:
+            layers, context = check_gguf_file(gguf)
+        return SourceInfo(EMBEDDED_MODEL_NAME, layers, context)
+    if key in ("gemma", "gemma3", "gemma3-270m", "gemma-3-270m"):
+        return SourceInfo("gemma-3-270m")  # assembled on first load; shape known then
+    text = str(name)
+    path = Path(text).expanduser()
+    if text.endswith(".gguf"):
+        layers, context = check_gguf_file(path)
+        return SourceInfo(path.stem, layers, context)
+    if not _looks_local(text):
+        return SourceInfo(text)  # a hub id: only loading can tell
+    if not path.exists():
+        raise ModelError(
+            f"{text}: no such file or directory — check the --model path (a local model "
+            "directory, a .gguf file, or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct)"
+        )
+    if not path.is_dir():
+        raise ModelError(
+            f"{text} is a file, not a model directory; pass the directory that holds "
+            "config.json and the weights, or a file ending in .gguf"
+        )
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        hint = f"; to load the GGUF file inside, pass --model {ggufs[0]}" if ggufs else ""
+        raise ModelError(
+            f"could not load model {text!r}: it is not a model directory, it has no "
+            f"config.json (save the model with save_pretrained, or pass a .gguf file){hint}"
+        )
+    layers, context = _config_shape(_read_config(config_path))
+    if not any(any(path.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
+        raise ModelError(
+            f"could not load model {text!r}: it has a config.json but the model weights are "
+            "missing (no *.safetensors or pytorch_model*.bin file); copy the weight files into "
+            "it, or save the model again with save_pretrained"
+        )
+    return SourceInfo(text, layers, context)
+
+
+def context_length(tm: TraitModel) -> int | None:
+    """The model's context window in tokens (config, else the tokenizer), None if unknown."""
+    config = getattr(getattr(tm, "model", None), "config", None)
+    config = getattr(config, "text_config", None) or config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = _positive_int(getattr(config, name, None))
+        if value is not None:
+            return value
+    limit = _positive_int(getattr(getattr(tm, "tokenizer", None), "model_max_length", None))
+    return limit if limit is not None and limit < 10_000_000 else None
+
+
+def check_text_fits(tm: TraitModel, texts: Any, what: str, hint: str) -> None:
+    """Refuse any text longer than the model's context (``texts``: ``(name, text)`` pairs)
+    with one :class:`~traitlens.errors.DataError` naming it, its length and ``hint``."""
+    from traitlens.errors import DataError
+
+    limit = context_length(tm)
+    if limit is None:
+        return
+    for label, text in texts:
+        # a token covers at least one byte (<= 4 per character): short texts cannot overflow
+        if not text or 4 * len(text) + 8 < limit:
+            continue
+        n_tokens = len(tm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n_tokens >= limit:
+            raise DataError(
+                f"{what} {label} is {n_tokens} tokens ({len(text)} characters) but "
+                f"{tm.identity.name}'s context holds {limit} tokens; {hint}"
+            )

@@ -53,6 +53,12 @@ class NeuronSet:
     a95: torch.Tensor
     config: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def key(self) -> str | None:
+        """The input key this set was selected under (None for one built by hand)."""
+        value = self.config.get("inputs_key")
+        return None if value is None else str(value)
+
     def _index(self, trait: str, pole: str) -> int:
         code = trait.strip().upper()
         if code not in self.traits:

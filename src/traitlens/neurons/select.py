@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -11,11 +9,13 @@ from typing import Any
 
 import torch
 
+from traitlens.artifact_io import check_writable
 from traitlens.capture.artifacts import NeuronStats
 from traitlens.data import TRAITS, parse_traits
-from traitlens.errors import DataError, TraitlensError
+from traitlens.errors import DataError
 from traitlens.neurons.artifact import POLES, NeuronSet
 from traitlens.neurons.stats import benjamini_hochberg, firing_delta, two_proportion_z_test
+from traitlens.provenance import claim, provenance, record, saved_key
 
 
 def _group(trait: str, pole: str) -> str:
@@ -61,15 +61,6 @@ def _resolve_traits(stats: NeuronStats, traits: str | Sequence[str] | None) -> l
     return codes
 
 
-def _inputs_key(stats: NeuronStats, params: dict[str, Any]) -> str:
-    hasher = hashlib.sha256()
-    for tensor in (stats.positive, stats.tokens, stats.a95):
-        hasher.update(tensor.contiguous().numpy().tobytes())
-    meta = {"groups": stats.groups, "layers": stats.layers, "digest": stats.identity.digest}
-    hasher.update(json.dumps({**meta, **params}, sort_keys=True).encode())
-    return hasher.hexdigest()[:20]
-
-
 def select_neurons(
     stats: NeuronStats,
     threshold: float = 0.1,
@@ -78,6 +69,7 @@ def select_neurons(
     *,
     prompt_counts: Mapping[str, int] | None = None,
     out_dir: str | Path | None = None,
+    force: bool = False,
 ) -> NeuronSet:
     """Trait-selective neurons of both poles of each trait, with FDR control.
 
@@ -104,7 +96,8 @@ def select_neurons(
     used and the result is marked ``effective_n="tokens"``.
 
     With ``out_dir``, a neuron set already saved there for the same inputs is
-    returned instead of recomputed, and a new one is saved.
+    returned instead of recomputed, and a new one is saved; one made from other
+    inputs is refused unless ``force`` (:func:`traitlens.provenance.claim`).
     """
     if not 0.0 < threshold < 1.0:
         raise DataError(f"threshold must lie in (0, 1) (NPTI uses 0.1), got {threshold}")
@@ -128,14 +121,21 @@ def select_neurons(
         "effective_n": effective_n,
         "prompt_counts": None if prompt_counts is None else dict(sorted(prompt_counts.items())),
     }
-    key = _inputs_key(stats, params)
-    if out_dir is not None and (Path(out_dir) / "neurons.json").exists():
-        try:
-            cached = NeuronSet.load(out_dir, expect=stats.identity)
-            if cached.config.get("inputs_key") == key:
-                return cached
-        except TraitlensError:
-            pass  # unreadable or for another model: recompute and overwrite
+    stats_key = stats.config.get("cache_key")
+    prov = provenance(
+        "neurons",
+        model=stats.identity,
+        config={**params, "groups": stats.groups, "layers": stats.layers},
+        # statistics built by hand have no key: their tensors stand in for it
+        tensors=() if stats_key else (stats.positive, stats.tokens, stats.a95),
+        upstream={str((stats.config.get("provenance") or {}).get("stage", "capture")): stats_key},
+    )
+    key = prov.key
+    if out_dir is not None:
+        exists, saved = saved_key(Path(out_dir) / "neurons.json")
+        if claim(out_dir, "neurons", prov, saved, exists=exists, force=force, what="neuron set"):
+            return NeuronSet.load(out_dir, expect=stats.identity)
+        check_writable(Path(out_dir))
 
     deltas, pvalues, qvalues = [], [], []
     for code in codes:
@@ -163,6 +163,7 @@ def select_neurons(
         config={
             **params,
             "inputs_key": key,
+            "provenance": prov.to_dict(),
             "tokens": {g: tokens[g] for g in sorted(tokens)},
             "test": "two-proportion z-test (pooled), two-sided; BH within each trait",
             "capture": {k: stats.config[k] for k in ("span", "neuron_span") if k in stats.config},
@@ -170,4 +171,5 @@ def select_neurons(
     )
     if out_dir is not None:
         neurons.save(out_dir)
+        record(out_dir, "neurons", prov)
     return neurons

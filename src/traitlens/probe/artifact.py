@@ -269,6 +269,12 @@ class ProbeSet:
             tensors["trait.bias"] = self.trait_bias
         return tensors
 
+    @property
+    def key(self) -> str | None:
+        """The input key this probe set was fitted under (None for one built by hand)."""
+        value = self.config.get("inputs_key")
+        return None if value is None else str(value)
+
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/probes.{safetensors,json}``; returns the JSON path."""
         meta: dict[str, Any] = {

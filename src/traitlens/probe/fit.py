@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -18,14 +16,16 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 from threadpoolctl import threadpool_limits
 
+from traitlens.artifact_io import check_writable
 from traitlens.capture.artifacts import Activations
 from traitlens.data import TRAITS, parse_traits
 from traitlens.data.schema import LabelledPrompt
-from traitlens.errors import DataError, TraitlensError
+from traitlens.errors import DataError
 from traitlens.probe.artifact import WHICH_TRAIT, CurveScores, ProbeSet
 from traitlens.probe.estimators import LinearProbe, RidgeProbe
 from traitlens.probe.folds import Fold, GroupedFolds, control_labels, grouped_folds
 from traitlens.progress import track
+from traitlens.provenance import claim, provenance, record, saved_key
 
 POLES = ("high", "low")
 
@@ -107,13 +107,6 @@ def _cross_validate(
     return scores
 
 
-def _inputs_key(features: NDArray[Any], rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
-    hasher = hashlib.sha256()
-    hasher.update(np.ascontiguousarray(features).tobytes())
-    hasher.update(json.dumps({"rows": rows, "config": config}, sort_keys=True).encode())
-    return hasher.hexdigest()[:20]
-
-
 def fit_probes(
     activations: Activations,
     prompts: Sequence[LabelledPrompt],
@@ -128,6 +121,7 @@ def fit_probes(
     max_iter: int = 200,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> ProbeSet:
     """Fit per-layer trait probes with grouped CV, a control task and selectivity.
 
@@ -150,7 +144,8 @@ def fit_probes(
     fewer questions, or personas per trait pole, than folds. The returned
     probes' weights come from a final fit on all prompts. With ``out_dir``, a
     probe set already saved there for the same inputs is returned instead of
-    refitted, and a new one is saved.
+    refitted, and a new one is saved; one fitted on other inputs is refused
+    unless ``force`` (:func:`traitlens.provenance.claim`).
 
     BLAS is limited to one thread while fitting: the problems are small
     (~hundreds × d_model), where thread start-up costs more than it saves and
@@ -213,19 +208,28 @@ def fit_probes(
         }
         for p in used
     ]
-    key = _inputs_key(
-        features,
-        label_rows,
-        {**config, "kind": kind, "pooling": pooling, "traits": codes, "layers": activations.layers},
+    prov = provenance(
+        "probes",
+        model=activations.identity,
+        config={
+            **config,
+            "kind": kind,
+            "pooling": pooling,
+            "traits": codes,
+            "layers": activations.layers,
+        },
+        data=label_rows,
+        # a capture built by hand has no key: its tensors stand in for it
+        tensors=() if activations.key else (features,),
+        upstream={activations.stage: activations.key},
     )
-    if out_dir is not None and (Path(out_dir) / "probes.json").exists():
-        try:
-            cached = ProbeSet.load(out_dir, expect=activations.identity)
-            if cached.config.get("inputs_key") == key:
-                return cached
-        except TraitlensError:
-            pass  # unreadable or for another model: refit and overwrite
-    config["inputs_key"] = key
+    if out_dir is not None:
+        exists, saved = saved_key(Path(out_dir) / "probes.json")
+        if claim(out_dir, "probes", prov, saved, exists=exists, force=force, what="probe set"):
+            return ProbeSet.load(out_dir, expect=activations.identity)
+        check_writable(Path(out_dir))
+    config["inputs_key"] = prov.key
+    config["provenance"] = prov.to_dict()
 
     per_fold: dict[tuple[str, str], list[list[float]]] = {(t.name, t.key): [] for t in tasks}
     control: dict[tuple[str, str], list[list[float]]] = {(t.name, t.key): [] for t in tasks}
@@ -295,6 +299,7 @@ def fit_probes(
     )
     if out_dir is not None:
         probes.save(out_dir)
+        record(out_dir, "probes", prov)
     return probes
 
 

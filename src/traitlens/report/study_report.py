@@ -31,9 +31,9 @@ SECTION_IDS = (
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ArtifactError(f"{path} not found; run `traitlens study` (or that stage) first")
-    return dict(json.loads(path.read_text()))
+    from traitlens.artifact_io import read_json
+
+    return read_json(path, "run `traitlens study` (or that stage) first")
 
 
 def _fmt_ci(entry: dict[str, Any]) -> str:
@@ -150,11 +150,25 @@ def _result_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in evaluation["results"] if not r.get("dose")]
 
 
-def build_report(run_dir: str | Path) -> Path:
-    """Write ``report.html`` (and its figures) for a finished or partial study."""
+def build_report(run_dir: str | Path, *, allow_inconsistent: bool = False) -> Path:
+    """Write ``report.html`` (and its figures) for a finished or partial study.
+
+    The run's chain of input keys is verified first (:func:`~traitlens.provenance.
+    verify_run`): a run whose artifacts do not belong together (e.g. a capture
+    replaced after the evaluation) is refused, or with ``allow_inconsistent`` built
+    with every inconsistency listed at the top of the page.
+    """
+    from traitlens.provenance import RunManifest, verify_run
     from traitlens.report import eval_figures
 
     run = Path(run_dir)
+    problems = verify_run(run)
+    if problems and not allow_inconsistent:
+        raise ArtifactError(
+            f"{run} is inconsistent — " + "; ".join(problems) + ". Re-run `traitlens study` "
+            "with this run's options (it recomputes what is stale), or pass "
+            "--allow-inconsistent to build a page that flags it"
+        )
     figures = run / "figures"
     evaluation = _load_json(run / "eval.json")
     config = _load_json(run / "study_config.json")
@@ -270,6 +284,7 @@ def build_report(run_dir: str | Path) -> Path:
                 f"({q_real:+.3f} vs {q_control:+.3f}) — behavioural control is weak."
             )
     notes += weak_probes
+    notes = [f"INCONSISTENT RUN: {p}" for p in problems] + notes
     empty = sorted(
         {
             f"{r['trait']} {r['pole']}"
@@ -374,13 +389,42 @@ def build_report(run_dir: str | Path) -> Path:
     fingerprint = _fingerprint_section(run)
     if fingerprint is not None:
         sections.append(fingerprint)
+    manifest = RunManifest(run)
+    key_rows = [
+        {
+            "stage": stage,
+            "key": prov.key,
+            "made from": ", ".join(f"{k} {v}" for k, v in prov.upstream.items() if v) or "–",
+        }
+        for stage, prov in manifest.stages.items()
+    ]
     sections.append(
         Section(
             "provenance",
             "Provenance",
             [
+                "Every artifact and measured row is keyed by its inputs (model, data, the "
+                "configuration it reads, the keys of what it was made from); a rerun reuses "
+                "only what has the same key. "
+                + (
+                    "The chain of keys below was verified when this page was built."
+                    if not problems
+                    else f"{len(problems)} inconsistencies were found (listed in the summary)."
+                ),
                 "Configuration and model identity, as recorded in study_config.json:",
                 json.dumps(config, default=str)[:4000],
+            ],
+            tables=[
+                Table("Input keys of the run's artifacts (run.json)", key_rows),
+                Table(
+                    "Input keys of the measured rows (eval/rows/NAME--KEY.json)",
+                    [
+                        {"row": name, "key": key}
+                        for name, key in (evaluation.get("provenance") or {})
+                        .get("rows", {})
+                        .items()
+                    ],
+                ),
             ],
         )
     )

@@ -140,10 +140,19 @@ def read_gguf(path: str | Path) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     source = Path(path)
     if not source.is_file():
         raise ArtifactError(f"control vector file not found: {source}")
+    with source.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ArtifactError(
+                f"{source} is not a GGUF file (no GGUF magic bytes); pass a control-vector "
+                ".gguf written by traitlens, repeng or llama.cpp"
+            )
     try:
         reader = gguf.GGUFReader(str(source))
-    except Exception as exc:  # gguf raises ValueError/struct errors on foreign files
-        raise ArtifactError(f"{source} is not a readable GGUF file ({exc})") from exc
+    except Exception as exc:  # gguf raises ValueError/IndexError on cut-off files
+        raise ArtifactError(
+            f"{source} is truncated or corrupt: its header or tensor data ends before what it "
+            "declares; export or download it again"
+        ) from exc
     arch = _field(reader, "general.architecture")
     if arch != ARCH:
         raise ArtifactError(

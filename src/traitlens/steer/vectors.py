@@ -402,6 +402,12 @@ class VectorSet:
 
     identity: ModelIdentity
     vectors: dict[tuple[str, str], TraitVector] = field(default_factory=dict)
+    # the input key of the stage that built the set (kept when vectors are added)
+    provenance: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str | None:
+        return None if self.provenance is None else str(self.provenance.get("key"))
 
     def add(self, vector: TraitVector) -> None:
         vector.identity.check_matches(self.identity, "trait vector")
@@ -441,6 +447,8 @@ class VectorSet:
             "model": self.identity.to_dict(),
             "vectors": entries,
         }
+        if self.provenance is not None:
+            meta["provenance"] = self.provenance
         write_artifact(tensors, meta, stem)
         return stem.with_suffix(".json")
 
@@ -451,7 +459,7 @@ class VectorSet:
         identity = require_identity(meta, stem.with_suffix(".json"))
         if expect is not None:
             identity.check_matches(expect, "vector set")
-        out = cls(identity)
+        out = cls(identity, provenance=meta.get("provenance"))
         for index, entry in enumerate(meta.get("vectors", [])):
             out.add(_from_meta(identity, entry, tensors, f"{index}.", stem.with_suffix(".json")))
         return out

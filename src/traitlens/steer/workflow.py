@@ -129,6 +129,19 @@ def _captured(
     return next(by_span[name] for name in spans if by_span[name] is not None), result.prompts
 
 
+def _still_current(run: Path, vector: TraitVector) -> bool:
+    """A saved vector is reused only while the capture it was estimated from is the run's
+    current one (same input key); after a new capture it is rebuilt, never reused stale."""
+    from traitlens.provenance import saved_key
+
+    span = vector.source.get("span")
+    made_from = vector.source.get("activations_key")
+    if span is None or made_from is None:
+        return True  # imported or combined by algebra: nothing to compare against
+    exists, current = saved_key(run / "activations" / str(span) / "activations.json")
+    return not exists or current == made_from
+
+
 def run_vector(
     tm: TraitModel,
     run: str | Path | None,
@@ -158,7 +171,8 @@ def run_vector(
         vectors = VectorSet.load(run_dir, expect=tm.identity)
         if (trait, method) in vectors:
             saved = vectors.get(trait, method)
-            if span == "auto" or saved.source.get("span") == span:
+            made_from = saved.source.get("span")
+            if (span == "auto" or made_from == span) and _still_current(run_dir, saved):
                 return saved
     spans = [span] if span != "auto" else ["answer", "question"]
     if span == "auto" and method == "pca":

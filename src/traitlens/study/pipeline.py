@@ -31,9 +31,9 @@ Design choices the report states too:
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from traitlens.artifact_io import check_writable, read_json, write_json
 from traitlens.capture.capture import Prompt
 from traitlens.capture.pipeline import capture_run
 from traitlens.data import (
@@ -50,9 +51,20 @@ from traitlens.data import (
     load_questions,
     load_statements,
 )
+from traitlens.errors import TraitlensError
 from traitlens.evaluate.interventions import EvalSets, ReadoutSpec, effect, measure
 from traitlens.models.loading import TraitModel
 from traitlens.neurons.selected import SelectedNeurons
+from traitlens.provenance import (
+    Provenance,
+    RunManifest,
+    claim,
+    data_digest,
+    describe_changes,
+    provenance,
+    record,
+    saved_key,
+)
 from traitlens.study.config import StudyConfig
 
 Log = Callable[[str], None]
@@ -62,15 +74,42 @@ def _log_default(message: str) -> None:
     print(message, flush=True)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(path)
+def describe_intervention(intervention: Any) -> dict[str, Any]:
+    """A JSON-able description of an intervention value, tensors as digests: what an
+    evaluation row's key is computed over (same edit ⇔ same description)."""
+    from dataclasses import fields, is_dataclass
+
+    def value(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            return data_digest(tensors=[item])
+        if is_dataclass(item) and not isinstance(item, type):
+            return {
+                "type": type(item).__name__,
+                **{
+                    f.name: value(getattr(item, f.name))
+                    for f in fields(item)
+                    if f.name not in ("identity", "source")
+                },
+            }
+        if isinstance(item, (list, tuple)):
+            return [value(v) for v in item]
+        return item
+
+    return dict(value(intervention))
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+def _previous_row(rows_dir: Path, name: str) -> Provenance | None:
+    """The most recent saved row of this name under any key (to say what changed)."""
+    best = None
+    for path in rows_dir.glob(f"{name}--*.json"):
+        if best is None or path.stat().st_mtime > best.stat().st_mtime:
+            best = path
+    if best is None:
+        return None
+    try:
+        return Provenance.from_dict(read_json(best)["provenance"])
+    except (TraitlensError, KeyError, TypeError):
+        return None
 
 
 def steer_layers(n_layers: int, band: tuple[float, float]) -> list[int]:
@@ -202,7 +241,7 @@ def build_eval_sets(config: StudyConfig, train_prompts: list[Any]) -> EvalSets:
     )
 
 
-def _key(*parts: Any) -> str:
+def _name(*parts: Any) -> str:
     text = "__".join(str(p) for p in parts)
     return text.replace("|", "-").replace("/", "-").replace(" ", "")
 
@@ -214,15 +253,33 @@ def run_study(
     *,
     log: Log = _log_default,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Run (or resume) the full study into ``out``; returns the report's path."""
+    """Run (or resume) the full study into ``out``; returns the report's path.
+
+    Every artifact and every measured row is keyed by its inputs
+    (:mod:`traitlens.provenance`): a rerun reuses exactly what is unchanged, measures
+    what changed (and logs why), and refuses — unless ``force`` — to replace a stage
+    artifact (capture, probes, neurons, vectors) made from other inputs. Measured rows
+    are stored under their key, so rows of another configuration are kept, never
+    relabelled.
+    """
     from traitlens.neurons import select_neurons
     from traitlens.probe import fit_probes
     from traitlens.steer import AddDirection, NeuronEdit, VectorSet, steering, trait_vectors
 
     run = Path(out)
-    run.mkdir(parents=True, exist_ok=True)
-    _write_json(run / "study_config.json", {**config.model_dump(), "model": tm.describe()})
+    check_writable(run)
+    previous_config = run / "study_config.json"
+    if previous_config.exists():
+        try:
+            old = read_json(previous_config)
+            old.pop("model", None)
+            changes = describe_changes(old, config.model_dump(mode="json"))
+            if changes != ["inputs changed"]:
+                log("study configuration changed since the last run: " + "; ".join(changes))
+        except TraitlensError:
+            pass
     started = time.perf_counter()
     traits = config.traits
 
@@ -237,6 +294,7 @@ def run_study(
         batch_size=config.batch_size,
         seed=config.seed,
         progress=progress,
+        force=force,
     )
     prompts = captured.prompts
     assert captured.answer is not None and captured.answer.neuron_stats is not None
@@ -250,13 +308,14 @@ def run_study(
         seed=config.seed,
         out_dir=run,
         progress=progress,
+        force=force,
     )
     figures = run / "figures"
     from traitlens.report.probe_figures import plot_probe_accuracy, plot_probe_r2
 
-    if not (figures / "probe_accuracy.png").exists():
-        plot_probe_accuracy(probes, figures)
-        plot_probe_r2(probes, figures)
+    # figures are cheap and derived: drawn from the current artifacts every time
+    plot_probe_accuracy(probes, figures)
+    plot_probe_r2(probes, figures)
 
     log("[3/6] neurons: NPTI selection with a two-proportion test and BH-FDR")
     from traitlens.neurons.select import prompts_per_group
@@ -268,16 +327,27 @@ def run_study(
         traits=traits,
         prompt_counts=prompts_per_group(prompts),
         out_dir=run,
+        force=force,
     )
     from traitlens.report.neuron_figures import plot_neuron_counts, plot_neuron_overlap
 
-    if not (figures / "neuron_counts.png").exists():
-        plot_neuron_counts(neurons, figures)
-        plot_neuron_overlap(neurons, figures)
+    plot_neuron_counts(neurons, figures)
+    plot_neuron_overlap(neurons, figures)
 
     log("[4/6] vectors: " + ", ".join(config.vector_methods))
+    use_probes = probes.layers == captured.answer.layers
+    vector_prov = provenance(
+        "vectors",
+        model=tm.identity,
+        config={"methods": config.vector_methods, "traits": traits, "probe_weights": use_probes},
+        upstream={
+            "capture.answer": captured.answer.key,
+            "probes": probes.key if use_probes else None,
+        },
+    )
     vectors: VectorSet
-    if (run / "vectors.json").exists():
+    exists, saved = saved_key(run / "vectors.json")
+    if claim(run, "vectors", vector_prov, saved, exists=exists, force=force, what="vector set"):
         vectors = VectorSet.load(run, expect=tm.identity)
     else:
         vectors = trait_vectors(
@@ -285,9 +355,11 @@ def run_study(
             prompts,
             traits,
             config.vector_methods,
-            probes=probes if probes.layers == captured.answer.layers else None,
+            probes=probes if use_probes else None,
         )
+        vectors.provenance = vector_prov.to_dict()
         vectors.save(run)
+        record(run, "vectors", vector_prov)
 
     log("[5/6] interventions: representation, behaviour, cost — with controls")
     band = steer_layers(tm.n_layers, config.steer_band)
@@ -335,18 +407,85 @@ def run_study(
             )
             data["judge_scores"] = {t: rated.scores[:, i].tolist() for i, t in enumerate(traits)}
 
-    def measured(key: str, interventions: list[Any], **kwargs: Any) -> dict[str, Any]:
-        path = rows_dir / f"{key}.json"
+    # what every row reads besides its intervention: the held-out material (content),
+    # where and how traits are read, and the judge
+    eval_config = {
+        k: getattr(config, k)
+        for k in (
+            "seed",
+            "eval_questions",
+            "eval_personas",
+            "statements_per_trait",
+            "forced_per_trait",
+            "templates",
+            "generation_prompts",
+            "statements_file",
+            "forced_choice_file",
+            "judge_url",
+            "judge_model",
+        )
+    }
+    sets_digest = data_digest(
+        {
+            "opposite": {
+                k: [[p.id, p.system, p.user] for p in v] for k, v in sets.opposite.items()
+            },
+            "target_persona": sets.target_persona,
+            "neutral": [[p.id, p.system, p.user] for p in sets.neutral],
+            "statements": [s.model_dump() for s in sets.statements],
+            "forced": [f.model_dump() for f in sets.forced],
+            "templates": sets.templates,
+            "generation": [[p.id, p.user] for p in sets.generation],
+            "max_new_tokens": sets.max_new_tokens,
+        }
+    )
+    # the readout depends on the probe set; the edits are in the row's data (their tensors
+    # as digests), so a changed vector re-measures its own rows and nothing else
+    row_upstream = {"probes": probes.key}
+
+    def row_provenance(
+        name: str, interventions: list[Any], labels: dict[str, Any], **kwargs: Any
+    ) -> Provenance:
+        return provenance(
+            "eval_row",
+            model=tm.identity,
+            config={
+                "row": name,
+                **labels,
+                "measure": kwargs,
+                "eval": eval_config,
+                "readout_layers": layers_read,
+                "steer_layers": band,
+                "held_out_material": sets_digest,
+            },
+            # the edits themselves (tensors as digests); their sizes are in the labels
+            data=[describe_intervention(i) for i in interventions],
+            upstream=row_upstream,
+        )
+
+    def row_path(name: str, prov: Provenance) -> Path:
+        return rows_dir / f"{name}--{prov.key[:16]}.json"
+
+    def measured(
+        name: str, prov: Provenance, interventions: list[Any], **kwargs: Any
+    ) -> dict[str, Any]:
+        path = row_path(name, prov)
         if path.exists():
-            return dict(_read_json(path))
+            try:
+                saved = read_json(path)
+                if saved.get("provenance", {}).get("key") == prov.key:
+                    return dict(saved["data"])
+            except (TraitlensError, KeyError):
+                pass  # unreadable row: measure it again
         with steering(tm, interventions):
             data = measure(tm, sets, spec, **kwargs)
         if data.get("answers"):
             score_answers(data)
-        _write_json(path, data)
+        write_json(path, {"provenance": prov.to_dict(), "data": data}, allow_nan=True)
         return data
 
-    baseline = measured("baseline", [], opposite_keys=all_keys)
+    baseline_prov = row_provenance("baseline", [], {}, opposite_keys=all_keys)
+    baseline = measured("baseline", baseline_prov, [], opposite_keys=all_keys)
     plan: list[dict[str, Any]] = []
     for trait in traits:
         for pole in ("high", "low"):
@@ -396,7 +535,7 @@ def run_study(
                 for is_control, chosen in ((False, real), (True, control)):
                     plan.append(
                         {
-                            "key": _key(trait, pole, method, "control" if is_control else "real"),
+                            "name": _name(trait, pole, method, "control" if is_control else "real"),
                             "trait": trait,
                             "pole": pole,
                             "method": method,
@@ -407,7 +546,7 @@ def run_study(
                     )
             plan.append(
                 {
-                    "key": _key(trait, pole, "prompt"),
+                    "name": _name(trait, pole, "prompt"),
                     "trait": trait,
                     "pole": pole,
                     "method": "prompt",
@@ -424,7 +563,7 @@ def run_study(
                 vector = vectors.get(trait, "mean_diff")
                 plan.append(
                     {
-                        "key": _key(trait, pole, "dose_mean_diff", strength),
+                        "name": _name(trait, pole, "dose_mean_diff", strength),
                         "trait": trait,
                         "pole": pole,
                         "method": "mean_diff",
@@ -442,7 +581,7 @@ def run_study(
             opposite = restrict(neurons.select(trait, "low", rule), edit_layers)
             plan.append(
                 {
-                    "key": _key(trait, "high", "dose_neurons", gamma),
+                    "name": _name(trait, "high", "dose_neurons", gamma),
                     "trait": trait,
                     "pole": "high",
                     "method": "neurons",
@@ -456,25 +595,53 @@ def run_study(
                     "interventions": [NeuronEdit(target, opposite, gamma=gamma)],
                 }
             )
-    results = []
-    for number, step in enumerate(plan, start=1):
-        item = step
-        cached = (rows_dir / f"{item['key']}.json").exists()
-        log(f"  [{number}/{len(plan)}] {item['key']}" + (" (cached)" if cached else ""))
-        key = f"{item['trait']}|{item['pole']}"
+    for item in plan:
         system = item.get("system")
-        data = measured(
-            item["key"],
-            item["interventions"],
-            opposite_keys=[key],
-            system=system,
-            opposite_system=system,
-            with_generation=bool(item.get("dose")) or not item["control"],
+        item["measure"] = {
+            "opposite_keys": [f"{item['trait']}|{item['pole']}"],
+            "system": system,
+            "opposite_system": system,
+            "with_generation": bool(item.get("dose")) or not item["control"],
+        }
+        labels = {k: v for k, v in item.items() if k not in ("interventions", "measure", "name")}
+        if "strength" in labels:  # the configured size, unsigned; the pole gives the sign
+            labels["strength"] = abs(labels["strength"])
+        item["provenance"] = row_provenance(
+            item["name"], item["interventions"], labels, **item["measure"]
         )
+    todo = [i for i in plan if not row_path(i["name"], i["provenance"]).exists()]
+    todo_names = {i["name"] for i in todo}
+    reasons: Counter[str] = Counter()
+    for item in todo:
+        before = _previous_row(rows_dir, item["name"])
+        changes = (
+            ["new"]
+            if before is None
+            else describe_changes(before.inputs, item["provenance"].inputs)
+        )
+        if len(changes) > 1:  # a changed size explains the changed edit ("data")
+            changes = [c for c in changes if c != "data changed"]
+        reasons["; ".join(changes)] += 1
+    for reason, count in reasons.most_common():
+        log(f"  {count} row(s) to measure: {reason}")
+    log(f"  {len(plan) - len(todo)} of {len(plan)} rows reused (same inputs)")
+    results = []
+    row_keys = {"baseline": baseline_prov.key}
+    for number, item in enumerate(plan, start=1):
+        cached = item["name"] not in todo_names
+        log(f"  [{number}/{len(plan)}] {item['name']}" + (" (reused)" if cached else ""))
+        data = measured(item["name"], item["provenance"], item["interventions"], **item["measure"])
         summary = effect(baseline, data, traits, item["trait"], item["pole"], seed=config.seed)
-        row = {k: v for k, v in item.items() if k != "interventions"}
+        row = {k: v for k, v in item.items() if k not in ("interventions", "measure", "provenance")}
+        row["row_key"] = item["provenance"].key
+        row_keys[item["name"]] = item["provenance"].key
         results.append({**row, **summary})
-    evaluation = {
+    upstream_keys = {
+        stage: prov.key
+        for stage, prov in sorted(RunManifest(run).stages.items())
+        if stage != "evaluation"
+    }
+    evaluation: dict[str, Any] = {
         "traits": traits,
         "steer_layers": band,
         "readout_layers": layers_read,
@@ -491,7 +658,8 @@ def run_study(
             "label_mass": baseline.get("questionnaire_label_mass"),
         },
         "results": results,
-        "config": config.model_dump(),
+        "config": config.model_dump(mode="json"),
+        "provenance": {"upstream": upstream_keys, "baseline": baseline_prov.key, "rows": row_keys},
         "n_eval": {
             "neutral_prompts": len(sets.neutral),
             "opposite_prompts_per_key": len(next(iter(sets.opposite.values()))),
@@ -500,7 +668,15 @@ def run_study(
             "templates": sets.templates,
         },
     }
-    _write_json(run / "eval.json", evaluation)
+    evaluation_prov = provenance(
+        "evaluation", model=tm.identity, config={"rows": row_keys}, upstream=upstream_keys
+    )
+    evaluation["provenance"] = {**evaluation["provenance"], "key": evaluation_prov.key}
+    write_json(
+        run / "study_config.json", {**config.model_dump(mode="json"), "model": tm.describe()}
+    )
+    write_json(run / "eval.json", evaluation, allow_nan=True)
+    record(run, "evaluation", evaluation_prov)
     from traitlens.evaluate.tables import write_csv
 
     write_csv([_flat(r) for r in results], run / "eval.csv")
@@ -510,7 +686,7 @@ def run_study(
 
     report = build_report(run)
     elapsed = time.perf_counter() - started
-    _write_json(
+    write_json(
         run / "study_done.json",
         {"seconds_this_session": elapsed, "hash": _digest(run / "eval.json")},
     )

@@ -1,0 +1,347 @@
+"""Input keys: a result is reused only when everything it depends on is unchanged.
+
+Every artifact a stage writes (capture, answers, probes, neurons, vectors, each
+measured evaluation row, figures, the report) records a :class:`Provenance`: the
+stage, a code version for that stage, and the *inputs* it read — model identity,
+a digest of the data, the configuration fields it uses and the keys of the
+upstream artifacts. The key is a hash of those inputs, so a changed input yields a
+new key, and through the upstream keys everything downstream changes too.
+
+A run directory records the key of each stage's current artifact in
+``run.json`` (the run manifest). :func:`claim` is the one rule every stage applies
+before it writes: the same key → reuse; an artifact made from other inputs that is
+still consistent with its run → refuse with the fix (``--force`` or a new
+``--out``), never overwrite silently; an artifact whose own upstream was replaced
+(it is stale) → recompute, and say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traitlens.artifact_io import jsonable, read_json, write_json
+from traitlens.errors import ArtifactError, TraitlensError
+
+__all__ = [
+    "STAGE_VERSIONS",
+    "Provenance",
+    "RunConflictError",
+    "RunManifest",
+    "claim",
+    "data_digest",
+    "describe_changes",
+    "provenance",
+    "record",
+    "saved_key",
+    "verify_run",
+]
+
+# Bump a stage's version when its code changes what it computes: old artifacts then
+# stop matching and are recomputed (or refused) instead of being reused.
+STAGE_VERSIONS: dict[str, int] = {
+    "prompts": 1,
+    "capture": 2,
+    "answers": 2,
+    "probes": 2,
+    "neurons": 2,
+    "vectors": 2,
+    "eval_row": 2,
+    "evaluation": 2,
+    "figures": 1,
+    "fingerprint": 1,
+}
+
+MANIFEST = "run.json"
+
+
+class RunConflictError(ArtifactError):
+    """A run directory already holds this stage's artifact, made from other inputs."""
+
+
+def data_digest(data: Any = None, tensors: Iterable[Any] = ()) -> str:
+    """sha256 (20 hex) of JSON-able ``data`` and the bytes of ``tensors``."""
+    hasher = hashlib.sha256()
+    hasher.update(json.dumps(jsonable(data), sort_keys=True, ensure_ascii=False).encode())
+    for tensor in tensors:
+        array = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else tensor
+        hasher.update(np.ascontiguousarray(array).tobytes())
+    return hasher.hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What an artifact was computed from, and the key over it."""
+
+    stage: str
+    key: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "key": self.key, "inputs": self.inputs}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Provenance:
+        return cls(str(data["stage"]), str(data["key"]), dict(data.get("inputs") or {}))
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        return dict(self.inputs.get("upstream") or {})
+
+
+def provenance(
+    stage: str,
+    *,
+    model: Any = None,
+    config: Mapping[str, Any] | None = None,
+    data: Any = None,
+    tensors: Iterable[Any] = (),
+    upstream: Mapping[str, str | None] | None = None,
+) -> Provenance:
+    """The :class:`Provenance` of a ``stage`` artifact computed from these inputs.
+
+    ``model``: a ``ModelIdentity`` (its digest is used) or a digest string;
+    ``config``: the configuration fields the stage reads (recorded readably, so a
+    refusal can say what changed); ``data``/``tensors``: the data it reads (only a
+    digest is recorded); ``upstream``: ``{stage: key}`` of the artifacts it reads.
+    """
+    kind = stage.split(".")[0]  # "capture.question" is a capture
+    if kind not in STAGE_VERSIONS:
+        raise KeyError(f"unknown stage {stage!r}; add it to STAGE_VERSIONS")
+    digest = getattr(model, "digest", model)
+    inputs: dict[str, Any] = {
+        "version": STAGE_VERSIONS[kind],
+        "model": digest,
+        "config": jsonable(dict(config or {})),
+        "data": data_digest(data, tensors) if data is not None or tensors else None,
+        "upstream": {k: v for k, v in sorted((upstream or {}).items())},
+    }
+    text = json.dumps({"stage": stage, **inputs}, sort_keys=True, ensure_ascii=False)
+    return Provenance(stage, hashlib.sha256(text.encode()).hexdigest()[:20], inputs)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): value}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Readable differences between two ``inputs`` dicts ("strength 2.0 → 1.0")."""
+    before, after = _flatten(old), _flatten(new)
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        if before.get(name) == after.get(name):
+            continue
+        label = name.removeprefix("config.")
+        if name == "data":
+            changes.append("data changed")
+        elif name.endswith("held_out_material"):
+            changes.append("held-out material changed")
+        elif name == "version":
+            changes.append(f"code version {before.get(name)} → {after.get(name)}")
+        elif name.startswith("upstream."):
+            changes.append(f"{label.removeprefix('upstream.')} artifact changed")
+        elif name == "model":
+            changes.append(f"model {before.get(name)} → {after.get(name)}")
+        else:
+            changes.append(f"{label} {_short(before.get(name))} → {_short(after.get(name))}")
+    return changes or ["inputs changed"]
+
+
+class RunManifest:
+    """``run.json``: the current key of every stage artifact in a run directory."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run = Path(run_dir)
+        self.path = self.run / MANIFEST
+        self.stages: dict[str, Provenance] = {}
+        if self.path.exists():
+            data = read_json(self.path)
+            try:
+                self.stages = {k: Provenance.from_dict(v) for k, v in data["stages"].items()}
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise ArtifactError(
+                    f"{self.path} is not a traitlens run manifest; delete it (and re-run with "
+                    "--force) or use a new --out"
+                ) from exc
+
+    def get(self, stage: str) -> Provenance | None:
+        return self.stages.get(stage)
+
+    def record(self, stage: str, prov: Provenance) -> None:
+        self.stages[stage] = prov
+        write_json(self.path, {"stages": {k: v.to_dict() for k, v in self.stages.items()}})
+
+    def is_stale(self, prov: Provenance) -> bool:
+        """True when an upstream artifact ``prov`` was made from is no longer current."""
+        for stage, key in prov.upstream.items():
+            current = self.stages.get(stage)
+            if current is not None and current.key != key:
+                return True
+        return False
+
+
+def claim(
+    run_dir: str | Path,
+    stage: str,
+    new: Provenance,
+    existing_key: str | None,
+    *,
+    exists: bool,
+    force: bool = False,
+    what: str | None = None,
+    log: Callable[[str], None] | None = None,
+    existing_inputs: Mapping[str, Any] | None = None,
+) -> bool:
+    """Decide whether ``stage`` may reuse (True) or must (re)write (False) its artifact.
+
+    ``exists``: an artifact of this stage is on disk; ``existing_key``: the key it
+    records (None when it records none, e.g. made by an older traitlens). Raises
+    :class:`RunConflictError` instead of replacing an artifact made from other inputs
+    that is still consistent with the run — unless ``force``; ``existing_inputs``
+    (when known) lets the message say what differs. Call :func:`record` after writing.
+    """
+    manifest = RunManifest(run_dir)
+    name = what or stage
+    if not exists:
+        return False
+    if existing_key == new.key:
+        if manifest.get(stage) is None or manifest.get(stage).key != new.key:  # type: ignore[union-attr]
+            manifest.record(stage, new)
+        return True
+    old = manifest.get(stage)
+    if force:
+        if log:
+            log(f"  {name}: replacing the artifact in {run_dir} (--force)")
+        return False
+    if old is not None and old.key == existing_key and manifest.is_stale(old):
+        if log:
+            log(f"  {name}: its upstream artifact was replaced — recomputing")
+        return False
+    if old is not None and old.key == existing_key:
+        existing_inputs = old.inputs
+    if existing_inputs is not None:
+        changes = "; ".join(describe_changes(existing_inputs, new.inputs))
+        reason = f"made from other inputs ({changes})"
+    elif existing_key is None:
+        reason = "with no input key on record (made by an older traitlens or by hand)"
+    else:
+        reason = "made from other inputs"
+    raise RunConflictError(
+        f"{run_dir} already holds a {name} {reason}; nothing was changed. Write to a new "
+        "--out, or pass --force to replace it (what depends on it is then recomputed)"
+    )
+
+
+def saved_key(path: str | Path) -> tuple[bool, str | None]:
+    """``(exists, key)`` of the artifact whose JSON is ``path``: whether a readable one is
+    there, and the input key it records (None when it records none). An unreadable file
+    counts as absent: it holds nothing worth keeping and is recomputed."""
+    path = Path(path)
+    if not path.exists():
+        return False, None
+    try:
+        meta = read_json(path)
+    except ArtifactError:
+        return False, None
+    raw_config = meta.get("config")
+    config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
+    for holder in (meta.get("provenance"), config.get("provenance")):
+        if isinstance(holder, dict) and holder.get("key"):
+            return True, str(holder["key"])
+    key = meta.get("key") or config.get("inputs_key") or config.get("cache_key")
+    return True, None if key is None else str(key)
+
+
+# where each stage's artifact records its key, relative to the run directory
+STAGE_FILES: dict[str, str] = {
+    "prompts": "prompts.jsonl",
+    "capture.question": "activations/question/activations.json",
+    "answers": "answers.json",
+    "capture.answer": "activations/answer/activations.json",
+    "probes": "probes.json",
+    "neurons": "neurons.json",
+    "vectors": "vectors.json",
+    "evaluation": "eval.json",
+}
+
+
+def _artifact_key(run: Path, stage: str) -> tuple[bool, str | None]:
+    path = run / STAGE_FILES[stage]
+    if stage == "prompts":
+        if not path.exists():
+            return False, None
+        from traitlens.capture.pipeline import prompts_provenance
+        from traitlens.data import load_prompts
+
+        try:
+            return True, prompts_provenance(load_prompts(path)).key
+        except TraitlensError:
+            return False, None
+    return saved_key(path)
+
+
+def verify_run(run_dir: str | Path) -> list[str]:
+    """Every inconsistency in a run's chain of keys (empty when it is consistent).
+
+    Each stage artifact on disk must be the one the manifest records, and each must
+    have been made from the current artifacts of the stages it read; eval.json must
+    name the current stage artifacts and only rows that exist under their keys.
+    """
+    run = Path(run_dir)
+    manifest = RunManifest(run)
+    if not manifest.stages:
+        return [
+            f"{run} has no run manifest ({MANIFEST}): made by an older traitlens, so its "
+            "keys cannot be verified"
+        ]
+    problems = []
+    for stage, prov in manifest.stages.items():
+        if stage in STAGE_FILES:
+            exists, key = _artifact_key(run, stage)
+            if not exists:
+                problems.append(f"{stage}: {STAGE_FILES[stage]} is missing or unreadable")
+            elif key != prov.key:
+                problems.append(
+                    f"{stage}: {STAGE_FILES[stage]} is not the artifact the run recorded "
+                    f"(key {key} ≠ {prov.key}) — replaced by another command"
+                )
+        for name, key in prov.upstream.items():
+            current = manifest.get(name)
+            if key is not None and current is not None and current.key != key:
+                problems.append(f"{stage} was made from an older {name} artifact (since replaced)")
+    evaluation = run / "eval.json"
+    if evaluation.exists():
+        try:
+            recorded = read_json(evaluation).get("provenance") or {}
+        except ArtifactError as exc:
+            return [*problems, str(exc)]
+        for name, key in (recorded.get("upstream") or {}).items():
+            current = manifest.get(name)
+            if current is None or current.key != key:
+                problems.append(f"eval.json was computed from an older {name} artifact")
+        rows = run / "eval" / "rows"
+        for name, key in (recorded.get("rows") or {}).items():
+            if not (rows / f"{name}--{key[:16]}.json").exists():
+                problems.append(f"eval.json row {name} (key {key[:16]}) has no saved measurement")
+    return problems
+
+
+def record(run_dir: str | Path, stage: str, prov: Provenance) -> None:
+    """Record ``prov`` as the current artifact of ``stage`` in the run manifest."""
+    RunManifest(run_dir).record(stage, prov)

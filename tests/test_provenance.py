@@ -1,0 +1,239 @@
+"""Input keys: reuse only what is unchanged, never overwrite another set-up's run,
+never relabel a stale result (tiny random models; the study test uses an 8-layer one)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_tokenizer
+from traitlens.capture.pipeline import capture_run
+from traitlens.errors import ArtifactError
+from traitlens.neurons import prompts_per_group, select_neurons
+from traitlens.probe import fit_probes
+from traitlens.provenance import (
+    RunConflictError,
+    RunManifest,
+    claim,
+    describe_changes,
+    provenance,
+    record,
+    verify_run,
+)
+from traitlens.steer import trait_vectors
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_key_changes_with_every_input() -> None:
+    base = provenance("probes", model="d1", config={"folds": 5}, data=[1], upstream={"a": "k"})
+    same = provenance("probes", model="d1", config={"folds": 5}, data=[1], upstream={"a": "k"})
+    assert base.key == same.key
+    for changed in (
+        provenance("probes", model="d2", config={"folds": 5}, data=[1], upstream={"a": "k"}),
+        provenance("probes", model="d1", config={"folds": 4}, data=[1], upstream={"a": "k"}),
+        provenance("probes", model="d1", config={"folds": 5}, data=[2], upstream={"a": "k"}),
+        provenance("probes", model="d1", config={"folds": 5}, data=[1], upstream={"a": "j"}),
+        provenance("neurons", model="d1", config={"folds": 5}, data=[1], upstream={"a": "k"}),
+    ):
+        assert changed.key != base.key
+    assert describe_changes({"config": {"strength": 2.0}}, {"config": {"strength": 1.0}}) == [
+        "strength 2.0 → 1.0"
+    ]
+
+
+def test_claim_reuses_refuses_and_recomputes_stale(tmp_path: Path) -> None:
+    up1 = provenance("prompts", data=[1])
+    record(tmp_path, "prompts", up1)
+    old = provenance("probes", config={"folds": 5}, upstream={"prompts": up1.key})
+    record(tmp_path, "probes", old)
+    assert claim(tmp_path, "probes", old, old.key, exists=True)  # same key: reuse
+    assert not claim(tmp_path, "probes", old, None, exists=False)  # nothing there: compute
+    new = provenance("probes", config={"folds": 3}, upstream={"prompts": up1.key})
+    with pytest.raises(RunConflictError, match=r"folds 5 → 3.*--force"):
+        claim(tmp_path, "probes", new, old.key, exists=True)
+    assert not claim(tmp_path, "probes", new, old.key, exists=True, force=True)
+    # once its upstream is replaced, the old artifact is stale: recomputed without --force
+    record(tmp_path, "prompts", provenance("prompts", data=[2]))
+    assert not claim(tmp_path, "probes", new, old.key, exists=True)
+    with pytest.raises(RunConflictError, match="no input key on record"):
+        claim(tmp_path, "neurons", new, None, exists=True)
+
+
+def _chain(tm, run: Path, traits=("E", "A")) -> None:
+    captured = capture_run(
+        tm,
+        run,
+        list(traits),
+        n_questions=3,
+        n_personas_per_pole=2,
+        max_new_tokens=4,
+        progress=False,
+    )
+    probes = fit_probes(captured.question, captured.prompts, folds=2, out_dir=run, progress=False)
+    assert captured.answer is not None and captured.answer.neuron_stats is not None
+    select_neurons(
+        captured.answer.neuron_stats,
+        prompt_counts=prompts_per_group(captured.prompts),
+        out_dir=run,
+    )
+    vectors = trait_vectors(captured.answer, captured.prompts, list(traits), ["mean_diff"])
+    vectors.save(run)
+    assert probes.key is not None
+
+
+def test_same_inputs_give_byte_identical_artifacts(tiny_llama, tmp_path: Path) -> None:
+    _chain(tiny_llama, tmp_path / "a")
+    _chain(tiny_llama, tmp_path / "b")
+    first, second = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert first.keys() == second.keys() and len(first) >= 10
+    assert first == second
+
+
+def test_capture_into_another_set_up_refuses_and_changes_nothing(
+    tiny_llama, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    _chain(tiny_llama, run)
+    before = _tree(run)
+    assert verify_run(run) == []
+    with pytest.raises(RunConflictError, match=r"n_prompts.*--force"):
+        capture_run(tiny_llama, run, ["E"], n_questions=2, n_personas_per_pole=1, progress=False)
+    assert _tree(run) == before
+    # a different answer length keeps the prompts but refuses to mix answers
+    with pytest.raises(RunConflictError, match="max_new_tokens 4 → 6"):
+        capture_run(
+            tiny_llama,
+            run,
+            ["E", "A"],
+            n_questions=3,
+            n_personas_per_pole=2,
+            max_new_tokens=6,
+            progress=False,
+        )
+    assert _tree(run) == before
+    # with --force the capture is replaced, and what was made from the old one is stale
+    capture_run(
+        tiny_llama,
+        run,
+        ["E"],
+        n_questions=2,
+        n_personas_per_pole=1,
+        max_new_tokens=4,
+        progress=False,
+        force=True,
+    )
+    problems = verify_run(run)
+    assert any("probes was made from an older" in p for p in problems), problems
+
+
+def test_report_refuses_an_inconsistent_run(tmp_path: Path) -> None:
+    from traitlens.report.study_report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record(run, "prompts", provenance("prompts", data=[1]))
+    (run / "prompts.jsonl").write_text("")
+    with pytest.raises(ArtifactError, match="inconsistent.*--allow-inconsistent"):
+        build_report(run)
+
+
+def _deep_llama(seed: int = 0):
+    """8 blocks: enough for a steering band and downstream readout layers."""
+    import transformers as tf
+
+    from traitlens.models.loading import wrap_model
+
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    model = tf.AutoModelForCausalLM.from_config(config).eval()
+    return wrap_model(model, make_tokenizer(), name="tiny-llama-8")
+
+
+def test_changed_strength_measures_new_rows_and_never_relabels(tmp_path: Path) -> None:
+    """The reproduction: a rerun with --strength 1 used to print '(cached)' for every row
+    and label strength-2 measurements as strength 1."""
+    from traitlens.study import resolve_config, run_study
+
+    tm = _deep_llama()
+    run = tmp_path / "run"
+    micro = {
+        "traits": ["E", "A"],
+        "vector_methods": ["mean_diff"],
+        "eval_methods": ["mean_diff"],
+        "dose_traits": [],
+        "generation_prompts": 0,
+    }
+    logs: list[str] = []
+    run_study(tm, run, resolve_config("quick", overrides=micro), log=logs.append, progress=False)
+    first = json.loads((run / "eval.json").read_text())
+    assert all(r["success"]["boundary"] != 0.0 for r in first["results"] if "success" in r)
+    logs.clear()
+    run_study(
+        tm,
+        run,
+        resolve_config("quick", overrides={**micro, "strength": 1.0}),
+        log=logs.append,
+        progress=False,
+    )
+    text = "\n".join(logs)
+    assert "strength 2.0 → 1.0" in text
+    assert "8 row(s) to measure: strength 2.0 → 1.0" in text, text
+    second = json.loads((run / "eval.json").read_text())
+    by_name = {r["name"]: r for r in second["results"]}
+    old = {r["name"]: r for r in first["results"]}
+    for name, row in by_name.items():
+        if row["method"] == "mean_diff":
+            assert abs(row["strength"]) == 1.0
+            assert row["row_key"] != old[name]["row_key"]
+            assert row["perplexity"] != old[name]["perplexity"]  # measured, not copied
+        else:
+            assert row["row_key"] == old[name]["row_key"]  # prompt rows: unchanged inputs
+    # both measurements are kept on disk, under their own keys
+    rows = run / "eval" / "rows"
+    assert len(list(rows.glob("E__high__mean_diff__real--*.json"))) == 2
+    # back to strength 2: everything is reused
+    logs.clear()
+    run_study(tm, run, resolve_config("quick", overrides=micro), log=logs.append, progress=False)
+    assert any("rows reused" in line and line.split()[0] == line.split()[2] for line in logs)
+    assert verify_run(run) == []
+    assert RunManifest(run).get("evaluation") is not None
+
+
+def test_stage_commands_say_what_they_reused_and_what_they_wrote(
+    tiny_llama, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from traitlens.cli.main import main
+
+    def code(argv: list[str]) -> int:
+        with pytest.raises(SystemExit) as ended:
+            main(argv)
+        return int(ended.value.code or 0)
+
+    run = tmp_path / "run"
+    _chain(tiny_llama, run)
+    argv = ["probe", "--run", str(run), "--folds", "3", "--no-figures"]
+    assert code(argv) == 2
+    assert "folds_requested 2 → 3" in capsys.readouterr().err
+    assert code([*argv, "--force"]) == 0
+    assert "probes: written" in capsys.readouterr().err
+    assert code(argv) == 0
+    assert "probes: reused (same inputs" in capsys.readouterr().err
