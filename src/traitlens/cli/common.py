@@ -126,6 +126,19 @@ def check_float(
         raise DataError(f"{option} {value:g} is out of range: need {left}{what}{right}{tail}")
 
 
+def check_strength(value: float | None, option: str = "--strength") -> None:
+    """A steering strength: finite, |value| within the steer stage's bound."""
+    from traitlens.steer import MAX_STRENGTH
+
+    check_float(
+        option,
+        value,
+        high=MAX_STRENGTH,
+        absolute=True,
+        hint="strengths are in standard deviations; useful ones lie around 1-15",
+    )
+
+
 def check_choice(option: str, value: str | None, choices: Iterable[str]) -> None:
     allowed = list(choices)
     if value is not None and value not in allowed:

@@ -23,6 +23,7 @@ from traitlens.cli.common import (
     check_out_file,
     check_run_dir,
     check_seed,
+    check_strength,
     console,
     done,
     load,
@@ -97,7 +98,6 @@ def register(app: typer.Typer) -> None:
         from traitlens.models.loading import check_text_fits
         from traitlens.steer import (
             MAX_GAMMA,
-            MAX_STRENGTH,
             METHODS,
             AddDirection,
             compare_steering,
@@ -113,13 +113,7 @@ def register(app: typer.Typer) -> None:
         where = _positions(positions)
         check_choice("--method", method, (*METHODS, "neurons"))
         check_choice("--span", span, ("auto", "answer", "question"))
-        check_float(
-            "--strength",
-            strength,
-            high=MAX_STRENGTH,
-            absolute=True,
-            hint="strengths are in standard deviations; useful ones lie around 1-15",
-        )
+        check_strength(strength)
         check_float(
             "--gamma",
             gamma,
@@ -230,18 +224,12 @@ def register(app: typer.Typer) -> None:
         layers: str | None = typer.Option(None, "--layers", "-l", help="default: all but 0"),
     ) -> None:
         """Export one vector; GGUF files load in llama.cpp with --control-vector FILE."""
-        from traitlens.steer import MAX_STRENGTH, METHODS, VectorSet, parse_layers
+        from traitlens.steer import METHODS, VectorSet, parse_layers
 
         code = _trait(trait)
         check_choice("--format", fmt, ("gguf", "safetensors"))
         check_choice("--method", method, METHODS)
-        check_float(
-            "--strength",
-            strength,
-            high=MAX_STRENGTH,
-            absolute=True,
-            hint="strengths are in standard deviations; useful ones lie around 1-15",
-        )
+        check_strength(strength)
         check_layer_spec("--layers", layers, None)
         check_run_dir(run, needs="vectors.json")
         check_out_file(out)
