@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "evaluate_cmd",
     "fingerprint_cmd",
     "study_cmd",
+    "serve_cmd",
 )
 for _name in _COMMAND_MODULES:
     try:

@@ -1,0 +1,248 @@
+"""Serving throughput: steered mixed batches vs all-unsteered, over loopback HTTP.
+
+Starts the real server (uvicorn in a thread on 127.0.0.1) and sends rounds of
+``--clients`` concurrent chat requests, greedy, ``--tokens`` new tokens each:
+in an *unsteered* round every request is plain; in a *mixed* round half are
+plain and half carry different trait mixes, so every batch holds several
+mixes at once. Rounds alternate (and which goes first) in one process, which
+cancels most of the noise of a shared machine. Prints tokens/s and p50/p99
+request latency per kind.
+
+``--load`` instead runs a bounded load test: ``--requests`` requests,
+``--concurrency`` at a time, a quarter of them malformed (unknown trait,
+strength outside the safe range, broken JSON, n=2, max_tokens above the cap),
+and asserts that no response is a 5xx, every bad one is a 4xx and every good
+one a 200.
+
+    python benchmarks/serve.py [--model tiny|embedded] [--clients 8] [--tokens 64]
+                               [--rounds 5] [--threads N]
+    python benchmarks/serve.py --load [--requests 200] [--concurrency 16]
+
+Last line: ``serve_steered_ratio=<mixed-batch tokens/s / all-unsteered tokens/s>``
+(with ``--load``: ``serve_load_5xx=<count>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+QUESTIONS = [
+    "How would you like to spend your Saturday evening?",
+    "A friend invites you to a cooking class. How do you respond?",
+    "Describe your ideal vacation.",
+    "What do you do when a coworker takes credit for your idea?",
+    "How do you prepare for an important exam?",
+    "What would you do at a party where you know nobody?",
+    "How do you react when plans change at the last minute?",
+    "Tell me about a hobby you enjoy.",
+]
+MIXES = [{"E": 2.0}, {"N": -1.5, "A": 1.0}, {"O": 1.5, "C": -1.0}, {"E": -2.0, "N": 1.0}]
+
+
+def _model(name: str) -> Any:
+    if name == "tiny":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from conftest import build_tiny
+
+        return build_tiny("llama")
+    from traitlens.models.loading import load_model
+
+    return load_model(None if name == "embedded" else name, device="auto", dtype="auto")
+
+
+def _vectors(tm: Any, run: str | None) -> Any:
+    from traitlens.steer import TraitVector
+    from traitlens.steer.vectors import VectorSet
+
+    if run is not None:
+        return VectorSet.load(run, expect=tm.identity)
+    generator = torch.Generator().manual_seed(0)
+    vectors = VectorSet(tm.identity)
+    layers = range(tm.n_layers)
+    for trait in "OCEAN":
+        directions = {
+            layer: torch.randn(tm.identity.d_model, generator=generator) for layer in layers
+        }
+        vectors.add(
+            TraitVector.from_directions(
+                tm.identity,
+                directions,
+                spread=dict.fromkeys(directions, 1.0),
+                trait=trait,
+                method="mean_diff",
+            )
+        )
+    return vectors
+
+
+def _body(index: int, tokens: int, mix: dict[str, float] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        # every request decodes exactly `tokens` tokens, so steering cannot change the
+        # amount of work by moving the end-of-sequence token
+        "ignore_eos": True,
+    }
+    if mix is not None:
+        body["steering"] = {"traits": mix}
+    return body
+
+
+async def _round(
+    http: Any, clients: int, tokens: int, mixed: bool
+) -> tuple[float, list[float], int]:
+    async def one(index: int) -> tuple[float, int]:
+        mix = MIXES[(index // 2) % len(MIXES)] if mixed and index % 2 else None
+        started = time.perf_counter()
+        response = await http.post("/v1/chat/completions", json=_body(index, tokens, mix))
+        response.raise_for_status()
+        return time.perf_counter() - started, int(response.json()["usage"]["completion_tokens"])
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(one(i) for i in range(clients)))
+    wall = time.perf_counter() - started
+    return wall, [latency for latency, _ in results], sum(n for _, n in results)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _throughput(url: str, args: argparse.Namespace) -> None:
+    import httpx
+
+    stats: dict[str, dict[str, list[float]]] = {
+        kind: {"rate": [], "latency": []} for kind in ("unsteered", "mixed")
+    }
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        await _round(http, args.clients, 4, mixed=True)  # warm-up
+        for number in range(args.rounds):
+            order = ("unsteered", "mixed") if number % 2 == 0 else ("mixed", "unsteered")
+            for kind in order:
+                wall, latencies, tokens = await _round(
+                    http, args.clients, args.tokens, mixed=kind == "mixed"
+                )
+                stats[kind]["rate"].append(tokens / wall)
+                stats[kind]["latency"].extend(latencies)
+                print(f"round {number} {kind:9s} {tokens} tokens in {wall:.2f} s", flush=True)
+        health = (await http.get("/health")).json()
+    print(
+        f"engine: {health['requests']} requests in {health['batches']} batches "
+        f"(largest {health['largest_batch']}, {health['joined_running_batch']} joined running)"
+    )
+    for kind, values in stats.items():
+        print(
+            f"{kind:9s}: {statistics.median(values['rate']):.1f} tokens/s (median of "
+            f"{len(values['rate'])} rounds), latency p50 {_quantile(values['latency'], 0.5):.2f} s "
+            f"p99 {_quantile(values['latency'], 0.99):.2f} s"
+        )
+    ratio = statistics.median(stats["mixed"]["rate"]) / statistics.median(
+        stats["unsteered"]["rate"]
+    )
+    print(f"serve_steered_ratio={ratio:.4f}")
+
+
+BAD = [
+    ({"steering": {"traits": {"Q": 1.0}}}, "unknown trait"),
+    ({"steering": {"traits": {"E": 99}}}, "strength outside the safe range"),
+    ({"n": 3}, "n=3"),
+    ({"max_tokens": 10_000}, "max_tokens above the cap"),
+    (None, "malformed JSON"),
+]
+
+
+async def _load(url: str, args: argparse.Namespace) -> None:
+    import httpx
+
+    semaphore = asyncio.Semaphore(args.concurrency)
+    codes: dict[str, list[int]] = {"good": [], "bad": []}
+
+    async def one(http: Any, index: int) -> None:
+        async with semaphore:
+            if index % 4 == 3:
+                extra, _ = BAD[(index // 4) % len(BAD)]
+                if extra is None:
+                    response = await http.post(
+                        "/v1/chat/completions",
+                        content=b'{"messages": [',
+                        headers={"content-type": "application/json"},
+                    )
+                else:
+                    response = await http.post(
+                        "/v1/chat/completions", json={**_body(index, 8, None), **extra}
+                    )
+                codes["bad"].append(response.status_code)
+            else:
+                mix = MIXES[index % len(MIXES)] if index % 2 else None
+                response = await http.post("/v1/chat/completions", json=_body(index, 8, mix))
+                codes["good"].append(response.status_code)
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        await asyncio.gather(*(one(http, i) for i in range(args.requests)))
+        health = (await http.get("/health")).json()
+    wall = time.perf_counter() - started
+    everything = codes["good"] + codes["bad"]
+    server_errors = sum(code >= 500 for code in everything)
+    print(
+        f"{len(everything)} requests ({len(codes['bad'])} malformed) in {wall:.1f} s, "
+        f"{args.concurrency} at a time; status counts: "
+        + ", ".join(f"{c}×{everything.count(c)}" for c in sorted(set(everything)))
+    )
+    print(
+        f"health after: {health['status']}, {health['batches']} batches, largest "
+        f"{health['largest_batch']}, {health['joined_running_batch']} requests joined a "
+        "running batch"
+    )
+    assert server_errors == 0, f"{server_errors} responses were 5xx"
+    assert all(400 <= code < 500 for code in codes["bad"]), codes["bad"]
+    assert all(code == 200 for code in codes["good"]), codes["good"]
+    print(f"serve_load_5xx={server_errors}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="tiny (default), embedded, or a path/id")
+    parser.add_argument("--vectors", default=None, help="run directory with vectors.json")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--load", action="store_true", help="bounded load test instead")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from traitlens.serve import create_app
+    from traitlens.serve.server import running_server
+
+    tm = _model(args.model)
+    app = create_app(
+        tm,
+        _vectors(tm, args.vectors),
+        max_batch=args.max_batch,
+        queue_limit=max(64, args.concurrency * 2),
+        max_tokens_cap=max(args.tokens, 64),
+        request_timeout=600,
+    )
+    print(f"model {tm.identity.name} on {tm.device}, max batch {args.max_batch}", flush=True)
+    with running_server(app) as url:
+        asyncio.run(_load(url, args) if args.load else _throughput(url, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""``traitlens serve``: an OpenAI-compatible server with per-request trait steering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from traitlens.cli.common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    MAX_BATCH_SIZE,
+    MAX_NEW_TOKENS,
+    MODEL_OPTION,
+    check_float,
+    check_int,
+    check_model,
+    console,
+    load,
+)
+from traitlens.errors import DataError
+
+
+def _vector_source(path: Path) -> Path:
+    """A run directory holding ``vectors.json``, or one vector's ``.json``/``.safetensors``."""
+    if path.is_dir():
+        if not (path / "vectors.json").exists():
+            raise DataError(
+                f"--vectors {path}: the folder has no vectors.json; build vectors with "
+                "`traitlens steer --run RUN` or pass one vector file"
+            )
+        return path
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    if not stem.with_suffix(".json").exists():
+        raise DataError(
+            f"--vectors {path}: no such run directory or vector file (expected "
+            f"{stem.with_suffix('.json')})"
+        )
+    return stem
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve_cmd(
+        vectors: Path = typer.Option(
+            ..., "--vectors", help="run directory with vectors.json, or one vector file"
+        ),
+        model: str | None = MODEL_OPTION,
+        host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+        port: int = typer.Option(8000, "--port"),
+        api_key: str | None = typer.Option(
+            None,
+            "--api-key",
+            envvar="TRAITLENS_API_KEY",
+            help="require 'Authorization: Bearer KEY'",
+        ),
+        max_batch: int = typer.Option(8, "--max-batch", help="requests decoded together"),
+        queue: int = typer.Option(64, "--queue", help="waiting requests before HTTP 429"),
+        max_tokens: int = typer.Option(512, "--max-tokens", help="cap on max_tokens per request"),
+        timeout: float = typer.Option(120.0, "--timeout", help="seconds per request"),
+        max_strength: float = typer.Option(
+            3.0, "--max-strength", help="safe |strength| per trait, in spread units per layer"
+        ),
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+    ) -> None:
+        """Serve the model behind /v1/chat/completions and /v1/completions; add
+        "steering": {"traits": {"E": 1.0}} to a request body to steer it. Playground at /."""
+        from traitlens.serve import require_serve_extra
+
+        require_serve_extra()
+        check_int("--port", port, 0, 65535, example=8000)
+        check_int("--max-batch", max_batch, 1, MAX_BATCH_SIZE, example=8)
+        check_int("--queue", queue, 1, 1_000_000, example=64)
+        check_int("--max-tokens", max_tokens, 1, MAX_NEW_TOKENS, example=512)
+        check_float("--timeout", timeout, 0.0, low_open=True)
+        check_float("--max-strength", max_strength, 0.0, 50.0, low_open=True)
+        source = _vector_source(vectors)
+        check_model(model, device, dtype)
+        tm = load(model, device, dtype)
+
+        from traitlens.serve import create_app
+        from traitlens.serve.server import serve_forever
+        from traitlens.steer.vectors import TraitVector, VectorSet
+
+        if source.is_dir():
+            vector_set = VectorSet.load(source, expect=tm.identity)
+        else:
+            single = TraitVector.load(source, expect=tm.identity)
+            vector_set = VectorSet(tm.identity)
+            vector_set.add(single)
+        offered = ", ".join(f"{v.trait}/{v.method}" for v in vector_set)
+        console.print(f"vectors: {offered} from [bold]{vectors}[/]")
+        server = create_app(
+            tm,
+            vector_set,
+            api_key=api_key,
+            max_tokens_cap=max_tokens,
+            max_batch=max_batch,
+            queue_limit=queue,
+            request_timeout=timeout,
+            max_strength=max_strength,
+        )
+        if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+            console.print(f"[yellow]warning:[/] listening on {host} without --api-key")
+        console.print(f"serving on [bold]http://{host}:{port}[/] (playground at /, API at /v1)")
+        serve_forever(server, host, port)

@@ -1,0 +1,456 @@
+"""The FastAPI application: OpenAI-compatible endpoints plus steering, traits, readout
+and the playground page.
+
+Every request is validated before it reaches the engine; anything wrong comes
+back as HTTP 4xx in OpenAI's error shape ``{"error": {"message", "type",
+"param", "code"}}`` and the server carries on. Generation runs on the engine's
+thread (:class:`traitlens.serve.engine.Engine`); handlers only wait for events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from traitlens.models.loading import TraitModel
+from traitlens.serve.engine import (
+    DecodeJob,
+    Engine,
+    EngineClosed,
+    Event,
+    QueueFull,
+    tokenizer_lock,
+)
+from traitlens.serve.prompts import chat_prompt_ids, completion_prompt_ids, context_length
+from traitlens.serve.readout import trait_readout
+from traitlens.serve.schema import (
+    ChatRequest,
+    CompletionRequest,
+    ReadoutRequest,
+    SamplingRequest,
+    error_body,
+)
+from traitlens.serve.steering import SAFE_STRENGTH, AppliedSteering, SteeringCatalog, SteeringError
+from traitlens.steer.vectors import VectorSet
+
+STEERING_HEADER = "X-Traitlens-Steering"
+
+
+class ApiError(Exception):
+    """An error returned to the client in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = (
+            status,
+            message,
+            kind,
+            param,
+            code,
+        )
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            error_body(self.message, self.kind, self.param, self.code), status_code=self.status
+        )
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request body", None, None
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return f"malformed JSON body: {first.get('msg', '')}", None, "json_invalid"
+    if first.get("type") == "missing" and not loc:
+        return "the request needs a JSON body", None, "missing_body"
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    where = f"{param}: " if param else ""
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{where}{message}{more}", param, str(first.get("type"))
+
+
+def create_app(
+    tm: TraitModel,
+    vectors: VectorSet,
+    *,
+    api_key: str | None = None,
+    max_tokens_cap: int = 512,
+    max_batch: int = 8,
+    queue_limit: int = 64,
+    request_timeout: float = 120.0,
+    max_strength: float = SAFE_STRENGTH,
+    batch_wait: float = 0.005,
+    max_body_bytes: int = 4_000_000,
+) -> FastAPI:
+    """An app serving ``tm`` steered by ``vectors``; the engine thread starts now and
+    stops at shutdown (or with ``app.state.engine.close()``).
+
+    ``max_tokens_cap`` bounds ``max_tokens``; ``max_batch`` requests decode together;
+    past ``queue_limit`` waiting requests the answer is 429; a request unfinished after
+    ``request_timeout`` seconds gets 504; ``api_key`` requires ``Authorization: Bearer``;
+    strengths beyond ±``max_strength`` spread units are refused; bodies over
+    ``max_body_bytes`` get 413.
+    """
+    catalog = SteeringCatalog(tm, vectors, max_strength=max_strength)
+    engine = Engine(tm, max_batch=max_batch, queue_limit=queue_limit, batch_wait=batch_wait)
+    context = context_length(tm)
+    lock = tokenizer_lock(tm)
+    model_name = tm.identity.name
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()
+
+    app = FastAPI(title="traitlens", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine = engine
+    app.state.catalog = catalog
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > max_body_bytes:
+            return ApiError(
+                413,
+                f"the request body ({int(size)} bytes) is larger than this server's limit of "
+                f"{max_body_bytes} bytes",
+                code="body_too_large",
+            ).response()
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param, code = _validation_message(exc)
+        return ApiError(400, message, param=param, code=code).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return ApiError(exc.status_code, str(exc.detail), kind).response()
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        return ApiError(
+            500, f"internal error: {type(exc).__name__}: {exc}", "server_error"
+        ).response()
+
+    async def authorized(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
+            raise ApiError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
+                param=None,
+                code="invalid_api_key",
+            )
+
+    def steering_for(body: Any) -> AppliedSteering:
+        spec = body.steering
+        try:
+            if spec is None:
+                return catalog.resolve(None)
+            return catalog.resolve(spec.traits, spec.method, spec.layers)
+        except SteeringError as exc:
+            raise ApiError(400, str(exc), param=exc.param, code="invalid_steering") from None
+
+    def budget(body: SamplingRequest, prompt_ids: Sequence[int]) -> int:
+        if not prompt_ids:
+            raise ApiError(400, "the prompt is empty", param="prompt", code="empty_prompt")
+        room = context - len(prompt_ids)
+        if room < 1:
+            raise ApiError(
+                400,
+                f"the prompt has {len(prompt_ids)} tokens but this model's context is {context} "
+                "tokens; shorten it",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        requested = body.requested_tokens()
+        if requested is not None and requested > max_tokens_cap:
+            raise ApiError(
+                400,
+                f"max_tokens {requested} is above this server's cap of {max_tokens_cap}",
+                param="max_tokens",
+                code="max_tokens_exceeded",
+            )
+        if requested is not None and requested > room:
+            raise ApiError(
+                400,
+                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({requested}) exceeds "
+                f"this model's context of {context} tokens; lower max_tokens to at most {room}",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return requested if requested is not None else min(max_tokens_cap, room)
+
+    async def generate(body: SamplingRequest, prompt_ids: list[int], chat: bool) -> Response:
+        steering = steering_for(body)
+        max_tokens = budget(body, prompt_ids)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(event: Event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        job = DecodeJob(
+            prompt_ids=prompt_ids,
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stops(),
+            ignore_eos=body.ignore_eos,
+            steering=steering,
+            emit=emit,
+        )
+        try:
+            engine.submit(job)
+        except QueueFull as exc:
+            raise ApiError(429, str(exc), "rate_limit_error", code="queue_full") from None
+        except EngineClosed as exc:
+            raise ApiError(503, str(exc), "server_error", code="shutting_down") from None
+        deadline = loop.time() + request_timeout
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        headers = {STEERING_HEADER: steering.header()}
+        echo = steering.describe()
+        if body.stream:
+            with_usage = body.stream_options is not None and body.stream_options.include_usage
+            stream = _stream(
+                job,
+                events,
+                deadline,
+                ident,
+                created,
+                model_name,
+                chat,
+                echo,
+                with_usage,
+                len(prompt_ids),
+            )
+            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        try:
+            while True:
+                event = await asyncio.wait_for(events.get(), timeout=deadline - loop.time())
+                if event.kind != "delta":
+                    break
+        except (asyncio.TimeoutError, TimeoutError):
+            job.cancelled.set()
+            raise ApiError(
+                504,
+                f"the request did not finish within {request_timeout:g} s",
+                "timeout_error",
+                code="timeout",
+            ) from None
+        if event.kind == "error":
+            raise ApiError(500, event.text, "server_error", code="generation_failed")
+        usage = {
+            "prompt_tokens": len(prompt_ids),
+            "completion_tokens": len(job.token_ids),
+            "total_tokens": len(prompt_ids) + len(job.token_ids),
+        }
+        reason = job.finish_reason
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": job.text},
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+        else:
+            choice = {"index": 0, "text": job.text, "logprobs": None, "finish_reason": reason}
+        content = {
+            "id": ident,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": model_name,
+            "choices": [choice],
+            "usage": usage,
+            "steering": echo,
+        }
+        return JSONResponse(content, headers=headers)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        stats = engine.stats
+        body = {
+            "status": "ok" if engine.alive else "engine_stopped",
+            "model": model_name,
+            "waiting": engine.waiting,
+            "batches": stats.batches,
+            "requests": stats.rows,
+            "largest_batch": stats.largest_batch,
+            "joined_running_batch": stats.joined,
+            "generated_tokens": stats.tokens,
+            "last_error": stats.last_error,
+        }
+        return JSONResponse(body, status_code=200 if engine.alive else 503)
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": model_name, "object": "model", "created": started, "owned_by": "traitlens"}
+            ],
+        }
+
+    @app.get("/v1/traits", dependencies=[Depends(authorized)])
+    async def traits() -> dict[str, Any]:
+        return catalog.describe()
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    async def chat_completions(body: ChatRequest) -> Response:
+        with lock:
+            prompt_ids = chat_prompt_ids(tm, body.messages)
+        return await generate(body, prompt_ids, chat=True)
+
+    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    async def completions(body: CompletionRequest) -> Response:
+        with lock:
+            prompt_ids = completion_prompt_ids(tm, body.text())
+        return await generate(body, prompt_ids, chat=False)
+
+    @app.post("/v1/traitlens/readout", dependencies=[Depends(authorized)])
+    async def readout(body: ReadoutRequest) -> dict[str, Any]:
+        if not body.messages and body.prompt is None:
+            raise ApiError(400, "send messages or prompt with the answer", param="messages")
+        with lock:
+            if body.messages:
+                prompt_ids = chat_prompt_ids(tm, body.messages)
+            else:
+                prompt_ids = completion_prompt_ids(tm, str(body.prompt))
+            answer_ids = list(tm.tokenizer(body.answer, add_special_tokens=False)["input_ids"])
+        if len(prompt_ids) + len(answer_ids) > context:
+            raise ApiError(
+                400,
+                f"prompt and answer ({len(prompt_ids) + len(answer_ids)} tokens) exceed this "
+                f"model's context of {context} tokens",
+                param="answer",
+                code="context_length_exceeded",
+            )
+
+        def work(model: TraitModel) -> dict[str, Any]:
+            return trait_readout(model, catalog, prompt_ids, answer_ids, body.method, body.layers)
+
+        try:
+            future = engine.call(work)
+        except QueueFull as exc:
+            raise ApiError(429, str(exc), "rate_limit_error", code="queue_full") from None
+        except EngineClosed as exc:
+            raise ApiError(503, str(exc), "server_error", code="shutting_down") from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=request_timeout)
+        except SteeringError as exc:
+            raise ApiError(400, str(exc), param=exc.param, code="invalid_readout") from None
+        except (asyncio.TimeoutError, TimeoutError):
+            future.cancel()
+            raise ApiError(504, "the readout timed out", "timeout_error", code="timeout") from None
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        page = resources.files("traitlens.serve").joinpath("static/index.html").read_text("utf-8")
+        return HTMLResponse(page)
+
+    return app
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+async def _stream(
+    job: DecodeJob,
+    events: asyncio.Queue[Event],
+    deadline: float,
+    ident: str,
+    created: int,
+    model: str,
+    chat: bool,
+    steering: dict[str, Any] | None,
+    include_usage: bool = False,
+    prompt_tokens: int = 0,
+) -> AsyncIterator[bytes]:
+    """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]`` (with
+    ``stream_options.include_usage``, a last chunk with no choices carries the usage)."""
+    loop = asyncio.get_running_loop()
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text: str | None, reason: str | None, first: bool = False) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            if first:
+                delta["role"] = "assistant"
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": reason}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+        return {
+            "id": ident,
+            "object": kind,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "steering": steering,
+        }
+
+    try:
+        if chat:
+            yield _sse(chunk("", None, first=True))
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), timeout=deadline - loop.time())
+            except (asyncio.TimeoutError, TimeoutError):
+                job.cancelled.set()
+                yield _sse(error_body("the request timed out", "timeout_error", code="timeout"))
+                break
+            if event.kind == "delta":
+                yield _sse(chunk(event.text, None))
+            elif event.kind == "error":
+                yield _sse(error_body(event.text, "server_error", code="generation_failed"))
+                break
+            else:
+                yield _sse(chunk(None, job.finish_reason))
+                if include_usage:
+                    final = {**chunk(None, None), "choices": []}
+                    final["usage"] = {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": len(job.token_ids),
+                        "total_tokens": prompt_tokens + len(job.token_ids),
+                    }
+                    yield _sse(final)
+                break
+        yield _sse("[DONE]")
+    finally:
+        # the client went away (or we are done): stop decoding a row nobody reads
+        job.cancelled.set()

@@ -1,0 +1,122 @@
+"""Request bodies of the OpenAI-compatible endpoints (the subset traitlens serves), plus
+the ``steering`` extension, validated with pydantic at the boundary."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Steering(BaseModel):
+    """``{"traits": {"E": 1.0, "N": -0.5}, "method": "mean_diff", "layers": "10-14"}``:
+    strength per trait in spread units per layer; ``method`` and ``layers`` default to
+    the vectors' default method and middle band."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    traits: dict[str, float] = Field(default_factory=dict)
+    method: str | None = None
+    layers: str | list[int] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class SamplingRequest(BaseModel):
+    # OpenAI clients send fields we do not use (user, logprobs, ...)
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # vLLM's extension: keep decoding past end-of-sequence (fixed-length benchmarks)
+    ignore_eos: bool = False
+    steering: Steering | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported; send several requests for several answers")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return value
+
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def requested_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatRequest(SamplingRequest):
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) != 1:
+            raise ValueError("send one prompt per request (a string or a list of one string)")
+        return value
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class ReadoutRequest(BaseModel):
+    """``POST /v1/traitlens/readout``: a conversation (or prompt) and the answer to read."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    answer: str
+    method: str | None = None
+    layers: str | list[int] | None = None
+
+
+def error_body(
+    message: str, kind: str = "invalid_request_error", param: str | None = None, code: Any = None
+) -> dict[str, Any]:
+    """OpenAI's error shape."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

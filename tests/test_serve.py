@@ -1,0 +1,674 @@
+"""The OpenAI-compatible steered server on tiny random models: per-row steering in mixed
+batches, the OpenAI wire format (JSON and SSE), validation, limits and the real
+``openai`` client against uvicorn on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import build_tiny
+from traitlens.serve import create_app
+from traitlens.serve.engine import DecodeJob, decode_batch
+from traitlens.serve.steering import SteeringCatalog
+from traitlens.steer import TraitVector
+from traitlens.steer.vectors import VectorSet
+
+pytest.importorskip(
+    "fastapi", reason="serving needs the serve extra: pip install 'traitlens[serve]'"
+)
+httpx = pytest.importorskip("httpx", reason="the serve tests need httpx")
+
+SPREAD = 4.0  # large enough that strength 2-3 visibly moves a tiny random model
+QUESTION = "How would you spend a free Saturday afternoon?"
+
+
+def make_vectors(tm: Any, run: Path, traits: str = "EN") -> VectorSet:
+    """Random directions for ``traits`` at every layer, saved to and loaded from ``run``."""
+    generator = torch.Generator().manual_seed(7)
+    vectors = VectorSet(tm.identity)
+    for trait in traits:
+        directions = {
+            layer: torch.randn(tm.identity.d_model, generator=generator)
+            for layer in range(tm.n_layers)
+        }
+        vectors.add(
+            TraitVector.from_directions(
+                tm.identity,
+                directions,
+                spread=dict.fromkeys(directions, SPREAD),
+                trait=trait,
+                method="mean_diff",
+            )
+        )
+    vectors.save(run)
+    return VectorSet.load(run, expect=tm.identity)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    return build_tiny("llama")
+
+
+@pytest.fixture(scope="module")
+def vectors(tiny: Any, tmp_path_factory: pytest.TempPathFactory) -> VectorSet:
+    return make_vectors(tiny, tmp_path_factory.mktemp("serve-run"))
+
+
+@pytest.fixture()
+def make_app(tiny: Any, vectors: VectorSet) -> Iterator[Any]:
+    apps: list[Any] = []
+
+    def factory(**kwargs: Any) -> Any:
+        kwargs.setdefault("max_tokens_cap", 64)
+        app = create_app(tiny, vectors, **kwargs)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.state.engine.close()
+
+
+def client(app: Any, **kwargs: Any) -> Any:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://serve.test", **kwargs
+    )
+
+
+def request(app: Any, method: str, url: str, **kwargs: Any) -> Any:
+    async def go() -> Any:
+        async with client(app) as http:
+            return await http.request(method, url, **kwargs)
+
+    return asyncio.run(go())
+
+
+def chat(text: str = QUESTION, **extra: Any) -> dict[str, Any]:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": text}]}
+    body.update({"max_tokens": 10, "temperature": 0})
+    body.update(extra)
+    return body
+
+
+def content(response: Any) -> str:
+    assert response.status_code == 200, response.text
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+# ------------------------------------------------------------- per-row steering
+
+
+def _job(tm: Any, catalog: SteeringCatalog, text: str, mix: dict[str, float] | None, **kw: Any):
+    return DecodeJob(
+        tm.format(None, text).input_ids,
+        kw.pop("max_tokens", 12),
+        steering=catalog.resolve(mix, layers=kw.pop("layers", None)),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+def test_mixed_batch_rows_equal_their_solo_runs(family: str, tmp_path: Path) -> None:
+    tm = build_tiny(family)
+    catalog = SteeringCatalog(tm, make_vectors(tm, tmp_path))
+    mixes: list[dict[str, float] | None] = [None, {"E": 3.0}, {"E": -2.0, "N": 3.0}, {"N": -3.0}]
+    texts = [QUESTION, "I like parties and people.", QUESTION, "quiet evenings"]
+    lengths = [12, 5, 16, 9]  # rows finish at different steps and are retired mid-batch
+    solo = []
+    for text, mix, length in zip(texts, mixes, lengths, strict=True):
+        job = _job(tm, catalog, text, mix, max_tokens=length, layers="0-2")
+        decode_batch(tm, [job])
+        solo.append(job.token_ids)
+    batch = [
+        _job(tm, catalog, text, mix, max_tokens=length, layers="0-2")
+        for text, mix, length in zip(texts, mixes, lengths, strict=True)
+    ]
+    decode_batch(tm, batch)
+    assert [job.token_ids for job in batch] == solo
+    assert [len(ids) for ids in solo] == lengths
+    # the guard that makes the equality mean something: steering the first prompt with
+    # the second row's mix changes its output, so a table applied to every row (or a
+    # global vector) would have changed row 0 above
+    steered = _job(tm, catalog, QUESTION, {"E": 3.0}, max_tokens=12, layers="0-2")
+    decode_batch(tm, [steered])
+    assert steered.token_ids != solo[0]
+    assert not any(module._forward_hooks for module in tm.model.modules())
+
+
+def test_failed_batch_leaves_no_hook(tiny: Any, vectors: VectorSet) -> None:
+    catalog = SteeringCatalog(tiny, vectors)
+    job = _job(tiny, catalog, QUESTION, {"E": 1.0})
+    job.prompt_ids = [10_000]  # outside the vocabulary: the embedding lookup raises
+    with pytest.raises(IndexError):
+        decode_batch(tiny, [job])
+    assert not any(module._forward_hooks for module in tiny.model.modules())
+
+
+def test_seeded_sampling_is_per_row(tiny: Any, vectors: VectorSet) -> None:
+    catalog = SteeringCatalog(tiny, vectors)
+
+    def sampled(seed: int) -> DecodeJob:
+        return _job(tiny, catalog, QUESTION, None, temperature=1.0, top_p=0.9, seed=seed)
+
+    alone = sampled(5)
+    decode_batch(tiny, [alone])
+    together = [sampled(1), sampled(5), sampled(9)]
+    decode_batch(tiny, together)
+    assert together[1].token_ids == alone.token_ids
+    assert len({tuple(job.token_ids) for job in together}) > 1
+
+
+def test_mixed_mixes_share_one_batch_over_http(make_app: Any) -> None:
+    app = make_app(max_batch=8)
+    engine = app.state.engine
+    mixes = [None, {"E": 2.5}, {"N": -3.0, "E": 1.0}, {"N": 2.0}]
+    solo = [
+        content(request(app, "POST", "/v1/chat/completions", json=chat(steering=_mix(m))))
+        for m in mixes
+    ]
+
+    async def together() -> list[Any]:
+        async with client(app) as http:
+            with engine.hold():
+                tasks = [
+                    asyncio.create_task(
+                        http.post("/v1/chat/completions", json=chat(steering=_mix(m)))
+                    )
+                    for m in mixes
+                ]
+                while engine.waiting < len(mixes):
+                    await asyncio.sleep(0.01)
+            return list(await asyncio.gather(*tasks))
+
+    responses = asyncio.run(together())
+    assert engine.stats.largest_batch == len(mixes)
+    assert [content(r) for r in responses] == solo
+    assert len(set(solo)) > 1  # the mixes really steer
+    echoed = [r.json()["steering"] for r in responses]
+    assert echoed[0] is None and echoed[1]["traits"] == {"E": 2.5}
+    assert responses[0].headers["x-traitlens-steering"] == "none"
+    assert json.loads(responses[2].headers["x-traitlens-steering"])["traits"] == {
+        "N": -3.0,
+        "E": 1.0,
+    }
+
+
+def _mix(mix: dict[str, float] | None) -> dict[str, Any] | None:
+    return None if mix is None else {"traits": mix}
+
+
+# ------------------------------------------------------------------ wire format
+
+
+def test_steering_echo_and_defaults(make_app: Any) -> None:
+    app = make_app()
+    response = request(
+        app, "POST", "/v1/chat/completions", json=chat(steering={"traits": {"extraversion": 1}})
+    )
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["steering"] == {
+        "traits": {"E": 1.0},
+        "method": "mean_diff",
+        "layers": [1],  # the middle band of a 3-layer model
+        "units": "spread units per layer",
+    }
+    assert body["usage"]["completion_tokens"] == 10
+    zero = request(app, "POST", "/v1/chat/completions", json=chat(steering={"traits": {"E": 0}}))
+    plain = request(app, "POST", "/v1/chat/completions", json=chat())
+    assert zero.json()["steering"] is None and content(zero) == content(plain)
+
+
+def _sse_events(text: str) -> list[str]:
+    assert text.endswith("\n\n")
+    blocks = text.strip("\n").split("\n\n")
+    assert all(block.startswith("data: ") for block in blocks), blocks
+    return [block[len("data: ") :] for block in blocks]
+
+
+def test_chat_stream_is_openai_sse(make_app: Any) -> None:
+    app = make_app()
+    body = chat(steering={"traits": {"E": 2}})
+    plain = content(request(app, "POST", "/v1/chat/completions", json=body))
+    response = request(app, "POST", "/v1/chat/completions", json={**body, "stream": True})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert json.loads(response.headers["x-traitlens-steering"])["traits"] == {"E": 2.0}
+    events = _sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
+    assert len({chunk["id"] for chunk in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "length"}
+    assert all(chunk["choices"][0]["finish_reason"] is None for chunk in chunks[:-1])
+    streamed = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
+    assert streamed == plain
+
+
+def test_completions_plain_and_streamed(make_app: Any) -> None:
+    app = make_app()
+    body = {"model": "tiny", "prompt": "You are a calm person", "max_tokens": 8, "temperature": 0}
+    response = request(app, "POST", "/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["object"] == "text_completion"
+    text = data["choices"][0]["text"]
+    events = _sse_events(
+        request(app, "POST", "/v1/completions", json={**body, "stream": True}).text
+    )
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert events[-1] == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text
+
+
+def test_stop_string_truncates(make_app: Any) -> None:
+    app = make_app()
+    full = content(request(app, "POST", "/v1/chat/completions", json=chat(max_tokens=20)))
+    visible = [i for i, ch in enumerate(full) if ch.isprintable() and ch != "\ufffd"]
+    cut = visible[len(visible) // 2]
+    stop = full[cut : cut + 2]
+    expected = full[: full.find(stop)]
+    response = request(app, "POST", "/v1/chat/completions", json=chat(max_tokens=20, stop=[stop]))
+    assert content(response) == expected
+    assert response.json()["choices"][0]["finish_reason"] == "stop"
+    streamed = request(
+        app, "POST", "/v1/chat/completions", json=chat(max_tokens=20, stop=stop, stream=True)
+    )
+    chunks = [json.loads(e) for e in _sse_events(streamed.text)[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == expected
+
+
+def test_models_traits_health(make_app: Any) -> None:
+    app = make_app()
+    models = request(app, "GET", "/v1/models").json()
+    assert models["object"] == "list" and models["data"][0]["id"] == "tiny-llama"
+    traits = request(app, "GET", "/v1/traits").json()
+    assert [t["code"] for t in traits["traits"]] == ["E", "N"]
+    assert traits["units"] == "spread units per layer"
+    assert traits["safe_range"] == [-3.0, 3.0]
+    assert traits["traits"][0]["methods"]["mean_diff"]["layers"] == [0, 1, 2]
+    assert request(app, "GET", "/health").json()["status"] == "ok"
+
+
+def test_readout_endpoint(make_app: Any) -> None:
+    app = make_app()
+    body = {"messages": [{"role": "user", "content": QUESTION}], "answer": "I like parties"}
+    response = request(app, "POST", "/v1/traitlens/readout", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert set(data["traits"]) == {"E", "N"} and data["layers"] == [1]
+    assert data["answer_tokens"] > 0
+    empty = request(app, "POST", "/v1/traitlens/readout", json={**body, "answer": ""})
+    assert empty.status_code == 400 and "empty" in empty.json()["error"]["message"]
+
+
+def test_playground_page_is_self_contained(make_app: Any) -> None:
+    page = request(make_app(), "GET", "/")
+    assert page.status_code == 200 and "traitlens playground" in page.text
+    assert "<script src=" not in page.text and "https://" not in page.text
+
+
+# -------------------------------------------------------------- bad requests
+
+
+BAD_REQUESTS = [
+    (
+        "unknown trait",
+        chat(steering={"traits": {"Q": 1}}),
+        "unknown trait 'Q'",
+        "steering.traits.Q",
+    ),
+    ("strength", chat(steering={"traits": {"E": 3.5}}), "outside the safe range", None),
+    ("layers", chat(steering={"traits": {"E": 1}, "layers": "2-9"}), "outside this model", None),
+    ("layer list", chat(steering={"traits": {"E": 1}, "layers": [5]}), "outside this model", None),
+    (
+        "method",
+        chat(steering={"traits": {"E": 1}, "method": "pca"}),
+        "unknown steering method",
+        None,
+    ),
+    ("steering key", chat(steering={"trait": {"E": 1}}), "steering.trait", None),
+    ("max_tokens", chat(max_tokens=65), "above this server's cap of 64", "max_tokens"),
+    ("context", chat(text="party " * 200), "context", None),
+    ("n", chat(n=2), "only n=1", "n"),
+    ("temperature", chat(temperature=5), "temperature", "temperature"),
+    ("no messages", {"model": "tiny", "messages": []}, "messages", "messages"),
+    ("bad role", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle", "param"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_bad_request_is_400_in_openai_shape(
+    make_app: Any, body: dict[str, Any], needle: str, param: str | None
+) -> None:
+    app = make_app()
+    response = request(app, "POST", "/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert needle in error["message"] or needle == error["param"], error
+    if param is not None:
+        assert error["param"] == param
+    assert request(app, "GET", "/health").json()["status"] == "ok"
+    assert content(request(app, "POST", "/v1/chat/completions", json=chat(max_tokens=2)))
+
+
+def test_malformed_json_and_unknown_route(make_app: Any) -> None:
+    app = make_app()
+    broken = request(
+        app,
+        "POST",
+        "/v1/chat/completions",
+        content=b'{"messages": [',
+        headers={"content-type": "application/json"},
+    )
+    assert broken.status_code == 400
+    assert broken.json()["error"]["message"].startswith("malformed JSON body")
+    missing = request(app, "GET", "/v1/nothing")
+    assert missing.status_code == 404 and "error" in missing.json()
+    assert request(app, "GET", "/health").json()["status"] == "ok"
+
+
+def test_oversized_body_is_413(make_app: Any) -> None:
+    app = make_app(max_body_bytes=1000)
+    response = request(app, "POST", "/v1/chat/completions", json=chat(text="x" * 2000))
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    assert request(app, "GET", "/health").json()["status"] == "ok"
+
+
+def test_queue_full_is_429(make_app: Any) -> None:
+    app = make_app(queue_limit=1, max_batch=1)
+    engine = app.state.engine
+
+    async def go() -> tuple[Any, Any]:
+        async with client(app) as http:
+            with engine.hold():
+                first = asyncio.create_task(http.post("/v1/chat/completions", json=chat()))
+                while engine.waiting < 1:
+                    await asyncio.sleep(0.01)
+                second = await http.post("/v1/chat/completions", json=chat())
+            return await first, second
+
+    first, second = asyncio.run(go())
+    assert second.status_code == 429
+    assert second.json()["error"]["type"] == "rate_limit_error"
+    assert "queue is full" in second.json()["error"]["message"]
+    assert content(first)
+
+
+def test_request_timeout_is_504_and_server_lives(make_app: Any) -> None:
+    app = make_app(request_timeout=0.3)
+    with app.state.engine.hold():
+        response = request(app, "POST", "/v1/chat/completions", json=chat())
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "timeout"
+    assert content(request(app, "POST", "/v1/chat/completions", json=chat(max_tokens=2)))
+
+
+def test_api_key(make_app: Any) -> None:
+    app = make_app(api_key="sekret")
+    assert request(app, "POST", "/v1/chat/completions", json=chat()).status_code == 401
+    wrong = request(app, "GET", "/v1/models", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    good = {"Authorization": "Bearer sekret"}
+    assert request(app, "GET", "/v1/models", headers=good).status_code == 200
+    ok = request(app, "POST", "/v1/chat/completions", json=chat(), headers=good)
+    assert content(ok)
+    assert request(app, "GET", "/health").status_code == 200
+
+
+# ------------------------------------------------------- real server, real client
+
+
+def test_openai_client_against_uvicorn(make_app: Any) -> None:
+    openai = pytest.importorskip("openai", reason="the openai client is a dev dependency")
+    pytest.importorskip("uvicorn")
+    from traitlens.serve.server import running_server
+
+    app = make_app(api_key="k")
+    with running_server(app) as url:
+        assert url.startswith("http://127.0.0.1:")
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
+        assert [m.id for m in api.models.list().data] == ["tiny-llama"]
+        messages = [{"role": "user", "content": QUESTION}]
+        plain = api.chat.completions.create(
+            model="tiny-llama", messages=messages, max_tokens=10, temperature=0
+        )
+        raw = api.chat.completions.with_raw_response.create(
+            model="tiny-llama",
+            messages=messages,
+            max_tokens=10,
+            temperature=0,
+            extra_body={"steering": {"traits": {"E": 2.5}}},
+        )
+        steered = raw.parse()
+        assert json.loads(raw.headers["x-traitlens-steering"])["traits"] == {"E": 2.5}
+        assert steered.choices[0].message.content != plain.choices[0].message.content
+        assert steered.usage.completion_tokens == 10
+        stream = api.chat.completions.create(
+            model="tiny-llama",
+            messages=messages,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            extra_body={"steering": {"traits": {"E": 2.5}}},
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == steered.choices[0].message.content
+        with_usage = list(
+            api.chat.completions.create(
+                model="tiny-llama",
+                messages=messages,
+                max_tokens=10,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens == 10
+        completion = api.completions.create(
+            model="tiny-llama", prompt="You are calm", max_tokens=6, temperature=0
+        )
+        assert completion.choices[0].finish_reason == "length"
+        streamed = "".join(
+            c.choices[0].text
+            for c in api.completions.create(
+                model="tiny-llama", prompt="You are calm", max_tokens=6, temperature=0, stream=True
+            )
+        )
+        assert streamed == completion.choices[0].text
+        with pytest.raises(openai.BadRequestError, match="safe range"):
+            api.chat.completions.create(
+                model="tiny-llama",
+                messages=messages,
+                extra_body={"steering": {"traits": {"E": 9}}},
+            )
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="bad", max_retries=0).models.list()
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def test_serve_cli_help_and_bad_vectors(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from traitlens.cli.main import app
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["serve", "--help"])
+    assert shown.exit_code == 0 and "--vectors" in shown.output and "--api-key" in shown.output
+    missing = runner.invoke(app, ["serve", "--vectors", str(tmp_path / "nope")])
+    assert missing.exit_code != 0
+    assert "no such run directory or vector file" in str(missing.exception or missing.output)
+
+
+def test_a_global_table_would_be_caught(
+    tiny: Any, vectors: VectorSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mixed-batch test's power: broadcasting one row's vector to every row (what a
+    global steering vector does) breaks the batched == solo equality."""
+    from traitlens.serve.steering import RowTable
+
+    catalog = SteeringCatalog(tiny, vectors)
+    solo = _job(tiny, catalog, QUESTION, None)
+    decode_batch(tiny, [solo])
+
+    def global_add(self: RowTable, point: str, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.add_(self.tables[point].sum(0))
+
+    monkeypatch.setattr(RowTable, "add", global_add)
+    batch = [_job(tiny, catalog, QUESTION, None), _job(tiny, catalog, QUESTION, {"E": 3.0})]
+    decode_batch(tiny, batch)
+    assert batch[0].token_ids != solo.token_ids
+
+
+def test_generation_failure_is_500_and_engine_lives(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import traitlens.serve.engine as engine_module
+
+    app = make_app()
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("out of memory (simulated)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_module, "decode_batch", broken)
+        failed = request(app, "POST", "/v1/chat/completions", json=chat())
+    assert failed.status_code == 500
+    assert "simulated" in failed.json()["error"]["message"]
+    health = request(app, "GET", "/health").json()
+    assert health["status"] == "ok" and "simulated" in health["last_error"]
+    assert content(request(app, "POST", "/v1/chat/completions", json=chat(max_tokens=2)))
+
+
+def test_conversation_formats(make_app: Any, tiny: Any) -> None:
+    app = make_app()
+    single = chat(text="hello there")
+    parts = {
+        **single,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
+    }
+    assert content(request(app, "POST", "/v1/chat/completions", json=parts)) == content(
+        request(app, "POST", "/v1/chat/completions", json=single)
+    )
+    turns = chat()
+    turns["messages"] = [
+        {"role": "system", "content": "You are calm."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": QUESTION},
+    ]
+    response = request(app, "POST", "/v1/chat/completions", json=turns)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["prompt_tokens"] > len(tiny.format(None, QUESTION).input_ids)
+
+
+def test_serve_cli_builds_the_app(
+    tiny: Any, vectors: VectorSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import traitlens.cli.serve_cmd as serve_cmd
+    import traitlens.serve.server as server
+    from traitlens.cli.main import app
+
+    served: list[tuple[Any, str, int]] = []
+    monkeypatch.setattr(serve_cmd, "check_model", lambda *args: None)
+    monkeypatch.setattr(serve_cmd, "load", lambda *args: tiny)
+    monkeypatch.setattr(server, "serve_forever", lambda a, h, p: served.append((a, h, p)))
+    run = tmp_path / "run"
+    vectors.save(run)
+    single = vectors.get("E", "mean_diff").save(tmp_path / "e_vector")
+    runner = CliRunner()
+    for source in (run, single):
+        result = runner.invoke(app, ["serve", "--vectors", str(source), "--port", "8123"])
+        assert result.exit_code == 0, result.output
+    try:
+        assert [(h, p) for _, h, p in served] == [("127.0.0.1", 8123)] * 2
+        assert served[0][0].state.catalog.traits == ["E", "N"]
+        assert served[1][0].state.catalog.traits == ["E"]
+    finally:
+        for built, _, _ in served:
+            built.state.engine.close()
+
+
+def test_attn_out_vectors_steer_per_row(tiny: Any) -> None:
+    generator = torch.Generator().manual_seed(3)
+    vectors = VectorSet(tiny.identity)
+    for trait, hook in (("E", "resid"), ("A", "attn_out")):
+        directions = {1: torch.randn(tiny.identity.d_model, generator=generator)}
+        vector = TraitVector.from_directions(
+            tiny.identity,
+            directions,
+            spread={1: SPREAD},
+            trait=trait,
+            method="mean_diff",
+            hook=hook,
+        )
+        vectors.add(vector)
+    catalog = SteeringCatalog(tiny, vectors)
+    mixed = catalog.resolve({"A": 3.0, "E": -1.0})
+    assert sorted(mixed.rows) == ["attn_out[1]", "resid[1]"]
+    solo = _job(tiny, catalog, QUESTION, {"A": 3.0})
+    decode_batch(tiny, [solo])
+    plain = _job(tiny, catalog, QUESTION, None)
+    decode_batch(tiny, [plain])
+    batch = [_job(tiny, catalog, QUESTION, None), _job(tiny, catalog, QUESTION, {"A": 3.0})]
+    decode_batch(tiny, batch)
+    assert [job.token_ids for job in batch] == [plain.token_ids, solo.token_ids]
+    assert solo.token_ids != plain.token_ids
+
+
+@pytest.mark.parametrize("running_mix", [{"E": 3.0}, None], ids=["steered", "unsteered"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+def test_requests_joining_a_running_batch_equal_their_solo_runs(
+    family: str, running_mix: dict[str, float] | None, tmp_path: Path
+) -> None:
+    """Continuous batching: jobs admitted between steps (prefilled alone, KV cache
+    left-padded and concatenated, steering rows appended — with new hooks when the
+    running rows steer nothing) decode exactly what they decode alone. Families with
+    sliding-window caches (gemma2) never admit and finish the batch first."""
+    tm = build_tiny(family)
+    catalog = SteeringCatalog(tm, make_vectors(tm, tmp_path))
+    first = [(QUESTION, running_mix, 14), ("quiet evenings", None, 4)]
+    later = [("I like parties and people.", {"N": -3.0}, 9), (QUESTION, None, 6)]
+
+    def job(text: str, mix: dict[str, float] | None, length: int) -> DecodeJob:
+        return _job(tm, catalog, text, mix, max_tokens=length, layers="0-2")
+
+    solo = []
+    for spec in first + later:
+        alone = job(*spec)
+        decode_batch(tm, [alone])
+        solo.append(alone.token_ids)
+    waiting = [[job(*later[0])], [], [job(*later[1])]]  # offered at steps 1, 2, 3
+    joined: list[DecodeJob] = []
+
+    def admit(free: int) -> list[DecodeJob]:
+        offer = waiting.pop(0) if waiting else []
+        joined.extend(offer[:free])
+        return offer[:free]
+
+    running = [job(*spec) for spec in first]
+    decode_batch(tm, running, admit=admit, max_rows=4)
+    if family == "gemma2":
+        assert joined == []
+        return
+    assert [j.token_ids for j in running + joined] == solo
+    assert not any(module._forward_hooks for module in tm.model.modules())
