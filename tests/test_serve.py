@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -672,3 +673,42 @@ def test_requests_joining_a_running_batch_equal_their_solo_runs(
         return
     assert [j.token_ids for j in running + joined] == solo
     assert not any(module._forward_hooks for module in tm.model.modules())
+
+
+def test_the_server_is_a_judge_for_judge_url(make_app: Any) -> None:
+    """`--judge-url` pointed at `traitlens serve` works: the judge's requests are valid
+    OpenAI chat requests to it (the tiny model's ratings are noise; the embedded model's
+    context fits the rubric)."""
+    import warnings
+
+    from traitlens.evaluate.judge import HttpJudge, JudgeError, check_judge_url
+    from traitlens.serve.server import running_server
+
+    app = make_app(api_key="k")
+    with running_server(app) as url:
+        check_judge_url(f"{url}/v1")
+        judge = HttpJudge(f"{url}/v1", model="tiny-llama", api_key="k", max_tokens=4)
+        body = {
+            "model": "tiny-llama",
+            "messages": [{"role": "user", "content": "Rate: I love parties. 1-5?"}],
+            "max_tokens": 4,
+            "temperature": 0,
+        }
+        reply = judge._post(body)  # the exact call HttpJudge.rate makes, short prompt
+        assert reply["choices"][0]["message"]["role"] == "assistant"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                rating = judge.rate("E", "I love parties.")
+            except JudgeError as exc:  # the rubric is longer than the tiny model's context
+                assert "context" in str(exc)
+            else:
+                assert rating != rating or 1.0 <= rating <= 5.0  # NaN or a rating
+        wrong = HttpJudge(f"{url}/v1", model="tiny-llama", api_key="nope")
+        with pytest.raises(JudgeError, match="API key"):
+            wrong._post(body)
+        os.environ["TRAITLENS_JUDGE_API_KEY"] = "k"  # what the CLI's --judge-url uses
+        try:
+            assert HttpJudge(f"{url}/v1", model="tiny-llama")._post(body)["choices"]
+        finally:
+            del os.environ["TRAITLENS_JUDGE_API_KEY"]

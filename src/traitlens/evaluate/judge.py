@@ -22,6 +22,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import os
 import re
 import time
 import urllib.error
@@ -29,7 +30,7 @@ import urllib.request
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -153,13 +154,15 @@ class HttpJudge:
     """An OpenAI-compatible chat endpoint used as a trait rater.
 
     ``url``: a base URL (``http://localhost:8000/v1``) or the full
-    ``.../chat/completions`` URL. ``api_key`` is sent as a Bearer token when given.
+    ``.../chat/completions`` URL. ``api_key`` is sent as a Bearer token when given
+    (default: ``$TRAITLENS_JUDGE_API_KEY``, so the CLI's ``--judge-url`` can reach a
+    server started with ``--api-key``).
     """
 
     url: str
     model: str = "default"
     timeout: float = 30.0
-    api_key: str | None = None
+    api_key: str | None = field(default_factory=lambda: os.environ.get("TRAITLENS_JUDGE_API_KEY"))
     max_tokens: int = 8
     retries: int = 2
     backoff: float = 0.5
