@@ -34,16 +34,9 @@ from typing import Any
 
 import torch
 
-QUESTIONS = [
-    "How would you like to spend your Saturday evening?",
-    "A friend invites you to a cooking class. How do you respond?",
-    "Describe your ideal vacation.",
-    "What do you do when a coworker takes credit for your idea?",
-    "How do you prepare for an important exam?",
-    "What would you do at a party where you know nobody?",
-    "How do you react when plans change at the last minute?",
-    "Tell me about a hobby you enjoy.",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steer_overhead import QUESTIONS  # noqa: E402  (the same prompts as the steer benchmark)
+
 MIXES = [{"E": 2.0}, {"N": -1.5, "A": 1.0}, {"O": 1.5, "C": -1.0}, {"E": -2.0, "N": 1.0}]
 
 

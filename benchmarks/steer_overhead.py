@@ -29,21 +29,23 @@ import time
 
 import torch
 
+# the everyday questions both benchmarks send (benchmarks/serve.py imports them)
+QUESTIONS = [
+    "How would you like to spend your Saturday evening?",
+    "A friend invites you to a cooking class. How do you respond?",
+    "Describe your ideal vacation.",
+    "What do you do when a coworker takes credit for your idea?",
+    "How do you prepare for an important exam?",
+    "What would you do at a party where you know nobody?",
+    "How do you react when plans change at the last minute?",
+    "Tell me about a hobby you enjoy.",
+]
+
 
 def _batch(tm, n: int):
     from traitlens.models.batching import left_pad
 
-    questions = [
-        "How would you like to spend your Saturday evening?",
-        "A friend invites you to a cooking class. How do you respond?",
-        "Describe your ideal vacation.",
-        "What do you do when a coworker takes credit for your idea?",
-        "How do you prepare for an important exam?",
-        "What would you do at a party where you know nobody?",
-        "How do you react when plans change at the last minute?",
-        "Tell me about a hobby you enjoy.",
-    ]
-    texts = (questions * (n // len(questions) + 1))[:n]
+    texts = (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]
     sequences = [tm.format(None, text).input_ids for text in texts]
     ids, attn, _ = left_pad(sequences, tm.tokenizer.pad_token_id, tm.device)
     return ids, attn

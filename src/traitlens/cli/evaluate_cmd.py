@@ -277,6 +277,7 @@ def register(app: typer.Typer) -> None:
         from traitlens.data import load_answers, load_statements, parse_traits
         from traitlens.errors import DataError
         from traitlens.evaluate.answers import score_answer_file
+        from traitlens.evaluate.embedding import require_both_keyings
         from traitlens.probe import ProbeSet
 
         # everything that can be wrong without the model, checked before it loads
@@ -288,13 +289,7 @@ def register(app: typer.Typer) -> None:
         codes = (
             parse_traits(traits) if traits else sorted({s.trait for s in items}, key="OCEAN".index)
         )
-        for code in codes:
-            keys = {s.keyed for s in items if s.trait == code}
-            if keys != {"+", "-"}:
-                raise DataError(
-                    f"trait {code} needs statements keyed both '+' and '-' (have "
-                    f"{sorted(keys) or 'none'}); add items to --statements or change --traits"
-                )
+        require_both_keyings(items, codes, "add items to --statements or change --traits")
         if probes_dir is not None:
             probes = ProbeSet.load(probes_dir)  # unreadable probes fail before the model loads
             missing = [t for t in codes if t not in probes.traits]

@@ -133,6 +133,20 @@ class EmbeddingJudge:
         return u @ self.high.T - u @ self.low.T
 
 
+def require_both_keyings(
+    statements: Sequence[Any], codes: Sequence[str], fix: str = "add reverse-keyed items"
+) -> None:
+    """Each trait in ``codes`` needs '+' and '-' keyed statements: its prototypes are the
+    difference of the two (checked by the CLI before the model loads, too)."""
+    for code in codes:
+        keys = {s.keyed for s in statements if s.trait == code}
+        if keys != {"+", "-"}:
+            raise DataError(
+                f"trait {code} needs statements keyed both '+' and '-' to build its "
+                f"prototypes (have {sorted(keys) or 'none'}); {fix}"
+            )
+
+
 def fit_embedding_judge(
     embed: Embedder,
     statements: Sequence[StatementLike],
@@ -147,13 +161,7 @@ def fit_embedding_judge(
     present = {s.trait for s in statements}
     codes = parse_traits(traits) if traits else [t for t in TRAITS if t in present]
     chosen = [s for s in statements if s.trait in codes]
-    for code in codes:
-        keys = {s.keyed for s in chosen if s.trait == code}
-        if keys != {"+", "-"}:
-            raise DataError(
-                f"trait {code} needs statements keyed both '+' and '-' to build its "
-                f"prototypes (have {sorted(keys) or 'none'}); add reverse-keyed items"
-            )
+    require_both_keyings(chosen, codes)
     raw = np.asarray(embed([s.text for s in chosen]), dtype=np.float64)
     if raw.ndim != 2 or raw.shape[0] != len(chosen) or not np.isfinite(raw).all():
         raise DataError(
