@@ -4,7 +4,7 @@ Re-encodes the calibration answers of a finished fingerprint run (no new
 generation) at every other layer, with each pooling, with and without the
 instruction in context, and prints held-out (leave-question-out) accuracy,
 paired accuracy and split-half stability per axis. Use it to choose
-``--layers`` / ``--pooling`` / ``--instructed-context`` for a new model.
+``--layers`` / ``--pooling`` / ``--answer-only`` for a new model.
 
     python scripts/fingerprint_variants.py RUN/fingerprint/<model> --model <name>
 """
@@ -28,8 +28,9 @@ def main() -> None:
 
     import torch
 
-    from traitlens.capture import Prompt, capture
-    from traitlens.fingerprint.axes import crossfit, split_half_stability
+    from traitlens.capture import POOLINGS, Prompt, capture
+    from traitlens.data.schema import POLES
+    from traitlens.fingerprint.axes import crossfit, paired_accuracy, split_half_stability
     from traitlens.fingerprint.texts import POLE_INSTRUCTIONS
     from traitlens.models.loading import load_model
 
@@ -44,7 +45,7 @@ def main() -> None:
         prompts = [
             Prompt(
                 user=r["question"],
-                system=POLE_INSTRUCTIONS[r["axis"]][r["pole"] == "low"]
+                system=POLE_INSTRUCTIONS[r["axis"]][POLES.index(r["pole"])]
                 if context == "instructed"
                 else None,
                 id=r["id"],
@@ -56,29 +57,25 @@ def main() -> None:
             prompts,
             answers=[r["answer"] for r in items],
             span="answer",
-            poolings=("mean", "last", "decay"),
+            poolings=POOLINGS,
             layers=layers,
             neuron_stats=False,
             progress=False,
             batch_size=8,
         )
-        for pooling in ("mean", "last", "decay"):
+        for pooling in POOLINGS:
             pooled = acts.get("resid", pooling).double().numpy()
             for column, layer in enumerate(layers):
                 acc, paired, stab = [], [], []
                 for axis in sorted({r["axis"] for r in items}):
                     mask = np.array([r["axis"] == axis for r in items])
-                    high = np.array([r["pole"] == "high" for r in items])[mask]
-                    groups = np.array([r["question_id"] for r in items if r["axis"] == axis])
+                    high = np.array([r["pole"] == POLES[0] for r in items])[mask]
+                    groups = [r["question_id"] for r in items if r["axis"] == axis]
                     x = pooled[mask][:, column : column + 1]
-                    held = crossfit(x, high, list(groups), 5, 0).scores
+                    held = crossfit(x, high, groups, 5, 0).scores
                     acc.append(np.mean((held > 0) == high))
-                    wins = [
-                        held[(groups == q) & high].mean() > held[(groups == q) & ~high].mean()
-                        for q in np.unique(groups)
-                    ]
-                    paired.append(np.mean(wins))
-                    cos = split_half_stability(x, high, list(groups), 10, 0)
+                    paired.append(paired_accuracy(held, high, groups))
+                    cos = split_half_stability(x, high, groups, 10, 0)
                     stab.append(cos.mean() if cos.size else np.nan)
                 print(
                     f"{context:11s} {pooling:5s} L{layer:<3d} acc {np.mean(acc):.2f} "

@@ -910,7 +910,7 @@ CLI_CASES = [
     ),
     # --- fingerprint
     case("fingerprint-profile-unknown", [*FINGERPRINT, "--profile", "huge"], "unknown profile"),
-    case("fingerprint-pooling-unknown", [*FINGERPRINT, "--pooling", "max"], "pooling must be"),
+    case("fingerprint-pooling-unknown", [*FINGERPRINT, "--pooling", "max"], "pooling: must be"),
     case("fingerprint-layers-syntax", [*FINGERPRINT, "--layers", "a,b"], "comma-separated"),
     case(
         "fingerprint-layers-out-of-range",
@@ -935,7 +935,7 @@ CLI_CASES = [
         [*FINGERPRINT, "--max-new-tokens", "2"],
         "--max-new-tokens 2 is out of range",
     ),
-    case("fingerprint-traits-unknown", [*FINGERPRINT, "--traits", "O,wit"], "unknown axis"),
+    case("fingerprint-traits-unknown", [*FINGERPRINT, "--traits", "O,wit"], "unknown trait 'wit'"),
     case(
         "fingerprint-out-is-a-file",
         ["fingerprint", *TINY, "--out", f"{R}/prompts.jsonl"],

@@ -230,19 +230,76 @@ def test_axes_refuse_another_model_and_mismatched_files(tmp_path: Path) -> None:
 
 def test_unknown_axis_names_and_wrong_shapes_are_refused() -> None:
     axes = _axes(_identity())
-    with pytest.raises(DataError, match="unknown axis 'warmth'"):
+    with pytest.raises(DataError, match="unknown trait 'warmth'"):
         axes.axis("warmth")
     with pytest.raises(DataError, match="not calibrated"):
         axes.axis("openness")
     assert axes.index("agreeableness") == 1
     with pytest.raises(ArtifactError, match="expect"):
         axes.score(np.zeros((2, 3, 25)))
-    with pytest.raises(DataError, match="unknown axis"):
+    with pytest.raises(DataError, match="unknown trait 'Q'"):
         resolve_axes("E,Q")
-    with pytest.raises(DataError, match="unknown axis"):
+    with pytest.raises(DataError, match="axes: .*unknown trait 'grumpiness'"):
         FingerprintConfig(axes=("extraversion", "grumpiness"))
     with pytest.raises(DataError, match="unknown profile"):
         profile("slow")
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_config_precedence_is_defaults_profile_file_flags(tmp_path: Path) -> None:
+    from traitlens.fingerprint import resolve_fingerprint_config
+
+    quick = resolve_fingerprint_config("quick")
+    assert quick == profile("quick")
+    assert (quick.seeds, quick.max_new_tokens, quick.pooling) == (2, 24, "mean")
+    assert FingerprintConfig().seeds == 3  # the default profile is the field defaults
+    settings = tmp_path / "fp.yaml"
+    settings.write_text("seeds: 4\nmax_new_tokens: 30\naxes: [extraversion, A]\n")
+    merged = resolve_fingerprint_config("quick", settings, {"seeds": 5, "pooling": None})
+    assert merged.seeds == 5  # flag beats file
+    assert merged.max_new_tokens == 30  # file beats profile
+    assert merged.axes == ("E", "A")  # names resolved, lists become tuples
+    assert merged.trait_questions == 3  # profile beats default
+    assert merged.pooling == "mean"  # an unset flag (None) changes nothing
+    assert FingerprintConfig.from_dict(merged.to_dict()) == merged
+    assert merged.with_overrides(seed=7, layers=None) == merged.model_copy(update={"seed": 7})
+
+
+def test_bad_settings_are_refused_with_the_setting_named(tmp_path: Path) -> None:
+    from traitlens.fingerprint import resolve_fingerprint_config
+
+    with pytest.raises(DataError, match="pooling: must be one of mean, last, decay"):
+        FingerprintConfig(pooling="max")
+    with pytest.raises(DataError, match="seeds: .*greater than or equal to 1"):
+        profile("quick").with_overrides(seeds=0)
+    with pytest.raises(DataError, match="scenarios: unknown picnic"):
+        FingerprintConfig(scenarios=("picnic",))
+    settings = tmp_path / "fp.yaml"
+    settings.write_text("seedz: 4\n")
+    with pytest.raises(DataError, match="seedz: unknown setting; known: axes, layers"):
+        resolve_fingerprint_config("default", settings)
+    settings.write_text("- just\n- a list\n")
+    with pytest.raises(DataError, match="must hold a mapping"):
+        resolve_fingerprint_config("default", settings)
+    with pytest.raises(DataError, match="not found"):
+        resolve_fingerprint_config("default", tmp_path / "missing.yaml")
+
+
+def test_cli_refuses_a_bad_config_file_before_any_model_loads(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from traitlens.cli.main import app
+
+    settings = tmp_path / "fp.yaml"
+    settings.write_text("max_new_tokens: 100000\n")
+    args = ["fingerprint", "--config", str(settings), "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, DataError)
+    assert f"{settings}: max_new_tokens 100000 is out of range" in str(result.exception)
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------- tiny models end to end
@@ -318,15 +375,21 @@ def test_too_few_questions_are_refused() -> None:
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_conversation_pooling_matches_capture_on_a_single_turn(family: str) -> None:
     from traitlens.capture import Prompt, capture
-    from traitlens.fingerprint.conversation import pool_turns, render_prompt, render_turn
+    from traitlens.fingerprint.conversation import run_conversations
 
     tm = build_tiny(family)
     user, answer = "How would you spend a free Saturday afternoon?", "I like quiet evenings."
-    prompt = render_prompt(tm, [user], [])
-    turn = render_turn(tm, prompt, answer)
-    ids = turn.input_ids[turn.answer_span[0] : turn.answer_span[1]]
-    assert tm.tokenizer.decode(ids).strip() == answer
-    mine = pool_turns(tm, [turn], [1, 2], "decay", 4.0)
+    run = run_conversations(
+        tm,
+        [[user]],
+        layers=[1, 2],
+        pooling="decay",
+        decay_half_life=4.0,
+        max_new_tokens=4,
+        seed=0,
+        replay=[[answer]],
+        progress=False,
+    )
     reference = capture(
         tm,
         [Prompt(user)],
@@ -337,7 +400,43 @@ def test_conversation_pooling_matches_capture_on_a_single_turn(family: str) -> N
         neuron_stats=False,
         progress=False,
     )
-    np.testing.assert_allclose(mine, reference.get("resid", "decay").numpy(), atol=1e-5)
+    np.testing.assert_allclose(run.pooled[0], reference.get("resid", "decay").numpy(), atol=1e-5)
+    assert run.lengths[0][0] == len(tm.tokenizer(answer, add_special_tokens=False)["input_ids"])
+
+
+def test_conversation_turns_see_the_earlier_answers_and_replay_reproduces_a_run() -> None:
+    from traitlens.capture import Prompt, capture
+    from traitlens.fingerprint.conversation import run_conversations
+
+    tm = build_tiny("llama")
+    kwargs: dict[str, Any] = dict(
+        layers=[1, 2], pooling="mean", decay_half_life=4.0, max_new_tokens=5, seed=3
+    )
+    scripts = [["Hi there, any plans?", "Why so quiet?"], ["Hello!", "Tell me more.", "Thanks."]]
+    fresh = run_conversations(tm, scripts, progress=False, **kwargs)
+    assert [len(a) for a in fresh.answers] == [2, 3]
+    again = run_conversations(tm, scripts, progress=False, **kwargs)
+    assert again.answers == fresh.answers  # seeded per turn
+    # resuming from cached answers re-encodes to exactly the same states
+    replayed = run_conversations(tm, scripts, replay=fresh.answers, progress=False, **kwargs)
+    np.testing.assert_array_equal(replayed.pooled, fresh.pooled)
+    assert replayed.lengths == fresh.lengths
+    # a later turn is read with the conversation so far in context, not on its own
+    second = fresh.answers[1][1]
+    alone = capture(
+        tm,
+        [Prompt("Tell me more.")],
+        answers=[second],
+        span="answer",
+        poolings=("mean",),
+        layers=[1, 2],
+        neuron_stats=False,
+        progress=False,
+    )
+    if second:
+        assert not np.allclose(fresh.pooled[1, 1], alone.get("resid", "mean").numpy()[0])
+    # the shorter conversation's missing third turn stays empty
+    assert not fresh.pooled[0, 2].any()
 
 
 def test_plain_format_answers_stop_at_a_self_written_question() -> None:
@@ -450,10 +549,38 @@ def test_cli_writes_json_axes_figures_and_html(tmp_path: Path) -> None:
     slug = doc["models"][0]["artifacts"]["axes"]
     assert (run / slug).exists()
     assert (run / "fingerprint.html").read_text().count("data:image/png;base64,") >= 8
-    assert fingerprint_section_html(run).startswith('<section class="fingerprint">')
+    body = fingerprint_section_html(run)
+    # blocks for the study report's own "Behavioural fingerprint" section: no second <h2>
+    assert body.startswith('<div id="fingerprint-intro"><h3>') and "<h2>" not in body
+    for block in ("profile", "calibration", "reliability", "drift", "structure", "length"):
+        assert f'<div id="fingerprint-{block}">' in body
     load_fingerprint(run, expect=load_model(str(model_dir), device="cpu").identity)
     with pytest.raises(ArtifactError, match="made for model"):
         load_fingerprint(run, expect=build_tiny("qwen2").identity)
+
+
+def test_drawing_figures_leaves_the_users_matplotlib_backend_alone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "import sys, traitlens.report.fingerprint_figures as ff\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_report_escapes_model_output(tmp_path: Path) -> None:
+    from traitlens.report.html import Section, Table, quotes_html, subsection_html
+
+    quoted = quotes_html([("Q <b>?</b>", "<script>alert(1)</script>")])
+    assert "<script>" not in quoted and "&lt;script&gt;" in quoted
+    block = subsection_html(Section("x", "Title & co", tables=[Table("t", [{"a": "<i>"}])]))
+    assert block.startswith('<div id="x"><h3>Title &amp; co</h3>') and "&lt;i&gt;" in block
 
 
 # ---------------------------------------------------------------- real model

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import FAMILIES, NO_SYSTEM, build_tiny
-from traitlens.errors import HookPointError, ModelError
+from traitlens.errors import DataError, HookPointError, ModelError
 from traitlens.models import HookPoint, detect_adapter, hooks_installed, load_model
 from traitlens.models.batching import left_pad
 from traitlens.models.loading import cache_root
@@ -131,6 +131,108 @@ def test_chat_formats_and_spans() -> None:
     assert tm.formatter.mode == "template"
     with pytest.raises(KeyError, match="answers"):
         tm.format("s", "q").span("answer")
+
+
+@pytest.mark.parametrize("template", [None, NO_SYSTEM, "chatml"])
+def test_a_one_turn_conversation_is_exactly_format(template: str | None) -> None:
+    tm = build_tiny("llama") if template == "chatml" else build_tiny("llama", template=template)
+    for system in (None, "You are calm."):
+        for answer in (None, "", "Fine, thanks."):
+            marks = {"item": "are you"}
+            single = tm.format(system, "How are you?", answer, marks=marks)
+            turns = [("How are you?", answer)]
+            assert tm.formatter.format_conversation(turns, system, marks=marks) == single
+
+
+@pytest.mark.parametrize("template", [None, NO_SYSTEM, "chatml"])
+def test_conversation_spans_mark_the_last_exchange(template: str | None) -> None:
+    tm = build_tiny("llama") if template == "chatml" else build_tiny("llama", template=template)
+    tok = tm.tokenizer
+    # the last question repeats the first: spans must still find the last one
+    turns = [
+        ("How are you?", "Calm and quiet."),
+        ("Why?", "I like evenings."),
+        ("How are you?", "Fine."),
+    ]
+    fp = tm.formatter.format_conversation(turns, system="You are calm.")
+    assert fp.text.count("You are calm.") == 1
+    assert fp.text.index("Calm and quiet.") < fp.text.index("I like evenings.")
+    assert tok.decode(fp.input_ids[slice(*fp.span("answer"))]).strip() == "Fine."
+    q_start, q_end = fp.span("question")
+    assert tok.decode(fp.input_ids[q_start:q_end]).strip() == "How are you?"
+    assert q_start > fp.span("system")[1]
+    assert fp.span("answer")[1] == len(fp.input_ids)
+    # earlier turns are not in the question or answer span
+    history = tok.decode(fp.input_ids[:q_start])
+    assert "I like evenings." in history and "Calm and quiet." in history
+    # asking for the next answer: same text up to the generation prompt
+    asking = tm.formatter.format_conversation(
+        [*turns[:-1], ("How are you?", None)], "You are calm."
+    )
+    assert "answer" not in asking.spans and fp.text.startswith(asking.text)
+    if tm.formatter.mode == "plain":
+        assert fp.text == (
+            "You are calm.\n\nQuestion: How are you?\nAnswer: Calm and quiet.\n\n"
+            "Question: Why?\nAnswer: I like evenings.\n\nQuestion: How are you?\nAnswer: Fine."
+        )
+    if tm.formatter.mode == "template-merged-system":  # persona joins the first user turn
+        assert "You are calm.\n\nHow are you?" in fp.text
+
+
+def test_conversations_with_an_unanswered_middle_turn_are_refused(tiny_llama) -> None:
+    with pytest.raises(DataError, match="only the last turn may be unanswered"):
+        tiny_llama.formatter.format_conversation([("Hi", None), ("Well?", None)])
+    with pytest.raises(DataError, match="at least one"):
+        tiny_llama.formatter.format_conversation([])
+
+
+def test_generating_from_formatted_prompts_matches_generate_answers(tiny_llama) -> None:
+    from traitlens.capture import Prompt
+    from traitlens.models.generation import generate_answers, generate_formatted
+
+    tm = tiny_llama
+    prompts = [Prompt("How are you?"), Prompt("What do you do on a long Saturday?", "Be calm.")]
+    formatted = [tm.format(p.system, p.user) for p in prompts]
+    for sample in (False, True):
+        kwargs: dict = dict(max_new_tokens=5, do_sample=sample, seed=4, progress=False)
+        assert generate_formatted(tm, formatted, **kwargs) == generate_answers(
+            tm, prompts, **kwargs
+        )
+    with pytest.raises(DataError, match="no prompts"):
+        generate_formatted(tm, [], progress=False)
+
+
+def test_keep_order_batches_rows_as_given_and_by_length_otherwise(tiny_llama) -> None:
+    from traitlens.models.generation import generate_formatted
+
+    tm = tiny_llama
+    longest = tm.formatter.format_conversation(
+        [("How would you spend a free Saturday?", "I like parties and people."), ("Why?", None)]
+    )
+    rows = [longest, tm.format(None, "Hi")]
+
+    def reference(order: list[int]) -> list[str]:
+        """One batch straight through ``model.generate``, rows in ``order``."""
+        ids, attn, _ = left_pad([rows[i].input_ids for i in order], tm.tokenizer.pad_token_id)
+        torch.manual_seed(11)
+        out = tm.model.generate(
+            input_ids=ids,
+            attention_mask=attn,
+            max_new_tokens=8,
+            do_sample=True,
+            temperature=0.8,
+            top_p=0.95,
+            pad_token_id=tm.tokenizer.pad_token_id,
+            eos_token_id=tm.tokenizer.eos_token_id,
+        )
+        texts = [
+            tm.tokenizer.decode(r[ids.shape[1] :], skip_special_tokens=True).strip() for r in out
+        ]
+        return [texts[order.index(i)] for i in range(len(rows))]
+
+    kwargs: dict = dict(max_new_tokens=8, do_sample=True, seed=11, progress=False)
+    assert generate_formatted(tm, rows, keep_order=True, **kwargs) == reference([0, 1])
+    assert generate_formatted(tm, rows, **kwargs) == reference([1, 0])  # shortest first
 
 
 def test_left_pad_positions() -> None:

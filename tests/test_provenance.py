@@ -176,6 +176,7 @@ def test_changed_strength_measures_new_rows_and_never_relabels(tmp_path: Path) -
     tm = _deep_llama()
     run = tmp_path / "run"
     micro = {
+        "design": "persona",
         "traits": ["E", "A"],
         "vector_methods": ["mean_diff"],
         "eval_methods": ["mean_diff"],

@@ -30,12 +30,14 @@ from traitlens.steer import (
     NeuronEdit,
     TraitVector,
     VectorSet,
+    band_layers,
     generate_steered,
     middle_layers,
     npti_edit,
     npti_factor,
     parse_layers,
     projection_spread,
+    run_neuron_edit,
     steering,
     trait_vector,
 )
@@ -557,6 +559,72 @@ def test_layer_helpers() -> None:
         parse_layers("ten", 30)
     assert middle_layers(30) == [10, 11, 12, 13, 14]
     assert middle_layers(3) == [1]
+
+
+@pytest.mark.parametrize(
+    ("n_layers", "band", "expected"),
+    [
+        (30, (1 / 3, 1 / 2), [10, 11, 12, 13, 14]),  # the embedded model
+        (24, (1 / 3, 1 / 2), [8, 9, 10, 11]),
+        (30, (0.5, 1.0), list(range(15, 28))),  # stops before n_layers - 2: a readout is left
+        (30, (0.0, 0.1), [1, 2]),  # never layer 0
+        (6, (1 / 3, 1 / 2), [2]),  # at least one layer
+        (4, (1 / 3, 1 / 2), [1]),
+        (3, (1 / 3, 1 / 2), [1]),  # too shallow for a readout after the band: still one layer
+        (1, (1 / 3, 1 / 2), [0]),
+    ],
+)
+def test_band_layers(n_layers: int, band: tuple[float, float], expected: list[int]) -> None:
+    assert band_layers(n_layers, band) == expected
+
+
+def test_band_layers_refuses_a_bad_band() -> None:
+    with pytest.raises(DataError, match="0 <= start < stop <= 1"):
+        band_layers(30, (0.5, 0.4))
+    with pytest.raises(DataError, match="at least one layer"):
+        band_layers(0)
+
+
+def test_in_layers_keeps_only_those_layers_in_order() -> None:
+    neurons = _neurons([1, 3, 3, 7, 1], [4, 5, 6, 7, 8], [0.1, 0.2, 0.3, 0.4, 0.5], [1, 2, 3, 4, 5])
+    kept = neurons.in_layers([3, 1])
+    assert kept.layers.tolist() == [1, 3, 3, 1] and kept.indices.tolist() == [4, 5, 6, 8]
+    assert kept.delta.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.5])
+    assert kept.a95.tolist() == [1, 2, 3, 5]
+    assert len(neurons.in_layers([2])) == 0 and len(neurons.in_layers(range(8))) == 5
+
+
+def test_run_neuron_edit_selects_restricts_and_falls_back(tiny_llama, tmp_path) -> None:
+    from traitlens.capture.pipeline import capture_run
+    from traitlens.neurons import NeuronSet
+
+    run = tmp_path / "run"
+    capture_run(
+        tiny_llama,
+        run,
+        ["E"],
+        n_questions=2,
+        n_personas_per_pole=2,
+        max_new_tokens=4,
+        progress=False,
+    )
+    # 4 answers per pole: no neuron survives FDR, so NPTI's δ rule alone is used
+    with pytest.warns(UserWarning, match="δ rule alone") as caught:
+        edit = run_neuron_edit(tiny_llama, run, "E", "high", progress=False)
+    assert caught[0].filename == __file__  # the warning points at the caller
+    saved = NeuronSet.load(run)  # the FDR-controlled selection was saved into the run
+    assert saved.fdr == 0.05 and len(saved.select("E", "high")) == 0
+    high, low = saved.select("E", "high", "npti"), saved.select("E", "low", "npti")
+    assert len(high) > len(high.in_layers([1])) > 0
+    assert torch.equal(edit.target.indices, high.indices)
+    assert torch.equal(edit.opposite.layers, low.layers)
+    restricted = run_neuron_edit(tiny_llama, run, "E", "low", layers=[1], rule="npti")
+    assert torch.equal(restricted.target.indices, low.in_layers([1]).indices)
+    assert restricted.opposite.layers.unique().tolist() == [1]
+    assert torch.equal(restricted.opposite.indices, high.in_layers([1]).indices)
+    with pytest.raises(DataError, match="unknown neuron selection rule 'top'.*fdr, npti"):
+        run_neuron_edit(tiny_llama, tmp_path / "untouched", "E", rule="top")
+    assert not (tmp_path / "untouched").exists()  # refused before any capture
 
 
 # ------------------------------------------------------------------- the real model

@@ -20,17 +20,13 @@ from traitlens.errors import DataError
 from traitlens.evaluate.interventions import effect, held_out_boundary, success_rate
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.report.study_report import SECTION_IDS
+from traitlens.steer import band_layers
 from traitlens.study import resolve_config
-from traitlens.study.pipeline import (
-    control_seed,
-    matched_control,
-    random_vector_like,
-    restrict,
-    steer_layers,
-)
+from traitlens.study.rows import control_seed, matched_control, random_vector_like
 
 # a one-trait study small enough for CI, used by the slow tests
 MICRO = {
+    "design": "persona",
     "traits": ["E"],
     "dose_traits": ["E"],
     "dose_strengths": [4.0],
@@ -148,7 +144,7 @@ def _neurons(layers: list[int], delta: list[float]) -> SelectedNeurons:
 
 def test_restrict_and_matched_control() -> None:
     real = _neurons([1, 3, 3, 7], [0.2, 0.3, 0.4, 0.5])
-    assert restrict(real, [3]).layers.tolist() == [3, 3]
+    assert real.in_layers([3]).layers.tolist() == [3, 3]
     random = SelectedNeurons(
         torch.tensor([7, 3, 1, 3]),
         torch.tensor([9, 8, 7, 6]),
@@ -185,8 +181,8 @@ def test_random_direction_controls_are_per_trait_and_stable(tiny_llama) -> None:
 
 
 def test_steer_band() -> None:
-    assert steer_layers(30, (1 / 3, 1 / 2)) == [10, 11, 12, 13, 14]
-    assert steer_layers(4, (1 / 3, 1 / 2)) == [1]
+    assert band_layers(30, (1 / 3, 1 / 2)) == [10, 11, 12, 13, 14]
+    assert band_layers(4, (1 / 3, 1 / 2)) == [1]
 
 
 class _Sections(HTMLParser):
@@ -247,6 +243,16 @@ def test_quick_study_produces_report_with_every_section(tmp_path: Path) -> None:
     assert {r["trait"] for r in evaluation["results"]} == {"O", "C", "E", "A", "N"}
     assert {r["pole"] for r in evaluation["results"]} == {"high", "low"}
     assert (out / "eval.csv").read_text().count("\n") == len(evaluation["results"]) + 1
+    # the concept design ran in the same study (design "both" is the default)
+    concept = json.loads((out / "concepts" / "eval.json").read_text())
+    assert {r["trait"] for r in concept["results"]} == {"O", "C", "E", "A", "N"}
+    assert {r["kind"] for r in concept["results"]} == {"boost", "suppress", "direction"}
+    assert {r["control"] for r in concept["results"]} == {True, False}
+    for name in ("concept_probe_depth", "concept_item_map", "concept_tsr", "concept_gap"):
+        assert (out / "figures" / f"{name}.png").exists(), name
+    probes = json.loads((out / "concepts" / "probes.json").read_text())
+    # the design's signal on the embedded model: the domain probe beats chance and its control
+    assert probes["summary"]["best_accuracy"] > probes["summary"]["control_at_best"] + 0.1
 
 
 @pytest.mark.slow

@@ -30,6 +30,10 @@ _EXPORTS: dict[str, str] = {
     "load_forced_choices": "traitlens.data",
     "TRAITS": "traitlens.data",
     "TRAIT_NAMES": "traitlens.data",
+    "ConceptItem": "traitlens.data",
+    "FACETS": "traitlens.data",
+    "load_items": "traitlens.data",
+    "check_item_bank": "traitlens.data",
     # capture
     "capture": "traitlens.capture",
     "capture_run": "traitlens.capture",
@@ -62,6 +66,16 @@ _EXPORTS: dict[str, str] = {
     "model_embedder": "traitlens.evaluate",
     "embedding_scores": "traitlens.evaluate",
     "run_study": "traitlens.study",
+    # the concept design
+    "ConceptConfig": "traitlens.concepts",
+    "run_concepts": "traitlens.concepts",
+    "capture_items": "traitlens.concepts",
+    "fit_domain_probes": "traitlens.concepts",
+    "select_concept_neurons": "traitlens.concepts",
+    "DomainProbes": "traitlens.concepts",
+    # registries
+    "register_method": "traitlens.steer",
+    "register_rule": "traitlens.steer",
     "resolve_config": "traitlens.study",
     # errors
     "TraitlensError": "traitlens.errors",

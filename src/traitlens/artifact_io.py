@@ -1,9 +1,10 @@
 """One way to write and read artifacts (safetensors + JSON), shared by every stage.
 
-Writes go through a temporary sibling and a rename, tensors first and JSON last: the
-JSON marks an artifact complete, so an interrupted write is never mistaken for a
-result. Reads turn every failure (missing, truncated, corrupt, wrong model) into one
-:class:`~traitlens.errors.ArtifactError` that names the file and the fix.
+Writes go through a temporary sibling and a rename (:func:`atomic_path`), tensors
+first and JSON last: the JSON marks an artifact complete, so an interrupted write is
+never mistaken for a result. Reads turn every failure (missing, truncated, corrupt,
+wrong model) into one :class:`~traitlens.errors.ArtifactError` that names the file
+and the fix.
 """
 
 from __future__ import annotations
@@ -11,19 +12,31 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import numpy as np
-import torch
 
+from traitlens import __version__
 from traitlens.errors import ArtifactError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only in annotations: the CLI imports this module for --help
+    import torch
+    from _typeshed import DataclassInstance
+
     from traitlens.models.loading import ModelIdentity
+    from traitlens.provenance import Provenance
 
 __all__ = [
+    "Artifact",
+    "Record",
+    "Saved",
+    "atomic_path",
+    "atomic_write",
     "check_writable",
     "jsonable",
     "read_json",
@@ -32,6 +45,20 @@ __all__ = [
     "write_artifact",
     "read_artifact",
 ]
+
+
+def fields_of(obj: Any, names: Sequence[str]) -> dict[str, Any]:
+    """``{name: obj.name}`` for ``names``: the plain-value part of an artifact's JSON."""
+    return {name: getattr(obj, name) for name in names}
+
+
+class Record:
+    """Mixin for the frozen dataclasses results are made of: ``to_dict`` is
+    :func:`dataclasses.asdict`, so a row is written as exactly the fields it declares
+    (one definition instead of a copy in every result class)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(cast("DataclassInstance", self))
 
 
 def jsonable(value: Any) -> Any:
@@ -78,16 +105,46 @@ def check_writable(directory: Path) -> None:
         ) from exc
 
 
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` to write to: renamed over ``path`` when the
+    block succeeds, removed when it raises.
+
+    Readers therefore see the old file or the complete new one, never a half-written
+    one — the rename is atomic because the temporary lives in the same folder (same
+    file system). For writers that need a path, not bytes (safetensors' ``save_file``,
+    a GGUF writer, a CSV writer). The name is unique per call, so concurrent writers of
+    one path cannot clobber each other's temporary, and it starts with ``.tmp-`` so a
+    leftover from a killed process is easy to spot. Interruption-safe, not power-loss
+    durable (no fsync): artifacts can be recomputed, and fsync would slow every write.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{path.name}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` (``str`` as UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return path
+
+
 def write_json(path: Path, data: Any, *, allow_nan: bool = False) -> Path:
     """Strict JSON (see :func:`jsonable`), written atomically. ``allow_nan`` keeps NaN as
     Python's ``NaN`` token instead (measured rows, where NaN means "undefined" and is
     read back as a float)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     payload = json.loads(json.dumps(data, default=_plain)) if allow_nan else jsonable(data)
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=allow_nan))
-    tmp.replace(path)
-    return path
+    return atomic_write(
+        path, json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=allow_nan)
+    )
 
 
 def read_json(path: Path, missing: str = "run the stage that writes it first") -> dict[str, Any]:
@@ -95,7 +152,7 @@ def read_json(path: Path, missing: str = "run the stage that writes it first") -
     if not path.exists():
         raise ArtifactError(f"{path} not found; {missing}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); delete it and recompute") from exc
     if not isinstance(data, dict):
@@ -120,11 +177,8 @@ def write_artifact(
     """Write ``stem.safetensors`` then ``stem.json``; returns the JSON path."""
     from safetensors.torch import save_file
 
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tensor_path = stem.with_suffix(".safetensors")
-    tmp_tensor = tensor_path.with_suffix(".safetensors.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp_tensor))
-    tmp_tensor.replace(tensor_path)
+    with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     return write_json(stem.with_suffix(".json"), meta)
 
 
@@ -148,3 +202,141 @@ def read_artifact(
     if expect is not None:
         identity.check_matches(expect, what)
     return meta, identity, load_tensors(stem.with_suffix(".safetensors"))
+
+
+ArtifactT = TypeVar("ArtifactT", bound="Artifact")
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What :meth:`Artifact.load` read from ``stem.json`` / ``stem.safetensors``: the
+    metadata, the (checked) model identity and the tensors."""
+
+    stem: Path
+    meta: dict[str, Any]
+    identity: ModelIdentity
+    tensors: dict[str, torch.Tensor]
+
+    def mismatch(self, detail: str) -> ArtifactError:
+        """The error for tensors that do not fit the JSON beside them (``detail`` says how):
+        the two files come from different writes, so the artifact must be recomputed."""
+        return ArtifactError(
+            f"{self.stem}.safetensors does not match {self.stem}.json: {detail}; the two "
+            f"files come from different runs — delete {self.stem.name}.* and recompute"
+        )
+
+
+class Artifact:
+    """Base of the stage artifacts saved as ``directory/{stem}.safetensors`` + ``.json``.
+
+    :meth:`save` writes the tensors, then the JSON, which opens with what every artifact
+    records (its ``kind``, the traitlens version, the model identity) followed by the
+    subclass's own metadata; :meth:`load` reads both back, refuses another model's
+    artifact when ``expect`` is given (and, with ``check_kind``, another stage's JSON),
+    and turns a missing or garbled field into one :class:`ArtifactError` naming the file.
+    A subclass names its file (``stem``, ``kind_name``, ``what``) and says what it holds:
+    :meth:`_tensors`, :meth:`_meta` and how to rebuild itself, :meth:`_from_saved`;
+    :attr:`key` is the input key its ``config`` records under ``key_field``.
+    """
+
+    stem: ClassVar[str]
+    kind_name: ClassVar[str]
+    what: ClassVar[str]
+    missing: ClassVar[str] = "run the stage that writes it first"
+    check_kind: ClassVar[bool] = False
+    key_field: ClassVar[str] = "inputs_key"
+
+    if TYPE_CHECKING:  # dataclass fields of every subclass
+        identity: ModelIdentity
+        config: dict[str, Any]
+
+    def __init_subclass__(
+        cls,
+        *,
+        stem: str | None = None,
+        kind_name: str | None = None,
+        what: str | None = None,
+        check_kind: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Name the file in the class line: ``class X(Artifact, stem="x", kind_name="x",
+        what="x file", check_kind=True)``."""
+        super().__init_subclass__(**kwargs)
+        named = {"stem": stem, "kind_name": kind_name, "what": what, "check_kind": check_kind}
+        for name, value in named.items():
+            if value is not None:
+                setattr(cls, name, value)
+
+    @property
+    def key(self) -> str | None:
+        """The input key this artifact was made under (None for one built by hand)."""
+        value = self.config.get(self.key_field)
+        return None if value is None else str(value)
+
+    def _tensors(self) -> Mapping[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _meta(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_saved(cls: type[ArtifactT], saved: Saved) -> ArtifactT:
+        raise NotImplementedError
+
+    @classmethod
+    def keyed(
+        cls: type[ArtifactT],
+        out_dir: str | Path | None,
+        stage: str,
+        prov: Provenance,
+        compute: Callable[[], ArtifactT],
+        *,
+        expect: ModelIdentity,
+        run_dir: str | Path | None = None,
+        force: bool = False,
+        what: str | None = None,
+    ) -> ArtifactT:
+        """The stage step for this artifact (:func:`traitlens.provenance.keyed_artifact`):
+        without ``out_dir`` just ``compute()``; with one, reuse ``out_dir/{stem}.json`` when
+        it was made from the same inputs (``prov``), refuse one made from other inputs
+        unless ``force``, or compute and save it there."""
+        from traitlens.provenance import keyed_artifact
+
+        result = keyed_artifact(
+            out_dir,
+            stage,
+            prov,
+            f"{cls.stem}.json",
+            load=lambda out: cls.load(out, expect=expect),
+            compute=compute,
+            save=lambda artifact, out: artifact.save(out),
+            run_dir=run_dir,
+            force=force,
+            what=what or cls.what,
+        )
+        return cast(ArtifactT, result)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``directory/{stem}.safetensors`` then ``{stem}.json``; returns the JSON path."""
+        meta = {
+            "kind": self.kind_name,
+            "traitlens_version": __version__,
+            "model": self.identity.to_dict(),
+            **self._meta(),
+        }
+        return write_artifact(self._tensors(), meta, Path(directory) / self.stem)
+
+    @classmethod
+    def load(
+        cls: type[ArtifactT], directory: str | Path, expect: ModelIdentity | None = None
+    ) -> ArtifactT:
+        """Read a saved artifact; with ``expect``, refuse one made for another model."""
+        stem = Path(directory) / cls.stem
+        kind = cls.kind_name if cls.check_kind else None
+        meta, identity, tensors = read_artifact(stem, cls.what, expect, cls.missing, kind)
+        try:
+            return cls._from_saved(Saved(stem, meta, identity, tensors))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(
+                f"{stem}.json is incomplete or corrupt ({exc!r}); delete {cls.stem}.* and recompute"
+            ) from exc

@@ -6,6 +6,11 @@ traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class TraitlensError(Exception):
     """Base class for every error traitlens raises on purpose."""
@@ -32,3 +37,11 @@ class ArtifactError(TraitlensError):
 
 class InterventionError(TraitlensError, ValueError):
     """An intervention is invalid: NaN/inf values, absurd strength, wrong shape."""
+
+
+def index_of(values: Sequence[T], value: T, missing: Callable[[], TraitlensError]) -> int:
+    """``values.index(value)``, or raise ``missing()`` — the error that says what there
+    is and the fix — when ``value`` is not among them."""
+    if value not in values:
+        raise missing()
+    return values.index(value)

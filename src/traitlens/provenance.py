@@ -39,6 +39,8 @@ __all__ = [
     "describe_changes",
     "provenance",
     "record",
+    "keyed_artifact",
+    "keyed_stage",
     "saved_key",
     "verify_run",
 ]
@@ -56,6 +58,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "evaluation": 2,
     "figures": 1,
     "fingerprint": 1,
+    "concepts": 1,
 }
 
 MANIFEST = "run.json"
@@ -278,6 +281,11 @@ STAGE_FILES: dict[str, str] = {
     "neurons": "neurons.json",
     "vectors": "vectors.json",
     "evaluation": "eval.json",
+    "concepts.items": "concepts/items.json",
+    "concepts.capture": "concepts/activations/item_activations.json",
+    "concepts.probes": "concepts/probes.json",
+    "concepts.neurons": "concepts/neurons.json",
+    "concepts.evaluation": "concepts/eval.json",
 }
 
 
@@ -325,23 +333,94 @@ def verify_run(run_dir: str | Path) -> list[str]:
             current = manifest.get(name)
             if key is not None and current is not None and current.key != key:
                 problems.append(f"{stage} was made from an older {name} artifact (since replaced)")
-    evaluation = run / "eval.json"
-    if evaluation.exists():
-        try:
-            recorded = read_json(evaluation).get("provenance") or {}
-        except ArtifactError as exc:
-            return [*problems, str(exc)]
-        for name, key in (recorded.get("upstream") or {}).items():
-            current = manifest.get(name)
-            if current is None or current.key != key:
-                problems.append(f"eval.json was computed from an older {name} artifact")
-        rows = run / "eval" / "rows"
-        for name, key in (recorded.get("rows") or {}).items():
-            if not (rows / f"{name}--{key[:16]}.json").exists():
-                problems.append(f"eval.json row {name} (key {key[:16]}) has no saved measurement")
+    for name, rows in (("eval.json", "eval/rows"), ("concepts/eval.json", "concepts/eval/rows")):
+        problems += _evaluation_problems(run, manifest, name, rows)
+    return problems
+
+
+def _evaluation_problems(run: Path, manifest: RunManifest, name: str, rows: str) -> list[str]:
+    """An evaluation must name the current stage artifacts and only rows saved under their key."""
+    path = run / name
+    if not path.exists():
+        return []
+    try:
+        recorded = read_json(path).get("provenance") or {}
+    except ArtifactError as exc:
+        return [str(exc)]
+    problems = []
+    for stage, key in (recorded.get("upstream") or {}).items():
+        current = manifest.get(stage)
+        if current is None or current.key != key:
+            problems.append(f"{name} was computed from an older {stage} artifact")
+    for row, key in (recorded.get("rows") or {}).items():
+        if not (run / rows / f"{row}--{key[:16]}.json").exists():
+            problems.append(f"{name} row {row} (key {key[:16]}) has no saved measurement")
     return problems
 
 
 def record(run_dir: str | Path, stage: str, prov: Provenance) -> None:
     """Record ``prov`` as the current artifact of ``stage`` in the run manifest."""
     RunManifest(run_dir).record(stage, prov)
+
+
+def keyed_stage(
+    run_dir: str | Path,
+    stage: str,
+    prov: Provenance,
+    json_path: str | Path,
+    *,
+    load: Callable[[], Any],
+    compute: Callable[[], Any],
+    force: bool = False,
+    what: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Any:
+    """The one claim-or-compute step of every stage: reuse the artifact at ``json_path``
+    when its key is ``prov.key`` (``load()``), else check it may be replaced
+    (:func:`claim`), ``compute()`` (which writes it) and record ``prov`` in the manifest."""
+    exists, saved = saved_key(json_path)
+    if claim(run_dir, stage, prov, saved, exists=exists, force=force, what=what, log=log):
+        return load()
+    result = compute()
+    record(run_dir, stage, prov)
+    return result
+
+
+def keyed_artifact(
+    out_dir: str | Path | None,
+    stage: str,
+    prov: Provenance,
+    filename: str,
+    *,
+    load: Callable[[Path], Any],
+    compute: Callable[[], Any],
+    save: Callable[[Any, Path], None],
+    run_dir: str | Path | None = None,
+    force: bool = False,
+    what: str | None = None,
+) -> Any:
+    """:func:`keyed_stage` for a stage function with an optional ``out_dir``: without one
+    it just computes; with one it reuses, refuses or computes-and-saves there (the
+    manifest is ``run_dir``, default ``out_dir``)."""
+    if out_dir is None:
+        return compute()
+    from traitlens.artifact_io import check_writable
+
+    out = Path(out_dir)
+    check_writable(out)
+
+    def make() -> Any:
+        result = compute()
+        save(result, out)
+        return result
+
+    return keyed_stage(
+        run_dir if run_dir is not None else out,
+        stage,
+        prov,
+        out / filename,
+        load=lambda: load(out),
+        compute=make,
+        force=force,
+        what=what,
+    )

@@ -8,14 +8,13 @@ from typing import Any
 
 import torch
 
-from traitlens import __version__
-from traitlens.artifact_io import read_artifact, write_artifact
-from traitlens.errors import ArtifactError
+from traitlens.artifact_io import Artifact, Saved
+from traitlens.errors import ArtifactError, index_of
 from traitlens.models.loading import ModelIdentity
 
 
 @dataclass
-class NeuronStats:
+class NeuronStats(Artifact):
     """Per-group, per-layer, per-neuron firing statistics of ``mlp_act`` over span tokens.
 
     ``positive[g, l, i]``: tokens with activation > 0; ``tokens[g]``: tokens seen
@@ -32,6 +31,11 @@ class NeuronStats:
     a95: torch.Tensor  # [L, d_mlp] float64
     config: dict[str, Any] = field(default_factory=dict)
 
+    stem = "neuron_stats"
+    kind_name = "neuron_stats"
+    what = "neuron statistics file"
+    key_field = "cache_key"
+
     def firing_rate(self, group: str) -> torch.Tensor:
         """P(act > 0) per layer and neuron for one group, ``[L, d_mlp]``."""
         g = self.group_index(group)
@@ -42,48 +46,39 @@ class NeuronStats:
         return self.total[g] / self.tokens[g].clamp(min=1)
 
     def group_index(self, group: str) -> int:
-        if group not in self.groups:
-            raise ArtifactError(
+        return index_of(
+            self.groups,
+            group,
+            lambda: ArtifactError(
                 f"group {group!r} is not in these neuron statistics "
                 f"(have: {', '.join(self.groups)})"
-            )
-        return self.groups.index(group)
-
-    def save(self, directory: str | Path) -> None:
-        meta = {
-            "kind": "neuron_stats",
-            "traitlens_version": __version__,
-            "model": self.identity.to_dict(),
-            "groups": self.groups,
-            "layers": self.layers,
-            "config": self.config,
-        }
-        tensors = {
-            "positive": self.positive,
-            "tokens": self.tokens,
-            "total": self.total,
-            "a95": self.a95,
-        }
-        write_artifact(tensors, meta, Path(directory) / "neuron_stats")
+            ),
+        )
 
     @classmethod
-    def load(cls, directory: str | Path, expect: ModelIdentity | None = None) -> NeuronStats:
-        stem = Path(directory) / "neuron_stats"
-        meta, identity, tensors = read_artifact(stem, "neuron statistics file", expect)
+    def _from_saved(cls, saved: Saved) -> NeuronStats:
+        tensors = saved.tensors
         return cls(
-            identity,
-            list(meta["groups"]),
-            list(meta["layers"]),
+            saved.identity,
+            list(saved.meta["groups"]),
+            list(saved.meta["layers"]),
             tensors["positive"],
             tensors["tokens"],
             tensors["total"],
             tensors["a95"],
-            dict(meta["config"]),
+            dict(saved.meta["config"]),
         )
+
+    def _meta(self) -> dict[str, Any]:
+        return {"groups": self.groups, "layers": self.layers, "config": self.config}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        names = ("positive", "tokens", "total", "a95")
+        return {name: getattr(self, name) for name in names}
 
 
 @dataclass
-class Activations:
+class Activations(Artifact):
     """Pooled per-prompt vectors: ``pooled["resid.mean"]`` is ``[n_prompts, n_layers, d_model]``.
 
     ``prompt_ids[i]`` names row i; ``layers[j]`` is the model layer of column j.
@@ -96,11 +91,10 @@ class Activations:
     config: dict[str, Any] = field(default_factory=dict)
     neuron_stats: NeuronStats | None = None
 
-    @property
-    def key(self) -> str | None:
-        """The input key this capture was saved under (None for one built by hand)."""
-        value = self.config.get("cache_key")
-        return None if value is None else str(value)
+    stem = "activations"
+    kind_name = "activations"
+    what = "activations file"
+    key_field = "cache_key"
 
     @property
     def stage(self) -> str:
@@ -118,35 +112,38 @@ class Activations:
 
     def layer(self, layer: int, kind: str = "resid", pooling: str = "mean") -> torch.Tensor:
         """``[n_prompts, d_model]`` at one model layer."""
-        if layer not in self.layers:
-            raise ArtifactError(f"layer {layer} was not captured (have {self.layers})")
-        return self.get(kind, pooling)[:, self.layers.index(layer)]
-
-    def save(self, directory: str | Path) -> None:
-        meta = {
-            "kind": "activations",
-            "traitlens_version": __version__,
-            "model": self.identity.to_dict(),
-            "prompt_ids": self.prompt_ids,
-            "layers": self.layers,
-            "config": self.config,
-        }
-        write_artifact(self.pooled, meta, Path(directory) / "activations")
-        if self.neuron_stats is not None:
-            self.neuron_stats.save(directory)
+        column = index_of(
+            self.layers,
+            layer,
+            lambda: ArtifactError(f"layer {layer} was not captured (have {self.layers})"),
+        )
+        return self.get(kind, pooling)[:, column]
 
     @classmethod
-    def load(cls, directory: str | Path, expect: ModelIdentity | None = None) -> Activations:
-        stem = Path(directory) / "activations"
-        meta, identity, pooled = read_artifact(stem, "activations file", expect)
+    def _from_saved(cls, saved: Saved) -> Activations:
+        directory = saved.stem.parent
         stats = None
-        if (Path(directory) / "neuron_stats.json").exists():
-            stats = NeuronStats.load(directory, expect)
+        if (directory / "neuron_stats.json").exists():
+            stats = NeuronStats.load(directory, saved.identity)
         return cls(
-            identity,
-            list(meta["prompt_ids"]),
-            list(meta["layers"]),
-            pooled,
-            dict(meta["config"]),
+            saved.identity,
+            list(saved.meta["prompt_ids"]),
+            list(saved.meta["layers"]),
+            saved.tensors,
+            dict(saved.meta["config"]),
             stats,
         )
+
+    def _meta(self) -> dict[str, Any]:
+        return {"prompt_ids": self.prompt_ids, "layers": self.layers, "config": self.config}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return self.pooled
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``activations.*`` (and ``neuron_stats.*`` when it has statistics) into
+        ``directory``; returns the activations' JSON path."""
+        path = super().save(directory)
+        if self.neuron_stats is not None:
+            self.neuron_stats.save(directory)
+        return path

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from traitlens.artifact_io import check_writable
 from traitlens.capture.artifacts import Activations, NeuronStats
 from traitlens.capture.reducers import POOLINGS, StreamingQuantile, pooling_weights
 from traitlens.errors import DataError
@@ -18,7 +18,7 @@ from traitlens.models.chat import SPANS, FormattedPrompt
 from traitlens.models.hooks import HookFn, hooks_installed
 from traitlens.models.loading import TraitModel
 from traitlens.progress import track
-from traitlens.provenance import claim, provenance, record, saved_key
+from traitlens.provenance import Provenance, provenance
 
 
 class ChatPrompt(Protocol):
@@ -38,6 +38,14 @@ class Prompt:
     user: str
     system: str | None = None
     id: str = ""
+
+
+def resolve_layers(tm: TraitModel, layers: Sequence[int] | None) -> list[int]:
+    """Model layers to capture: all of them, or ``layers`` range-checked (negative ones
+    count from the end), as the hook points resolve them."""
+    if layers is None:
+        return list(range(tm.n_layers))
+    return [tm.adapter.resolve(f"resid[{layer}]").layer for layer in layers]
 
 
 def _prompt_id(prompt: ChatPrompt, index: int) -> str:
@@ -67,20 +75,92 @@ def capture(
 ) -> Activations:
     """Pooled hidden states per prompt and layer, plus per-group neuron statistics.
 
-    ``span`` picks the tokens pooled: ``question`` (the user turn, default — the
-    persona's own words are excluded so probes cannot just read them),
-    ``answer`` (needs ``answers``: the assistant text appended after the
-    generation prompt), ``prompt_end`` (template tokens after the question),
-    ``system`` or ``all``. ``neuron_span`` (default: same as ``span``) picks
-    the tokens counted for ``mlp_act`` statistics, accumulated separately per
-    ``groups[i]`` label (e.g. ``"E|high"``). With ``out_dir``, a finished
-    capture of the same inputs is loaded instead of recomputed; one made from
-    other inputs is never overwritten unless ``force`` (see
-    :func:`traitlens.provenance.claim`; ``run_dir``/``stage`` name the run manifest
-    entry, default ``out_dir``/"capture"; ``upstream`` the keys it was made from).
-    ``batch_size`` is not part of the key: results are batch-invariant (tested).
-    Memory is O(prompts × layers × d_model + groups × layers × d_mlp).
+    ``span``: the tokens pooled — ``question`` (the user turn, default: the persona's
+    words are excluded so probes cannot just read them), ``answer`` (needs
+    ``answers``, appended after the generation prompt), ``prompt_end``, ``system`` or
+    ``all``; ``neuron_span`` (default ``span``): the tokens whose ``mlp_act`` is
+    counted per ``groups[i]`` label (e.g. ``"E|high"``). With ``out_dir`` a capture of
+    the same inputs is reused and one of other inputs is never replaced unless
+    ``force`` (:func:`traitlens.provenance.keyed_stage`; ``run_dir``/``stage`` name the
+    manifest entry, ``upstream`` the keys it was made from). ``batch_size`` is not
+    keyed: results are batch-invariant (tested). Memory is O(prompts × layers ×
+    d_model + groups × layers × d_mlp).
     """
+    neuron_span = _check_capture(prompts, span, neuron_span, answers, groups, poolings, kinds)
+    group_labels = list(groups) if groups is not None else ["all"] * len(prompts)
+    settings: dict[str, Any] = {
+        "span": span,
+        "neuron_span": neuron_span,
+        "poolings": list(poolings),
+        "kinds": list(kinds),
+        "layers": resolve_layers(tm, layers),
+        "decay_half_life": decay_half_life,
+        "neuron_stats": neuron_stats,
+        "chat_format": tm.formatter.mode,
+    }
+    rows, prov = _capture_key(tm, prompts, answers, group_labels, settings, stage, upstream)
+    config = {**settings, "cache_key": prov.key, "provenance": prov.to_dict()}
+
+    def compute() -> Activations:
+        formatted = [
+            tm.format(p.system, p.user, None if answers is None else answers[i])
+            for i, p in enumerate(prompts)
+        ]
+        ids = [str(r["id"]) for r in rows]
+        return _capture(tm, formatted, ids, group_labels, config, batch_size, progress)
+
+    return Activations.keyed(
+        out_dir,
+        stage,
+        prov,
+        compute,
+        expect=tm.identity,
+        run_dir=run_dir,
+        force=force,
+        what=f"{stage} activations",
+    )
+
+
+def _capture_key(
+    tm: TraitModel,
+    prompts: Sequence[ChatPrompt],
+    answers: Sequence[str] | None,
+    group_labels: list[str],
+    settings: dict[str, Any],
+    stage: str,
+    upstream: Mapping[str, str | None] | None,
+) -> tuple[list[dict[str, Any]], Provenance]:
+    """Per-prompt rows (what the key covers) and the capture's provenance."""
+    rows = [
+        {
+            "id": _prompt_id(p, i),
+            "system": p.system,
+            "user": p.user,
+            "answer": None if answers is None else answers[i],
+            "group": group_labels[i],
+        }
+        for i, p in enumerate(prompts)
+    ]
+    prov = provenance(
+        stage,
+        model=tm.identity,
+        config={"n_prompts": len(rows), **settings},
+        data=rows,
+        upstream=upstream,
+    )
+    return rows, prov
+
+
+def _check_capture(
+    prompts: Sequence[ChatPrompt],
+    span: str,
+    neuron_span: str | None,
+    answers: Sequence[str] | None,
+    groups: Sequence[str] | None,
+    poolings: Sequence[str],
+    kinds: Sequence[str],
+) -> str:
+    """Refuse bad capture arguments before any work; returns the neuron span."""
     if not prompts:
         raise DataError("capture got an empty prompt set; pass at least one prompt")
     if span not in SPANS:
@@ -97,98 +177,56 @@ def capture(
     for name in poolings:
         if name not in POOLINGS:
             raise DataError(f"unknown pooling {name!r}; use one of {', '.join(POOLINGS)}")
-    layer_list = (
-        list(range(tm.n_layers))
-        if layers is None
-        else [tm.adapter.resolve(f"resid[{layer}]").layer for layer in layers]
-    )
     for kind in kinds:
         if kind not in ("resid", "attn_out"):
             raise DataError(f"pooled capture supports kinds resid and attn_out, not {kind!r}")
-    group_labels = list(groups) if groups is not None else ["all"] * len(prompts)
-    group_names = sorted(set(group_labels))
-    config: dict[str, Any] = {
-        "span": span,
-        "neuron_span": neuron_span,
-        "poolings": list(poolings),
-        "kinds": list(kinds),
-        "layers": layer_list,
-        "decay_half_life": decay_half_life,
-        "neuron_stats": neuron_stats,
-        "chat_format": tm.formatter.mode,
-    }
-    rows = [
-        {
-            "id": _prompt_id(p, i),
-            "system": p.system,
-            "user": p.user,
-            "answer": None if answers is None else answers[i],
-            "group": group_labels[i],
-        }
-        for i, p in enumerate(prompts)
-    ]
-    prov = provenance(
-        stage,
-        model=tm.identity,
-        config={"n_prompts": len(rows), **config},
-        data=rows,
-        upstream=upstream,
-    )
-    manifest_dir = Path(run_dir) if run_dir is not None else out_dir
-    if out_dir is not None:
-        exists, saved = saved_key(Path(out_dir) / "activations.json")
-        assert manifest_dir is not None
-        if claim(
-            manifest_dir,
-            stage,
-            prov,
-            saved,
-            exists=exists,
-            force=force,
-            what=f"{stage} activations",
-        ):
-            return Activations.load(out_dir, expect=tm.identity)
-        check_writable(Path(out_dir))
-    config["cache_key"] = prov.key
-    config["provenance"] = prov.to_dict()
+    return neuron_span
 
-    formatted = [
-        tm.format(p.system, p.user, None if answers is None else answers[i])
-        for i, p in enumerate(prompts)
-    ]
-    result = _run_capture(
+
+def _capture(
+    tm: TraitModel,
+    formatted: list[FormattedPrompt],
+    prompt_ids: list[str],
+    group_labels: list[str],
+    config: dict[str, Any],
+    batch_size: int,
+    progress: bool,
+) -> Activations:
+    layers = list(config["layers"])
+    reducer = (
+        GroupFiring(group_labels, len(layers), tm.identity.d_mlp, tm.device)
+        if config["neuron_stats"]
+        else None
+    )
+    pooled = pool_formatted(
         tm,
         formatted,
-        group_labels,
-        group_names,
-        span,
-        neuron_span,
-        tuple(poolings),
-        tuple(kinds),
-        layer_list,
-        neuron_stats,
-        decay_half_life,
-        batch_size,
-        progress,
+        span=config["span"],
+        poolings=config["poolings"],
+        layers=layers,
+        kinds=config["kinds"],
+        decay_half_life=config["decay_half_life"],
+        batch_size=batch_size,
+        progress=progress,
+        neurons=reducer,
+        neuron_span=config["neuron_span"],
     )
-    pooled, stats = result
-    activations = Activations(
+    return Activations(
         identity=tm.identity,
-        prompt_ids=[str(r["id"]) for r in rows],
-        layers=layer_list,
+        prompt_ids=prompt_ids,
+        layers=layers,
         pooled=pooled,
         config=config,
         neuron_stats=None
-        if stats is None
+        if reducer is None
         else NeuronStats(
-            identity=tm.identity, groups=group_names, layers=layer_list, config=config, **stats
+            identity=tm.identity,
+            groups=reducer.names,
+            layers=layers,
+            config=config,
+            **reducer.result(),
         ),
     )
-    if out_dir is not None:
-        assert manifest_dir is not None
-        activations.save(out_dir)
-        record(manifest_dir, stage, prov)
-    return activations
 
 
 def _span_mask(items: list[FormattedPrompt], name: str, width: int) -> torch.Tensor:
@@ -215,60 +253,134 @@ def _quantile_rows(mask: torch.Tensor) -> torch.Tensor:
     return rows[::step]
 
 
-def _run_capture(
+class GroupFiring:
+    """Per-group firing counts, activation sums and a streaming a95 over span tokens.
+
+    The persona design's statistics: tokens are pooled per group label (e.g.
+    ``"E|high"``), so memory is groups × layers × d_mlp whatever the token count.
+    """
+
+    def __init__(self, group_labels: Sequence[str], n_layers: int, d_mlp: int, device: Any):
+        self.names = sorted(set(group_labels))
+        self.group_of = torch.tensor([self.names.index(g) for g in group_labels])
+        shape = (len(self.names), n_layers, d_mlp)
+        self.positive = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.total = torch.zeros_like(self.positive)
+        self.tokens = torch.zeros(len(self.names), dtype=torch.float64, device=device)
+        self.quantiles = [StreamingQuantile(d_mlp, device=device) for _ in range(n_layers)]
+        self._mask = torch.zeros(0)
+        self._sample = torch.zeros(0, dtype=torch.long)
+
+    def begin(self, rows: torch.Tensor, span_mask: torch.Tensor, dtype: torch.dtype) -> None:
+        """Set the batch's group × token mask (once per batch, already on the device)."""
+        device = self.positive.device
+        onehot = torch.nn.functional.one_hot(self.group_of[rows], len(self.names)).T.bool()
+        group_mask = (onehot[:, :, None] & span_mask[None]).reshape(len(self.names), -1)
+        self._mask = group_mask.to(device=device, dtype=dtype)
+        self._sample = _quantile_rows(span_mask).to(device)
+        self.tokens += group_mask.sum(1).double().to(device)
+
+    def __call__(self, acts: torch.Tensor, *, column: int) -> None:
+        flat = acts.reshape(-1, acts.shape[-1])  # [batch*seq, d_mlp]
+        self.positive[:, column] += (self._mask @ (flat > 0).to(flat.dtype)).double()
+        self.total[:, column] += (self._mask @ flat).double()
+        self.quantiles[column].update(flat.index_select(0, self._sample).float())
+
+    def result(self) -> dict[str, torch.Tensor]:
+        a95 = torch.stack([q.quantile(0.95) for q in self.quantiles])
+        return {
+            "positive": self.positive.cpu(),
+            "tokens": self.tokens.cpu(),
+            "total": self.total.cpu(),
+            "a95": a95,
+        }
+
+
+class ItemFiring:
+    """Per-prompt share of span tokens on which each neuron fires, plus a streaming a95.
+
+    The concept design's statistics: the *item* is the statistical unit (a
+    neuron's δ and its test are computed over items, not over tokens, so a long
+    item does not count more than a short one). ``rates[n, L, d_mlp]`` is kept
+    in float16 (a share in [0, 1] needs no more): 900 items × 30 layers × 1536
+    neurons is 83 MB.
+    """
+
+    def __init__(self, n: int, n_layers: int, d_mlp: int, device: Any):
+        self.rates = torch.zeros((n, n_layers, d_mlp), dtype=torch.float16)
+        self.device = device
+        self.quantiles = [StreamingQuantile(d_mlp, device=device) for _ in range(n_layers)]
+        self._rows = torch.zeros(0, dtype=torch.long)
+        self._weights = torch.zeros(0)
+        self._sample = torch.zeros(0, dtype=torch.long)
+
+    def begin(self, rows: torch.Tensor, span_mask: torch.Tensor, dtype: torch.dtype) -> None:
+        device = self.device
+        weights = span_mask.float() / span_mask.sum(1, keepdim=True).clamp(min=1)
+        self._rows, self._weights = rows, weights.to(device=device, dtype=dtype)
+        self._sample = _quantile_rows(span_mask).to(device)
+
+    def __call__(self, acts: torch.Tensor, *, column: int) -> None:
+        fired = (acts > 0).to(acts.dtype)
+        share = torch.einsum("bs,bsd->bd", self._weights, fired)
+        self.rates[:, column].index_copy_(0, self._rows, share.half().cpu())
+        flat = acts.reshape(-1, acts.shape[-1])
+        self.quantiles[column].update(flat.index_select(0, self._sample).float())
+
+    def result(self) -> dict[str, torch.Tensor]:
+        a95 = torch.stack([q.quantile(0.95) for q in self.quantiles])
+        return {"rates": self.rates, "a95": a95}
+
+
+NeuronReducer = GroupFiring | ItemFiring
+
+
+def pool_formatted(
     tm: TraitModel,
-    formatted: list[FormattedPrompt],
-    group_labels: list[str],
-    group_names: list[str],
+    formatted: Sequence[FormattedPrompt],
+    *,
     span: str,
-    neuron_span: str,
-    poolings: tuple[str, ...],
-    kinds: tuple[str, ...],
-    layers: list[int],
-    with_neurons: bool,
-    decay_half_life: float,
-    batch_size: int,
-    progress: bool,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    device, n = tm.device, len(formatted)
-    d_model, d_mlp = tm.identity.d_model, tm.identity.d_mlp
-    n_groups, n_layers = len(group_names), len(layers)
+    poolings: Sequence[str] = ("mean",),
+    layers: Sequence[int] | None = None,
+    kinds: Sequence[str] = ("resid",),
+    decay_half_life: float = 4.0,
+    batch_size: int = 16,
+    progress: bool = False,
+    neurons: NeuronReducer | None = None,
+    neuron_span: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """The shared capture engine: pooled hidden states over one named span per prompt.
+
+    Returns ``{"<kind>.<pooling>": [n, len(layers), d_model] float32}``; rows whose
+    span is empty are zeros. Every design (persona prompts, concept items,
+    fingerprint conversations) pools through here, so batching (length-sorted,
+    left-padded, LM head skipped) and hook cost are the same everywhere. With
+    ``neurons`` (a :class:`GroupFiring` or :class:`ItemFiring`), ``mlp_act`` over
+    ``neuron_span`` (default ``span``) is reduced into it as batches stream by.
+    """
+    layer_list = resolve_layers(tm, layers)
+    n, d_model = len(formatted), tm.identity.d_model
     # layer-major buffers: each hook writes one contiguous [P, batch, d] block with a
     # single index_copy_ (advanced-index assignment into [n, L, d] cost ~3 ms a call)
-    buffers = {kind: torch.zeros((len(poolings), n_layers, n, d_model)) for kind in kinds}
-    positive = torch.zeros((n_groups, n_layers, d_mlp), dtype=torch.float64, device=device)
-    total = torch.zeros_like(positive)
-    tokens = torch.zeros(n_groups, dtype=torch.float64, device=device)
-    quantiles = [StreamingQuantile(d_mlp, device=device) for _ in layers] if with_neurons else []
-    group_of = torch.tensor([group_names.index(g) for g in group_labels])
+    buffers = {kind: torch.zeros((len(poolings), len(layer_list), n, d_model)) for kind in kinds}
+    state: dict[str, torch.Tensor] = {}
 
-    # per-batch state the hooks read: set once per batch, already on the device and
-    # in the model dtype, so no hook converts anything
-    state: dict[str, Any] = {}
+    def pool(hidden: torch.Tensor, *, kind: str, column: int) -> None:
+        vectors = torch.einsum("pbs,bsd->pbd", state["weights"], hidden)
+        buffers[kind][:, column].index_copy_(1, state["rows"], vectors.float().cpu())
 
-    def pool_hook(kind: str, column: int) -> HookFn:
-        def hook(hidden: torch.Tensor) -> None:
-            vectors = torch.einsum("pbs,bsd->pbd", state["weights"], hidden)
-            buffers[kind][:, column].index_copy_(1, state["rows"], vectors.float().cpu())
+    def count(acts: torch.Tensor, *, column: int) -> None:
+        assert neurons is not None
+        neurons(acts, column=column)
 
-        return hook
-
-    def neuron_hook(column: int) -> HookFn:
-        def hook(acts: torch.Tensor) -> None:
-            flat = acts.reshape(-1, acts.shape[-1])  # [batch*seq, d_mlp]
-            gmask = state["group_mask"]  # [G, batch*seq]
-            positive[:, column] += (gmask @ (flat > 0).to(flat.dtype)).double()
-            total[:, column] += (gmask @ flat).double()
-            quantiles[column].update(flat.index_select(0, state["quantile_rows"]).float())
-
-        return hook
-
+    # one function per hook kind, told which point it is called at (as TransformerLens
+    # passes ``hook=``), instead of a closure factory per layer
     hooks: list[tuple[str, HookFn]] = []
-    for column, layer in enumerate(layers):
+    for column, layer in enumerate(layer_list):
         for kind in kinds:
-            hooks.append((f"{kind}[{layer}]", pool_hook(kind, column)))
-        if with_neurons:
-            hooks.append((f"mlp_act[{layer}]", neuron_hook(column)))
+            hooks.append((f"{kind}[{layer}]", partial(pool, kind=kind, column=column)))
+        if neurons is not None:
+            hooks.append((f"mlp_act[{layer}]", partial(count, column=column)))
 
     batches = length_sorted_batches([len(f.input_ids) for f in formatted], batch_size)
     skip_logits = last_logits_kwargs(tm.model)
@@ -276,30 +388,22 @@ def _run_capture(
         for batch in track(batches, len(batches), "capturing", progress):
             items = [formatted[i] for i in batch]
             ids, attn, pos = left_pad(
-                [f.input_ids for f in items], tm.tokenizer.pad_token_id, device
+                [f.input_ids for f in items], tm.tokenizer.pad_token_id, tm.device
             )
             width = ids.shape[1]
-            span_mask = _span_mask(items, span, width)
             state["rows"] = torch.tensor(batch)
-            weights = pooling_weights(span_mask, poolings, decay_half_life)
-            state["weights"] = weights.to(device=device, dtype=tm.dtype)
-            if with_neurons:
-                nmask = _span_mask(items, neuron_span, width)
-                onehot = torch.nn.functional.one_hot(group_of[batch], n_groups).T.bool()
-                group_mask = (onehot[:, :, None] & nmask[None]).reshape(n_groups, -1)
-                state["group_mask"] = group_mask.to(device=device, dtype=tm.dtype)
-                state["quantile_rows"] = _quantile_rows(nmask).to(device)
-                tokens += group_mask.sum(1).double().to(device)
+            weights = pooling_weights(
+                _span_mask(items, span, width), tuple(poolings), decay_half_life
+            )
+            state["weights"] = weights.to(device=tm.device, dtype=tm.dtype)
+            if neurons is not None:
+                nmask = _span_mask(items, neuron_span or span, width)
+                neurons.begin(state["rows"], nmask, tm.dtype)
             tm.model(
                 input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **skip_logits
             )
-    pooled = {
+    return {
         f"{kind}.{pooling}": buffers[kind][index].permute(1, 0, 2).contiguous()
         for kind in kinds
         for index, pooling in enumerate(poolings)
     }
-    if not with_neurons:
-        return pooled, None
-    a95 = torch.stack([q.quantile(0.95) for q in quantiles])
-    stats = {"positive": positive.cpu(), "tokens": tokens.cpu(), "total": total.cpu(), "a95": a95}
-    return pooled, stats

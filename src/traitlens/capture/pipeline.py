@@ -17,6 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from traitlens.artifact_io import read_json, write_json
 from traitlens.capture.artifacts import Activations
@@ -45,6 +46,16 @@ def prompts_provenance(prompts: Sequence[ContrastivePrompt]) -> Provenance:
     """Key of a prompt set: its content alone, so the same prompts always match."""
     summary = {"n_prompts": len(prompts), "traits": sorted({p.trait for p in prompts})}
     return provenance("prompts", config=summary, data=[p.model_dump() for p in prompts])
+
+
+class PromptDesign(TypedDict):
+    """Which contrastive prompts a run captures (:func:`prepare_prompts`' and
+    :func:`capture_run`'s keywords of that name): a caller that checks the set before
+    the model loads and then runs passes the same design to both."""
+
+    n_questions: int | None
+    n_personas_per_pole: int | None
+    seed: int
 
 
 def prepare_prompts(
@@ -203,19 +214,27 @@ def capture_run(
         force=force,
     )
     groups = group_labels(prompts)
-    question = capture(
-        tm,
-        prompts,
-        span="question",
-        groups=groups,
-        batch_size=batch_size,
-        out_dir=run / "activations" / "question",
-        progress=progress,
-        run_dir=run,
-        stage="capture.question",
-        upstream={"prompts": prompt_prov.key},
-        force=force,
-    )
+
+    def capture_span(
+        span: str, upstream: dict[str, str | None], answers: list[str] | None = None
+    ) -> Activations:
+        """The pooled activations over one span, into ``RUN/activations/{span}``."""
+        return capture(
+            tm,
+            prompts,
+            answers=answers,
+            span=span,
+            groups=groups,
+            batch_size=batch_size,
+            out_dir=run / "activations" / span,
+            progress=progress,
+            run_dir=run,
+            stage=f"capture.{span}",
+            upstream=upstream,
+            force=force,
+        )
+
+    question = capture_span("question", {"prompts": prompt_prov.key})
     if not generate:
         return CaptureRun(prompts, question, None, None)
     answers = generate_run_answers(
@@ -229,18 +248,6 @@ def capture_run(
         force=force,
     )
     answers_key = RunManifest(run).get("answers")
-    answer = capture(
-        tm,
-        prompts,
-        answers=answers,
-        span="answer",
-        groups=groups,
-        batch_size=batch_size,
-        out_dir=run / "activations" / "answer",
-        progress=progress,
-        run_dir=run,
-        stage="capture.answer",
-        upstream={"answers": None if answers_key is None else answers_key.key},
-        force=force,
-    )
+    upstream = {"answers": None if answers_key is None else answers_key.key}
+    answer = capture_span("answer", upstream, answers)
     return CaptureRun(prompts, question, answers, answer)

@@ -9,9 +9,10 @@ error of the layer that owns the rule) with the option, the value and the fix.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -28,6 +29,15 @@ MODEL_OPTION = typer.Option(
 )
 DEVICE_OPTION = typer.Option("auto", "--device", help="cpu, cuda, cuda:1, or auto")
 DTYPE_OPTION = typer.Option("auto", "--dtype", help="float32, bfloat16, float16 or auto")
+# the options of the stages that read a run directory (probe, neurons) or write one
+RUN_OPTION = typer.Option(..., "--run", "-r", help="run directory written by capture")
+RUN_TRAITS_OPTION = typer.Option(
+    None, "--traits", "-t", help="e.g. O,C,E (default: every trait in the run)"
+)
+FIGURES_OPTION = typer.Option(True, help="also write figures to RUN/figures/")
+FORCE_OPTION = typer.Option(
+    False, "--force", help="replace artifacts in the run made from other inputs"
+)
 
 # Sane upper bounds: far above any useful value, low enough to catch a slipped digit
 # before it allocates a batch or a generation that cannot fit in memory.
@@ -48,6 +58,15 @@ def load(model: str | None, device: str = "auto", dtype: str = "auto") -> TraitM
         f"chat format: {tm.formatter.mode}, {tm.device}, {str(tm.dtype).replace('torch.', '')})"
     )
     return tm
+
+
+def load_into(
+    out: Path, model: str | None, device: str = "auto", dtype: str = "auto"
+) -> TraitModel:
+    """Check the output folder ``out`` (last of the checks: it creates the folder), then
+    load the model."""
+    check_out_dir(out)
+    return load(model, device, dtype)
 
 
 def done(path: Path | str, what: str = "artifacts") -> None:
@@ -81,6 +100,34 @@ def report_stages(run: Path, before: dict[str, tuple[str, int]], stages: list[st
         else:
             console.print(f"[green]✓[/] {stage}: written (key {after[stage][0][:12]})")
     console.print(f"artifacts in [bold]{run}[/]")
+
+
+@contextmanager
+def reporting_stages(
+    run: Path, stages: Sequence[str], figures: bool = False
+) -> Iterator[Path | None]:
+    """Around a command's work on ``run``: afterwards, say for each of ``stages`` whether
+    it was written or reused (:func:`report_stages`) and where the artifacts are.
+
+    Yields ``RUN/figures`` when ``figures`` (checked writable first, so a read-only run
+    fails before any work, not after), else None.
+    """
+    folder = None
+    if figures:
+        from traitlens.artifact_io import check_writable
+
+        folder = run / "figures"
+        check_writable(folder)
+    before = run_state(run)
+    yield folder
+    report_stages(run, before, list(stages))
+
+
+def plot_into(folder: Path, what: str, artifact: Any, *plots: Callable[..., Any]) -> None:
+    """Draw each of ``plots`` (``plot(artifact, folder)``) and say where they went."""
+    for plot in plots:
+        plot(artifact, folder)
+    done(folder, what)
 
 
 # ------------------------------------------------------------------------ checks
@@ -212,7 +259,7 @@ def check_layer_spec(option: str, spec: str | None, n_layers: int | None) -> Non
     """A layer selection (``10-14``, ``8,10,12``): syntax always, range when known."""
     if spec is None:
         return
-    from traitlens.steer.workflow import parse_layers
+    from traitlens.steer.layers import parse_layers
 
     try:
         parse_layers(spec, n_layers if n_layers is not None else 1_000_000)

@@ -24,7 +24,10 @@ def _root() -> None:
     """Find, measure and steer the Big Five personality traits inside an LLM."""
 
 
-# One module per subcommand group; each exposes register(app).
+# One module per subcommand group; each exposes register(app). Every one must load: a
+# subcommand that vanished from --help because its module failed to import would look
+# like a feature that does not exist. Optional extras (serve's FastAPI) are imported
+# inside the handler, which names the pip command, so they never fail here.
 _COMMAND_MODULES = (
     "models_cmd",
     "capture_cmd",
@@ -33,17 +36,28 @@ _COMMAND_MODULES = (
     "steer_cmd",
     "evaluate_cmd",
     "fingerprint_cmd",
+    "concepts_cmd",
     "study_cmd",
     "serve_cmd",
 )
-for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"traitlens.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # stage not built yet
-        if _exc.name != f"traitlens.cli.{_name}":
-            raise
-        continue
-    _module.register(app)
+
+
+def _register(app: typer.Typer, names: tuple[str, ...]) -> None:
+    for name in names:
+        module_name = f"traitlens.cli.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ImportError(
+                f"traitlens could not load its command module {module_name} "
+                f"({type(exc).__name__}: {exc}); the installation is broken — reinstall "
+                "traitlens (pip install -e .) or fix the import named above",
+                name=module_name,
+            ) from exc
+        module.register(app)
+
+
+_register(app, _COMMAND_MODULES)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
+from typer.core import TyperCommand, TyperOption
 
 from traitlens.cli.common import (
     DEVICE_OPTION,
@@ -27,12 +28,38 @@ from traitlens.cli.common import (
     console,
     done,
     load,
+    load_into,
 )
 
 if TYPE_CHECKING:
+    from traitlens.models.loading import TraitModel
     from traitlens.steer.interventions import Intervention, Positions
 
-METHOD_HELP = "mean_diff, pca, regression, probe (directions) or neurons (NPTI edit)"
+
+def method_help(with_neurons: bool) -> str:
+    """``--method`` help: the direction methods registered now (and NPTI's neuron edit)."""
+    from traitlens.steer import METHODS
+
+    names = ", ".join(METHODS)
+    return f"{names} (directions) or neurons (NPTI edit)" if with_neurons else names
+
+
+class _MethodHelp(TyperCommand):
+    """A command whose ``--method`` help lists the registry when the help is shown: a
+    method registered after the app was built is offered like a built-in one."""
+
+    with_neurons = True
+
+    # typer vendors click privately (typer._click): its Context and HelpFormatter go untyped
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.params:
+            if isinstance(param, TyperOption) and param.name == "method":
+                param.help = method_help(self.with_neurons)
+        super().format_help(ctx, formatter)
+
+
+class _DirectionHelp(_MethodHelp):
+    with_neurons = False
 
 
 def _trait(value: str) -> str:
@@ -56,230 +83,262 @@ def _positions(value: str) -> Positions:
     return cast("Positions", value)
 
 
+def _check_steer_options(
+    method: str,
+    span: str,
+    strength: float,
+    gamma: float,
+    max_new_tokens: int,
+    seed: int,
+    prompt: list[str],
+) -> None:
+    """Everything about ``traitlens steer`` that can be wrong without the model."""
+    from traitlens.errors import DataError
+    from traitlens.steer import MAX_GAMMA, METHODS
+
+    check_choice("--method", method, (*METHODS, "neurons"))
+    check_choice("--span", span, ("auto", "answer", "question"))
+    check_strength(strength)
+    check_float(
+        "--gamma",
+        gamma,
+        high=MAX_GAMMA,
+        absolute=True,
+        hint="γ multiplies a neuron's usual activation; NPTI uses about 1",
+    )
+    check_int("--max-new-tokens", max_new_tokens, 1, MAX_NEW_TOKENS, example=48)
+    check_seed("--seed", seed)
+    for index, text in enumerate(prompt, start=1):
+        if not text.strip():
+            raise DataError(f"--prompt #{index} is empty; give the text to answer")
+
+
+def _intervention(
+    tm: TraitModel,
+    run: Path,
+    code: str,
+    pole: str,
+    method: str,
+    *,
+    strength: float,
+    gamma: float,
+    layers: list[int],
+    positions: Positions,
+    span: str,
+) -> tuple[Intervention, str]:
+    """The NPTI edit or the direction addition ``--method`` asks for, and a line saying
+    what it does."""
+    from traitlens.steer import AddDirection, run_neuron_edit, run_vector
+
+    if method == "neurons":
+        edit = run_neuron_edit(tm, run, code, pole, gamma=gamma, layers=layers, positions=positions)
+        how = (
+            f"NPTI γ={gamma:g}: {len(edit.target)} {pole}-pole neurons boosted, "
+            f"{len(edit.opposite)} opposite silenced"
+        )
+        return edit, how
+    vector = run_vector(tm, run, code, method, span=span)
+    signed = strength if pole == "high" else -strength
+    how = f"{method} from {vector.source.get('span', '?')} tokens, {signed:+g}σ"
+    return AddDirection(vector, signed, layers=tuple(layers), positions=positions), how
+
+
+def _print_side_by_side(
+    title: str, prompts: list[str], pairs: list[tuple[str, str]], steered_header: str
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=True)
+    table.add_column("prompt", style="bold", ratio=1)
+    table.add_column("unsteered", ratio=2)
+    table.add_column(steered_header, ratio=2)
+    for text, (plain, steered) in zip(prompts, pairs, strict=True):
+        table.add_row(text, plain, steered)
+    Console().print(table)
+
+
+def steer_cmd(
+    trait: str = typer.Option(..., "--trait", "-t", help="O, C, E, A or N (or full name)"),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="repeatable"),
+    pole: str = typer.Option("high", "--pole", help="push toward the high or low pole"),
+    method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
+    strength: float = typer.Option(
+        2.0, "--strength", "-s", help="standard deviations added at each layer (|s| <= 50)"
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers", "-l", help="e.g. 10-20 or 8,10,12 (default: a middle window)"
+    ),
+    run: Path | None = typer.Option(
+        None,
+        "--run",
+        help="run directory: reuses its vectors/capture, saves new vectors "
+        "(default: a per-model cache run)",
+    ),
+    system: str | None = typer.Option(None, "--system", help="system prompt for every prompt"),
+    span: str = typer.Option(
+        "auto",
+        "--span",
+        help="captured tokens vectors are read from: auto (answers; questions for methods "
+        "on paired prompts, e.g. pca), answer or question",
+    ),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n"),
+    positions: str = typer.Option("all", "--positions", help="all, prompt or generated"),
+    gamma: float = typer.Option(1.0, "--gamma", help="NPTI γ (method neurons)"),
+    sample: bool = typer.Option(False, "--sample", help="sample instead of greedy"),
+    seed: int = typer.Option(0, "--seed"),
+    model: str | None = MODEL_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+) -> None:
+    """Answer prompts with and without steering toward a trait pole, side by side."""
+    from traitlens.models.loading import check_text_fits
+    from traitlens.steer import compare_steering, default_run_dir, middle_layers, parse_layers
+    from traitlens.steer.layers import layer_text
+
+    # everything that can be wrong without the model, checked before it loads
+    code, pole = _trait(trait), _pole(pole)
+    where = _positions(positions)
+    _check_steer_options(method, span, strength, gamma, max_new_tokens, seed, prompt)
+    info = check_model(model, device, dtype)
+    check_layer_spec("--layers", layers, info.n_layers)
+    if run is not None:
+        check_out_dir(run)
+    tm = load(model, device, dtype)
+    check_text_fits(
+        tm, [(f"#{i}", text) for i, text in enumerate(prompt, 1)], "--prompt", "shorten it"
+    )
+    if system:
+        check_text_fits(tm, [("", system)], "--system", "shorten it")
+    run = run or default_run_dir(tm)
+    chosen = parse_layers(layers, tm.n_layers) if layers else middle_layers(tm.n_layers)
+    intervention, how = _intervention(
+        tm,
+        run,
+        code,
+        pole,
+        method,
+        strength=strength,
+        gamma=gamma,
+        layers=chosen,
+        positions=where,
+        span=span,
+    )
+    pairs = compare_steering(
+        tm,
+        prompt,
+        intervention,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        seed=seed,
+        progress=False,
+    )
+    title = f"{code} → {pole} ({how}, layers {layer_text(chosen)}, positions {positions})"
+    _print_side_by_side(title, prompt, pairs, f"steered: {code} {pole}")
+    done(run, "run artifacts (captures, vectors.json / neurons.json)")
+
+
+def vectors_show(run: Path = typer.Option(..., "--run", help="run directory")) -> None:
+    """List the trait vectors saved in RUN/vectors.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from traitlens.steer import VectorSet
+
+    check_run_dir(run, needs="vectors.json")
+    vectors = VectorSet.load(run)
+    table = Table(title=f"{run}/vectors.json — model {vectors.identity.name}")
+    for column in ("trait", "method", "pole", "hook", "layers", "spread (min–max)", "prompts"):
+        table.add_column(column)
+    for vector in vectors:
+        table.add_row(
+            vector.trait,
+            vector.method,
+            vector.pole,
+            vector.hook,
+            f"{vector.layers[0]}-{vector.layers[-1]} ({len(vector.layers)})",
+            f"{float(vector.spread.min()):.3g}–{float(vector.spread.max()):.3g}",
+            str(vector.source.get("n_prompts", "")),
+        )
+    Console().print(table)
+
+
+def vectors_export(
+    run: Path = typer.Option(..., "--run", help="run directory holding vectors.json"),
+    trait: str = typer.Option(..., "--trait", "-t"),
+    out: Path = typer.Option(..., "--out", "-o", help="file to write"),
+    method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
+    fmt: str = typer.Option("gguf", "--format", help="gguf (llama.cpp) or safetensors"),
+    strength: float = typer.Option(
+        1.0, "--strength", "-s", help="baked in: the file holds strength × spread × direction"
+    ),
+    layers: str | None = typer.Option(None, "--layers", "-l", help="default: all but 0"),
+) -> None:
+    """Export one vector; GGUF files load in llama.cpp with --control-vector FILE."""
+    from traitlens.steer import METHODS, VectorSet, parse_layers
+
+    code = _trait(trait)
+    check_choice("--format", fmt, ("gguf", "safetensors"))
+    check_choice("--method", method, METHODS)
+    check_strength(strength)
+    check_layer_spec("--layers", layers, None)
+    check_run_dir(run, needs="vectors.json")
+    check_out_file(out)
+    vector = VectorSet.load(run).get(code, method)
+    check_layer_spec("--layers", layers, vector.identity.n_layers)
+    chosen = parse_layers(layers, vector.identity.n_layers) if layers else None
+    if fmt == "gguf":
+        path = vector.to_gguf(out, strength=strength, layers=chosen)
+        console.print(
+            f"llama.cpp: llama-cli -m MODEL.gguf --control-vector {path} "
+            "(tensors direction.N act on block N's output, N from 1)"
+        )
+    elif fmt == "safetensors":
+        path = (vector.select(chosen) if chosen else vector).save(out)
+    else:  # pragma: no cover - checked above
+        raise typer.BadParameter(f"--format must be gguf or safetensors, got {fmt!r}")
+    done(path, "vector")
+
+
+def vectors_import(
+    file: Path = typer.Argument(..., help="control-vector .gguf (traitlens, repeng, llama.cpp)"),
+    run: Path = typer.Option(..., "--run", help="run directory to add it to"),
+    trait: str | None = typer.Option(None, "--trait", "-t", help="name it (default: from file)"),
+    method: str | None = typer.Option(None, "--method", help="name it (default: from file)"),
+    model: str | None = MODEL_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+) -> None:
+    """Import a control-vector GGUF into RUN/vectors.* (checked against the model)."""
+    from dataclasses import replace
+
+    from traitlens.steer import TraitVector, VectorSet, read_gguf
+
+    code = _trait(trait) if trait else None
+    if method is not None and not method.strip():
+        raise typer.BadParameter("--method must not be empty")
+    check_input_file("FILE", file)
+    read_gguf(file)  # a truncated or foreign file fails here, before the model loads
+    existing = (run / "vectors.json").exists()
+    if existing:
+        VectorSet.load(run)  # an unreadable vector set is reported before loading
+    check_model(model, device, dtype)
+    tm = load_into(run, model, device, dtype)
+    vector = TraitVector.from_gguf(file, tm)
+    vector = replace(vector, trait=code or vector.trait, method=method or vector.method)
+    vectors = VectorSet.load(run, expect=tm.identity) if existing else VectorSet(tm.identity)
+    vectors.add(vector)
+    done(vectors.save(run), f"{vector.trait}/{vector.method} vector")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("steer")
-    def steer_cmd(
-        trait: str = typer.Option(..., "--trait", "-t", help="O, C, E, A or N (or full name)"),
-        prompt: list[str] = typer.Option(..., "--prompt", "-p", help="repeatable"),
-        pole: str = typer.Option("high", "--pole", help="push toward the high or low pole"),
-        method: str = typer.Option("mean_diff", "--method", help=METHOD_HELP),
-        strength: float = typer.Option(
-            2.0, "--strength", "-s", help="standard deviations added at each layer (|s| <= 50)"
-        ),
-        layers: str | None = typer.Option(
-            None, "--layers", "-l", help="e.g. 10-20 or 8,10,12 (default: a middle window)"
-        ),
-        run: Path | None = typer.Option(
-            None,
-            "--run",
-            help="run directory: reuses its vectors/capture, saves new vectors "
-            "(default: a per-model cache run)",
-        ),
-        system: str | None = typer.Option(None, "--system", help="system prompt for every prompt"),
-        span: str = typer.Option(
-            "auto",
-            "--span",
-            help="captured tokens vectors are read from: auto (answers; questions for pca), "
-            "answer or question",
-        ),
-        max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n"),
-        positions: str = typer.Option("all", "--positions", help="all, prompt or generated"),
-        gamma: float = typer.Option(1.0, "--gamma", help="NPTI γ (method neurons)"),
-        sample: bool = typer.Option(False, "--sample", help="sample instead of greedy"),
-        seed: int = typer.Option(0, "--seed"),
-        model: str | None = MODEL_OPTION,
-        device: str = DEVICE_OPTION,
-        dtype: str = DTYPE_OPTION,
-    ) -> None:
-        """Answer prompts with and without steering toward a trait pole, side by side."""
-        from rich.table import Table
-
-        from traitlens.errors import DataError
-        from traitlens.models.loading import check_text_fits
-        from traitlens.steer import (
-            MAX_GAMMA,
-            METHODS,
-            AddDirection,
-            compare_steering,
-            default_run_dir,
-            middle_layers,
-            parse_layers,
-            run_neuron_edit,
-            run_vector,
-        )
-
-        # everything that can be wrong without the model, checked before it loads
-        code, pole = _trait(trait), _pole(pole)
-        where = _positions(positions)
-        check_choice("--method", method, (*METHODS, "neurons"))
-        check_choice("--span", span, ("auto", "answer", "question"))
-        check_strength(strength)
-        check_float(
-            "--gamma",
-            gamma,
-            high=MAX_GAMMA,
-            absolute=True,
-            hint="γ multiplies a neuron's usual activation; NPTI uses about 1",
-        )
-        check_int("--max-new-tokens", max_new_tokens, 1, MAX_NEW_TOKENS, example=48)
-        check_seed("--seed", seed)
-        for index, text in enumerate(prompt, start=1):
-            if not text.strip():
-                raise DataError(f"--prompt #{index} is empty; give the text to answer")
-        info = check_model(model, device, dtype)
-        check_layer_spec("--layers", layers, info.n_layers)
-        if run is not None:
-            check_out_dir(run)
-        tm = load(model, device, dtype)
-        check_text_fits(
-            tm, [(f"#{i}", text) for i, text in enumerate(prompt, 1)], "--prompt", "shorten it"
-        )
-        if system:
-            check_text_fits(tm, [("", system)], "--system", "shorten it")
-        run = run or default_run_dir(tm)
-        chosen = parse_layers(layers, tm.n_layers) if layers else middle_layers(tm.n_layers)
-        intervention: Intervention
-        if method == "neurons":
-            edit = run_neuron_edit(tm, run, code, pole, gamma=gamma, layers=chosen, positions=where)
-            how = (
-                f"NPTI γ={gamma:g}: {len(edit.target)} {pole}-pole neurons boosted, "
-                f"{len(edit.opposite)} opposite silenced"
-            )
-            intervention = edit
-        else:
-            vector = run_vector(tm, run, code, method, span=span)
-            signed = strength if pole == "high" else -strength
-            intervention = AddDirection(vector, signed, layers=tuple(chosen), positions=where)
-            how = f"{method} from {vector.source.get('span', '?')} tokens, {signed:+g}σ"
-        pairs = compare_steering(
-            tm,
-            prompt,
-            intervention,
-            system=system,
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            seed=seed,
-            progress=False,
-        )
-        span = (
-            f"{chosen[0]}-{chosen[-1]}"
-            if chosen == list(range(chosen[0], chosen[-1] + 1))
-            else ",".join(map(str, chosen))
-        )
-        table = Table(
-            title=f"{code} → {pole} ({how}, layers {span}, positions {positions})",
-            show_lines=True,
-        )
-        table.add_column("prompt", style="bold", ratio=1)
-        table.add_column("unsteered", ratio=2)
-        table.add_column(f"steered: {code} {pole}", ratio=2)
-        for text, (plain, steered) in zip(prompt, pairs, strict=True):
-            table.add_row(text, plain, steered)
-        from rich.console import Console
-
-        Console().print(table)
-        done(run, "run artifacts (captures, vectors.json / neurons.json)")
-
+    app.command("steer", cls=_MethodHelp)(steer_cmd)
     vectors_app = typer.Typer(
         help="Trait vectors of a run: show them, export to llama.cpp GGUF, import GGUF.",
         no_args_is_help=True,
     )
     app.add_typer(vectors_app, name="vectors")
-
-    @vectors_app.command("show")
-    def vectors_show(run: Path = typer.Option(..., "--run", help="run directory")) -> None:
-        """List the trait vectors saved in RUN/vectors.json."""
-        from rich.console import Console
-        from rich.table import Table
-
-        from traitlens.steer import VectorSet
-
-        check_run_dir(run, needs="vectors.json")
-        vectors = VectorSet.load(run)
-        table = Table(title=f"{run}/vectors.json — model {vectors.identity.name}")
-        for column in ("trait", "method", "pole", "hook", "layers", "spread (min–max)", "prompts"):
-            table.add_column(column)
-        for vector in vectors:
-            table.add_row(
-                vector.trait,
-                vector.method,
-                vector.pole,
-                vector.hook,
-                f"{vector.layers[0]}-{vector.layers[-1]} ({len(vector.layers)})",
-                f"{float(vector.spread.min()):.3g}–{float(vector.spread.max()):.3g}",
-                str(vector.source.get("n_prompts", "")),
-            )
-        Console().print(table)
-
-    @vectors_app.command("export")
-    def vectors_export(
-        run: Path = typer.Option(..., "--run", help="run directory holding vectors.json"),
-        trait: str = typer.Option(..., "--trait", "-t"),
-        out: Path = typer.Option(..., "--out", "-o", help="file to write"),
-        method: str = typer.Option("mean_diff", "--method"),
-        fmt: str = typer.Option("gguf", "--format", help="gguf (llama.cpp) or safetensors"),
-        strength: float = typer.Option(
-            1.0, "--strength", "-s", help="baked in: the file holds strength × spread × direction"
-        ),
-        layers: str | None = typer.Option(None, "--layers", "-l", help="default: all but 0"),
-    ) -> None:
-        """Export one vector; GGUF files load in llama.cpp with --control-vector FILE."""
-        from traitlens.steer import METHODS, VectorSet, parse_layers
-
-        code = _trait(trait)
-        check_choice("--format", fmt, ("gguf", "safetensors"))
-        check_choice("--method", method, METHODS)
-        check_strength(strength)
-        check_layer_spec("--layers", layers, None)
-        check_run_dir(run, needs="vectors.json")
-        check_out_file(out)
-        vector = VectorSet.load(run).get(code, method)
-        check_layer_spec("--layers", layers, vector.identity.n_layers)
-        chosen = parse_layers(layers, vector.identity.n_layers) if layers else None
-        if fmt == "gguf":
-            path = vector.to_gguf(out, strength=strength, layers=chosen)
-            console.print(
-                f"llama.cpp: llama-cli -m MODEL.gguf --control-vector {path} "
-                "(tensors direction.N act on block N's output, N from 1)"
-            )
-        elif fmt == "safetensors":
-            path = (vector.select(chosen) if chosen else vector).save(out)
-        else:  # pragma: no cover - checked above
-            raise typer.BadParameter(f"--format must be gguf or safetensors, got {fmt!r}")
-        done(path, "vector")
-
-    @vectors_app.command("import")
-    def vectors_import(
-        file: Path = typer.Argument(
-            ..., help="control-vector .gguf (traitlens, repeng, llama.cpp)"
-        ),
-        run: Path = typer.Option(..., "--run", help="run directory to add it to"),
-        trait: str | None = typer.Option(
-            None, "--trait", "-t", help="name it (default: from file)"
-        ),
-        method: str | None = typer.Option(None, "--method", help="name it (default: from file)"),
-        model: str | None = MODEL_OPTION,
-        device: str = DEVICE_OPTION,
-        dtype: str = DTYPE_OPTION,
-    ) -> None:
-        """Import a control-vector GGUF into RUN/vectors.* (checked against the model)."""
-        from dataclasses import replace
-
-        from traitlens.steer import TraitVector, VectorSet, read_gguf
-
-        code = _trait(trait) if trait else None
-        if method is not None and not method.strip():
-            raise typer.BadParameter("--method must not be empty")
-        check_input_file("FILE", file)
-        read_gguf(file)  # a truncated or foreign file fails here, before the model loads
-        existing = (run / "vectors.json").exists()
-        if existing:
-            VectorSet.load(run)  # an unreadable vector set is reported before loading
-        check_model(model, device, dtype)
-        check_out_dir(run)
-        tm = load(model, device, dtype)
-        vector = TraitVector.from_gguf(file, tm)
-        vector = replace(vector, trait=code or vector.trait, method=method or vector.method)
-        vectors = VectorSet.load(run, expect=tm.identity) if existing else VectorSet(tm.identity)
-        vectors.add(vector)
-        done(vectors.save(run), f"{vector.trait}/{vector.method} vector")
+    vectors_app.command("show")(vectors_show)
+    vectors_app.command("export", cls=_DirectionHelp)(vectors_export)
+    vectors_app.command("import")(vectors_import)

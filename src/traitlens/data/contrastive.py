@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from traitlens.data.loaders import load_personas, load_questions
 from traitlens.data.schema import (
@@ -21,6 +21,7 @@ from traitlens.data.schema import (
     TRAIT_NAMES,
     ContrastivePrompt,
     Persona,
+    PromptPole,
     Question,
     normalize_trait,
     parse_traits,
@@ -36,6 +37,7 @@ NEUTRAL_PERSONA_ID = "neutral"
 """persona_id of baseline prompts."""
 
 T = TypeVar("T")
+R = TypeVar("R", Persona, Question)
 
 
 def prompt_id(trait: str, pole: str, persona_id: str, question_id: str) -> str:
@@ -112,25 +114,10 @@ def build_contrastive_set(
     _check_count("n_personas_per_pole", n_personas_per_pole)
     _check_count("n_questions", n_questions)
     category = _category(question_category)
-
-    if personas is None or isinstance(personas, str | os.PathLike):
-        persona_list = load_personas(personas)
-    else:
-        persona_list = list(personas)
-    if questions is None or isinstance(questions, str | os.PathLike):
-        question_list = load_questions(questions)
-    else:
-        question_list = list(questions)
-
-    if category is not None:
-        question_list = [q for q in question_list if q.category == category]
-    if not question_list:
-        where = f" with category '{category}'" if category else ""
-        raise DataError(
-            f"no questions{where} to build prompts from — add questions{where} to your "
-            "questions file, or choose another question_category (None = all)"
-        )
-    chosen_questions = _subsample(question_list, n_questions, f"traitlens|questions|{seed}")
+    persona_list = _records(personas, load_personas)
+    chosen_questions = _chosen_questions(
+        _records(questions, load_questions), category, n_questions, seed
+    )
 
     prompts: list[ContrastivePrompt] = []
     for trait in codes:
@@ -144,34 +131,71 @@ def build_contrastive_set(
                 )
             key = f"traitlens|personas|{seed}|{trait}|{pole}"
             for persona in _subsample(pool, n_personas_per_pole, key):
-                for question in chosen_questions:
-                    prompts.append(
-                        ContrastivePrompt(
-                            id=prompt_id(trait, pole, persona.id, question.id),
-                            trait=trait,
-                            pole=pole,
-                            intensity=persona.intensity,
-                            persona_id=persona.id,
-                            question_id=question.id,
-                            system=persona.text,
-                            user=question.text,
-                        )
-                    )
-        if include_neutral:
-            for question in chosen_questions:
-                prompts.append(
-                    ContrastivePrompt(
-                        id=prompt_id(trait, NEUTRAL_POLE, NEUTRAL_PERSONA_ID, question.id),
-                        trait=trait,
-                        pole=NEUTRAL_POLE,
-                        intensity=NEUTRAL_INTENSITY,
-                        persona_id=NEUTRAL_PERSONA_ID,
-                        question_id=question.id,
-                        system=NEUTRAL_SYSTEM,
-                        user=question.text,
-                    )
+                prompts += _crossed(
+                    trait, pole, persona.id, persona.intensity, persona.text, chosen_questions
                 )
+        if include_neutral:
+            prompts += _crossed(
+                trait,
+                NEUTRAL_POLE,
+                NEUTRAL_PERSONA_ID,
+                NEUTRAL_INTENSITY,
+                NEUTRAL_SYSTEM,
+                chosen_questions,
+            )
+    _check_unique(prompts)
+    return prompts
 
+
+def _records(
+    value: Sequence[R] | str | os.PathLike[str] | None, load: Callable[[Any], list[R]]
+) -> list[R]:
+    """Records given as such, or loaded from a file path (None: the shipped file)."""
+    if value is None or isinstance(value, str | os.PathLike):
+        return load(value)
+    return list(value)
+
+
+def _chosen_questions(
+    questions: list[Question], category: str | None, n_questions: int | None, seed: int
+) -> list[Question]:
+    """The questions of ``category`` (all when None), subsampled to ``n_questions``."""
+    if category is not None:
+        questions = [q for q in questions if q.category == category]
+    if not questions:
+        where = f" with category '{category}'" if category else ""
+        raise DataError(
+            f"no questions{where} to build prompts from — add questions{where} to your "
+            "questions file, or choose another question_category (None = all)"
+        )
+    return _subsample(questions, n_questions, f"traitlens|questions|{seed}")
+
+
+def _crossed(
+    trait: str,
+    pole: PromptPole,
+    persona_id: str,
+    intensity: int,
+    system: str,
+    questions: Sequence[Question],
+) -> list[ContrastivePrompt]:
+    """One persona (its id, intensity and system text) crossed with every question."""
+    return [
+        ContrastivePrompt(
+            id=prompt_id(trait, pole, persona_id, question.id),
+            trait=trait,
+            pole=pole,
+            intensity=intensity,
+            persona_id=persona_id,
+            question_id=question.id,
+            system=system,
+            user=question.text,
+        )
+        for question in questions
+    ]
+
+
+def _check_unique(prompts: Sequence[ContrastivePrompt]) -> None:
     seen: set[str] = set()
     for prompt in prompts:
         if prompt.id in seen:
@@ -180,4 +204,3 @@ def build_contrastive_set(
                 "within their files"
             )
         seen.add(prompt.id)
-    return prompts

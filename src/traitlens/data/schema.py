@@ -7,8 +7,9 @@ models are frozen so a prompt set cannot be mutated after it has been labelled.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -24,6 +25,7 @@ from traitlens.errors import DataError
 __all__ = [
     "TRAITS",
     "TRAIT_NAMES",
+    "FACETS",
     "POLES",
     "NEUTRAL_POLE",
     "NEUTRAL_INTENSITY",
@@ -36,9 +38,13 @@ __all__ = [
     "Persona",
     "Question",
     "Statement",
+    "ConceptItem",
     "ForcedChoice",
     "ContrastivePrompt",
     "AnswerRecord",
+    "TraitTagged",
+    "StatementLike",
+    "LabelledPrompt",
 ]
 
 Pole = Literal["high", "low"]
@@ -55,6 +61,48 @@ TRAIT_NAMES: dict[str, str] = {
     "N": "neuroticism",
 }
 """Code -> full lowercase name."""
+
+FACETS: dict[str, tuple[str, ...]] = {
+    "O": (
+        "imagination",
+        "artistic_interests",
+        "emotionality",
+        "adventurousness",
+        "intellect",
+        "liberalism",
+    ),
+    "C": (
+        "self_efficacy",
+        "orderliness",
+        "dutifulness",
+        "achievement_striving",
+        "self_discipline",
+        "cautiousness",
+    ),
+    "E": (
+        "friendliness",
+        "gregariousness",
+        "assertiveness",
+        "activity_level",
+        "excitement_seeking",
+        "cheerfulness",
+    ),
+    "A": ("trust", "morality", "altruism", "cooperation", "modesty", "sympathy"),
+    "N": (
+        "anxiety",
+        "anger",
+        "depression",
+        "self_consciousness",
+        "immoderation",
+        "vulnerability",
+    ),
+}
+"""Code -> the six facet labels (snake_case) the shipped concept item bank is written for.
+
+Six narrow facets per domain let cross-validation hold out whole facets, so a probe must
+decode the domain rather than memorize one facet's vocabulary. User banks may use any
+facet labels; these are only the shipped bank's.
+"""
 
 POLES: tuple[Pole, ...] = ("high", "low")
 """The two ends of each trait that personas and prompts are labelled with."""
@@ -140,6 +188,55 @@ def parse_traits(spec: str | Sequence[str] | None) -> list[str]:
     return codes
 
 
+# Domain labels some public inventories use that are *not* one of the five as named here.
+# Mapping them silently would hide a decision (Emotional Stability is neuroticism with
+# every key flipped), so they are refused with the mapping spelled out.
+_UNMAPPED_DOMAINS: dict[str, str] = {
+    "emotional stability": (
+        "it is the low pole of neuroticism: relabel those items N and flip each key (+ <-> -)"
+    ),
+    "stability": (
+        "it is the low pole of neuroticism: relabel those items N and flip each key (+ <-> -)"
+    ),
+    "intellect": "it is IPIP's name for its openness domain: relabel those items O",
+    "intellect/imagination": "it is IPIP's name for its openness domain: relabel those items O",
+}
+
+
+def _parse_domain(value: Any) -> str:
+    if isinstance(value, str):
+        label = " ".join(value.lower().split())
+        if label in _UNMAPPED_DOMAINS:
+            raise ValueError(
+                f"domain {value!r} is not mapped automatically — {_UNMAPPED_DOMAINS[label]}"
+            )
+        numeric = label.lstrip("+-").isdigit()
+    else:
+        numeric = isinstance(value, int) and not isinstance(value, bool)
+    if numeric:
+        raise ValueError(
+            f"domain {value!r} is a factor number, and inventories number their factors "
+            f"differently — replace it with the domain: {_TRAIT_FIX}"
+        )
+    return normalize_trait(value)
+
+
+def _int_to_str(value: Any) -> Any:
+    # JSON files often number items and facets; an id 7 means the same as "7".
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _snake_case(value: str) -> str:
+    _non_empty(value)
+    snake = re.sub(r"[\W_]+", "_", value.lower()).strip("_")
+    if not snake:
+        raise ValueError(
+            f"{value!r} has no letters or digits — name the facet, e.g. 'anxiety' or "
+            "'self_discipline'"
+        )
+    return snake
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise ValueError("is empty — fill it in (whitespace-only text counts as empty)")
@@ -192,6 +289,8 @@ def _parse_category(value: Any) -> str:
 # piece of text the same way (and says the same fix) without repeating validators.
 TraitCode = Annotated[str, BeforeValidator(normalize_trait)]
 Text = Annotated[str, AfterValidator(_non_empty)]
+Keyed = Annotated[Literal["+", "-"], BeforeValidator(_parse_keyed)]
+Label = Annotated[str, BeforeValidator(_int_to_str), AfterValidator(_non_empty)]
 PoleField = Annotated[Pole, _pole_parser(POLES, "'high' or 'low'")]
 PromptPoleField = Annotated[
     PromptPole, _pole_parser((*POLES, NEUTRAL_POLE), "'high', 'low' or 'neutral'")
@@ -233,7 +332,24 @@ class TraitInfo(_Record):
         return self
 
 
-class Persona(_Record):
+PolarT = TypeVar("PolarT", bound="_Polar")
+
+
+class _Polar(_Record):
+    """A record labelled with a pole and an intensity, which must agree (a high-pole
+    persona is 4 or 5 on the 1–5 scale, a neutral prompt 3)."""
+
+    if TYPE_CHECKING:  # declared by each subclass, in its own field order
+        pole: str
+        intensity: int
+
+    @model_validator(mode="after")
+    def _coherent(self: PolarT) -> PolarT:
+        _check_intensity(self.pole, self.intensity)
+        return self
+
+
+class Persona(_Polar):
     """A system-prompt persona that pushes a model toward one pole of one trait."""
 
     id: Text
@@ -241,11 +357,6 @@ class Persona(_Record):
     pole: PoleField
     intensity: int
     text: Text
-
-    @model_validator(mode="after")
-    def _coherent(self) -> Persona:
-        _check_intensity(self.pole, self.intensity)
-        return self
 
 
 class Question(_Record):
@@ -270,7 +381,26 @@ class Statement(_Record):
     id: Text
     trait: TraitCode
     text: Text
-    keyed: Annotated[Literal["+", "-"], BeforeValidator(_parse_keyed)]
+    keyed: Keyed
+
+
+class ConceptItem(_Record):
+    """A questionnaire item labelled with the Big Five domain and facet it measures.
+
+    The concept design shows the model the item text itself and asks which domain it is
+    about, so unlike :class:`Statement` the labels are the point: ``trait`` is the domain
+    code, ``facet`` a snake_case label (``"Self-Consciousness"`` becomes
+    ``"self_consciousness"``) that cross-validation groups by, and ``keyed`` says whether
+    agreeing indicates the high (``"+"``) or low (``"-"``) pole. Domain labels that are a
+    flipped or renamed domain ("Emotional Stability", "Intellect") and factor numbers are
+    refused rather than guessed.
+    """
+
+    id: Label
+    trait: Annotated[str, BeforeValidator(_parse_domain)]
+    facet: Annotated[str, BeforeValidator(_int_to_str), AfterValidator(_snake_case)]
+    keyed: Keyed
+    text: Text
 
 
 class ForcedChoice(_Record):
@@ -283,7 +413,7 @@ class ForcedChoice(_Record):
     low_option: Text
 
 
-class ContrastivePrompt(_Record):
+class ContrastivePrompt(_Polar):
     """One labelled chat prompt: persona as ``system``, question as ``user``.
 
     The persona text lives only in ``system`` and the question only in ``user`` so that
@@ -300,11 +430,6 @@ class ContrastivePrompt(_Record):
     system: Text
     user: Text
 
-    @model_validator(mode="after")
-    def _coherent(self) -> ContrastivePrompt:
-        _check_intensity(self.pole, self.intensity)
-        return self
-
 
 class AnswerRecord(_Record):
     """One open-ended answer to score (``question`` optional; an empty answer scores NaN)."""
@@ -314,15 +439,32 @@ class AnswerRecord(_Record):
     id: str = ""
 
 
-class LabelledPrompt(Protocol):
-    """What later stages need to know about a prompt; :class:`ContrastivePrompt` has it all
-    (a structural type, so users' own prompt objects work too)."""
+class TraitTagged(Protocol):
+    """What every labelled record shares: its ``id`` and the ``trait`` code it belongs
+    to. Structural types, so users' own objects (a dataclass, a named tuple) work wherever
+    a traitlens record does; the protocols below add what each stage reads."""
 
     @property
     def id(self) -> str: ...
 
     @property
     def trait(self) -> str: ...
+
+
+class StatementLike(TraitTagged, Protocol):
+    """A keyed questionnaire item: :class:`Statement`, :class:`ConceptItem` or anything
+    shaped like them."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def keyed(self) -> str: ...
+
+
+class LabelledPrompt(TraitTagged, Protocol):
+    """What later stages need to know about a prompt; :class:`ContrastivePrompt` has it all
+    (a structural type, so users' own prompt objects work too)."""
 
     @property
     def pole(self) -> str: ...

@@ -19,7 +19,7 @@ import torch
 
 from traitlens.artifact_io import write_json
 from traitlens.capture import Prompt
-from traitlens.data.schema import AnswerRecord
+from traitlens.data.schema import AnswerRecord, StatementLike
 from traitlens.evaluate.embedding import (
     NEUTRAL_QUESTION,
     embedding_scores,
@@ -27,7 +27,6 @@ from traitlens.evaluate.embedding import (
     model_embedder,
 )
 from traitlens.evaluate.openended import OpenEndedScores, answer_hidden, endpoint_scores
-from traitlens.evaluate.questionnaire import StatementLike
 from traitlens.evaluate.tables import write_csv
 from traitlens.models.loading import TraitModel, check_text_fits
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
+from traitlens.artifact_io import Record
 from traitlens.errors import DataError
 from traitlens.evaluate.reference import NEUTRAL_TEXT
 from traitlens.models.loading import TraitModel, context_length
@@ -34,16 +34,13 @@ _MAX_WINDOW = 1024
 
 
 @dataclass(frozen=True)
-class PerplexityResult:
+class PerplexityResult(Record):
     """``perplexity = exp(mean_nll)`` over ``n_tokens`` scored tokens (all but the first)."""
 
     perplexity: float
     mean_nll: float
     n_tokens: int
     window: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _context_length(tm: TraitModel) -> int:
@@ -150,7 +147,7 @@ def repetition_rate(texts: Sequence[str], n: int = 4) -> float:
 
 
 @dataclass(frozen=True)
-class TextCost:
+class TextCost(Record):
     """Diversity of a set of generated answers: distinct-1/2 over the set and
     ``repetition_rate`` = seq-rep-n within answers (see the module docstring)."""
 
@@ -159,9 +156,6 @@ class TextCost:
     distinct_1: float
     distinct_2: float
     repetition_rate: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def text_cost(texts: Sequence[str], repetition_n: int = 4) -> TextCost:

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from traitlens.data import TRAITS, parse_traits
+from traitlens.data.schema import StatementLike
 from traitlens.errors import DataError
 from traitlens.evaluate.openended import OpenEndedScores
-from traitlens.evaluate.questionnaire import StatementLike
 from traitlens.models.loading import TraitModel
+from traitlens.stats import separation_auc
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
@@ -75,14 +76,6 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counted half."""
-    if pos.size == 0 or neg.size == 0:
-        return math.nan
-    diff = pos[:, None] - neg[None, :]
-    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
-
-
 def _loo_units(raw: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``[k, k, d]``: for each held-out statement ``index[a]``, the unit vectors of all
     ``index`` statements centred on the mean of every statement *except* ``index[a]``.
@@ -106,7 +99,9 @@ def _loo_auc(units: np.ndarray, is_plus: np.ndarray) -> float:
         h = _unit(units[a, others & is_plus].mean(axis=0))
         lo = _unit(units[a, others & ~is_plus].mean(axis=0))
         scores[a] = units[a, a] @ h - units[a, a] @ lo
-    return _auc(scores[is_plus], scores[~is_plus])
+    if not is_plus.any() or is_plus.all():
+        return math.nan
+    return separation_auc(scores[is_plus], scores[~is_plus])
 
 
 @dataclass(frozen=True, eq=False)

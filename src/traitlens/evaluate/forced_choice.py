@@ -11,23 +11,22 @@ perfectly balanced on every trait.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import numpy as np
 
-from traitlens.artifact_io import read_json, write_json
-from traitlens.data import TRAITS, parse_traits
-from traitlens.errors import DataError
-from traitlens.evaluate.logprobs import label_distribution, resolve_label_tokens
-from traitlens.evaluate.tables import (
-    TraitLookup,
-    restore_floats,
-    write_csv,
+from traitlens.data.schema import TraitTagged
+from traitlens.evaluate.administer import (
+    check_prompt_texts,
+    label_answers,
+    run_config,
+    select_items,
 )
-from traitlens.models.loading import TraitModel, check_text_fits
+from traitlens.evaluate.logprobs import resolve_label_tokens
+from traitlens.evaluate.tables import ItemTable, TableRow
+from traitlens.models.loading import TraitModel
 
 LABELS = ("A", "B")
 INSTRUCTION = (
@@ -36,14 +35,8 @@ INSTRUCTION = (
 )
 
 
-class ForcedChoiceLike(Protocol):
+class ForcedChoiceLike(TraitTagged, Protocol):
     """``traitlens.data.ForcedChoice`` or anything shaped like it."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def trait(self) -> str: ...
 
     @property
     def situation(self) -> str: ...
@@ -69,7 +62,7 @@ def render_choice(item: ForcedChoiceLike, high_label: str) -> str:
 
 
 @dataclass(frozen=True)
-class ChoiceResponse:
+class ChoiceResponse(TableRow):
     """One item in one order: ``p_a`` = P("A"), ``p_high`` = P(the high-pole option)."""
 
     item_id: str
@@ -79,12 +72,9 @@ class ChoiceResponse:
     p_high: float
     label_mass: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class ChoiceTraitSummary:
+class ChoiceTraitSummary(TableRow):
     """Per trait: ``score`` = mean P(high) over items and both orders (0.5 = no
     preference); ``order_bias`` = mean P("A") − 0.5; ``consistency`` = share of
     items where the same option (by content) wins in both orders."""
@@ -96,49 +86,22 @@ class ChoiceTraitSummary:
     consistency: float
     label_mass: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class ForcedChoiceResult(TraitLookup[ChoiceTraitSummary]):
-    """Item rows (two per item) and per-trait summaries, plus the run's configuration."""
+class ForcedChoiceResult(ItemTable[ChoiceResponse, ChoiceTraitSummary]):
+    """Item rows (two per item) and per-trait summaries, plus the run's configuration;
+    saved as ``forced_choice.json`` plus ``forced_choice_{items,traits}.csv``."""
 
-    items: tuple[ChoiceResponse, ...]
-    traits: tuple[ChoiceTraitSummary, ...]
-    config: Mapping[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "forced_choice"
+    item_type: ClassVar[type[TableRow]] = ChoiceResponse
+    summary_type: ClassVar[type[TableRow]] = ChoiceTraitSummary
 
     @property
     def order_bias(self) -> float:
         return float(np.mean([i.p_a for i in self.items]) - 0.5)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "forced_choice",
-            "config": dict(self.config),
-            "order_bias": self.order_bias,
-            "traits": [t.to_dict() for t in self.traits],
-            "items": [i.to_dict() for i in self.items],
-        }
-
-    def save(self, directory: str | Path) -> Path:
-        """Write ``forced_choice.json`` plus ``forced_choice_{traits,items}.csv``."""
-        out = Path(directory)
-        write_csv([i.to_dict() for i in self.items], out / "forced_choice_items.csv")
-        write_csv([t.to_dict() for t in self.traits], out / "forced_choice_traits.csv")
-        write_json(out / "forced_choice.json", self.to_dict())
-        return out
-
-    @classmethod
-    def load(cls, directory: str | Path) -> ForcedChoiceResult:
-        data = read_json(
-            Path(directory) / "forced_choice.json", "run the evaluation that writes it first"
-        )
-        return cls(
-            tuple(ChoiceResponse(**restore_floats(row)) for row in data["items"]),
-            tuple(ChoiceTraitSummary(**restore_floats(row)) for row in data["traits"]),
-            data.get("config", {}),
-        )
+    def headline(self) -> dict[str, float]:
+        return {"order_bias": self.order_bias}
 
 
 def summarize_choices(trait: str, items: Sequence[ChoiceResponse]) -> ChoiceTraitSummary:
@@ -174,20 +137,15 @@ def run_forced_choice(
     ``items``: e.g. ``traitlens.data.load_forced_choices(path)``. With ``traits``
     None, every trait the items cover is reported.
     """
-    if not items:
-        raise DataError(
-            "no forced-choice items; pass some (traitlens.data.load_forced_choices() loads "
-            "the shipped ones)"
-        )
-    for item in items:
-        if item.trait not in TRAITS:
-            raise DataError(
-                f"forced-choice item {item.id!r} has unknown trait {item.trait!r}; use one of "
-                f"{', '.join(TRAITS)}"
-            )
-    if len({item.id for item in items}) != len(items):
-        raise DataError("forced-choice item ids must be unique")
-    check_text_fits(
+    chosen, selected = select_items(
+        items,
+        traits,
+        what="forced-choice item",
+        plural="forced-choice items",
+        empty="no forced-choice items; pass some (traitlens.data.load_forced_choices() loads "
+        "the shipped ones)",
+    )
+    check_prompt_texts(
         tm,
         [
             (f"{item.id!r} ({field})", getattr(item, field))
@@ -196,25 +154,15 @@ def run_forced_choice(
         ],
         "forced-choice item",
         "shorten it (a situation is a sentence or two, an option one sentence)",
+        system,
     )
-    if system:
-        check_text_fits(tm, [("", system)], "the system prompt", "shorten it")
-    present = {item.trait for item in items}
-    selected = [t for t in TRAITS if t in present] if traits is None else parse_traits(traits)
-    missing = [t for t in selected if t not in present]
-    if missing:
-        raise DataError(
-            f"no forced-choice items for trait(s) {', '.join(missing)}; add items for them "
-            "or leave them out of --traits"
-        )
-    chosen = [item for item in items if item.trait in selected]
     started = time.perf_counter()
     label_tokens = resolve_label_tokens(tm, LABELS)
     prompts = [(item, high) for high in LABELS for item in chosen]
-    sequences = [tm.format(system, render_choice(item, high)).input_ids for item, high in prompts]
-    dist = label_distribution(
+    dist = label_answers(
         tm,
-        sequences,
+        system,
+        [render_choice(item, high) for item, high in prompts],
         label_tokens,
         batch_size=batch_size,
         share_prefix=share_prefix,
@@ -235,13 +183,7 @@ def run_forced_choice(
     summaries = tuple(
         summarize_choices(trait, [r for r in rows if r.trait == trait]) for trait in selected
     )
-    config = {
-        "model": tm.identity.to_dict(),
-        "chat_format": tm.formatter.mode,
-        "instruction": INSTRUCTION,
-        "system": system,
-        "n_items": len(chosen),
-        "label_token_ids": list(label_tokens.ids),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    config = run_config(
+        tm, label_tokens, started, instruction=INSTRUCTION, system=system, n_items=len(chosen)
+    )
     return ForcedChoiceResult(rows, summaries, config)

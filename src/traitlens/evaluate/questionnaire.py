@@ -24,41 +24,25 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
-from traitlens.artifact_io import read_json, write_json
-from traitlens.data import TRAITS, parse_traits
+from traitlens.data.schema import StatementLike
 from traitlens.errors import DataError
-from traitlens.evaluate.logprobs import label_distribution, resolve_label_tokens
-from traitlens.evaluate.stats import cronbach_alpha, sample_sd
-from traitlens.evaluate.tables import (
-    TraitLookup,
-    restore_floats,
-    write_csv,
+from traitlens.evaluate.administer import (
+    check_prompt_texts,
+    label_answers,
+    run_config,
+    select_items,
 )
-from traitlens.models.loading import TraitModel, check_text_fits
+from traitlens.evaluate.logprobs import LabelDistribution, resolve_label_tokens
+from traitlens.evaluate.stats import cronbach_alpha, sample_sd
+from traitlens.evaluate.tables import ItemTable, TableRow, restore_floats
+from traitlens.models.loading import TraitModel
 
 SCALE = (1, 2, 3, 4, 5)
 ORDERS = ("ascending", "descending")
-
-
-class StatementLike(Protocol):
-    """A questionnaire item: ``traitlens.data.Statement`` or anything shaped like it."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def trait(self) -> str: ...
-
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def keyed(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -132,7 +116,7 @@ TEMPLATES: dict[str, LikertTemplate] = {
 
 
 @dataclass(frozen=True)
-class ItemResponse:
+class ItemResponse(TableRow):
     """The answer distribution for one item under one template and option order.
 
     ``expected``/``argmax`` are raw answers on 1..5; ``score``/``score_argmax``
@@ -152,9 +136,6 @@ class ItemResponse:
     score_argmax: int
     label_mass: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def row(self) -> dict[str, Any]:
         """Flat CSV row: probs become columns p1..p5."""
         data = self.to_dict()
@@ -162,9 +143,13 @@ class ItemResponse:
         data.update({f"p{k}": p for k, p in zip(SCALE, probs, strict=True)})
         return data
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ItemResponse:
+        return cls(**{**restore_floats(data), "probs": tuple(data["probs"])})
+
 
 @dataclass(frozen=True)
-class TraitSummary:
+class TraitSummary(TableRow):
     """Per-trait questionnaire summary; see the module docstring for definitions.
 
     ``alpha`` treats each (template, order) administration as a respondent and
@@ -196,47 +181,21 @@ class TraitSummary:
 
 
 @dataclass(frozen=True)
-class QuestionnaireResult(TraitLookup[TraitSummary]):
-    """Item-level rows and per-trait summaries, plus the run's configuration."""
+class QuestionnaireResult(ItemTable[ItemResponse, TraitSummary]):
+    """Item-level rows and per-trait summaries, plus the run's configuration; saved as
+    ``questionnaire.json`` (everything) plus ``questionnaire_{items,traits}.csv``."""
 
-    items: tuple[ItemResponse, ...]
-    traits: tuple[TraitSummary, ...]
-    config: Mapping[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "questionnaire"
+    item_type: ClassVar[type[TableRow]] = ItemResponse
+    summary_type: ClassVar[type[TableRow]] = TraitSummary
 
     @property
     def order_asymmetry(self) -> float:
         """Mean raw answer ascending − descending over all items and templates."""
         return _order_asymmetry(list(self.items))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "questionnaire",
-            "config": dict(self.config),
-            "order_asymmetry": self.order_asymmetry,
-            "traits": [t.to_dict() for t in self.traits],
-            "items": [i.to_dict() for i in self.items],
-        }
-
-    def save(self, directory: str | Path) -> Path:
-        """Write ``questionnaire.json`` (everything) plus ``questionnaire_traits.csv``
-        and ``questionnaire_items.csv``; returns the directory."""
-        out = Path(directory)
-        write_csv([i.row() for i in self.items], out / "questionnaire_items.csv")
-        write_csv([t.row() for t in self.traits], out / "questionnaire_traits.csv")
-        write_json(out / "questionnaire.json", self.to_dict())
-        return out
-
-    @classmethod
-    def load(cls, directory: str | Path) -> QuestionnaireResult:
-        data = read_json(
-            Path(directory) / "questionnaire.json", "run the evaluation that writes it first"
-        )
-        items = tuple(
-            ItemResponse(**{**restore_floats(row), "probs": tuple(row["probs"])})
-            for row in data["items"]
-        )
-        traits = tuple(TraitSummary(**restore_floats(row)) for row in data["traits"])
-        return cls(items, traits, data.get("config", {}))
+    def headline(self) -> dict[str, float]:
+        return {"order_asymmetry": self.order_asymmetry}
 
 
 def _order_asymmetry(items: Sequence[ItemResponse]) -> float:
@@ -293,40 +252,63 @@ def _select_templates(templates: Sequence[str | LikertTemplate] | None) -> list[
     return chosen
 
 
+def _check_keyed(statement: StatementLike) -> None:
+    if statement.keyed not in ("+", "-"):
+        raise DataError(f"statement {statement.id!r} has keyed={statement.keyed!r}; use '+' or '-'")
+
+
 def _select_items(
     statements: Sequence[StatementLike], traits: str | Sequence[str] | None
 ) -> tuple[list[StatementLike], list[str]]:
-    if not statements:
-        raise DataError(
-            "the questionnaire is empty; pass statements (traitlens.data.load_statements() "
-            "loads the shipped ones, or load_statements('my_inventory.csv') your own)"
-        )
-    seen: set[str] = set()
-    for statement in statements:
-        if statement.trait not in TRAITS:
-            raise DataError(
-                f"statement {statement.id!r} has unknown trait {statement.trait!r}; use one of "
-                f"{', '.join(TRAITS)} (load files with traitlens.data.load_statements, which "
-                "also accepts full trait names)"
+    return select_items(
+        statements,
+        traits,
+        what="statement",
+        plural="statements",
+        empty="the questionnaire is empty; pass statements (traitlens.data.load_statements() "
+        "loads the shipped ones, or load_statements('my_inventory.csv') your own)",
+        trait_hint=" (load files with traitlens.data.load_statements, which also accepts "
+        "full trait names)",
+        check=_check_keyed,
+    )
+
+
+def _check_orders(orders: Sequence[str]) -> None:
+    for order in orders:
+        if order not in ORDERS:
+            raise DataError(f"unknown option order {order!r}; use one of {', '.join(ORDERS)}")
+    if not orders:
+        raise DataError(f"no option orders selected; use one or both of {', '.join(ORDERS)}")
+
+
+def _responses(
+    statements: Sequence[StatementLike],
+    template: LikertTemplate,
+    order: str,
+    dist: LabelDistribution,
+) -> list[ItemResponse]:
+    """Rows for one (template, order) administration, reverse-keying ``score``."""
+    responses = []
+    for statement, probs, mass in zip(statements, dist.probs, dist.label_mass, strict=True):
+        expected = float(np.dot(probs, SCALE))
+        argmax = int(SCALE[int(np.argmax(probs))])
+        reverse = statement.keyed == "-"
+        responses.append(
+            ItemResponse(
+                item_id=statement.id,
+                trait=statement.trait,
+                keyed=statement.keyed,
+                template=template.name,
+                order=order,
+                probs=tuple(float(p) for p in probs),
+                expected=expected,
+                argmax=argmax,
+                score=6.0 - expected if reverse else expected,
+                score_argmax=6 - argmax if reverse else argmax,
+                label_mass=float(mass),
             )
-        if statement.keyed not in ("+", "-"):
-            raise DataError(
-                f"statement {statement.id!r} has keyed={statement.keyed!r}; use '+' or '-'"
-            )
-        if statement.id in seen:
-            raise DataError(f"statement id {statement.id!r} appears twice; ids must be unique")
-        seen.add(statement.id)
-    # no selection = every trait the inventory covers (a user's CSV may cover a subset)
-    present = {s.trait for s in statements}
-    selected = [t for t in TRAITS if t in present] if traits is None else parse_traits(traits)
-    chosen = [s for s in statements if s.trait in selected]
-    missing = [t for t in selected if not any(s.trait == t for s in chosen)]
-    if missing:
-        raise DataError(
-            f"no statements for trait(s) {', '.join(missing)}; add items for them or leave "
-            "them out of --traits"
         )
-    return chosen, selected
+    return responses
 
 
 def check_questionnaire(
@@ -363,65 +345,41 @@ def run_questionnaire(
     """
     items, selected = _select_items(statements, traits)
     chosen_templates = _select_templates(templates)
-    check_text_fits(
+    check_prompt_texts(
         tm,
         [(repr(s.id), s.text) for s in items],
         "statement",
         "shorten it (a questionnaire statement is one sentence) or drop it from the file",
+        system,
     )
-    if system:
-        check_text_fits(tm, [("", system)], "the system prompt", "shorten it")
-    for order in orders:
-        if order not in ORDERS:
-            raise DataError(f"unknown option order {order!r}; use one of {', '.join(ORDERS)}")
-    if not orders:
-        raise DataError(f"no option orders selected; use one or both of {', '.join(ORDERS)}")
+    _check_orders(orders)
     started = time.perf_counter()
     label_tokens = resolve_label_tokens(tm, [str(k) for k in SCALE])
     responses: list[ItemResponse] = []
     for template in chosen_templates:
         for order in orders:
-            sequences = [tm.format(system, template.render(s.text, order)).input_ids for s in items]
-            dist = label_distribution(
+            dist = label_answers(
                 tm,
-                sequences,
+                system,
+                [template.render(s.text, order) for s in items],
                 label_tokens,
                 batch_size=batch_size,
                 share_prefix=share_prefix,
                 progress=progress,
                 description=f"questionnaire {template.name}/{order}",
             )
-            for statement, probs, mass in zip(items, dist.probs, dist.label_mass, strict=True):
-                expected = float(np.dot(probs, SCALE))
-                argmax = int(SCALE[int(np.argmax(probs))])
-                reverse = statement.keyed == "-"
-                responses.append(
-                    ItemResponse(
-                        item_id=statement.id,
-                        trait=statement.trait,
-                        keyed=statement.keyed,
-                        template=template.name,
-                        order=order,
-                        probs=tuple(float(p) for p in probs),
-                        expected=expected,
-                        argmax=argmax,
-                        score=6.0 - expected if reverse else expected,
-                        score_argmax=6 - argmax if reverse else argmax,
-                        label_mass=float(mass),
-                    )
-                )
+            responses.extend(_responses(items, template, order, dist))
     summaries = tuple(
         summarize_trait(trait, [r for r in responses if r.trait == trait]) for trait in selected
     )
-    config = {
-        "model": tm.identity.to_dict(),
-        "chat_format": tm.formatter.mode,
-        "templates": [asdict(t) for t in chosen_templates],
-        "orders": list(orders),
-        "system": system,
-        "n_items": len(items),
-        "n_prompts": len(responses),
-        "label_token_ids": list(label_tokens.ids),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    config = run_config(
+        tm,
+        label_tokens,
+        started,
+        templates=[asdict(t) for t in chosen_templates],
+        orders=list(orders),
+        system=system,
+        n_items=len(items),
+        n_prompts=len(responses),
+    )
     return QuestionnaireResult(tuple(responses), summaries, config)

@@ -1,51 +1,28 @@
 """Small statistics for judging measurements and interventions.
 
 Pure numpy functions tested against hand-computed values: Cronbach's α for
-questionnaire reliability, percentile-bootstrap confidence intervals (plain and
-paired), and standardized effect sizes (Cohen's d with pooled SD, Cohen's d_z
-for paired designs). Undefined values (zero variance, too few observations) come
-back as NaN rather than raising, because they describe the data, not a misuse.
+questionnaire reliability and standardized effect sizes (Cohen's d with pooled SD,
+Cohen's d_z for paired designs). Undefined values (zero variance, too few
+observations) come back as NaN rather than raising, because they describe the data,
+not a misuse. The bootstrap confidence intervals (plain and paired) live in
+:mod:`traitlens.stats` with every other shared statistic and are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from traitlens.errors import DataError
 
-Statistic = Callable[[np.ndarray], Any]
-
-
-@dataclass(frozen=True)
-class ConfidenceInterval:
-    """A point estimate with its ``level`` confidence interval ``[low, high]``."""
-
-    estimate: float
-    low: float
-    high: float
-    level: float
-    n: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
-
-
-def _vector(values: ArrayLike, name: str) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64).reshape(-1)
-    if array.size == 0:
-        raise DataError(f"{name} is empty; pass at least one value")
-    if not np.all(np.isfinite(array)):
-        raise DataError(f"{name} contains NaN or inf; drop or fix those values first")
-    return array
+# re-exported: the evaluate stage's public API has always offered them from here
+from traitlens.stats import ConfidenceInterval as ConfidenceInterval
+from traitlens.stats import bootstrap_ci as bootstrap_ci
+from traitlens.stats import finite_vector
+from traitlens.stats import paired_bootstrap_ci as paired_bootstrap_ci
 
 
 def cronbach_alpha(scores: ArrayLike) -> float:
@@ -68,66 +45,12 @@ def cronbach_alpha(scores: ArrayLike) -> float:
     return float(n_items / (n_items - 1) * (1.0 - item_variance / total_variance))
 
 
-def _percentile_ci(
-    estimate: float, replicates: np.ndarray, level: float, n: int
-) -> ConfidenceInterval:
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(replicates, [tail, 100.0 - tail])
-    return ConfidenceInterval(float(estimate), float(low), float(high), level, n)
-
-
-def _check_level(level: float, n_boot: int) -> None:
-    if not 0.0 < level < 1.0:
-        raise DataError(f"confidence level must lie strictly between 0 and 1, got {level}")
-    if n_boot < 1:
-        raise DataError(f"n_boot must be >= 1, got {n_boot}")
-
-
-def bootstrap_ci(
-    values: ArrayLike,
-    stat: Statistic = np.mean,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> ConfidenceInterval:
-    """Percentile bootstrap CI of ``stat(values)`` (Efron & Tibshirani 1993, ch. 13).
-
-    Resamples with replacement from a seeded generator, so the interval is
-    reproducible; the estimate is ``stat`` on the original sample.
-    """
-    _check_level(level, n_boot)
-    sample = _vector(values, "values")
-    rng = np.random.default_rng(seed)
-    indices = rng.integers(0, sample.size, size=(n_boot, sample.size))
-    replicates = np.array([float(stat(sample[row])) for row in indices])
-    return _percentile_ci(float(stat(sample)), replicates, level, sample.size)
-
-
-def paired_bootstrap_ci(
-    a: ArrayLike,
-    b: ArrayLike,
-    stat: Statistic = np.mean,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> ConfidenceInterval:
-    """Percentile bootstrap CI of ``stat(a − b)`` resampling *pairs* jointly.
-
-    For before/after measurements on the same items (steered vs. unsteered), the
-    pairing removes item difficulty from the noise; resampling the pairs keeps it.
-    """
-    first, second = _vector(a, "a"), _vector(b, "b")
-    if first.size != second.size:
-        raise DataError(f"paired samples differ in length ({first.size} vs {second.size})")
-    return bootstrap_ci(first - second, stat=stat, n_boot=n_boot, seed=seed, level=level)
-
-
 def cohens_d(a: ArrayLike, b: ArrayLike) -> float:
     """Cohen's d for independent samples: (mean a − mean b) / pooled SD (ddof=1).
 
     NaN when the pooled SD is zero or either sample has fewer than 2 values.
     """
-    first, second = _vector(a, "a"), _vector(b, "b")
+    first, second = finite_vector(a, "a"), finite_vector(b, "b")
     if first.size < 2 or second.size < 2:
         return math.nan
     pooled = ((first.size - 1) * first.var(ddof=1) + (second.size - 1) * second.var(ddof=1)) / (
@@ -143,7 +66,7 @@ def paired_effect_size(a: ArrayLike, b: ArrayLike) -> float:
 
     NaN when the differences do not vary or there are fewer than 2 pairs.
     """
-    first, second = _vector(a, "a"), _vector(b, "b")
+    first, second = finite_vector(a, "a"), finite_vector(b, "b")
     if first.size != second.size:
         raise DataError(f"paired samples differ in length ({first.size} vs {second.size})")
     diff = first - second

@@ -9,7 +9,12 @@ conversations and a side-by-side comparison of several models.
 """
 
 from traitlens.fingerprint.axes import AxisFit, TraitAxes, crossfit, fit_axis, split_half_stability
-from traitlens.fingerprint.config import PROFILES, FingerprintConfig, profile
+from traitlens.fingerprint.config import (
+    PROFILES,
+    FingerprintConfig,
+    profile,
+    resolve_fingerprint_config,
+)
 from traitlens.fingerprint.pipeline import (
     ModelFingerprint,
     compare,
@@ -43,6 +48,7 @@ __all__ = [
     "load_fingerprint",
     "profile",
     "resolve_axes",
+    "resolve_fingerprint_config",
     "run_fingerprint",
     "split_half_stability",
 ]

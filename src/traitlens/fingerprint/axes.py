@@ -20,19 +20,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
-from traitlens import __version__
-from traitlens.artifact_io import read_artifact, write_artifact
-from traitlens.errors import ArtifactError, DataError
+from traitlens.artifact_io import Artifact, Saved, fields_of
+from traitlens.errors import ArtifactError, DataError, index_of
 from traitlens.fingerprint.stats import FloatArray, cosine, robust_scale
 from traitlens.fingerprint.texts import AXES, resolve_axes
 from traitlens.models.loading import ModelIdentity
+from traitlens.probe.folds import assign_folds
 
 
 def as_array(pooled: Any) -> FloatArray:
@@ -129,9 +128,9 @@ def question_folds(groups: Sequence[str], n_folds: int, seed: int) -> dict[str, 
         raise DataError(
             f"held-out calibration needs at least 2 distinct questions, got {len(unique)}"
         )
-    folds = min(n_folds, len(unique))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    return {unique[index]: rank % folds for rank, index in enumerate(order)}
+    # one stratum: questions are shuffled with the seed and dealt out round-robin
+    folds = assign_folds(unique, ["question"] * len(unique), min(n_folds, len(unique)), seed)
+    return {str(question): fold for question, fold in folds.items()}
 
 
 @dataclass
@@ -154,7 +153,7 @@ class CrossFit:
 
 def crossfit(
     pooled: Any,
-    is_high: Sequence[bool],
+    is_high: ArrayLike,
     groups: Sequence[str],
     n_folds: int,
     seed: int,
@@ -179,7 +178,7 @@ def crossfit(
 
 def split_half_stability(
     pooled: Any,
-    is_high: Sequence[bool],
+    is_high: ArrayLike,
     groups: Sequence[str],
     n_splits: int,
     seed: int,
@@ -216,8 +215,24 @@ def split_half_stability(
     return np.asarray(cosines, dtype=np.float64)
 
 
+def paired_accuracy(scores: ArrayLike, is_high: ArrayLike, questions: Sequence[str]) -> float:
+    """Fraction of questions whose high-instructed answer outscores its low-instructed one.
+
+    Unlike plain accuracy it ignores where a question sits on the axis as a whole
+    (topic content shifts both answers alike), so it isolates the direction's quality.
+    """
+    values, high = np.asarray(scores, dtype=np.float64), np.asarray(is_high, dtype=bool)
+    ids = np.asarray(questions)
+    wins = [
+        float(values[(ids == q) & high].mean() > values[(ids == q) & ~high].mean())
+        for q in np.unique(ids)
+        if ((ids == q) & high).any() and ((ids == q) & ~high).any()
+    ]
+    return float(np.mean(wins)) if wins else float("nan")
+
+
 @dataclass(frozen=True, eq=False)
-class TraitAxes:
+class TraitAxes(Artifact):
     """The calibrated axes of one model: an artifact (``axes.safetensors`` + ``axes.json``).
 
     ``directions [T, L, d]``; ``layer_centers``/``layer_scales [T, L]``;
@@ -241,6 +256,12 @@ class TraitAxes:
     length_slopes: NDArray[np.float64] | None = None
     length_mean: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+
+    stem = "axes"
+    kind_name = "fingerprint_axes"
+    what = "fingerprint axes file"
+    missing = "run `traitlens fingerprint` first"
+    check_kind = True
 
     @classmethod
     def from_fits(
@@ -275,12 +296,14 @@ class TraitAxes:
     def index(self, name: str) -> int:
         """Position of an axis given its code or full name; DataError if absent."""
         (code,) = resolve_axes([name])
-        if code not in self.axes:
-            raise DataError(
+        return index_of(
+            self.axes,
+            code,
+            lambda: DataError(
                 f"axis {name!r} was not calibrated in this file (have: {', '.join(self.axes)}); "
                 "recalibrate with that trait included"
-            )
-        return self.axes.index(code)
+            ),
+        )
 
     def axis(self, name: str) -> AxisFit:
         """One axis as an :class:`AxisFit` (without any length correction)."""
@@ -329,57 +352,16 @@ class TraitAxes:
             scores = scores - offset * slopes[None, :]
         return np.asarray(scores, dtype=np.float64)
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``axes.safetensors`` + ``axes.json`` into ``directory``; returns the JSON path."""
-        meta = {
-            "kind": "fingerprint_axes",
-            "traitlens_version": __version__,
-            "model": self.identity.to_dict(),
-            "hook": "resid",
-            "axes": list(self.axes),
-            "layers": list(self.layers),
-            "pooling": self.pooling,
-            "decay_half_life": self.decay_half_life,
-            "length_mean": self.length_mean,
-            "config": self.config,
-        }
-        tensors = {
-            "directions": torch.from_numpy(np.ascontiguousarray(self.directions, np.float32)),
-            "layer_centers": torch.from_numpy(np.ascontiguousarray(self.layer_centers)),
-            "layer_scales": torch.from_numpy(np.ascontiguousarray(self.layer_scales)),
-            "centers": torch.from_numpy(np.ascontiguousarray(self.centers)),
-            "scales": torch.from_numpy(np.ascontiguousarray(self.scales)),
-        }
-        if self.feature_mean is not None and self.feature_scale is not None:
-            tensors["feature_mean"] = torch.from_numpy(np.ascontiguousarray(self.feature_mean))
-            tensors["feature_scale"] = torch.from_numpy(np.ascontiguousarray(self.feature_scale))
-        if self.length_slopes is not None:
-            tensors["length_slopes"] = torch.from_numpy(np.ascontiguousarray(self.length_slopes))
-        stem = Path(directory) / "axes"
-        write_artifact(tensors, meta, stem)
-        return stem.with_suffix(".json")
-
     @classmethod
-    def load(cls, directory: str | Path, expect: ModelIdentity | None = None) -> TraitAxes:
-        """Read an axes artifact, checking model identity (if ``expect``) and shapes."""
-        stem = Path(directory) / "axes"
-        meta, identity, tensors = read_artifact(
-            stem,
-            "fingerprint axes file",
-            expect,
-            missing="run `traitlens fingerprint` first",
-            kind="fingerprint_axes",
-        )
-        try:
-            names = tuple(str(a) for a in meta["axes"])
-            layers = tuple(int(x) for x in meta["layers"])
-            directions = tensors["directions"].double().numpy()
-            arrays = {
-                k: tensors[k].double().numpy()
-                for k in ("layer_centers", "layer_scales", "centers", "scales")
-            }
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"{stem} is missing a field ({exc}); recompute it") from exc
+    def _from_saved(cls, saved: Saved) -> TraitAxes:
+        meta, identity, tensors = saved.meta, saved.identity, saved.tensors
+        names = tuple(str(a) for a in meta["axes"])
+        layers = tuple(int(x) for x in meta["layers"])
+        directions = tensors["directions"].double().numpy()
+        arrays = {
+            k: tensors[k].double().numpy()
+            for k in ("layer_centers", "layer_scales", "centers", "scales")
+        }
         unknown = [a for a in names if a not in AXES]
         expected = (len(names), len(layers), identity.d_model)
         features = {
@@ -397,11 +379,9 @@ class TraitAxes:
             or arrays["centers"].shape != expected[:1]
             or arrays["scales"].shape != expected[:1]
         ):
-            raise ArtifactError(
-                f"{stem}.safetensors does not match {stem}.json: directions "
-                f"{tuple(directions.shape)} "
-                f"for axes {list(names)}, layers {list(layers)} and d_model {identity.d_model} "
-                f"(expected {expected}); the two files come from different runs — recompute"
+            raise saved.mismatch(
+                f"directions {tuple(directions.shape)} for axes {list(names)}, layers "
+                f"{list(layers)} and d_model {identity.d_model} (expected {expected})"
             )
         slopes = tensors.get("length_slopes")
         return cls(
@@ -421,3 +401,23 @@ class TraitAxes:
             length_mean=float(meta.get("length_mean", 0.0)),
             config=dict(meta.get("config", {})),
         )
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "hook": "resid",
+            "axes": list(self.axes),
+            "layers": list(self.layers),
+            **fields_of(self, ("pooling", "decay_half_life", "length_mean", "config")),
+        }
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        arrays = {
+            "directions": np.asarray(self.directions, np.float32),
+            **fields_of(self, ("layer_centers", "layer_scales", "centers", "scales")),
+        }
+        if self.feature_mean is not None and self.feature_scale is not None:
+            arrays["feature_mean"] = self.feature_mean
+            arrays["feature_scale"] = self.feature_scale
+        if self.length_slopes is not None:
+            arrays["length_slopes"] = self.length_slopes
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}

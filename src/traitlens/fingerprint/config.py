@@ -1,5 +1,8 @@
 """Fingerprint settings and the two named profiles (``quick`` and ``default``).
 
+Resolved like the study's configuration (:mod:`traitlens.study.config`), in one
+place: defaults < profile < YAML file < CLI flags (:func:`resolve_fingerprint_config`).
+
 ``quick`` is sized to finish in a few minutes on two CPU cores with the embedded
 135M model (a smoke test with wide CIs); ``default`` is sized for a result worth
 reading: every trait question, 8 neutral questions answered under both
@@ -16,12 +19,15 @@ persona instructions only loosely in *what* it writes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from traitlens.capture.reducers import POOLINGS
 from traitlens.errors import DataError
 from traitlens.fingerprint.texts import AXES, SCENARIOS, resolve_axes
+from traitlens.settings import read_yaml_mapping
 
 # The last tenth of the depth. Chosen by scripts/fingerprint_variants.py on
 # SmolLM2-135M (19 questions × 5 axes): held-out paired accuracy rises with depth,
@@ -30,104 +36,125 @@ from traitlens.fingerprint.texts import AXES, SCENARIOS, resolve_axes
 LAYER_FRACTIONS = (0.9, 0.95, 1.0)
 
 
-@dataclass(frozen=True)
-class FingerprintConfig:
-    """Everything that determines a fingerprint; recorded in ``fingerprint.json``."""
+class FingerprintConfig(BaseModel):
+    """Everything that determines a fingerprint; recorded in ``fingerprint.json``.
+
+    Invalid values raise :class:`~traitlens.errors.DataError` naming each bad
+    setting, whether the config comes from Python, a profile, a file or flags.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     axes: tuple[str, ...] = AXES
     layers: tuple[int, ...] | None = None  # None: LAYER_FRACTIONS of the model's depth
     pooling: str = "mean"  # over answer tokens; "decay" weights the last ones
-    decay_half_life: float = 4.0
-    trait_questions: int | None = None  # per axis, from that trait's questions; None = all
-    neutral_questions: int | None = None  # baseline questions; None = all neutral ones
-    calibration_neutral: int = 8  # neutral questions also answered under both instructions
-    seeds: int = 3  # baseline sampling seeds (test–retest)
-    max_new_tokens: int = 48
-    temperature: float = 0.8
+    decay_half_life: float = Field(4.0, gt=0)
+    trait_questions: int | None = Field(None, ge=1)  # per axis; None = all of that trait's
+    neutral_questions: int | None = Field(None, ge=2)  # baseline questions; None = all neutral
+    calibration_neutral: int = Field(8, ge=0)  # neutral questions also answered instructed
+    seeds: int = Field(3, ge=1)  # baseline sampling seeds (test–retest)
+    max_new_tokens: int = Field(48, ge=4)
+    temperature: float = Field(0.8, gt=0)
     top_p: float = 0.95
-    folds: int = 5  # question folds for held-out calibration
-    bootstrap: int = 2000
+    folds: int = Field(5, ge=2)  # question folds for held-out calibration
+    bootstrap: int = Field(2000, ge=100)
     stability_splits: int = 20
     scenarios: tuple[str, ...] = ("weekend-plans", "team-conflict")
-    drift_turns: int | None = None  # None: every scripted turn
+    drift_turns: int | None = Field(None, ge=1)  # None: every scripted turn
     instructed_context: bool = True  # encode calibration answers as generated: instruction in view
     standardize: bool = True  # difference of means in per-dimension standardized coordinates
     regress_length: bool = False
     seed: int = 0
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "axes", resolve_axes(self.axes))
-        checks = [
-            (self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}"),
-            (self.decay_half_life > 0, "decay_half_life must be > 0"),
-            (self.seeds >= 1, "seeds must be >= 1"),
-            (self.max_new_tokens >= 4, "max_new_tokens must be >= 4"),
-            (self.folds >= 2, "folds must be >= 2"),
-            (self.bootstrap >= 100, "bootstrap must be >= 100"),
-            (self.calibration_neutral >= 0, "calibration_neutral must be >= 0"),
-            (
-                self.trait_questions is None or self.trait_questions >= 1,
-                "trait_questions must be >= 1",
-            ),
-            (
-                self.neutral_questions is None or self.neutral_questions >= 2,
-                "neutral_questions must be >= 2",
-            ),
-            (self.drift_turns is None or self.drift_turns >= 1, "drift_turns must be >= 1"),
-            (
-                all(s in SCENARIOS for s in self.scenarios),
-                f"scenarios must be among {', '.join(SCENARIOS)}",
-            ),
-            (0 < self.temperature, "temperature must be > 0"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DataError(f"bad fingerprint setting: {message}")
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise DataError(f"bad fingerprint setting — {_problems(exc)}") from None
+
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _axes(cls, value: Any) -> tuple[str, ...]:
+        return resolve_axes(value)
+
+    @field_validator("pooling")
+    @classmethod
+    def _pooling(cls, value: str) -> str:
+        if value not in POOLINGS:
+            raise ValueError(f"must be one of {', '.join(POOLINGS)}, not {value!r}")
+        return value
+
+    @field_validator("scenarios")
+    @classmethod
+    def _scenarios(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"unknown {', '.join(unknown)}; use some of {', '.join(SCENARIOS)}")
+        return value
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+        """JSON-ready settings (tuples as lists), in field order."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FingerprintConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DataError(f"unknown fingerprint setting(s): {', '.join(unknown)}")
-        values: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
-        }
-        return cls(**values)
+        """The inverse of :meth:`to_dict`; unknown keys are refused."""
+        return cls(**data)
 
     def with_overrides(self, **overrides: Any) -> FingerprintConfig:
-        """A copy with the non-None overrides applied (CLI flags left unset stay as profiled)."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """A validated copy with the non-None overrides applied (unset CLI flags stay)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return FingerprintConfig(**{**self.model_dump(), **given})
 
 
-PROFILES: dict[str, FingerprintConfig] = {
-    "quick": FingerprintConfig(
-        trait_questions=3,
-        neutral_questions=6,
-        calibration_neutral=3,
-        seeds=2,
-        max_new_tokens=24,
-        folds=3,
-        bootstrap=500,
-        stability_splits=10,
-        scenarios=("weekend-plans",),
-        drift_turns=10,
-    ),
-    "default": FingerprintConfig(),
+def _problems(exc: ValidationError) -> str:
+    """One line per bad setting: ``name: what is wrong`` (pydantic's prefixes dropped)."""
+    problems = []
+    for err in exc.errors():
+        name = ".".join(str(part) for part in err["loc"]) or "config"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown setting; known: {', '.join(FingerprintConfig.model_fields)}"
+        problems.append(f"{name}: {message}")
+    return "; ".join(problems)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "trait_questions": 3,
+        "neutral_questions": 6,
+        "calibration_neutral": 3,
+        "seeds": 2,
+        "max_new_tokens": 24,
+        "folds": 3,
+        "bootstrap": 500,
+        "stability_splits": 10,
+        "scenarios": ("weekend-plans",),
+        "drift_turns": 10,
+    },
+    "default": {},
 }
 
 
 def profile(name: str) -> FingerprintConfig:
     """A named profile; DataError listing the names for anything else."""
-    if name not in PROFILES:
-        raise DataError(f"unknown profile {name!r}; use one of {', '.join(PROFILES)}")
-    return PROFILES[name]
+    return resolve_fingerprint_config(name)
+
+
+def resolve_fingerprint_config(
+    profile: str = "default",
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> FingerprintConfig:
+    """Merge defaults < profile < YAML file < overrides (``None`` overrides are ignored)."""
+    if profile not in PROFILES:
+        raise DataError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    values: dict[str, Any] = dict(PROFILES[profile])
+    if yaml_path is not None:
+        values.update(read_yaml_mapping(yaml_path))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return FingerprintConfig(**values)
 
 
 def resolve_layers(config: FingerprintConfig, n_layers: int) -> tuple[int, ...]:

@@ -2,7 +2,12 @@
 
 Kept thin on purpose: the maths is in :mod:`~traitlens.fingerprint.stats`,
 :mod:`~traitlens.fingerprint.axes` and :mod:`~traitlens.fingerprint.reliability`;
-this module decides which answers feed which statistic and writes the artifacts:
+generation, chat formatting and pooling are the shared stages'
+(:mod:`traitlens.models`, :mod:`traitlens.capture`). This module decides which
+answers feed which statistic, one stage function each — answer_calibration,
+answer_baseline, calibrate_axes, measure_length, baseline_profile,
+calibration_quality, reliability_and_dead_zones, instruction_asymmetry, drift,
+answer_structure — which :func:`fingerprint_model` chains, and writes the artifacts:
 
 - ``RUN/fingerprint/<model>/axes.{safetensors,json}`` — the calibrated axes
 - ``RUN/fingerprint/<model>/scores.jsonl`` — every answer with its scores
@@ -21,26 +26,34 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from traitlens import __version__
-from traitlens.artifact_io import jsonable, write_json
+from traitlens.artifact_io import atomic_write, jsonable, write_json
 from traitlens.capture.capture import Prompt, capture
+from traitlens.data.schema import POLES
 from traitlens.errors import ArtifactError, DataError
 from traitlens.fingerprint.axes import (
     AxisFit,
+    CrossFit,
     Standardizer,
     TraitAxes,
     crossfit,
     fit_axis,
+    paired_accuracy,
     split_half_stability,
 )
 from traitlens.fingerprint.config import FingerprintConfig, resolve_layers
-from traitlens.fingerprint.conversation import CLEAN_VERSION, clean_answer, run_conversations
+from traitlens.fingerprint.conversation import (
+    CLEAN_VERSION,
+    ConversationRun,
+    clean_answer,
+    run_conversations,
+)
 from traitlens.fingerprint.reliability import asymmetry, dead_zone, seed_noise
 from traitlens.fingerprint.stats import (
     FloatArray,
@@ -61,6 +74,7 @@ from traitlens.fingerprint.texts import (
     AXIS_NAMES,
     POLE_INSTRUCTIONS,
     QuestionItem,
+    Scenario,
     default_questions,
     resolve_scenarios,
 )
@@ -258,19 +272,385 @@ def _capture(
     return activations.get("resid", config.pooling).double().numpy()
 
 
-def _paired_accuracy(scores: FloatArray, is_high: np.ndarray, questions: Sequence[str]) -> float:
-    """Fraction of questions whose high-instructed answer outscores its low-instructed one.
+# ---------------------------------------------------------------- answers
 
-    Unlike plain accuracy it ignores where a question sits on the axis as a whole
-    (topic content shifts both answers alike), so it isolates the direction's quality.
-    """
-    ids = np.asarray(questions)
-    wins = [
-        float(scores[(ids == q) & is_high].mean() > scores[(ids == q) & ~is_high].mean())
-        for q in np.unique(ids)
-        if ((ids == q) & is_high).any() and ((ids == q) & ~is_high).any()
+
+@dataclass
+class AnswerSet:
+    """Answered prompts (empty answers dropped) with their pooled states and lengths."""
+
+    items: list[_Item]
+    answers: list[str]
+    pooled: FloatArray  # [n, L, d] residual stream pooled over each answer's tokens
+    lengths: FloatArray  # [n] answer tokens
+    asked: int  # prompts before empty answers were dropped
+
+    @property
+    def question_ids(self) -> list[str]:
+        return [it.question_id for it in self.items]
+
+    def on_axis(self, axis: str) -> np.ndarray:
+        """[n] bool: which answers were written under one of ``axis``' instructions."""
+        return np.array([it.axis == axis for it in self.items])
+
+    def is_high(self, axis: str) -> np.ndarray:
+        """[answers on ``axis``] bool: written under the high-pole instruction."""
+        return np.array([it.pole == POLES[0] for it in self.items if it.axis == axis])
+
+
+def _answer_set(
+    tm: TraitModel,
+    items: Sequence[_Item],
+    answers: Sequence[str],
+    what: str,
+    layers: Sequence[int],
+    config: FingerprintConfig,
+    with_instruction: bool,
+    directory: Path | None,
+    progress: bool,
+) -> AnswerSet:
+    """Drop empty answers (refusing when too few are left), then pool the rest."""
+    keep = _require_answers(tm, items, answers, what, config)
+    kept = [items[i] for i in keep]
+    texts = [answers[i] for i in keep]
+    out_dir = directory / "activations" / what if directory else None
+    pooled = _capture(tm, kept, texts, layers, config, with_instruction, out_dir, progress)
+    return AnswerSet(kept, texts, pooled, _token_lengths(tm, texts), len(items))
+
+
+def answer_calibration(
+    tm: TraitModel,
+    config: FingerprintConfig,
+    questions: dict[str, list[QuestionItem]],
+    layers: Sequence[int],
+    directory: Path | None,
+    progress: bool,
+    log: Log,
+) -> AnswerSet:
+    """Stage 1 — each axis' questions (``questions[axis]``, its own plus the neutral
+    calibration ones) answered under both pole instructions, then pooled."""
+    items = [
+        _Item(f"cal:{axis}:{pole}:{q.id}", q.id, q.text, POLE_INSTRUCTIONS[axis][p], axis, pole)
+        for axis in config.axes
+        for q in questions[axis]
+        for p, pole in enumerate(POLES)
     ]
-    return float(np.mean(wins)) if wins else float("nan")
+    log(
+        f"calibration: {len(items)} instructed answers "
+        f"({len(config.axes)} axes × 2 poles), layers {list(layers)}, pooling {config.pooling}"
+    )
+    cache = directory / "answers_calibration.json" if directory else None
+    answers = _generate_cached(tm, items, config.seed, config, cache, progress)
+    return _answer_set(
+        tm,
+        items,
+        answers,
+        "calibration",
+        layers,
+        config,
+        config.instructed_context,
+        directory,
+        progress,
+    )
+
+
+def answer_baseline(
+    tm: TraitModel,
+    config: FingerprintConfig,
+    questions: Sequence[QuestionItem],
+    layers: Sequence[int],
+    directory: Path | None,
+    progress: bool,
+    log: Log,
+) -> AnswerSet:
+    """Stage 2 — neutral questions, no system prompt, answered once per sampling seed."""
+    log(f"baseline: {len(questions)} neutral questions × {config.seeds} seeds, no system prompt")
+    items: list[_Item] = []
+    answers: list[str] = []
+    for s in range(config.seeds):
+        rows = [_Item(f"base:{s}:{q.id}", q.id, q.text, None, seed=s) for q in questions]
+        cache = directory / f"answers_baseline_{s}.json" if directory else None
+        seed = config.seed + SEED_STRIDE * (s + 1)
+        answers += _generate_cached(tm, rows, seed, config, cache, progress)
+        items += rows
+    return _answer_set(tm, items, answers, "baseline", layers, config, False, directory, progress)
+
+
+# ---------------------------------------------------------------- axes and length
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Stage 3 — the fitted axes and, per axis, the held-out evidence for them.
+
+    ``heldout[axis]`` scores each calibration answer on that axis with the fold
+    axis that never saw its question; ``masks[axis]`` selects those answers.
+    ``slopes``/``mean_length`` describe the length confound (``regressed``: it is
+    subtracted from every score, ``axes`` included).
+    """
+
+    axes: TraitAxes
+    fits: dict[str, AxisFit]
+    crossfits: dict[str, CrossFit]
+    heldout: dict[str, FloatArray]
+    stability: dict[str, FloatArray]
+    masks: dict[str, np.ndarray]
+    slopes: FloatArray
+    mean_length: float
+    regressed: bool = False
+
+    def correct(self, scores: FloatArray, lengths: FloatArray, t: int) -> FloatArray:
+        """``scores`` on axis ``t`` with the length confound removed, if it is regressed."""
+        if not self.regressed:
+            return scores
+        return scores - self.slopes[t] * (lengths - self.mean_length)
+
+
+def calibrate_axes(
+    tm: TraitModel, config: FingerprintConfig, layers: Sequence[int], cal: AnswerSet
+) -> Calibration:
+    """Full fit, held-out (by question) scores and split-half stability, per axis."""
+    standardizer = Standardizer.fit(cal.pooled) if config.standardize else None
+    fits: dict[str, AxisFit] = {}
+    crossfits: dict[str, CrossFit] = {}
+    stability: dict[str, FloatArray] = {}
+    masks: dict[str, np.ndarray] = {}
+    for axis in config.axes:
+        masks[axis] = cal.on_axis(axis)
+        is_high = cal.is_high(axis)
+        groups = [it.question_id for it in cal.items if it.axis == axis]
+        pooled = cal.pooled[masks[axis]]
+        fits[axis] = fit_axis(pooled[is_high], pooled[~is_high], standardizer)
+        crossfits[axis] = crossfit(pooled, is_high, groups, config.folds, config.seed, standardizer)
+        stability[axis] = split_half_stability(
+            pooled, is_high, groups, config.stability_splits, config.seed, standardizer
+        )
+    axes = TraitAxes.from_fits(
+        tm.identity, fits, layers, config.pooling, config.decay_half_life, config.to_dict()
+    )
+    heldout = {axis: crossfits[axis].scores for axis in config.axes}
+    slopes = np.zeros(len(config.axes))
+    return Calibration(
+        axes, fits, crossfits, heldout, stability, masks, slopes, float(cal.lengths.mean())
+    )
+
+
+def measure_length(
+    config: FingerprintConfig, calibration: Calibration, cal: AnswerSet, base: AnswerSet
+) -> tuple[Calibration, dict[str, Any]]:
+    """Stage 4 — the length confound: always measured; regressed out (pole as
+    covariate) when ``config.regress_length``. Returns the calibration to score with."""
+    slopes = np.zeros(len(config.axes))
+    raw_base_scores = calibration.axes.score(base.pooled)
+    report: dict[str, Any] = {
+        "regressed": config.regress_length,
+        "mean_length_calibration": calibration.mean_length,
+    }
+    for t, axis in enumerate(config.axes):
+        is_high = cal.is_high(axis)
+        lengths = cal.lengths[calibration.masks[axis]]
+        held = calibration.heldout[axis]
+        slopes[t] = length_slope(held, lengths, is_high)
+        report[axis] = {
+            "r_baseline": pearson(raw_base_scores[:, t], base.lengths),
+            "r_calibration_within_pole": partial_correlation(held, lengths, is_high),
+            "slope_per_token": slopes[t],
+            "mean_tokens_high": float(lengths[is_high].mean()),
+            "mean_tokens_low": float(lengths[~is_high].mean()),
+            "mean_tokens_baseline": float(base.lengths.mean()),
+        }
+    measured = replace(calibration, slopes=slopes)
+    if not config.regress_length:
+        return measured, report
+    corrected = replace(
+        measured,
+        axes=calibration.axes.with_length_correction(slopes, calibration.mean_length),
+        regressed=True,
+    )
+    heldout = {
+        axis: corrected.correct(calibration.heldout[axis], cal.lengths[calibration.masks[axis]], t)
+        for t, axis in enumerate(config.axes)
+    }
+    return replace(corrected, heldout=heldout), report
+
+
+# ---------------------------------------------------------------- per-axis statistics
+
+
+def baseline_profile(
+    config: FingerprintConfig, base: AnswerSet, scores: FloatArray
+) -> tuple[dict[str, Any], FloatArray]:
+    """Stage 5a — median baseline score per axis with a cluster-bootstrap CI over
+    questions, and the median per seed (``[T, seeds]``, for the profile ICC)."""
+    seeds = np.array([it.seed for it in base.items])
+    per_seed = np.full((len(config.axes), config.seeds), np.nan)
+    profile: dict[str, Any] = {}
+    for t, axis in enumerate(config.axes):
+        median, lower, upper = bootstrap_median_ci(
+            scores[:, t], base.question_ids, n_boot=config.bootstrap, seed=config.seed + t
+        )
+        for s in range(config.seeds):
+            chosen = seeds == s
+            per_seed[t, s] = np.median(scores[chosen, t]) if chosen.any() else np.nan
+        profile[axis] = {
+            "median": median,
+            "ci": [lower, upper],
+            "per_seed": per_seed[t].tolist(),
+            "seed_sd": float(np.nanstd(per_seed[t], ddof=1)) if config.seeds > 1 else None,
+        }
+    return profile, per_seed
+
+
+def calibration_quality(
+    config: FingerprintConfig, calibration: Calibration, cal: AnswerSet
+) -> dict[str, Any]:
+    """Stage 5b — how well each axis separates the poles on held-out questions."""
+    quality: dict[str, Any] = {}
+    for t, axis in enumerate(config.axes):
+        mask = calibration.masks[axis]
+        is_high = cal.is_high(axis)
+        held = calibration.heldout[axis]
+        in_sample = calibration.correct(
+            calibration.fits[axis].score(cal.pooled[mask]), cal.lengths[mask], t
+        )
+        question_ids = [it.question_id for it in cal.items if it.axis == axis]
+        stab = calibration.stability[axis]
+        quality[axis] = {
+            "accuracy": float(np.mean((held > 0) == is_high)),
+            "paired_accuracy": paired_accuracy(held, is_high, question_ids),
+            "auc": auc(held[is_high], held[~is_high]),
+            "d_prime": d_prime(held[is_high], held[~is_high]),
+            "d_prime_in_sample": d_prime(in_sample[is_high], in_sample[~is_high]),
+            "stability": float(stab.mean()) if stab.size else None,
+            "stability_min": float(stab.min()) if stab.size else None,
+            "pole_medians": [float(np.median(held[is_high])), float(np.median(held[~is_high]))],
+            "n_answers": int(len(held)),
+            "n_questions": len(set(question_ids)),
+        }
+    return quality
+
+
+def reliability_and_dead_zones(
+    config: FingerprintConfig,
+    base: AnswerSet,
+    scores: FloatArray,
+    question_order: Sequence[str],
+    quality: dict[str, Any],
+    per_seed: FloatArray,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stage 5c — test–retest ICC over seeds, SNR and the dead-zone verdict per axis;
+    returns ``({"per_axis": ..., "profile": ...}, dead_zones)``."""
+    seeds = np.array([it.seed for it in base.items])
+    qids = np.array(base.question_ids)
+    complete = [
+        q
+        for q in question_order
+        if all(((seeds == s) & (qids == q)).any() for s in range(config.seeds))
+    ]
+    has_table = config.seeds >= 2 and len(complete) >= 2
+    per_axis: dict[str, Any] = {}
+    dead: dict[str, Any] = {}
+    for t, axis in enumerate(config.axes):
+        table = np.array(
+            [
+                [scores[(seeds == s) & (qids == q), t][0] for s in range(config.seeds)]
+                for q in complete
+            ]
+        )
+        noise = seed_noise(table) if has_table else float("nan")
+        signal = quality[axis]["pole_medians"][0] - quality[axis]["pole_medians"][1]
+        snr = signal / noise if noise and math.isfinite(noise) and noise > 0 else float("nan")
+        per_axis[axis] = {
+            "icc2_1": icc(table, "2,1") if has_table else None,
+            "icc3_1": icc(table, "3,1") if has_table else None,
+            "n_questions": len(complete),
+            "seed_noise_sd": noise,
+            "snr": snr,
+        }
+        q = quality[axis]
+        dead[axis] = dead_zone(q["accuracy"], q["d_prime"], q["stability"], snr)
+    profile_icc: dict[str, Any] = {"icc2_1": None, "icc3_1": None}
+    if len(config.axes) >= 2 and config.seeds >= 2 and np.all(np.isfinite(per_seed)):
+        profile_icc = {"icc2_1": icc(per_seed, "2,1"), "icc3_1": icc(per_seed, "3,1")}
+    return {"per_axis": per_axis, "profile": profile_icc}, dead
+
+
+def instruction_asymmetry(
+    config: FingerprintConfig,
+    calibration: Calibration,
+    cal: AnswerSet,
+    base: AnswerSet,
+    neutral: Sequence[QuestionItem],
+) -> dict[str, Any]:
+    """Stage 5d — does the model follow 'more X' and 'less X' alike? Paired per
+    neutral calibration question, all scored by the fold axis that never saw it."""
+    result: dict[str, Any] = {}
+    for t, axis in enumerate(config.axes):
+        fold_scores = calibration.crossfits[axis].score_for(
+            base.question_ids, base.pooled, calibration.fits[axis]
+        )
+        heldout_base = calibration.correct(fold_scores, base.lengths, t)
+        axis_items = [it for it in cal.items if it.axis == axis]
+        held = calibration.heldout[axis]
+        highs, lows, bases = [], [], []
+        for q in neutral:
+            h = [
+                held[i]
+                for i, it in enumerate(axis_items)
+                if (it.question_id, it.pole) == (q.id, POLES[0])
+            ]
+            lo = [
+                held[i]
+                for i, it in enumerate(axis_items)
+                if (it.question_id, it.pole) == (q.id, POLES[1])
+            ]
+            b = heldout_base[np.array(base.question_ids) == q.id]
+            if h and lo and b.size:
+                highs.append(h[0])
+                lows.append(lo[0])
+                bases.append(float(np.median(b)))
+        result[axis] = asymmetry(highs, lows, bases, n_boot=config.bootstrap, seed=config.seed + t)
+    return result
+
+
+def answer_structure(
+    config: FingerprintConfig, axes: TraitAxes, scores: FloatArray
+) -> dict[str, Any]:
+    """Stage 7 — how many dimensions do the answers use (``scores [n_answers, T]``),
+    and how entangled are the axes (direction cosine vs projection correlation)?"""
+    structure: dict[str, Any] = {"n_answers": int(len(scores))}
+    n = len(config.axes)
+    if n < 2:
+        return structure
+    ratios = pca_explained_variance(scores)
+    correlation = [[pearson(scores[:, i], scores[:, j]) for j in range(n)] for i in range(n)]
+    axis_cosine = [
+        [
+            float(
+                np.mean(
+                    [
+                        cosine(a, b)
+                        for a, b in zip(axes.directions[i], axes.directions[j], strict=True)
+                    ]
+                )
+            )
+            for j in range(n)
+        ]
+        for i in range(n)
+    ]
+    structure.update(
+        {
+            "pca_explained_variance": ratios.tolist(),
+            "components_90": components_for(ratios, 0.9),
+            "participation_ratio": participation_ratio(ratios),
+            "axis_cosine": axis_cosine,
+            "projection_correlation": correlation,
+        }
+    )
+    return structure
+
+
+# ---------------------------------------------------------------- one model
 
 
 def fingerprint_model(
@@ -292,336 +672,86 @@ def fingerprint_model(
     questions = list(questions) if questions is not None else default_questions()
     layers = resolve_layers(config, tm.n_layers)
     baseline_qs, calibration_neutral, by_axis = select_questions(questions, config)
-    mode = tm.formatter.mode
-
-    # ---- calibration: each question answered under both pole instructions ----
-    calibration_items = [
-        _Item(f"cal:{axis}:{pole}:{q.id}", q.id, q.text, POLE_INSTRUCTIONS[axis][p], axis, pole)
-        for axis in config.axes
-        for q in by_axis[axis] + calibration_neutral
-        for p, pole in enumerate(("high", "low"))
-    ]
-    log(
-        f"calibration: {len(calibration_items)} instructed answers "
-        f"({len(config.axes)} axes × 2 poles), layers {list(layers)}, pooling {config.pooling}"
+    per_axis = {axis: by_axis[axis] + calibration_neutral for axis in config.axes}
+    cal = answer_calibration(tm, config, per_axis, layers, directory, progress, log)
+    base = answer_baseline(tm, config, baseline_qs, layers, directory, progress, log)
+    calibration, length = measure_length(config, calibrate_axes(tm, config, layers, cal), cal, base)
+    axes = calibration.axes
+    base_scores = axes.score(base.pooled, lengths=base.lengths)
+    profile, per_seed = baseline_profile(config, base, base_scores)
+    quality = calibration_quality(config, calibration, cal)
+    reliability, dead = reliability_and_dead_zones(
+        config, base, base_scores, [q.id for q in baseline_qs], quality, per_seed
     )
-    cal_answers = _generate_cached(
-        tm,
-        calibration_items,
-        config.seed,
-        config,
-        directory / "answers_calibration.json" if directory else None,
-        progress,
-    )
-    keep = _require_answers(tm, calibration_items, cal_answers, "calibration", config)
-    cal_items = [calibration_items[i] for i in keep]
-    cal_answers = [cal_answers[i] for i in keep]
-    cal_pooled = _capture(
-        tm,
-        cal_items,
-        cal_answers,
-        layers,
-        config,
-        config.instructed_context,
-        directory / "activations" / "calibration" if directory else None,
-        progress,
-    )
-    cal_lengths = _token_lengths(tm, cal_answers)
-
-    # ---- baseline: neutral questions, no system prompt, several sampling seeds ----
-    baseline_items = [
-        _Item(f"base:{s}:{q.id}", q.id, q.text, None, seed=s)
-        for s in range(config.seeds)
-        for q in baseline_qs
-    ]
-    log(f"baseline: {len(baseline_qs)} neutral questions × {config.seeds} seeds, no system prompt")
-    base_answers: list[str] = []
-    for s in range(config.seeds):
-        rows = [it for it in baseline_items if it.seed == s]
-        base_answers += _generate_cached(
-            tm,
-            rows,
-            config.seed + SEED_STRIDE * (s + 1),
-            config,
-            directory / f"answers_baseline_{s}.json" if directory else None,
-            progress,
-        )
-    keep = _require_answers(tm, baseline_items, base_answers, "baseline", config)
-    base_items = [baseline_items[i] for i in keep]
-    base_answers = [base_answers[i] for i in keep]
-    base_pooled = _capture(
-        tm,
-        base_items,
-        base_answers,
-        layers,
-        config,
-        False,
-        directory / "activations" / "baseline" if directory else None,
-        progress,
-    )
-    base_lengths = _token_lengths(tm, base_answers)
-    base_qids = [it.question_id for it in base_items]
-
-    # ---- axes: full fit, held-out (by question) scores, split-half stability ----
-    standardizer = Standardizer.fit(cal_pooled) if config.standardize else None
-    fits: dict[str, AxisFit] = {}
-    heldout: dict[str, FloatArray] = {}
-    crossfits = {}
-    stability: dict[str, FloatArray] = {}
-    masks: dict[str, np.ndarray] = {}
-    for axis in config.axes:
-        mask = np.array([it.axis == axis for it in cal_items])
-        is_high = np.array([it.pole == "high" for it in cal_items])[mask]
-        groups = [it.question_id for it in cal_items if it.axis == axis]
-        pooled = cal_pooled[mask]
-        fits[axis] = fit_axis(pooled[is_high], pooled[~is_high], standardizer)
-        crossfits[axis] = crossfit(pooled, is_high, groups, config.folds, config.seed, standardizer)
-        heldout[axis] = crossfits[axis].scores
-        stability[axis] = split_half_stability(
-            pooled, is_high, groups, config.stability_splits, config.seed, standardizer
-        )
-        masks[axis] = mask
-    axes = TraitAxes.from_fits(
-        tm.identity, fits, layers, config.pooling, config.decay_half_life, config.to_dict()
-    )
-
-    # ---- length: always measured; regressed out (pole as covariate) on request ----
-    slopes = np.zeros(len(config.axes))
-    mean_length = float(cal_lengths.mean())
-    raw_base_scores = axes.score(base_pooled)
-    length_report: dict[str, Any] = {
-        "regressed": config.regress_length,
-        "mean_length_calibration": mean_length,
-    }
-    for t, axis in enumerate(config.axes):
-        is_high = np.array([it.pole == "high" for it in cal_items])[masks[axis]]
-        lengths = cal_lengths[masks[axis]]
-        slopes[t] = length_slope(heldout[axis], lengths, is_high)
-        length_report[axis] = {
-            "r_baseline": pearson(raw_base_scores[:, t], base_lengths),
-            "r_calibration_within_pole": partial_correlation(heldout[axis], lengths, is_high),
-            "slope_per_token": slopes[t],
-            "mean_tokens_high": float(lengths[is_high].mean()),
-            "mean_tokens_low": float(lengths[~is_high].mean()),
-            "mean_tokens_baseline": float(base_lengths.mean()),
-        }
-    if config.regress_length:
-        axes = axes.with_length_correction(slopes, mean_length)
-        for t, axis in enumerate(config.axes):
-            heldout[axis] = heldout[axis] - slopes[t] * (cal_lengths[masks[axis]] - mean_length)
-
-    def correct(scores: FloatArray, lengths: FloatArray, t: int) -> FloatArray:
-        if not config.regress_length:
-            return scores
-        return scores - slopes[t] * (lengths - mean_length)
-
-    base_scores = axes.score(base_pooled, lengths=base_lengths)
-
-    # ---- per-axis statistics ----
-    profile: dict[str, Any] = {}
-    calibration: dict[str, Any] = {}
-    reliability: dict[str, Any] = {}
-    dead: dict[str, Any] = {}
-    asym: dict[str, Any] = {}
-    seeds = np.array([it.seed for it in base_items])
-    question_order = [q.id for q in baseline_qs]
-    complete = [
-        q
-        for q in question_order
-        if all(((seeds == s) & (np.array(base_qids) == q)).any() for s in range(config.seeds))
-    ]
-    per_seed_profiles = np.full((len(config.axes), config.seeds), np.nan)
-    for t, axis in enumerate(config.axes):
-        scores = base_scores[:, t]
-        median, lower, upper = bootstrap_median_ci(
-            scores, base_qids, n_boot=config.bootstrap, seed=config.seed + t
-        )
-        for s in range(config.seeds):
-            per_seed_profiles[t, s] = (
-                np.median(scores[seeds == s]) if (seeds == s).any() else np.nan
-            )
-        profile[axis] = {
-            "median": median,
-            "ci": [lower, upper],
-            "per_seed": per_seed_profiles[t].tolist(),
-            "seed_sd": float(np.nanstd(per_seed_profiles[t], ddof=1)) if config.seeds > 1 else None,
-        }
-
-        axis_items = [it for it in cal_items if it.axis == axis]
-        is_high = np.array([it.pole == "high" for it in axis_items])
-        held = heldout[axis]
-        in_sample = correct(fits[axis].score(cal_pooled[masks[axis]]), cal_lengths[masks[axis]], t)
-        accuracy = float(np.mean((held > 0) == is_high))
-        dp = d_prime(held[is_high], held[~is_high])
-        stab = stability[axis]
-        calibration[axis] = {
-            "accuracy": accuracy,
-            "paired_accuracy": _paired_accuracy(
-                held, is_high, [it.question_id for it in axis_items]
-            ),
-            "auc": auc(held[is_high], held[~is_high]),
-            "d_prime": dp,
-            "d_prime_in_sample": d_prime(in_sample[is_high], in_sample[~is_high]),
-            "stability": float(stab.mean()) if stab.size else None,
-            "stability_min": float(stab.min()) if stab.size else None,
-            "pole_medians": [float(np.median(held[is_high])), float(np.median(held[~is_high]))],
-            "n_answers": int(len(held)),
-            "n_questions": len({it.question_id for it in axis_items}),
-        }
-
-        table = np.array(
-            [
-                [scores[(seeds == s) & (np.array(base_qids) == q)][0] for s in range(config.seeds)]
-                for q in complete
-            ]
-        )
-        has_table = config.seeds >= 2 and len(complete) >= 2
-        noise = seed_noise(table) if has_table else float("nan")
-        signal = calibration[axis]["pole_medians"][0] - calibration[axis]["pole_medians"][1]
-        snr = signal / noise if noise and math.isfinite(noise) and noise > 0 else float("nan")
-        reliability[axis] = {
-            "icc2_1": icc(table, "2,1") if has_table else None,
-            "icc3_1": icc(table, "3,1") if has_table else None,
-            "n_questions": len(complete),
-            "seed_noise_sd": noise,
-            "snr": snr,
-        }
-        dead[axis] = dead_zone(accuracy, dp, calibration[axis]["stability"], snr)
-
-        # asymmetry: paired per neutral calibration question, all scored by the fold axis
-        # that never saw the question
-        heldout_base = correct(
-            crossfits[axis].score_for(base_qids, base_pooled, fits[axis]), base_lengths, t
-        )
-        highs, lows, bases = [], [], []
-        for q in calibration_neutral:
-            h = [
-                held[i]
-                for i, it in enumerate(axis_items)
-                if it.question_id == q.id and it.pole == "high"
-            ]
-            lo = [
-                held[i]
-                for i, it in enumerate(axis_items)
-                if it.question_id == q.id and it.pole == "low"
-            ]
-            b = heldout_base[np.array(base_qids) == q.id]
-            if h and lo and b.size:
-                highs.append(h[0])
-                lows.append(lo[0])
-                bases.append(float(np.median(b)))
-        asym[axis] = asymmetry(highs, lows, bases, n_boot=config.bootstrap, seed=config.seed + t)
-
-    profile_icc: dict[str, Any] = {"icc2_1": None, "icc3_1": None}
-    if len(config.axes) >= 2 and config.seeds >= 2 and np.all(np.isfinite(per_seed_profiles)):
-        profile_icc = {
-            "icc2_1": icc(per_seed_profiles, "2,1"),
-            "icc3_1": icc(per_seed_profiles, "3,1"),
-        }
-
-    # ---- drift along scripted conversations ----
+    asym = instruction_asymmetry(config, calibration, cal, base, calibration_neutral)
     drift = _drift(tm, axes, config, layers, directory, progress, log)
+    cal_scores = axes.score(cal.pooled, lengths=cal.lengths)
+    summary: dict[str, Any] = {
+        "model": tm.identity.to_dict(),
+        "chat_format": tm.formatter.mode,
+        "axes": list(config.axes),
+        "layers": list(layers),
+        "pooling": config.pooling,
+        "n_answers": {"calibration": len(cal.items), "baseline": len(base.items)},
+        "empty_answers": {
+            "calibration": cal.asked - len(cal.items),
+            "baseline": base.asked - len(base.items),
+        },
+        "profile": profile,
+        "calibration": quality,
+        "reliability": reliability,
+        "dead_zones": dead,
+        "asymmetry": asym,
+        "drift": drift,
+        "structure": answer_structure(config, axes, np.concatenate([cal_scores, base_scores])),
+        "length": length,
+        "examples": _examples(config, cal, base),
+    }
+    if directory is not None:
+        _write_model(directory, config, axes, summary, (cal, cal_scores), (base, base_scores))
+    return ModelFingerprint(summary, base_scores, base.question_ids, axes)
 
-    # ---- structure: how many dimensions do the answers use? ----
-    cal_full_scores = axes.score(cal_pooled, lengths=cal_lengths)
-    answers_matrix = np.concatenate([cal_full_scores, base_scores])
-    structure: dict[str, Any] = {"n_answers": int(len(answers_matrix))}
-    if len(config.axes) >= 2:
-        ratios = pca_explained_variance(answers_matrix)
-        correlation = np.array(
-            [
-                [
-                    pearson(answers_matrix[:, i], answers_matrix[:, j])
-                    for j in range(len(config.axes))
-                ]
-                for i in range(len(config.axes))
-            ]
-        )
-        axis_cosine = np.array(
-            [
-                [
-                    float(
-                        np.mean(
-                            [
-                                cosine(a, b)
-                                for a, b in zip(axes.directions[i], axes.directions[j], strict=True)
-                            ]
-                        )
-                    )
-                    for j in range(len(config.axes))
-                ]
-                for i in range(len(config.axes))
-            ]
-        )
-        structure.update(
-            {
-                "pca_explained_variance": ratios.tolist(),
-                "components_90": components_for(ratios, 0.9),
-                "participation_ratio": participation_ratio(ratios),
-                "axis_cosine": axis_cosine.tolist(),
-                "projection_correlation": correlation.tolist(),
-            }
-        )
 
+def _examples(config: FingerprintConfig, cal: AnswerSet, base: AnswerSet) -> dict[str, Any]:
+    """The first three baseline answers and the first answer per axis and pole."""
     examples: dict[str, Any] = {
         "baseline": [
             {"question": it.user, "answer": a}
-            for it, a in list(zip(base_items, base_answers, strict=True))[:3]
+            for it, a in list(zip(base.items, base.answers, strict=True))[:3]
         ],
     }
     for axis in config.axes:
-        for pole in ("high", "low"):
+        for pole in POLES:
             first = next(
                 (
                     a
-                    for it, a in zip(cal_items, cal_answers, strict=True)
+                    for it, a in zip(cal.items, cal.answers, strict=True)
                     if it.axis == axis and it.pole == pole
                 ),
                 "",
             )
             examples.setdefault(axis, {})[pole] = first
+    return examples
 
-    summary: dict[str, Any] = {
-        "model": tm.identity.to_dict(),
-        "chat_format": mode,
-        "axes": list(config.axes),
-        "layers": list(layers),
-        "pooling": config.pooling,
-        "n_answers": {"calibration": len(cal_items), "baseline": len(base_items)},
-        "empty_answers": {
-            "calibration": len(calibration_items) - len(cal_items),
-            "baseline": len(baseline_items) - len(base_items),
-        },
-        "profile": profile,
-        "calibration": calibration,
-        "reliability": {"per_axis": reliability, "profile": profile_icc},
-        "dead_zones": dead,
-        "asymmetry": asym,
-        "drift": drift,
-        "structure": structure,
-        "length": length_report,
-        "examples": examples,
-    }
-    if directory is not None:
-        axes.save(directory)
-        _write_scores(
-            directory / "scores.jsonl",
-            config.axes,
-            [
-                ("calibration", it, a, n, sc)
-                for it, a, n, sc in zip(
-                    cal_items, cal_answers, cal_lengths, cal_full_scores, strict=True
-                )
-            ]
-            + [
-                ("baseline", it, a, n, sc)
-                for it, a, n, sc in zip(
-                    base_items, base_answers, base_lengths, base_scores, strict=True
-                )
-            ],
+
+def _write_model(
+    directory: Path,
+    config: FingerprintConfig,
+    axes: TraitAxes,
+    summary: dict[str, Any],
+    *scored: tuple[AnswerSet, FloatArray],
+) -> None:
+    """``axes.*``, ``scores.jsonl`` (calibration then baseline) and ``summary.json``."""
+    axes.save(directory)
+    rows = [
+        (kind, it, a, n, sc)
+        for kind, (answers, scores) in zip(("calibration", "baseline"), scored, strict=True)
+        for it, a, n, sc in zip(
+            answers.items, answers.answers, answers.lengths, scores, strict=True
         )
-        write_json(directory / "summary.json", summary)
-    return ModelFingerprint(summary, base_scores, base_qids, axes)
+    ]
+    _write_scores(directory / "scores.jsonl", config.axes, rows)
+    write_json(directory / "summary.json", summary)
 
 
 def _write_scores(path: Path, axes: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
@@ -646,10 +776,10 @@ def _write_scores(path: Path, axes: Sequence[str], rows: Sequence[tuple[Any, ...
                 )
             )
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    atomic_write(path, "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------- drift
 
 
 def _drift(
@@ -661,7 +791,8 @@ def _drift(
     progress: bool,
     log: Log,
 ) -> dict[str, Any]:
-    """Per-turn profile along each scripted conversation (the model writes its own turns)."""
+    """Stage 6 — per-turn profile along each scripted conversation (the model writes
+    its own turns); answers are cached in ``answers_drift.json`` for resumption."""
     scenarios = resolve_scenarios(config.scenarios)
     if not scenarios:
         return {}
@@ -696,45 +827,55 @@ def _drift(
         seed=config.seed,
         temperature=config.temperature,
         top_p=config.top_p,
+        batch_size=config.batch_size,
         replay=replay,
         progress=progress,
     )
     if cache is not None and replay is None:
         write_json(cache, {"key": key, "answers": run.answers})
-    result: dict[str, Any] = {}
-    for c, scenario in enumerate(scenarios):
-        n = len(turns[c])
-        lengths = np.array(run.lengths[c], dtype=np.float64)
-        scores = axes.score(run.pooled[c, :n], lengths=lengths)
-        empty = np.array([not a.strip() for a in run.answers[c]])
-        scores[empty] = np.nan
-        conflict = np.array([(i + 1) in scenario.conflict_turns for i in range(n)])
-        per_axis: dict[str, Any] = {}
-        for t, axis in enumerate(axes.axes):
-            series = scores[:, t]
-            finite = np.isfinite(series)
-            slope = (
-                float(np.polyfit(np.arange(n)[finite] + 1, series[finite], 1)[0])
-                if finite.sum() >= 3
-                else None
-            )
-            shift = None
-            if (finite & conflict).any() and (finite & ~conflict).any():
-                shift = float(series[finite & conflict].mean() - series[finite & ~conflict].mean())
-            per_axis[axis] = {
-                "scores": series.tolist(),
-                "slope_per_turn": slope,
-                "conflict_shift": shift,
-                "range": float(np.nanmax(series) - np.nanmin(series)) if finite.any() else None,
-            }
-        result[scenario.name] = {
-            "user_turns": turns[c],
-            "answers": run.answers[c],
-            "tokens": run.lengths[c],
-            "conflict_turns": [t for t in scenario.conflict_turns if t <= n],
-            "axes": per_axis,
+    return {
+        scenario.name: _drift_scenario(axes, scenario, run, c)
+        for c, scenario in enumerate(scenarios)
+    }
+
+
+def _drift_scenario(
+    axes: TraitAxes, scenario: Scenario, run: ConversationRun, c: int
+) -> dict[str, Any]:
+    """One conversation's per-turn scores, their trend and the shift on conflict turns."""
+    n = len(run.answers[c])
+    lengths = np.array(run.lengths[c], dtype=np.float64)
+    scores = axes.score(run.pooled[c, :n], lengths=lengths)
+    scores[np.array([not a.strip() for a in run.answers[c]])] = np.nan
+    conflict = np.array([(i + 1) in scenario.conflict_turns for i in range(n)])
+    per_axis: dict[str, Any] = {}
+    for t, axis in enumerate(axes.axes):
+        series = scores[:, t]
+        finite = np.isfinite(series)
+        slope = (
+            float(np.polyfit(np.arange(n)[finite] + 1, series[finite], 1)[0])
+            if finite.sum() >= 3
+            else None
+        )
+        shift = None
+        if (finite & conflict).any() and (finite & ~conflict).any():
+            shift = float(series[finite & conflict].mean() - series[finite & ~conflict].mean())
+        per_axis[axis] = {
+            "scores": series.tolist(),
+            "slope_per_turn": slope,
+            "conflict_shift": shift,
+            "range": float(np.nanmax(series) - np.nanmin(series)) if finite.any() else None,
         }
-    return result
+    return {
+        "user_turns": list(scenario.turns[:n]),
+        "answers": run.answers[c],
+        "tokens": run.lengths[c],
+        "conflict_turns": [t for t in scenario.conflict_turns if t <= n],
+        "axes": per_axis,
+    }
+
+
+# ---------------------------------------------------------------- several models
 
 
 def compare(fingerprints: Sequence[ModelFingerprint], config: FingerprintConfig) -> dict[str, Any]:

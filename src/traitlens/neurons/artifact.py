@@ -11,15 +11,13 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from traitlens import __version__
-from traitlens.artifact_io import read_artifact, write_artifact
-from traitlens.errors import ArtifactError, DataError
+from traitlens.artifact_io import Artifact, Saved, fields_of
+from traitlens.errors import DataError
 from traitlens.models.loading import ModelIdentity
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.neurons.stats import jaccard_matrix, matched_random_neurons
@@ -28,7 +26,7 @@ POLES = ("high", "low")
 
 
 @dataclass(frozen=True, eq=False)
-class NeuronSet:
+class NeuronSet(Artifact):
     """Per-neuron selectivity statistics for each trait, and the rule that selects from them.
 
     Tensors (float32): ``delta``, ``pvalue``, ``qvalue`` ``[n_traits, n_layers,
@@ -53,11 +51,9 @@ class NeuronSet:
     a95: torch.Tensor
     config: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def key(self) -> str | None:
-        """The input key this set was selected under (None for one built by hand)."""
-        value = self.config.get("inputs_key")
-        return None if value is None else str(value)
+    stem = "neurons"
+    kind_name = "neurons"
+    what = "neuron set"
 
     def _index(self, trait: str, pole: str) -> int:
         code = trait.strip().upper()
@@ -96,11 +92,12 @@ class NeuronSet:
         )
 
     def _rule_mask(self, trait: str, pole: str, rule: str) -> torch.Tensor:
-        if rule == "fdr":
-            return self.mask(trait, pole)
-        if rule == "npti":
-            return self.npti_mask(trait, pole)
-        raise DataError(f"unknown selection rule {rule!r}; use 'fdr' or 'npti'")
+        # the rule registry (fdr, npti, or one a user registered); imported here because
+        # steering imports this module
+        from traitlens.steer.neuron_rules import get_rule
+
+        self._index(trait, pole)
+        return get_rule(rule).mask(self, trait, pole)
 
     def select(self, trait: str, pole: str, rule: str = "fdr") -> SelectedNeurons:
         """The trait's selective neurons for ``pole``, ordered by layer then index.
@@ -160,10 +157,11 @@ class NeuronSet:
             [torch.stack([rule(trait, pole).sum(-1) for pole in POLES]) for trait in self.traits]
         )
 
-    def jaccard(self) -> tuple[list[str], np.ndarray]:
+    def jaccard(self, npti_only: bool = False) -> tuple[list[str], np.ndarray]:
         """Labels ``"T|high"``, ``"T|low"`` per trait and their pairwise Jaccard matrix."""
         labels = [f"{trait}|{pole}" for trait in self.traits for pole in POLES]
-        masks = [self.mask(trait, pole) for trait in self.traits for pole in POLES]
+        rule = self.npti_mask if npti_only else self.mask
+        masks = [rule(trait, pole) for trait in self.traits for pole in POLES]
         return labels, jaccard_matrix(masks)
 
     def layer_profile(self) -> dict[str, dict[str, float]]:
@@ -205,57 +203,31 @@ class NeuronSet:
             "jaccard": {"labels": labels, "matrix": matrix.tolist()},
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``directory/neurons.safetensors`` and ``neurons.json``; returns the JSON path."""
-        meta = {
-            "kind": "neurons",
-            "traitlens_version": __version__,
-            "model": self.identity.to_dict(),
-            "traits": self.traits,
-            "layers": self.layers,
-            "threshold": self.threshold,
-            "fdr": self.fdr,
-            "summary": self.summary(),
-            "config": self.config,
-        }
-        tensors = {
-            "delta": self.delta,
-            "pvalue": self.pvalue,
-            "qvalue": self.qvalue,
-            "a95": self.a95,
-        }
-        stem = Path(directory) / "neurons"
-        write_artifact(tensors, meta, stem)
-        return stem.with_suffix(".json")
-
     @classmethod
-    def load(cls, directory: str | Path, expect: ModelIdentity | None = None) -> NeuronSet:
-        """Read a saved neuron set; with ``expect``, refuse one made for another model."""
-        stem = Path(directory) / "neurons"
-        meta, identity, tensors = read_artifact(stem, "neuron set", expect)
-        try:
-            fdr = meta["fdr"]
-            neurons = cls(
-                identity=identity,
-                traits=[str(t) for t in meta["traits"]],
-                layers=[int(v) for v in meta["layers"]],
-                threshold=float(meta["threshold"]),
-                fdr=None if fdr is None else float(fdr),
-                delta=tensors["delta"],
-                pvalue=tensors["pvalue"],
-                qvalue=tensors["qvalue"],
-                a95=tensors["a95"],
-                config=dict(meta.get("config", {})),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(
-                f"{stem}.json is incomplete or corrupt ({exc!r}); delete neurons.* and recompute"
-            ) from exc
+    def _from_saved(cls, saved: Saved) -> NeuronSet:
+        meta, tensors = saved.meta, saved.tensors
+        fdr = meta["fdr"]
+        neurons = cls(
+            identity=saved.identity,
+            traits=[str(t) for t in meta["traits"]],
+            layers=[int(v) for v in meta["layers"]],
+            threshold=float(meta["threshold"]),
+            fdr=None if fdr is None else float(fdr),
+            delta=tensors["delta"],
+            pvalue=tensors["pvalue"],
+            qvalue=tensors["qvalue"],
+            a95=tensors["a95"],
+            config=dict(meta.get("config", {})),
+        )
         shape = (len(neurons.traits), len(neurons.layers))
         if tuple(neurons.delta.shape[:2]) != shape or neurons.a95.shape != neurons.delta.shape[1:]:
-            raise ArtifactError(
-                f"{stem.with_suffix('.safetensors')} holds δ of shape "
-                f"{tuple(neurons.delta.shape)} and a95 {tuple(neurons.a95.shape)}, which do not "
-                f"fit {shape[0]} traits × {shape[1]} layers; delete neurons.* and recompute"
-            )
+            delta, a95 = tuple(neurons.delta.shape), tuple(neurons.a95.shape)
+            raise saved.mismatch(f"δ {delta} and a95 {a95} do not fit {shape} traits × layers")
         return neurons
+
+    def _meta(self) -> dict[str, Any]:
+        names = ("traits", "layers", "threshold", "fdr")
+        return {**fields_of(self, names), "summary": self.summary(), "config": self.config}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {"delta": self.delta, "pvalue": self.pvalue, "qvalue": self.qvalue, "a95": self.a95}

@@ -9,13 +9,12 @@ from typing import Any
 
 import torch
 
-from traitlens.artifact_io import check_writable
 from traitlens.capture.artifacts import NeuronStats
 from traitlens.data import TRAITS, parse_traits
 from traitlens.errors import DataError
 from traitlens.neurons.artifact import POLES, NeuronSet
 from traitlens.neurons.stats import benjamini_hochberg, firing_delta, two_proportion_z_test
-from traitlens.provenance import claim, provenance, record, saved_key
+from traitlens.provenance import Provenance, provenance
 
 
 def _group(trait: str, pole: str) -> str:
@@ -99,30 +98,52 @@ def select_neurons(
     returned instead of recomputed, and a new one is saved; one made from other
     inputs is refused unless ``force`` (:func:`traitlens.provenance.claim`).
     """
-    if not 0.0 < threshold < 1.0:
-        raise DataError(f"threshold must lie in (0, 1) (NPTI uses 0.1), got {threshold}")
-    if fdr is not None and not 0.0 < fdr <= 1.0:
-        raise DataError(f"fdr must lie in (0, 1] (e.g. 0.05), or be None to skip it; got {fdr}")
+    _check_rule(threshold, fdr)
     codes = _resolve_traits(stats, traits)
-    if prompt_counts is not None:
-        for code in codes:
-            for pole in POLES:
-                if int(prompt_counts.get(_group(code, pole), 0)) <= 0:
-                    raise DataError(
-                        f"prompt_counts has no positive count for {_group(code, pole)}; pass the "
-                        "number of answers captured per group, or None to use token counts"
-                    )
-    effective_n = "tokens" if prompt_counts is None else "prompts"
-    tokens = {g: float(stats.tokens[stats.group_index(g)]) for g in stats.groups}
+    _check_prompt_counts(codes, prompt_counts)
     params: dict[str, Any] = {
         "threshold": threshold,
         "fdr": fdr,
         "traits": codes,
-        "effective_n": effective_n,
+        "effective_n": "tokens" if prompt_counts is None else "prompts",
         "prompt_counts": None if prompt_counts is None else dict(sorted(prompt_counts.items())),
     }
-    stats_key = stats.config.get("cache_key")
-    prov = provenance(
+    prov = _neuron_provenance(stats, params)
+    tokens = {g: float(stats.tokens[stats.group_index(g)]) for g in stats.groups}
+    config = _neuron_config(stats, params, prov, tokens)
+
+    def compute() -> NeuronSet:
+        return _neuron_set(stats, codes, threshold, fdr, tokens, prompt_counts, config)
+
+    return NeuronSet.keyed(out_dir, "neurons", prov, compute, expect=stats.identity, force=force)
+
+
+def _check_rule(threshold: float, fdr: float | None) -> None:
+    if not 0.0 < threshold < 1.0:
+        raise DataError(f"threshold must lie in (0, 1) (NPTI uses 0.1), got {threshold}")
+    if fdr is not None and not 0.0 < fdr <= 1.0:
+        raise DataError(f"fdr must lie in (0, 1] (e.g. 0.05), or be None to skip it; got {fdr}")
+
+
+def _neuron_config(
+    stats: NeuronStats, params: Mapping[str, Any], prov: Provenance, tokens: Mapping[str, float]
+) -> dict[str, Any]:
+    """What a neuron set records of how it was made: the ``params``, its key and
+    provenance, the token counts per group, the test, and the capture's spans."""
+    return {
+        **params,
+        "inputs_key": prov.key,
+        "provenance": prov.to_dict(),
+        "tokens": {g: tokens[g] for g in sorted(tokens)},
+        "test": "two-proportion z-test (pooled), two-sided; BH within each trait",
+        "capture": {k: stats.config[k] for k in ("span", "neuron_span") if k in stats.config},
+    }
+
+
+def _neuron_provenance(stats: NeuronStats, params: Mapping[str, Any]) -> Provenance:
+    """The neuron set's inputs: the selection ``params`` and the statistics it reads."""
+    stats_key = stats.key
+    return provenance(
         "neurons",
         model=stats.identity,
         config={**params, "groups": stats.groups, "layers": stats.layers},
@@ -130,13 +151,32 @@ def select_neurons(
         tensors=() if stats_key else (stats.positive, stats.tokens, stats.a95),
         upstream={str((stats.config.get("provenance") or {}).get("stage", "capture")): stats_key},
     )
-    key = prov.key
-    if out_dir is not None:
-        exists, saved = saved_key(Path(out_dir) / "neurons.json")
-        if claim(out_dir, "neurons", prov, saved, exists=exists, force=force, what="neuron set"):
-            return NeuronSet.load(out_dir, expect=stats.identity)
-        check_writable(Path(out_dir))
 
+
+def _check_prompt_counts(codes: Sequence[str], prompt_counts: Mapping[str, int] | None) -> None:
+    if prompt_counts is None:
+        return
+    for code in codes:
+        for pole in POLES:
+            if int(prompt_counts.get(_group(code, pole), 0)) <= 0:
+                raise DataError(
+                    f"prompt_counts has no positive count for {_group(code, pole)}; pass the "
+                    "number of answers captured per group, or None to use token counts"
+                )
+
+
+def _neuron_set(
+    stats: NeuronStats,
+    codes: Sequence[str],
+    threshold: float,
+    fdr: float | None,
+    tokens: Mapping[str, float],
+    prompt_counts: Mapping[str, int] | None,
+    config: dict[str, Any],
+) -> NeuronSet:
+    """Per trait: NPTI's firing-rate difference δ, the z-test's p-value (n = tokens, or
+    answers with ``prompt_counts``) and its BH q-value within the trait, each
+    ``[n_traits, n_layers, d_mlp]`` in the set."""
     deltas, pvalues, qvalues = [], [], []
     for code in codes:
         high, low = _group(code, "high"), _group(code, "low")
@@ -149,10 +189,9 @@ def select_neurons(
         deltas.append(firing_delta(rate_high, rate_low).float())
         pvalues.append(torch.from_numpy(pvalue).float())
         qvalues.append(torch.from_numpy(benjamini_hochberg(pvalue)).float())
-
-    neurons = NeuronSet(
+    return NeuronSet(
         identity=stats.identity,
-        traits=codes,
+        traits=list(codes),
         layers=list(stats.layers),
         threshold=threshold,
         fdr=fdr,
@@ -160,16 +199,5 @@ def select_neurons(
         pvalue=torch.stack(pvalues),
         qvalue=torch.stack(qvalues),
         a95=stats.a95.float(),
-        config={
-            **params,
-            "inputs_key": key,
-            "provenance": prov.to_dict(),
-            "tokens": {g: tokens[g] for g in sorted(tokens)},
-            "test": "two-proportion z-test (pooled), two-sided; BH within each trait",
-            "capture": {k: stats.config[k] for k in ("span", "neuron_span") if k in stats.config},
-        },
+        config=config,
     )
-    if out_dir is not None:
-        neurons.save(out_dir)
-        record(out_dir, "neurons", prov)
-    return neurons

@@ -6,6 +6,7 @@ steering (``NeuronEdit`` consumes it), so it lives apart from both.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,10 +34,25 @@ class SelectedNeurons:
     def __len__(self) -> int:
         return int(self.layers.numel())
 
-    def in_layer(self, layer: int) -> SelectedNeurons:
-        keep = self.layers == layer
+    def in_layers(self, layers: Iterable[int]) -> SelectedNeurons:
+        """The neurons that sit in one of ``layers`` (order kept)."""
+        wanted = torch.tensor(sorted({int(layer) for layer in layers}), dtype=self.layers.dtype)
+        keep = torch.isin(self.layers, wanted)
         return SelectedNeurons(
             self.layers[keep], self.indices[keep], self.delta[keep], self.a95[keep]
+        )
+
+    @staticmethod
+    def from_mask(
+        mask: torch.Tensor, layers: Sequence[int], delta: torch.Tensor, a95: torch.Tensor
+    ) -> SelectedNeurons:
+        """The neurons where the bool ``mask`` ``[n_columns, d_mlp]`` is True, ordered by
+        column then index; ``layers[j]`` is the model layer of column j, and ``delta`` /
+        ``a95`` (same shape as ``mask``) give each neuron's values."""
+        columns, indices = torch.nonzero(mask, as_tuple=True)
+        layer_of = torch.tensor(list(layers), dtype=torch.long)
+        return SelectedNeurons(
+            layer_of[columns], indices.long(), delta[columns, indices], a95[columns, indices]
         )
 
     def per_layer_counts(self, n_layers: int) -> torch.Tensor:

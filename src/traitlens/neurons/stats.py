@@ -3,7 +3,8 @@
 - δ (NPTI; Deng et al. 2024, "Neuron-based Personality Trait Induction"):
   ``δ_i = P(act_i > 0 | high) − P(act_i > 0 | low)`` over answer tokens.
 - Two-proportion z-test with pooled variance, two-sided.
-- Benjamini–Hochberg (1995) step-up adjusted p-values ("q-values").
+- Benjamini–Hochberg (1995) step-up adjusted p-values ("q-values"):
+  :func:`traitlens.stats.fdr_bh`, re-exported here as :func:`benjamini_hochberg`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr
 
+from traitlens.stats import fdr_bh
+
 FloatArray = NDArray[np.float64]
+
+# the name neuron selection (and its public API) has always used for BH
+benjamini_hochberg = fdr_bh
 
 
 def firing_delta(rate_high: torch.Tensor, rate_low: torch.Tensor) -> torch.Tensor:
@@ -41,29 +47,6 @@ def two_proportion_z_test(
         z = np.where(se > 0, (a - b) / np.where(se > 0, se, 1.0), 0.0)
     pvalue = 2.0 * ndtr(-np.abs(z))  # survival function of |z|, accurate far in the tail
     return z, np.minimum(pvalue, 1.0)
-
-
-def benjamini_hochberg(pvalues: ArrayLike) -> FloatArray:
-    """Benjamini–Hochberg (1995) adjusted p-values, same shape as the input.
-
-    ``q_(i) = min_{j ≥ i} p_(j) · m / j`` over the ascending order, capped at 1;
-    rejecting ``q ≤ α`` controls the false discovery rate at α for independent
-    (or positively dependent) tests. Equals
-    ``scipy.stats.false_discovery_control(p, method="bh")``.
-    """
-    p = np.asarray(pvalues, dtype=np.float64)
-    flat = p.reshape(-1)
-    if flat.size == 0:
-        return p.copy()
-    if np.any(np.isnan(flat)) or np.any((flat < 0) | (flat > 1)):
-        raise ValueError("p-values must lie in [0, 1] and not be NaN")
-    order = np.argsort(flat, kind="stable")
-    m = flat.size
-    scaled = flat[order] * m / np.arange(1, m + 1)
-    monotone = np.minimum.accumulate(scaled[::-1])[::-1]
-    q = np.empty_like(flat)
-    q[order] = np.minimum(monotone, 1.0)
-    return q.reshape(p.shape)
 
 
 def jaccard_matrix(masks: Sequence[torch.Tensor]) -> FloatArray:

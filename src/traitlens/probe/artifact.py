@@ -12,15 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from traitlens import __version__
-from traitlens.artifact_io import read_artifact, write_artifact
-from traitlens.errors import ArtifactError, DataError
+from traitlens.artifact_io import Artifact, Saved, fields_of
+from traitlens.errors import DataError, index_of
 from traitlens.models.loading import ModelIdentity
 
 TASKS = ("binary", "intensity", "trait")
@@ -108,14 +106,9 @@ class CurveScores:
         return first_layer_reaching(self.mean, 0.9, self.chance)
 
     def to_dict(self) -> dict[str, Any]:
+        names = ("metric", "chance", "mean", "sd", "control_mean", "control_sd", "selectivity")
         return {
-            "metric": self.metric,
-            "chance": self.chance,
-            "mean": self.mean,
-            "sd": self.sd,
-            "control_mean": self.control_mean,
-            "control_sd": self.control_sd,
-            "selectivity": self.selectivity,
+            **fields_of(self, names),
             "per_fold": self.per_fold,
             "control_per_fold": self.control_per_fold,
         }
@@ -131,7 +124,7 @@ class CurveScores:
 
 
 @dataclass(frozen=True, eq=False)
-class ProbeSet:
+class ProbeSet(Artifact):
     """Per-layer linear probes for each trait, fitted on all prompts, plus CV scores.
 
     Tensors (float32, raw activation units — standardization folded in):
@@ -162,23 +155,29 @@ class ProbeSet:
     scores: dict[str, dict[str, CurveScores]]
     config: dict[str, Any] = field(default_factory=dict)
 
+    stem = "probes"
+    kind_name = "probes"
+    what = "probe set"
+
     def _trait_index(self, trait: str) -> int:
-        code = trait.strip().upper()
-        if code not in self.traits:
-            raise DataError(
+        return index_of(
+            self.traits,
+            trait.strip().upper(),
+            lambda: DataError(
                 f"no probe for trait {trait!r}; this probe set has {', '.join(self.traits)} — "
                 "fit probes with that trait included"
-            )
-        return self.traits.index(code)
+            ),
+        )
 
     def _column(self, layer: int) -> int:
-        resolved = layer + self.identity.n_layers if layer < 0 else layer
-        if resolved not in self.layers:
-            raise DataError(
+        return index_of(
+            self.layers,
+            layer + self.identity.n_layers if layer < 0 else layer,
+            lambda: DataError(
                 f"no probe at layer {layer}; probes exist for layers {self.layers[0]}.."
                 f"{self.layers[-1]} — capture and fit that layer first"
-            )
-        return self.layers.index(resolved)
+            ),
+        )
 
     def readout(self, hidden: torch.Tensor, layer: int, task: str = "binary") -> torch.Tensor:
         """Read every trait off hidden states ``[..., d_model]`` at a model layer → ``[..., T]``.
@@ -258,29 +257,47 @@ class ProbeSet:
         return out
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {
-            "binary.weight": self.binary_weight,
-            "binary.bias": self.binary_bias,
-            "intensity.weight": self.intensity_weight,
-            "intensity.bias": self.intensity_bias,
-        }
+        """``{task}.weight`` / ``{task}.bias`` for each fitted task (``trait`` is optional)."""
+        tasks = ["binary", "intensity"]
         if self.trait_weight is not None and self.trait_bias is not None:
-            tensors["trait.weight"] = self.trait_weight
-            tensors["trait.bias"] = self.trait_bias
-        return tensors
+            tasks.append("trait")
+        return {
+            f"{task}.{part}": getattr(self, f"{task}_{part}")
+            for task in tasks
+            for part in ("weight", "bias")
+        }
 
-    @property
-    def key(self) -> str | None:
-        """The input key this probe set was fitted under (None for one built by hand)."""
-        value = self.config.get("inputs_key")
-        return None if value is None else str(value)
+    @classmethod
+    def _from_saved(cls, saved: Saved) -> ProbeSet:
+        meta, tensors = saved.meta, saved.tensors
+        traits, layers = list(meta["traits"]), [int(v) for v in meta["layers"]]
+        scores = {
+            task: {key: CurveScores.from_dict(c) for key, c in curves.items()}
+            for task, curves in meta["scores"].items()
+        }
+        probes = cls(
+            identity=saved.identity,
+            traits=traits,
+            layers=layers,
+            kind=str(meta["hook_kind"]),
+            pooling=str(meta["pooling"]),
+            binary_weight=tensors["binary.weight"],
+            binary_bias=tensors["binary.bias"],
+            intensity_weight=tensors["intensity.weight"],
+            intensity_bias=tensors["intensity.bias"],
+            trait_weight=tensors.get("trait.weight"),
+            trait_bias=tensors.get("trait.bias"),
+            scores=scores,
+            config=dict(meta.get("config", {})),
+        )
+        expected = (len(traits), len(layers), saved.identity.d_model)
+        if tuple(probes.binary_weight.shape) != expected:
+            shape = tuple(probes.binary_weight.shape)
+            raise saved.mismatch(f"weights {shape}, not {expected} (traits × layers × d_model)")
+        return probes
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``directory/probes.{safetensors,json}``; returns the JSON path."""
-        meta: dict[str, Any] = {
-            "kind": "probes",
-            "traitlens_version": __version__,
-            "model": self.identity.to_dict(),
+    def _meta(self) -> dict[str, Any]:
+        return {
             "traits": self.traits,
             "layers": self.layers,
             "hook_kind": self.kind,
@@ -293,45 +310,3 @@ class ProbeSet:
             },
             "config": self.config,
         }
-        stem = Path(directory) / "probes"
-        write_artifact(self._tensors(), meta, stem)
-        return stem.with_suffix(".json")
-
-    @classmethod
-    def load(cls, directory: str | Path, expect: ModelIdentity | None = None) -> ProbeSet:
-        """Read a saved probe set; with ``expect``, refuse one made for another model."""
-        stem = Path(directory) / "probes"
-        meta, identity, tensors = read_artifact(stem, "probe set", expect)
-        try:
-            traits, layers = list(meta["traits"]), [int(v) for v in meta["layers"]]
-            scores = {
-                task: {key: CurveScores.from_dict(c) for key, c in curves.items()}
-                for task, curves in meta["scores"].items()
-            }
-            probes = cls(
-                identity=identity,
-                traits=traits,
-                layers=layers,
-                kind=str(meta["hook_kind"]),
-                pooling=str(meta["pooling"]),
-                binary_weight=tensors["binary.weight"],
-                binary_bias=tensors["binary.bias"],
-                intensity_weight=tensors["intensity.weight"],
-                intensity_bias=tensors["intensity.bias"],
-                trait_weight=tensors.get("trait.weight"),
-                trait_bias=tensors.get("trait.bias"),
-                scores=scores,
-                config=dict(meta.get("config", {})),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(
-                f"{stem}.json is incomplete or corrupt ({exc!r}); delete probes.* and refit"
-            ) from exc
-        expected = (len(traits), len(layers), identity.d_model)
-        if tuple(probes.binary_weight.shape) != expected:
-            raise ArtifactError(
-                f"{stem.with_suffix('.safetensors')} holds weights of shape "
-                f"{tuple(probes.binary_weight.shape)}, expected {expected} for "
-                f"{len(traits)} traits × {len(layers)} layers × d_model; delete probes.* and refit"
-            )
-        return probes

@@ -16,7 +16,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 from threadpoolctl import threadpool_limits
 
-from traitlens.artifact_io import check_writable
 from traitlens.capture.artifacts import Activations
 from traitlens.data import TRAITS, parse_traits
 from traitlens.data.schema import LabelledPrompt
@@ -25,7 +24,7 @@ from traitlens.probe.artifact import WHICH_TRAIT, CurveScores, ProbeSet
 from traitlens.probe.estimators import LinearProbe, RidgeProbe
 from traitlens.probe.folds import Fold, GroupedFolds, control_labels, grouped_folds
 from traitlens.progress import track
-from traitlens.provenance import claim, provenance, record, saved_key
+from traitlens.provenance import Provenance, provenance
 
 POLES = ("high", "low")
 
@@ -153,8 +152,36 @@ def fit_probes(
     """
     if not prompts:
         raise DataError("fit_probes got no prompts; pass the run's prompts.jsonl records")
-    features_all = activations.get(kind, pooling)
     codes = _resolve_traits(traits, prompts)
+    used, features = _used_features(activations, kind, pooling, prompts, codes)
+    plan = _fold_plan(used, folds, seed)
+    tasks = _build_tasks(used, codes, plan, seed)
+    config = _fit_config(
+        plan, folds, seed, C=C, alpha=alpha, max_iter=max_iter, n_prompts=len(used)
+    )
+    prov = _probe_provenance(activations, kind, pooling, codes, used, features, config)
+    config["inputs_key"] = prov.key
+    config["provenance"] = prov.to_dict()
+
+    def compute() -> ProbeSet:
+        fitted = _fit_layers(features, tasks, codes, C, alpha, max_iter, progress)
+        return fitted.probe_set(activations, codes, kind, pooling, config)
+
+    return ProbeSet.keyed(
+        out_dir, "probes", prov, compute, expect=activations.identity, force=force
+    )
+
+
+def _used_features(
+    activations: Activations,
+    kind: str,
+    pooling: str,
+    prompts: Sequence[LabelledPrompt],
+    codes: list[str],
+) -> tuple[list[LabelledPrompt], NDArray[np.float32]]:
+    """The prompts of the selected traits and their features ``[n, n_layers, d_model]``
+    (rows matched by prompt id; a prompt without a captured row is refused)."""
+    features_all = activations.get(kind, pooling)
     row_of = {pid: i for i, pid in enumerate(activations.prompt_ids)}
     used = [p for p in prompts if p.trait in codes]
     missing = [p.id for p in used if p.id not in row_of]
@@ -163,10 +190,13 @@ def fit_probes(
             f"{len(missing)} prompts have no captured activations (e.g. {missing[0]!r}); "
             "capture the same prompts.jsonl again so every prompt has a row"
         )
-    features = features_all[[row_of[p.id] for p in used]].float().numpy()
-    n_used, n_layers = features.shape[0], features.shape[1]
+    return used, features_all[[row_of[p.id] for p in used]].float().numpy()
 
-    strata = [(p.trait, p.pole) for p in used]
+
+def _fold_plan(used: Sequence[LabelledPrompt], folds: int, seed: int) -> GroupedFolds:
+    """The grouped folds over questions and personas, stratified by (trait, pole):
+    ``folds`` of them, reduced to the number of distinct questions or of personas of the
+    sparsest trait pole (a grouped fold needs one of each on its test side)."""
     polar_personas: dict[tuple[str, str], set[str]] = {}
     for p in used:
         if p.pole in POLES:
@@ -181,34 +211,42 @@ def fit_probes(
             "pole — build a larger contrastive set"
         )
     plan = grouped_folds(
-        [p.question_id for p in used], [p.persona_id for p in used], strata, n_folds, seed
+        [p.question_id for p in used],
+        [p.persona_id for p in used],
+        [(p.trait, p.pole) for p in used],
+        n_folds,
+        seed,
     )
+    return plan
 
-    tasks = _build_tasks(used, codes, plan, seed)
-    config: dict[str, Any] = {
-        "folds": n_folds,
-        "folds_requested": folds,
+
+def _fit_config(
+    plan: GroupedFolds, folds_requested: int, seed: int, **hyperparameters: Any
+) -> dict[str, Any]:
+    """What a probe set records of how it was fitted (part of its input key)."""
+    return {
+        "folds": len(plan.splits),
+        "folds_requested": folds_requested,
         "seed": seed,
-        "C": C,
-        "alpha": alpha,
-        "max_iter": max_iter,
-        "n_prompts": n_used,
+        **hyperparameters,
         "test_sizes": [int(f.test.size) for f in plan.splits],
         "train_sizes": [int(f.train.size) for f in plan.splits],
         "control": "labels cyclically shifted per question (balanced per fold); same splits",
     }
-    label_rows = [
-        {
-            "id": p.id,
-            "trait": p.trait,
-            "pole": p.pole,
-            "intensity": int(p.intensity),
-            "persona": p.persona_id,
-            "question": p.question_id,
-        }
-        for p in used
-    ]
-    prov = provenance(
+
+
+def _probe_provenance(
+    activations: Activations,
+    kind: str,
+    pooling: str,
+    codes: list[str],
+    used: Sequence[LabelledPrompt],
+    features: NDArray[np.float32],
+    config: dict[str, Any],
+) -> Provenance:
+    """The probe set's inputs: the fit ``config``, which features, the training labels
+    and the capture it reads."""
+    return provenance(
         "probes",
         model=activations.identity,
         config={
@@ -218,32 +256,82 @@ def fit_probes(
             "traits": codes,
             "layers": activations.layers,
         },
-        data=label_rows,
+        data=[_label_row(p) for p in used],
         # a capture built by hand has no key: its tensors stand in for it
         tensors=() if activations.key else (features,),
         upstream={activations.stage: activations.key},
     )
-    if out_dir is not None:
-        exists, saved = saved_key(Path(out_dir) / "probes.json")
-        if claim(out_dir, "probes", prov, saved, exists=exists, force=force, what="probe set"):
-            return ProbeSet.load(out_dir, expect=activations.identity)
-        check_writable(Path(out_dir))
-    config["inputs_key"] = prov.key
-    config["provenance"] = prov.to_dict()
 
+
+def _label_row(p: LabelledPrompt) -> dict[str, Any]:
+    """What a probe set's key records of one training prompt."""
+    return {
+        "id": p.id,
+        "trait": p.trait,
+        "pole": p.pole,
+        "intensity": int(p.intensity),
+        "persona": p.persona_id,
+        "question": p.question_id,
+    }
+
+
+@dataclass
+class _Fitted:
+    """Per-task held-out scores and the final fits' weights ``[trait, layer, d_model]``
+    (``[layer, trait, d_model]`` for "which trait"), filled layer by layer."""
+
+    weights: dict[str, NDArray[np.float32]]
+    biases: dict[str, NDArray[np.float32]]
+    scores: dict[str, dict[str, CurveScores]]
+
+    def probe_set(
+        self,
+        activations: Activations,
+        codes: list[str],
+        kind: str,
+        pooling: str,
+        config: dict[str, Any],
+    ) -> ProbeSet:
+        """The artifact (no "which trait" probe for a single trait)."""
+
+        def tensor(table: dict[str, NDArray[np.float32]], task: str) -> torch.Tensor | None:
+            return torch.from_numpy(table[task]) if task != "trait" or len(codes) > 1 else None
+
+        return ProbeSet(
+            identity=activations.identity,
+            traits=codes,
+            layers=list(activations.layers),
+            kind=kind,
+            pooling=pooling,
+            binary_weight=torch.from_numpy(self.weights["binary"]),
+            binary_bias=torch.from_numpy(self.biases["binary"]),
+            intensity_weight=torch.from_numpy(self.weights["intensity"]),
+            intensity_bias=torch.from_numpy(self.biases["intensity"]),
+            trait_weight=tensor(self.weights, "trait"),
+            trait_bias=tensor(self.biases, "trait"),
+            scores=self.scores,
+            config=config,
+        )
+
+
+def _fit_layers(
+    features: NDArray[np.float32],
+    tasks: list[_Task],
+    codes: list[str],
+    C: float,
+    alpha: float,
+    max_iter: int,
+    progress: bool,
+) -> _Fitted:
+    """Cross-validate every task (and its control) at every layer, then fit it on all
+    rows for the weights."""
+    n_layers, d_model = features.shape[1], features.shape[2]
     per_fold: dict[tuple[str, str], list[list[float]]] = {(t.name, t.key): [] for t in tasks}
     control: dict[tuple[str, str], list[list[float]]] = {(t.name, t.key): [] for t in tasks}
-    d_model = features.shape[2]
-    weights = {
-        "binary": np.zeros((len(codes), n_layers, d_model), np.float32),
-        "intensity": np.zeros((len(codes), n_layers, d_model), np.float32),
-        "trait": np.zeros((n_layers, len(codes), d_model), np.float32),
-    }
-    biases = {
-        "binary": np.zeros((len(codes), n_layers), np.float32),
-        "intensity": np.zeros((len(codes), n_layers), np.float32),
-        "trait": np.zeros((n_layers, len(codes)), np.float32),
-    }
+    shapes = {"binary": (len(codes), n_layers), "intensity": (len(codes), n_layers)}
+    shapes["trait"] = (n_layers, len(codes))
+    weights = {name: np.zeros((*shape, d_model), np.float32) for name, shape in shapes.items()}
+    biases = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
 
     def make(task: _Task) -> Callable[[], Any]:
         if task.metric == "r2":
@@ -281,26 +369,7 @@ def fit_probes(
             per_fold=per_fold[(task.name, task.key)],
             control_per_fold=control[(task.name, task.key)],
         )
-    with_trait = len(codes) > 1
-    probes = ProbeSet(
-        identity=activations.identity,
-        traits=codes,
-        layers=list(activations.layers),
-        kind=kind,
-        pooling=pooling,
-        binary_weight=torch.from_numpy(weights["binary"]),
-        binary_bias=torch.from_numpy(biases["binary"]),
-        intensity_weight=torch.from_numpy(weights["intensity"]),
-        intensity_bias=torch.from_numpy(biases["intensity"]),
-        trait_weight=torch.from_numpy(weights["trait"]) if with_trait else None,
-        trait_bias=torch.from_numpy(biases["trait"]) if with_trait else None,
-        scores=scores,
-        config=config,
-    )
-    if out_dir is not None:
-        probes.save(out_dir)
-        record(out_dir, "probes", prov)
-    return probes
+    return _Fitted(weights, biases, scores)
 
 
 def _build_tasks(

@@ -1,7 +1,9 @@
 """Figures for the evaluation of interventions (one function per figure, greyscale-safe).
 
 Each function takes the ``eval.json`` dictionary and an output directory and
-returns the PNG path (an SVG is written beside it).
+returns the PNG path (an SVG is written beside it). Matplotlib's object API only
+(``Figure`` + ``savefig``): it needs no pyplot backend, so importing this module
+never changes the caller's backend and figures render headless.
 """
 
 from __future__ import annotations
@@ -9,23 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from traitlens.report.figures import save_figure
 
 HATCHES = {"real": "", "control": "///", "prompt": ".."}
 
 
 def _save(fig: Figure, directory: Path, stem: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    png = directory / f"{stem}.png"
-    fig.savefig(png, dpi=110, bbox_inches="tight")
-    fig.savefig(directory / f"{stem}.svg", bbox_inches="tight")
-    plt.close(fig)
-    return png
+    return save_figure(fig, directory / stem, dpi=110)[0]
 
 
 def _main_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
@@ -59,7 +54,8 @@ def plot_success_rates(evaluation: dict[str, Any], directory: Path) -> Path:
                     errors.append((rate - ci.get("low", rate), ci.get("high", rate) - rate))
             kind = "control" if control else ("prompt" if method == "prompt" else "real")
             series.append((f"{method}{' (control)' if control else ''}", kind, values, errors))
-    fig, ax = plt.subplots(figsize=(max(7, len(labels) * 0.9), 3.6))
+    fig = Figure(figsize=(max(7, len(labels) * 0.9), 3.6))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(series))
     x = np.arange(len(labels))
     greys = np.linspace(0.15, 0.8, max(2, len(series)))
@@ -101,7 +97,8 @@ def plot_spillover(evaluation: dict[str, Any], directory: Path, method: str = "m
     """5×5 shift matrices (intervene on row trait toward high, read column trait):
     probe readout (representation) and questionnaire score (behaviour)."""
     traits = evaluation["traits"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fig = Figure(figsize=(9, 4))
+    axes = fig.subplots(1, 2)
     for ax, field, title in (
         (axes[0], "readout_shift", "probe readout shift (logit)"),
         (axes[1], "questionnaire_shift", "questionnaire shift (1–5)"),
@@ -135,7 +132,8 @@ def plot_behaviour_shifts(evaluation: dict[str, Any], directory: Path) -> Path:
     """Signed target-trait questionnaire and forced-choice shifts, real vs control vs prompt."""
     traits = evaluation["traits"]
     methods = list(evaluation["config"]["eval_methods"]) + ["prompt"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig = Figure(figsize=(11, 3.6))
+    axes = fig.subplots(1, 2)
     for ax, field, title in (
         (axes[0], "target_questionnaire_shift", "questionnaire (1–5 scale)"),
         (axes[1], "target_forced_choice_shift", "forced choice P(high)"),
@@ -172,7 +170,8 @@ def plot_dose_response(evaluation: dict[str, Any], directory: Path) -> Path:
     against strength (directions, both signs) — the curve to pick a strength from."""
     doses = [r for r in evaluation["results"] if r.get("dose") and r["method"] != "neurons"]
     traits = sorted({r["trait"] for r in doses})
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig = Figure(figsize=(12, 3.4))
+    axes = fig.subplots(1, 3)
     markers = "osd^v<>"
     for index, trait in enumerate(traits):
         rows = sorted((r for r in doses if r["trait"] == trait), key=lambda r: r["strength"])
@@ -203,7 +202,8 @@ def plot_dose_response(evaluation: dict[str, Any], directory: Path) -> Path:
 def plot_representation_vs_behaviour(evaluation: dict[str, Any], directory: Path) -> Path:
     """Each intervention as a point: representational shift (x) vs behavioural shift (y).
     Points far right but near y=0 are the gap: the probe moved, behaviour did not."""
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    fig = Figure(figsize=(5.2, 4.2))
+    ax = fig.subplots()
     styles = {"real": ("o", "black"), "control": ("x", "grey"), "prompt": ("s", "white")}
     for kind in styles:
         rows = [

@@ -3,6 +3,10 @@
 Every figure must survive a greyscale printer: models are told apart by hatch
 and marker as well as grey level, axes by marker and line style, and heatmaps
 use the ``Greys`` colour map with the numbers written in the cells.
+
+Matplotlib's object API only (``Figure``, no pyplot): drawing a report never
+switches the user's backend, opens a window or keeps figures alive in pyplot's
+registry.
 """
 
 from __future__ import annotations
@@ -11,20 +15,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are files; never open a window
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.projections.polar import PolarAxes  # noqa: E402
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.projections.polar import PolarAxes
 
 Doc = dict[str, Any]
 GREYS = ("0.15", "0.55", "0.8", "0.35", "0.95")
 HATCHES = ("", "//", "..", "xx", "\\\\")
 MARKERS = ("o", "s", "^", "D", "v")
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)))
+
+
+def _series(k: int) -> dict[str, Any]:
+    """Line style of the ``k``-th series: black, told apart by marker and dash so the
+    figure reads in greyscale."""
+    return {"color": "black", "marker": MARKERS[k % 5], "linestyle": LINESTYLES[k % 5]}
+
+
+def _titled(
+    ax: Axes, title: str, ylabel: str, *, xlabel: str | None = None, legend: int | None = None
+) -> None:
+    """A panel's labels (a small title: panels share figures) and, with ``legend`` (its
+    font size), a frameless legend."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if legend is not None:
+        ax.legend(frameon=False, fontsize=legend)
 
 
 def _models(doc: Doc) -> list[dict[str, Any]]:
@@ -83,10 +102,29 @@ def _grouped_bars(
     ax.axhline(0, color="black", linewidth=0.8)
 
 
+def _per_axis(doc: Doc, section: str, key: str) -> list[list[float]]:
+    """``model[section][axis][key]`` as numbers, a row per model and a column per axis:
+    what :func:`_grouped_bars` draws."""
+    return [[_num(m[section][a][key]) for a in _axes(doc)] for m in _models(doc)]
+
+
+def _bar_pair(
+    doc: Doc, height: float, section: str, keys: tuple[str, str]
+) -> tuple[Figure, Any, Any]:
+    """``(figure, left, right)``: two narrow panels of grouped bars, ``section``'s
+    ``keys[0]`` on the left and ``keys[1]`` on the right."""
+    fig = Figure(figsize=(10, height))
+    left, right = fig.subplots(1, 2)
+    for panel, key in zip((left, right), keys, strict=True):
+        _grouped_bars(panel, doc, _per_axis(doc, section, key), None, short=True)
+    return fig, left, right
+
+
 def profile_bars(doc: Doc) -> Figure:
     """Baseline profile per axis and model: median score with its 95% bootstrap CI."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    values = [[_num(m["profile"][a]["median"]) for a in _axes(doc)] for m in _models(doc)]
+    fig = Figure(figsize=(7.5, 3.8))
+    ax = fig.subplots()
+    values = _per_axis(doc, "profile", "median")
     errors = [
         [tuple(_num(c) for c in m["profile"][a]["ci"]) for a in _axes(doc)] for m in _models(doc)
     ]
@@ -105,7 +143,7 @@ def profile_radar(doc: Doc) -> Figure:
     axes = _axes(doc)
     angles = np.linspace(0, 2 * np.pi, len(axes), endpoint=False)
     closed = np.concatenate([angles, angles[:1]])
-    fig = plt.figure(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
     ax = cast(PolarAxes, fig.add_subplot(projection="polar"))
     for m, model in enumerate(_models(doc)):
         med = np.array([_num(model["profile"][a]["median"]) for a in axes])
@@ -114,9 +152,7 @@ def profile_radar(doc: Doc) -> Figure:
         ax.plot(
             closed,
             np.append(med, med[0]),
-            color="black",
-            linestyle=LINESTYLES[m % 5],
-            marker=MARKERS[m % 5],
+            **_series(m),
             label=model["model"]["name"],
         )
         ax.fill_between(
@@ -136,18 +172,16 @@ def profile_radar(doc: Doc) -> Figure:
 
 def calibration_quality(doc: Doc) -> Figure:
     """Held-out (split by question) pole accuracy and d′ per axis."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    acc = [[_num(m["calibration"][a]["accuracy"]) for a in _axes(doc)] for m in _models(doc)]
-    dp = [[_num(m["calibration"][a]["d_prime"]) for a in _axes(doc)] for m in _models(doc)]
-    _grouped_bars(left, doc, acc, None, short=True)
+    fig, left, right = _bar_pair(doc, 3.6, "calibration", ("accuracy", "d_prime"))
     left.axhline(0.5, color="0.4", linestyle="--", linewidth=0.8)
     left.set_ylim(0, 1.05)
-    left.set_ylabel("held-out accuracy")
-    left.set_title("Calibration: does the axis tell the poles apart\non new questions?", fontsize=9)
-    _grouped_bars(right, doc, dp, None, short=True)
-    right.set_ylabel("held-out d′")
-    right.set_title("Separation of the poles (d′)", fontsize=9)
-    left.legend(frameon=False, fontsize=8)
+    _titled(
+        left,
+        "Calibration: does the axis tell the poles apart\non new questions?",
+        "held-out accuracy",
+        legend=8,
+    )
+    _titled(right, "Separation of the poles (d′)", "held-out d′")
     fig.tight_layout()
     return fig
 
@@ -184,7 +218,8 @@ def dead_zones(doc: Doc) -> Figure:
     """Dead-zone score per model and axis (0 fine … 1 dead); arrows mark one-way following."""
     models, axes = _models(doc), _axes(doc)
     matrix = np.array([[_num(m["dead_zones"][a]["score"]) for a in axes] for m in models])
-    fig, ax = plt.subplots(figsize=(1.4 * len(axes) + 2.5, 0.6 * len(models) + 1.8))
+    fig = Figure(figsize=(1.4 * len(axes) + 2.5, 0.6 * len(models) + 1.8))
+    ax = fig.subplots()
     _heatmap(ax, matrix, _names(doc), [_label(doc, a) for a in axes], 0.0, 1.0)
     for i, model in enumerate(models):
         for j, axis in enumerate(axes):
@@ -202,7 +237,8 @@ def dead_zones(doc: Doc) -> Figure:
 def instruction_shifts(doc: Doc) -> Figure:
     """How far 'be more X' and 'be less X' move answers from baseline, per axis and model."""
     models, axes = _models(doc), _axes(doc)
-    fig, panels = plt.subplots(1, len(models), figsize=(5 * len(models), 3.4), squeeze=False)
+    fig = Figure(figsize=(5 * len(models), 3.4))
+    panels = fig.subplots(1, len(models), squeeze=False)
     for panel, model in zip(panels[0], models, strict=True):
         x = np.arange(len(axes))
         info = [model["asymmetry"].get(a) or {} for a in axes]
@@ -232,16 +268,16 @@ def instruction_shifts(doc: Doc) -> Figure:
         panel.axhline(0.25, color="black", linestyle=":", linewidth=0.8)
         panel.axhline(0, color="black", linewidth=0.8)
         panel.set_xticks(x, axes)  # narrow panels: codes only
-        panel.set_title(f"{model['model']['name']}: instruction following", fontsize=9)
-        panel.set_ylabel("paired median shift (IQR units)")
-        panel.legend(frameon=False, fontsize=7)
+        title = f"{model['model']['name']}: instruction following"
+        _titled(panel, title, "paired median shift (IQR units)", legend=7)
     fig.tight_layout()
     return fig
 
 
 def reliability(doc: Doc) -> Figure:
     """Test–retest over sampling seeds: ICC(2,1) per axis (questions × seeds)."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig = Figure(figsize=(7.5, 3.4))
+    ax = fig.subplots()
     values = [
         [_num(m["reliability"]["per_axis"][a]["icc2_1"]) for a in _axes(doc)] for m in _models(doc)
     ]
@@ -250,9 +286,7 @@ def reliability(doc: Doc) -> Figure:
         ax.axhline(level, color="0.5", linestyle=":", linewidth=0.8)
         ax.text(len(_axes(doc)) - 0.5, level, text, fontsize=7, va="bottom", ha="right")
     ax.set_ylim(min(-0.2, np.nanmin(np.array(values, dtype=float), initial=0) - 0.05), 1.0)
-    ax.set_ylabel("ICC(2,1)")
-    ax.set_title("Test–retest reliability across sampling seeds", fontsize=9)
-    ax.legend(frameon=False, fontsize=8)
+    _titled(ax, "Test–retest reliability across sampling seeds", "ICC(2,1)", legend=8)
     fig.tight_layout()
     return fig
 
@@ -261,9 +295,9 @@ def drift(doc: Doc, model_index: int = 0) -> Figure:
     """Profile per turn along each scripted conversation; conflict turns are shaded."""
     model = _models(doc)[model_index]
     scenarios = model.get("drift") or {}
-    fig, panels = plt.subplots(
-        1, max(1, len(scenarios)), figsize=(6 * max(1, len(scenarios)), 3.6), squeeze=False
-    )
+    columns = max(1, len(scenarios))
+    fig = Figure(figsize=(6 * columns, 3.6))
+    panels = fig.subplots(1, columns, squeeze=False)
     for panel, (name, info) in zip(panels[0], scenarios.items(), strict=False):
         n = len(info["user_turns"])
         turns = np.arange(1, n + 1)
@@ -274,18 +308,15 @@ def drift(doc: Doc, model_index: int = 0) -> Figure:
             panel.plot(
                 turns,
                 series,
-                color="black",
-                marker=MARKERS[k % 5],
-                linestyle=LINESTYLES[k % 5],
+                **_series(k),
                 linewidth=1,
                 markersize=4,
                 label=_label(doc, axis, " "),
             )
         panel.axhline(0, color="0.5", linewidth=0.6)
         panel.set_xticks(turns)
-        panel.set_xlabel("turn (shaded: conflict)")
-        panel.set_ylabel("score (IQR units)")
-        panel.set_title(f"{model['model']['name']} — {name}", fontsize=9)
+        title = f"{model['model']['name']} — {name}"
+        _titled(panel, title, "score (IQR units)", xlabel="turn (shaded: conflict)")
     handles, labels = panels[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", frameon=False, fontsize=7)
@@ -295,7 +326,8 @@ def drift(doc: Doc, model_index: int = 0) -> Figure:
 
 def pca_dimensions(doc: Doc) -> Figure:
     """Explained variance of the principal components of per-answer axis scores."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    fig = Figure(figsize=(5.5, 3.4))
+    ax = fig.subplots()
     for m, model in enumerate(_models(doc)):
         ratios = model["structure"].get("pca_explained_variance")
         if not ratios:
@@ -304,18 +336,19 @@ def pca_dimensions(doc: Doc) -> Figure:
         ax.plot(
             k,
             np.cumsum(ratios),
-            color="black",
-            marker=MARKERS[m % 5],
-            linestyle=LINESTYLES[m % 5],
+            **_series(m),
             label=f"{model['model']['name']} "
             f"(PR={_num(model['structure']['participation_ratio']):.2f})",
         )
     ax.axhline(0.9, color="0.5", linestyle=":", linewidth=0.8)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("number of components")
-    ax.set_ylabel("cumulative explained variance")
-    ax.set_title("How many dimensions do the answers use?", fontsize=9)
-    ax.legend(frameon=False, fontsize=7)
+    _titled(
+        ax,
+        "How many dimensions do the answers use?",
+        "cumulative explained variance",
+        xlabel="number of components",
+        legend=7,
+    )
     fig.tight_layout()
     return fig
 
@@ -324,7 +357,8 @@ def axis_geometry(doc: Doc, model_index: int = 0) -> Figure:
     """Axis-to-axis cosine of directions next to the correlation of the projections."""
     model = _models(doc)[model_index]
     labels = [a for a in _axes(doc)]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig = Figure(figsize=(9, 3.8))
+    left, right = fig.subplots(1, 2)
     structure = model["structure"]
     if structure.get("axis_cosine"):
         cos = np.array(structure["axis_cosine"], dtype=float)
@@ -348,18 +382,10 @@ def axis_geometry(doc: Doc, model_index: int = 0) -> Figure:
 
 def length_confound(doc: Doc) -> Figure:
     """Correlation of each axis with answer length (tokens): baseline and within-pole."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
-    base = [[_num(m["length"][a]["r_baseline"]) for a in _axes(doc)] for m in _models(doc)]
-    within = [
-        [_num(m["length"][a]["r_calibration_within_pole"]) for a in _axes(doc)]
-        for m in _models(doc)
-    ]
-    _grouped_bars(left, doc, base, None, short=True)
-    _grouped_bars(right, doc, within, None, short=True)
+    fig, left, right = _bar_pair(doc, 3.4, "length", ("r_baseline", "r_calibration_within_pole"))
     for panel, title in ((left, "baseline answers"), (right, "calibration answers, within pole")):
         panel.set_ylim(-1, 1)
-        panel.set_ylabel("Pearson r with length")
-        panel.set_title(f"Length confound: {title}", fontsize=9)
+        _titled(panel, f"Length confound: {title}", "Pearson r with length")
         for level in (-0.3, 0.3):
             panel.axhline(level, color="0.5", linestyle=":", linewidth=0.8)
     left.legend(frameon=False, fontsize=8)
@@ -397,7 +423,6 @@ def save_figures(doc: Doc, directory: str | Path, dpi: int = 110) -> dict[str, P
     def save(name: str, fig: Figure) -> None:
         path = out / f"{name}.png"
         fig.savefig(path, dpi=dpi)
-        plt.close(fig)
         paths[name] = path
 
     for name, draw in FIGURES.items():

@@ -1,321 +1,306 @@
-"""The fingerprint section of the report, or a standalone ``fingerprint.html``.
+"""The fingerprint part of the report, or a standalone ``fingerprint.html``.
 
-``fingerprint_section_html(run_dir)`` returns one self-contained ``<section>``
-(figures embedded as base64 PNG) that the full report embeds;
-``write_fingerprint_report(run_dir)`` wraps it into a complete single-file page
-when the fingerprint stage is run on its own.
+Rendered with the shared page helpers of :mod:`traitlens.report.html` (tables,
+embedded figures, notes), so the fingerprint looks and reads like the rest of
+the report. ``fingerprint_section_html(run_dir)`` returns the section's body
+(titled blocks, figures embedded as base64 PNG) that the study report places in
+its "Behavioural fingerprint" section; ``write_fingerprint_report(run_dir)``
+wraps the same section into a complete single-file page when the fingerprint
+stage is run on its own.
 """
 
 from __future__ import annotations
 
-import base64
 import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from traitlens.fingerprint.pipeline import load_fingerprint
 from traitlens.fingerprint.reliability import DEAD_ZONE_THRESHOLDS, FOLLOW_THRESHOLD
 from traitlens.report.fingerprint_figures import model_slug, save_figures
+from traitlens.report.html import Section, Table, quotes_html, subsection_html, write_page
 
-_PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #111;
-       line-height: 1.45; padding: 0 1em; }
-"""
-# scoped to the section so it looks the same embedded in report.html or standalone
-_SECTION_STYLE = """
-section.fingerprint table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
-section.fingerprint th, section.fingerprint td { border: 1px solid #999; padding: 3px 8px;
-       text-align: right; }
-section.fingerprint th:first-child, section.fingerprint td:first-child { text-align: left; }
-section.fingerprint img { max-width: 100%; display: block; margin: 0.5em 0 1.2em; }
-section.fingerprint .note { color: #444; font-size: 0.9em; }
-section.fingerprint blockquote { border-left: 3px solid #999; margin: 0.3em 0; padding-left: 0.8em;
-       color: #333; font-size: 0.9em; }
-"""
+Doc = dict[str, Any]
+Row = dict[str, str]
+TITLE = "Behavioural fingerprint"
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:+.{digits}f}" if digits and abs(value) < 1e6 else f"{value:.3g}"
-    return html.escape(str(value))
-
-
-def _with_ci(value: Any, ci: Any) -> str:
-    if value is None:
-        return "–"
-    if not ci:
-        return _fmt(value)
-    return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+def _signed(value: Any, digits: int = 2) -> str:
+    """``+0.12`` — scores and differences carry their sign; ``–`` when undefined."""
+    return "–" if value is None else f"{float(value):+.{digits}f}"
 
 
 def _plain(value: Any, digits: int = 2) -> str:
     return "–" if value is None else f"{float(value):.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _with_ci(value: Any, ci: Any) -> str:
+    if value is None:
+        return "–"
+    return _signed(value) if not ci else f"{_signed(value)} [{_signed(ci[0])}, {_signed(ci[1])}]"
 
 
-def _image(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def _per_axis(doc: Doc, label: str, cells: Callable[[Doc, str], Row]) -> list[Row]:
+    """One row per model and axis: ``{label: "model · axis", **cells(model, axis)}``."""
+    return [
+        {label: f"{model['model']['name']} · {axis}", **cells(model, axis)}
+        for model in doc["models"]
+        for axis in doc["config"]["axes"]
+    ]
 
 
-def _profile_table(doc: dict[str, Any]) -> str:
-    axes = doc["config"]["axes"]
-    rows = []
-    for model in doc["models"]:
-        cells = [html.escape(model["model"]["name"])]
-        for axis in axes:
-            p = model["profile"][axis]
-            cells.append(f"{_fmt(p['median'])} [{_fmt(p['ci'][0])}, {_fmt(p['ci'][1])}]")
-        rows.append(cells)
-    return _table(["model"] + [f"{a} ({doc['axis_names'][a]})" for a in axes], rows)
-
-
-def _per_axis_rows(doc: dict[str, Any], cell: Any) -> list[list[str]]:
-    rows = []
-    for model in doc["models"]:
-        for axis in doc["config"]["axes"]:
-            rows.append([html.escape(f"{model['model']['name']} · {axis}"), *cell(model, axis)])
-    return rows
-
-
-def fingerprint_section_html(run_dir: str | Path) -> str:
-    """The fingerprint results of ``run_dir`` as one self-contained HTML ``<section>``."""
-    run = Path(run_dir)
-    doc = load_fingerprint(run)
-    figures = save_figures(doc, run / "fingerprint" / "figures")
+def _intro(doc: Doc) -> str:
     config = doc["config"]
-    names = ", ".join(html.escape(m["model"]["name"]) for m in doc["models"])
-    parts = [
-        '<section class="fingerprint">',
-        f"<style>{_SECTION_STYLE}</style>",
-        "<h2>Behavioural fingerprint</h2>",
-        f"<p>Models: {names}. Axes from answers the model wrote under opposite one-line "
-        f"instructions (difference of means of the residual stream at layers "
-        f"{', '.join(str(m['layers']) for m in doc['models'])}, "
-        f"{html.escape(config['pooling'])} pooling over the answer tokens"
-        + (
-            ", encoded as generated, with the instruction in context"
-            if config["instructed_context"]
-            else ", re-encoded without the instruction"
-        )
+    names = ", ".join(m["model"]["name"] for m in doc["models"])
+    context = (
+        ", encoded as generated, with the instruction in context"
+        if config["instructed_context"]
+        else ", re-encoded without the instruction"
+    )
+    return (
+        f"Models: {names}. Axes from answers the model wrote under opposite one-line "
+        "instructions (difference of means of the residual stream at layers "
+        f"{', '.join(str(m['layers']) for m in doc['models'])}, {config['pooling']} pooling "
+        f"over the answer tokens{context}"
         + (", each dimension standardized" if config.get("standardize") else "")
         + "). Scores are in units of the calibration interquartile range: 0 is the middle "
         "of the calibrated range and ±0.5 is roughly where typical instructed answers lie, "
-        "so profiles of different models share a scale.</p>",
-        "<h3>Default profile</h3>",
-        f"<p class='note'>Median over {config['seeds']} sampling seed(s) × neutral questions "
-        "answered with no system prompt; 95% CIs from a bootstrap over questions.</p>",
-        _profile_table(doc),
-        _image(figures["profile_bars"], "profile bars"),
-        _image(figures["profile_radar"], "profile radar"),
-    ]
-    comparison = doc.get("comparison")
-    if comparison and comparison.get("differences"):
-        rows = []
-        for row in comparison["differences"]:
-            cells = [html.escape(f"{row['model']} − {row['minus']}")]
-            for axis in config["axes"]:
-                d = row[axis]
-                star = " *" if d["credible"] else ""
-                cells.append(
-                    f"{_fmt(d['difference'])} [{_fmt(d['ci'][0])}, {_fmt(d['ci'][1])}]{star}"
-                )
-            rows.append(cells)
-        parts += [
-            "<h3>Model differences</h3>",
-            "<p class='note'>* the 95% CI excludes 0.</p>",
-            _table(["difference"] + list(config["axes"]), rows),
-        ]
+        "so profiles of different models share a scale."
+    )
 
-    parts += [
-        "<h3>Calibration (held out by question)</h3>",
-        "<p class='note'>Every answer is scored by an axis fitted without its question. "
-        "Accuracy: sign of the score matches the instructed pole; paired accuracy: the "
-        "high-instructed answer to a question outscores the low-instructed one.</p>",
-        _table(
-            [
-                "model · axis",
-                "accuracy",
-                "paired accuracy",
-                "AUC",
-                "d′ held-out",
-                "d′ in-sample",
-                "split-half cos",
-                "answers",
+
+def _profile(doc: Doc, figures: dict[str, Path]) -> list[Section]:
+    axes = doc["config"]["axes"]
+    rows = [
+        {
+            "model": m["model"]["name"],
+            **{
+                f"{a} ({doc['axis_names'][a]})": _with_ci(
+                    m["profile"][a]["median"], m["profile"][a]["ci"]
+                )
+                for a in axes
+            },
+        }
+        for m in doc["models"]
+    ]
+    sections = [
+        Section(
+            "fingerprint-profile",
+            "Default profile",
+            notes=[
+                f"Median over {doc['config']['seeds']} sampling seed(s) × neutral questions "
+                "answered with no system prompt; 95% CIs from a bootstrap over questions."
             ],
-            _per_axis_rows(
-                doc,
-                lambda m, a: [
-                    _plain(m["calibration"][a]["accuracy"]),
-                    _plain(m["calibration"][a].get("paired_accuracy")),
-                    _plain(m["calibration"][a]["auc"]),
-                    _fmt(m["calibration"][a]["d_prime"]),
-                    _fmt(m["calibration"][a]["d_prime_in_sample"]),
-                    _plain(m["calibration"][a]["stability"]),
-                    str(m["calibration"][a]["n_answers"]),
-                ],
-            ),
-        ),
-        _image(figures["calibration"], "calibration quality"),
-        "<h3>Reliability and dead zones</h3>",
-        "<p class='note'>ICC over neutral questions × sampling seeds (ICC(2,1): absolute "
-        "agreement; ICC(3,1): consistency). SNR = distance between pole medians / seed-to-seed "
-        "SD of one answer. Dead-zone score = mean badness of accuracy, d′, stability and SNR, "
-        "each ramped between "
-        + "; ".join(f"{k}: {v[0]}→{v[1]}" for k, v in DEAD_ZONE_THRESHOLDS.items())
-        + f". A direction 'follows' when its paired median shift is ≥ {FOLLOW_THRESHOLD}.</p>",
-        _table(
-            [
-                "model · axis",
-                "ICC(2,1)",
-                "ICC(3,1)",
-                "SNR",
-                "dead-zone",
-                "verdict",
-                "more-X shift",
-                "less-X shift",
-                "asymmetry",
+            figures=[
+                (figures["profile_bars"], "Default profile per axis, with 95% CIs"),
+                (figures["profile_radar"], "The same profile as a radar chart"),
             ],
-            _per_axis_rows(
-                doc,
-                lambda m, a: [
-                    _plain(m["reliability"]["per_axis"][a]["icc2_1"]),
-                    _plain(m["reliability"]["per_axis"][a]["icc3_1"]),
-                    _plain(m["reliability"]["per_axis"][a]["snr"]),
-                    _plain(m["dead_zones"][a]["score"]),
-                    html.escape(m["dead_zones"][a]["verdict"]),
-                    _with_ci(m["asymmetry"][a]["shift_up"], m["asymmetry"][a].get("shift_up_ci")),
-                    _with_ci(
-                        m["asymmetry"][a]["shift_down"], m["asymmetry"][a].get("shift_down_ci")
-                    ),
-                    html.escape(m["asymmetry"][a]["kind"] or "both"),
-                ],
-            ),
-        ),
-        "<p class='note'>Profile-level ICC(2,1) over axes × seeds: "
-        + ", ".join(
-            f"{html.escape(m['model']['name'])} {_plain(m['reliability']['profile']['icc2_1'])}"
+            tables=[Table("Median score [95% CI]", rows)],
+        )
+    ]
+    comparison = doc.get("comparison") or {}
+    if comparison.get("differences"):
+        differences = [
+            {
+                "difference": f"{row['model']} − {row['minus']}",
+                **{
+                    a: _with_ci(row[a]["difference"], row[a]["ci"])
+                    + (" *" if row[a]["credible"] else "")
+                    for a in axes
+                },
+            }
+            for row in comparison["differences"]
+        ]
+        sections.append(
+            Section(
+                "fingerprint-differences",
+                "Model differences",
+                notes=["* the 95% CI excludes 0."],
+                tables=[Table("Difference of median profiles [95% CI]", differences)],
+            )
+        )
+    return sections
+
+
+def _calibration(doc: Doc, figures: dict[str, Path]) -> Section:
+    def cells(m: Doc, a: str) -> Row:
+        c = m["calibration"][a]
+        return {
+            "accuracy": _plain(c["accuracy"]),
+            "paired accuracy": _plain(c.get("paired_accuracy")),
+            "AUC": _plain(c["auc"]),
+            "d′ held-out": _signed(c["d_prime"]),
+            "d′ in-sample": _signed(c["d_prime_in_sample"]),
+            "split-half cos": _plain(c["stability"]),
+            "answers": str(c["n_answers"]),
+        }
+
+    return Section(
+        "fingerprint-calibration",
+        "Calibration (held out by question)",
+        notes=[
+            "Every answer is scored by an axis fitted without its question. Accuracy: sign of "
+            "the score matches the instructed pole; paired accuracy: the high-instructed "
+            "answer to a question outscores the low-instructed one."
+        ],
+        figures=[(figures["calibration"], "Held-out accuracy and d′ per axis")],
+        tables=[Table("Calibration quality", _per_axis(doc, "model · axis", cells))],
+    )
+
+
+def _reliability(doc: Doc, figures: dict[str, Path]) -> Section:
+    def cells(m: Doc, a: str) -> Row:
+        r, asym = m["reliability"]["per_axis"][a], m["asymmetry"][a]
+        return {
+            "ICC(2,1)": _plain(r["icc2_1"]),
+            "ICC(3,1)": _plain(r["icc3_1"]),
+            "SNR": _plain(r["snr"]),
+            "dead-zone": _plain(m["dead_zones"][a]["score"]),
+            "verdict": m["dead_zones"][a]["verdict"],
+            "more-X shift": _with_ci(asym["shift_up"], asym.get("shift_up_ci")),
+            "less-X shift": _with_ci(asym["shift_down"], asym.get("shift_down_ci")),
+            "asymmetry": asym["kind"] or "both",
+        }
+
+    ramps = "; ".join(f"{k}: {v[0]}→{v[1]}" for k, v in DEAD_ZONE_THRESHOLDS.items())
+    profile_icc = ", ".join(
+        f"{m['model']['name']} {_plain(m['reliability']['profile']['icc2_1'])}"
+        for m in doc["models"]
+    )
+    return Section(
+        "fingerprint-reliability",
+        "Reliability and dead zones",
+        notes=[
+            "ICC over neutral questions × sampling seeds (ICC(2,1): absolute agreement; "
+            "ICC(3,1): consistency). SNR = distance between pole medians / seed-to-seed SD of "
+            "one answer. Dead-zone score = mean badness of accuracy, d′, stability and SNR, "
+            f"each ramped between {ramps}. A direction 'follows' when its paired median "
+            f"shift is ≥ {FOLLOW_THRESHOLD}.",
+            f"Profile-level ICC(2,1) over axes × seeds: {profile_icc}",
+        ],
+        figures=[
+            (figures["reliability"], "Test–retest reliability (ICC(2,1)) per axis"),
+            (figures["dead_zones"], "Dead-zone score per model and axis"),
+            (figures["instruction_shifts"], "How far 'more X' and 'less X' move answers"),
+        ],
+        tables=[
+            Table("Reliability, dead zones and asymmetry", _per_axis(doc, "model · axis", cells))
+        ],
+    )
+
+
+def _drift(doc: Doc, figures: dict[str, Path]) -> Section:
+    rows = [
+        {
+            "model · scenario · axis": f"{m['model']['name']} · {scenario} · {axis}",
+            "slope / turn": _signed(values["slope_per_turn"], 3),
+            "conflict − other turns": _signed(values["conflict_shift"]),
+            "range": _plain(values["range"]),
+        }
+        for m in doc["models"]
+        for scenario, info in (m.get("drift") or {}).items()
+        for axis, values in info["axes"].items()
+    ]
+    return Section(
+        "fingerprint-drift",
+        "Drift along conversations",
+        figures=[
+            (figures[f"drift__{model_slug(m['model']['name'])}"], f"{m['model']['name']}: drift")
             for m in doc["models"]
+        ],
+        tables=[Table("Per-turn trend of each axis", rows)] if rows else [],
+    )
+
+
+def _structure(doc: Doc, figures: dict[str, Path]) -> Section:
+    rows = [
+        {
+            "model": m["model"]["name"],
+            "components for 90%": str(m["structure"].get("components_90", "–")),
+            "participation ratio": _plain(m["structure"].get("participation_ratio")),
+            "answers": str(m["structure"]["n_answers"]),
+        }
+        for m in doc["models"]
+    ]
+    geometry = [
+        (
+            figures[f"axis_geometry__{model_slug(m['model']['name'])}"],
+            f"{m['model']['name']}: axis cosine vs projection correlation",
         )
-        + "</p>",
-        _image(figures["reliability"], "reliability"),
-        _image(figures["dead_zones"], "dead zones"),
-        _image(figures["instruction_shifts"], "instruction shifts"),
-        "<h3>Drift along conversations</h3>",
+        for m in doc["models"]
     ]
-    for model in doc["models"]:
-        slug = model_slug(model["model"]["name"])
-        rows = []
-        for scenario, info in (model.get("drift") or {}).items():
-            for axis, values in info["axes"].items():
-                rows.append(
-                    [
-                        html.escape(f"{model['model']['name']} · {scenario} · {axis}"),
-                        _fmt(values["slope_per_turn"], 3),
-                        _fmt(values["conflict_shift"]),
-                        _plain(values["range"]),
-                    ]
-                )
-        if rows:
-            parts.append(
-                _table(
-                    ["model · scenario · axis", "slope / turn", "conflict − other turns", "range"],
-                    rows,
-                )
-            )
-        parts.append(_image(figures[f"drift__{slug}"], "drift"))
-    parts += [
-        "<h3>Structure: how many dimensions, how entangled</h3>",
-        _table(
-            ["model", "components for 90%", "participation ratio", "answers"],
-            [
-                [
-                    html.escape(m["model"]["name"]),
-                    str(m["structure"].get("components_90", "–")),
-                    _plain(m["structure"].get("participation_ratio")),
-                    str(m["structure"]["n_answers"]),
-                ]
-                for m in doc["models"]
-            ],
-        ),
-        _image(figures["pca"], "pca"),
+    return Section(
+        "fingerprint-structure",
+        "Structure: how many dimensions, how entangled",
+        figures=[(figures["pca"], "Cumulative explained variance of the axis scores"), *geometry],
+        tables=[Table("Dimensions the answers use", rows)],
+    )
+
+
+def _length(doc: Doc, figures: dict[str, Path]) -> Section:
+    def cells(m: Doc, a: str) -> Row:
+        length = m["length"][a]
+        return {
+            "r (baseline)": _signed(length["r_baseline"]),
+            "r within pole": _signed(length["r_calibration_within_pole"]),
+            "tokens high": _plain(length["mean_tokens_high"], 1),
+            "tokens low": _plain(length["mean_tokens_low"], 1),
+            "tokens baseline": _plain(length["mean_tokens_baseline"], 1),
+        }
+
+    regressed = doc["config"]["regress_length"]
+    return Section(
+        "fingerprint-length",
+        "Length confound",
+        notes=[
+            "Length was regressed out (pole as covariate) before scoring."
+            if regressed
+            else "Reported only; rerun with --regress-length to remove it."
+        ],
+        figures=[(figures["length_confound"], "Correlation of each axis with answer length")],
+        tables=[
+            Table("Correlation with answer length (tokens)", _per_axis(doc, "model · axis", cells))
+        ],
+    )
+
+
+def _examples(doc: Doc) -> Section:
+    blocks = []
+    for m in doc["models"]:
+        quotes = [(e["question"], e["answer"]) for e in m["examples"]["baseline"]]
+        for axis in doc["config"]["axes"]:
+            pair = m["examples"].get(axis, {})
+            quotes += [(f"{axis} {pole}:", pair.get(pole, "")) for pole in ("high", "low")]
+        blocks.append(f"<h4>{html.escape(m['model']['name'])}</h4>\n{quotes_html(quotes)}")
+    return Section("fingerprint-examples", "Example answers", raw_html="\n".join(blocks))
+
+
+def fingerprint_sections(run_dir: str | Path) -> list[Section]:
+    """The fingerprint results of ``run_dir`` as titled blocks (figures drawn on the way)."""
+    run = Path(run_dir)
+    doc = load_fingerprint(run)
+    figures = save_figures(doc, run / "fingerprint" / "figures")
+    return [
+        Section("fingerprint-intro", "Method", paragraphs=[_intro(doc)]),
+        *_profile(doc, figures),
+        _calibration(doc, figures),
+        _reliability(doc, figures),
+        _drift(doc, figures),
+        _structure(doc, figures),
+        _length(doc, figures),
+        _examples(doc),
     ]
-    for model in doc["models"]:
-        slug = model_slug(model["model"]["name"])
-        parts.append(_image(figures[f"axis_geometry__{slug}"], "axis geometry"))
-    parts += [
-        "<h3>Length confound</h3>",
-        "<p class='note'>"
-        + (
-            "Length was regressed out (pole as covariate) before scoring. "
-            if config["regress_length"]
-            else "Reported only; rerun with <code>--regress-length</code> to remove it. "
-        )
-        + "</p>",
-        _table(
-            [
-                "model · axis",
-                "r (baseline)",
-                "r within pole",
-                "tokens high",
-                "tokens low",
-                "tokens baseline",
-            ],
-            _per_axis_rows(
-                doc,
-                lambda m, a: [
-                    _fmt(m["length"][a]["r_baseline"]),
-                    _fmt(m["length"][a]["r_calibration_within_pole"]),
-                    _plain(m["length"][a]["mean_tokens_high"], 1),
-                    _plain(m["length"][a]["mean_tokens_low"], 1),
-                    _plain(m["length"][a]["mean_tokens_baseline"], 1),
-                ],
-            ),
-        ),
-        _image(figures["length_confound"], "length confound"),
-        "<h3>Example answers</h3>",
-    ]
-    for model in doc["models"]:
-        parts.append(f"<h4>{html.escape(model['model']['name'])}</h4>")
-        for example in model["examples"]["baseline"]:
-            parts.append(
-                f"<p><b>{html.escape(example['question'])}</b></p>"
-                f"<blockquote>{html.escape(example['answer'])}</blockquote>"
-            )
-        for axis in config["axes"]:
-            pair = model["examples"].get(axis, {})
-            parts.append(
-                f"<p>{axis} high:</p><blockquote>{html.escape(pair.get('high', ''))}"
-                f"</blockquote><p>{axis} low:</p><blockquote>"
-                f"{html.escape(pair.get('low', ''))}</blockquote>"
-            )
-    parts.append("</section>")
-    return "\n".join(parts)
+
+
+def fingerprint_section_html(run_dir: str | Path) -> str:
+    """The body of the report's fingerprint section: every block, self-contained HTML."""
+    return "\n".join(subsection_html(s) for s in fingerprint_sections(run_dir))
 
 
 def write_fingerprint_report(run_dir: str | Path) -> Path:
     """Write ``RUN/fingerprint.html``: the section as a complete single-file page."""
     run = Path(run_dir)
-    section = fingerprint_section_html(run)
-    page = (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        "<title>traitlens fingerprint</title>"
-        f"<style>{_PAGE_STYLE}</style></head><body>\n<h1>traitlens — behavioural fingerprint</h1>\n"
-        f"{section}\n</body></html>\n"
-    )
-    path = run / "fingerprint.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    section = Section("fingerprint", TITLE, raw_html=fingerprint_section_html(run))
+    title = f"traitlens — {TITLE.lower()}"
+    return write_page(run / "fingerprint.html", title, [section], subtitle=str(run.resolve()))

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from traitlens.artifact_io import atomic_write
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
 margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
@@ -82,15 +84,36 @@ def figure_html(path: Path, caption: str) -> str:
 
 
 def section_html(section: Section) -> str:
-    parts = [f'<section id="{html.escape(section.id)}"><h2>{html.escape(section.title)}</h2>']
-    parts += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
+    head = f'<section id="{html.escape(section.id)}"><h2>{html.escape(section.title)}</h2>'
+    return "\n".join([head, *_section_body(section), "</section>"])
+
+
+def subsection_html(section: Section, level: int = 3) -> str:
+    """A :class:`Section` as one titled block (``<h3>`` by default) inside another
+    section: a stage whose part of the report has several parts (the fingerprint:
+    profile, calibration, reliability, drift…) renders each with this and hands
+    the whole to its report section as ``raw_html``."""
+    head = f'<div id="{html.escape(section.id)}"><h{level}>{html.escape(section.title)}</h{level}>'
+    return "\n".join([head, *_section_body(section), "</div>"])
+
+
+def _section_body(section: Section) -> list[str]:
+    parts = [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in section.notes]
     parts += [figure_html(path, caption) for path, caption in section.figures]
     parts += [table_html(t) for t in section.tables]
     if section.raw_html:
         parts.append(section.raw_html)
-    parts.append("</section>")
-    return "\n".join(parts)
+    return parts
+
+
+def quotes_html(quotes: Sequence[tuple[str, str]]) -> str:
+    """Quoted texts under a bold label each (e.g. example answers under their question),
+    all escaped: model output is never trusted HTML."""
+    return "\n".join(
+        f"<p><b>{html.escape(label)}</b></p><blockquote>{html.escape(text)}</blockquote>"
+        for label, text in quotes
+    )
 
 
 def render_page(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
@@ -109,9 +132,4 @@ def render_page(title: str, sections: Sequence[Section], subtitle: str = "") -> 
 def write_page(
     path: str | Path, title: str, sections: Sequence[Section], subtitle: str = ""
 ) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".html.tmp")
-    tmp.write_text(render_page(title, sections, subtitle), encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return atomic_write(Path(path), render_page(title, sections, subtitle))

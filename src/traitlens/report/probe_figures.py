@@ -14,23 +14,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from traitlens.data import TRAIT_NAMES
 from traitlens.probe.artifact import WHICH_TRAIT, CurveScores, ProbeSet
+from traitlens.report.figures import save_figure
 
-TRAIT_TITLES = {
-    "O": "Openness",
-    "C": "Conscientiousness",
-    "E": "Extraversion",
-    "A": "Agreeableness",
-    "N": "Neuroticism",
-}
-
-
-def _save(fig: Figure, stem: Path) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    return paths
+TRAIT_TITLES = {code: name.capitalize() for code, name in TRAIT_NAMES.items()}
 
 
 def _band(ax: Axes, x: np.ndarray, mean: list[float], sd: list[float], **line: object) -> None:
@@ -92,11 +80,11 @@ def plot_probe_accuracy(probes: ProbeSet, directory: str | Path) -> list[Path]:
     """High-vs-low pole accuracy by depth per trait (+ the which-trait probe) → PNG + SVG."""
     fig = _depth_figure(probes, "binary", "held-out accuracy", extra="trait" in probes.scores)
     fig.suptitle(f"Trait pole probes — {probes.identity.name}", fontsize=11)
-    return _save(fig, Path(directory) / "probe_accuracy")
+    return save_figure(fig, Path(directory) / "probe_accuracy")
 
 
 def plot_probe_r2(probes: ProbeSet, directory: str | Path) -> list[Path]:
     """Intensity (1–5) regression R² by depth per trait → PNG + SVG (y clipped at −1)."""
     fig = _depth_figure(probes, "intensity", "held-out R²", extra=False)
     fig.suptitle(f"Trait intensity probes — {probes.identity.name}", fontsize=11)
-    return _save(fig, Path(directory) / "probe_r2")
+    return save_figure(fig, Path(directory) / "probe_r2")

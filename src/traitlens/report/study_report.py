@@ -14,6 +14,11 @@ from typing import Any
 import numpy as np
 
 from traitlens.errors import ArtifactError
+from traitlens.report.concept_report import (
+    CONCEPT_SECTION_IDS,
+    concept_headline,
+    concept_sections,
+)
 from traitlens.report.html import Section, Table, write_page
 
 SECTION_IDS = (
@@ -26,6 +31,7 @@ SECTION_IDS = (
     "dose-response",
     "gap",
     "controls",
+    *CONCEPT_SECTION_IDS,
     "provenance",
 )
 
@@ -143,6 +149,20 @@ def _neuron_section(run: Path, figures: Path) -> tuple[Section, dict[str, Any]]:
         ],
         tables=[Table("Selected neurons per trait and pole", rows)],
     )
+    from traitlens.report.neuron_figures import shown_rule
+
+    rule = shown_rule(neurons)
+    if rule is None:
+        section.figures = []
+        section.notes.append(
+            "No neuron passes even NPTI's δ rule for any trait, so there is nothing to draw; "
+            "the neuron edits are no-ops identical to the unsteered model."
+        )
+    elif rule == "npti":
+        section.notes.append(
+            "No neuron survives the FDR test (too few answers per persona group), so the "
+            "figures show NPTI's δ rule alone — the set the neuron edits fall back to."
+        )
     return section, summary
 
 
@@ -150,33 +170,17 @@ def _result_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in evaluation["results"] if not r.get("dose")]
 
 
-def build_report(run_dir: str | Path, *, allow_inconsistent: bool = False) -> Path:
-    """Write ``report.html`` (and its figures) for a finished or partial study.
-
-    The run's chain of input keys is verified first (:func:`~traitlens.provenance.
-    verify_run`): a run whose artifacts do not belong together (e.g. a capture
-    replaced after the evaluation) is refused, or with ``allow_inconsistent`` built
-    with every inconsistency listed at the top of the page.
-    """
-    from traitlens.provenance import RunManifest, verify_run
+def _persona_part(
+    run: Path,
+) -> tuple[list[str], list[str], list[Section], dict[str, Any]]:
+    """Summary lines, caveats and sections of the persona design (run/eval.json)."""
     from traitlens.report import eval_figures
 
-    run = Path(run_dir)
-    problems = verify_run(run)
-    if problems and not allow_inconsistent:
-        raise ArtifactError(
-            f"{run} is inconsistent — " + "; ".join(problems) + ". Re-run `traitlens study` "
-            "with this run's options (it recomputes what is stale), or pass "
-            "--allow-inconsistent to build a page that flags it"
-        )
     figures = run / "figures"
     evaluation = _load_json(run / "eval.json")
-    config = _load_json(run / "study_config.json")
     probe_section, probe_rows, weak_probes = _probe_section(run, figures)
-    neuron_section, neuron_summary = _neuron_section(run, figures)
+    neuron_section, _ = _neuron_section(run, figures)
     traits = evaluation["traits"]
-    main = _result_rows(evaluation)
-
     paths = {
         "success": eval_figures.plot_success_rates(evaluation, figures),
         "behaviour": eval_figures.plot_behaviour_shifts(evaluation, figures),
@@ -187,137 +191,41 @@ def build_report(run_dir: str | Path, *, allow_inconsistent: bool = False) -> Pa
         eval_figures.plot_spillover(evaluation, figures, m)
         for m in evaluation["config"]["eval_methods"]
     ]
-
-    success_rows = []
-    for trait in traits:
-        for pole in ("high", "low"):
-            row: dict[str, Any] = {"target": f"{trait} {pole}"}
-            for r in main:
-                if r["trait"] == trait and r["pole"] == pole:
-                    name = r["method"] + (" control" if r["control"] else "")
-                    row[name] = _rate(r.get("success"))
-            success_rows.append(row)
-    behaviour_rows = []
-    for r in main:
-        behaviour_rows.append(
-            {
-                "target": f"{r['trait']} {r['pole']}",
-                "method": r["method"] + (" (control)" if r["control"] else ""),
-                "readout Δ (target)": r.get("target_readout_shift", math.nan),
-                "questionnaire Δ": _fmt_ci(r["questionnaire_shift"][r["trait"]]),
-                "effect size dz": r["questionnaire_shift"][r["trait"]].get("effect_size", math.nan),
-                "forced-choice Δ": _fmt_ci(r["forced_choice_shift"][r["trait"]]),
-                "perplexity ×": r["perplexity_ratio"],
-                "size": (
-                    f"{r.get('n_target', 0)}+{r.get('n_opposite', 0)} neurons, γ {r['gamma']}"
-                    if r["method"] == "neurons"
-                    else f"strength {r['strength']:+g}"
-                    if "strength" in r
-                    else "persona"
-                ),
-            }
-        )
-    dose_rows = [
-        {
-            "trait": r["trait"],
-            "method": r["method"],
-            "strength/γ": r.get("strength", r.get("gamma")),
-            "readout Δ": r["readout_shift"][r["trait"]]["shift"],
-            "questionnaire Δ": r["questionnaire_shift"][r["trait"]]["shift"],
-            "forced-choice Δ": r["forced_choice_shift"][r["trait"]]["shift"],
-            "perplexity ×": r["perplexity_ratio"],
-            "distinct-2": r.get("distinct_2", math.nan),
-        }
-        for r in evaluation["results"]
-        if r.get("dose")
-    ]
-
-    # headline numbers, computed here so the page states them in words
-    def mean_of(method: str, control: bool, field: str) -> float:
-        values = [
-            r.get(field, math.nan)
-            for r in main
-            if r["method"] == method and bool(r["control"]) == control
-        ]
-        values = [v for v in values if np.isfinite(v)]
-        return float(np.mean(values)) if values else math.nan
-
-    def mean_rate(method: str, control: bool) -> float:
-        values = [
-            r.get("success", {}).get("rate", math.nan)
-            for r in main
-            if r["method"] == method and bool(r["control"]) == control
-        ]
-        values = [v for v in values if np.isfinite(v)]
-        return float(np.mean(values)) if values else math.nan
-
-    headline = []
-    for method in evaluation["config"]["eval_methods"]:
-        headline.append(
-            f"{method}: mean targeted success {mean_rate(method, False):.2f} vs control "
-            f"{mean_rate(method, True):.2f}; mean questionnaire shift toward target "
-            f"{mean_of(method, False, 'target_questionnaire_shift'):+.3f} vs control "
-            f"{mean_of(method, True, 'target_questionnaire_shift'):+.3f}; perplexity × "
-            f"{mean_of(method, False, 'perplexity_ratio'):.3f}."
-        )
-    headline.append(
-        f"Persona prompt baseline: success {mean_rate('prompt', False):.2f}, questionnaire "
-        f"shift {mean_of('prompt', False, 'target_questionnaire_shift'):+.3f}."
-    )
-    best = ", ".join(
-        f"{r['trait']}: layer {r['best layer']} ({r['held-out accuracy']})" for r in probe_rows
-    )
-    notes = []
-    for method in evaluation["config"]["eval_methods"]:
-        real, control = mean_rate(method, False), mean_rate(method, True)
-        if np.isfinite(real) and np.isfinite(control) and real - control < 0.1:
-            notes.append(
-                f"{method}: success barely exceeds its random control "
-                f"({real:.2f} vs {control:.2f}) — treat its representational effect "
-                "as weak at this strength."
-            )
-        q_real = mean_of(method, False, "target_questionnaire_shift")
-        q_control = mean_of(method, True, "target_questionnaire_shift")
-        if np.isfinite(q_real) and abs(q_real - q_control) < 0.05:
-            notes.append(
-                f"{method}: questionnaire answers barely move beyond the control "
-                f"({q_real:+.3f} vs {q_control:+.3f}) — behavioural control is weak."
-            )
-    notes += weak_probes
-    notes = [f"INCONSISTENT RUN: {p}" for p in problems] + notes
-    empty = sorted(
-        {
-            f"{r['trait']} {r['pole']}"
-            for r in evaluation["results"]
-            if r["method"] == "neurons" and r.get("n_target", 1) + r.get("n_opposite", 1) == 0
-        }
-    )
-    if empty:
-        notes.append(
-            "Neuron edits with no selected neuron (the edit is a no-op, identical to baseline): "
-            + ", ".join(empty)
-            + " — too few answers per persona group for any neuron to pass the rule."
-        )
+    success_rows, behaviour_rows, dose_rows = _persona_tables(evaluation)
+    headline, best, notes = _persona_headline(evaluation, probe_rows, weak_probes)
     baseline = evaluation["baseline"]
+    summary = [
+        f"Persona design — steering band: layers {evaluation['steer_layers'][0]}–"
+        f"{evaluation['steer_layers'][-1]}; traits read downstream at "
+        + ", ".join(f"{t}: L{layer}" for t, layer in evaluation["readout_layers"].items())
+        + ".",
+        f"Best probe layers — {best}.",
+        *headline,
+        "Unsteered questionnaire scores (1–5): "
+        + ", ".join(f"{t} {baseline['questionnaire'][t]:.2f}" for t in traits)
+        + f"; option-label probability mass {baseline.get('label_mass') or math.nan:.2f}.",
+    ]
+    sections = _persona_sections(
+        evaluation,
+        paths,
+        spill,
+        (probe_section, neuron_section),
+        (success_rows, behaviour_rows, dose_rows),
+    )
+    return summary, notes, sections, evaluation
+
+
+def _persona_sections(
+    evaluation: dict[str, Any],
+    paths: dict[str, Path],
+    spill: list[Path],
+    stage_sections: tuple[Section, Section],
+    tables: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]],
+) -> list[Section]:
+    """The persona design's sections after the summary, in reading order."""
+    probe_section, neuron_section = stage_sections
+    success_rows, behaviour_rows, dose_rows = tables
     sections = [
-        Section(
-            "summary",
-            "Summary",
-            [
-                f"Model {config['model']['name']} ({config['model']['architecture']}, "
-                f"{config['model']['n_layers']} layers); profile '{config['profile']}'. "
-                f"Steering band: layers {evaluation['steer_layers'][0]}–"
-                f"{evaluation['steer_layers'][-1]}; traits read downstream at "
-                + ", ".join(f"{t}: L{layer}" for t, layer in evaluation["readout_layers"].items())
-                + ".",
-                f"Best probe layers — {best}.",
-                *headline,
-                "Unsteered questionnaire scores (1–5): "
-                + ", ".join(f"{t} {baseline['questionnaire'][t]:.2f}" for t in traits)
-                + f"; option-label probability mass {baseline.get('label_mass') or math.nan:.2f}.",
-            ],
-            notes=notes,
-        ),
         probe_section,
         neuron_section,
         Section(
@@ -386,9 +294,205 @@ def build_report(run_dir: str | Path, *, allow_inconsistent: bool = False) -> Pa
             ],
         ),
     ]
+    return sections
+
+
+def _persona_tables(
+    evaluation: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The success, behaviour and dose–response tables of the persona design."""
+    traits = evaluation["traits"]
+    main = _result_rows(evaluation)
+    success_rows = []
+    for trait in traits:
+        for pole in ("high", "low"):
+            row: dict[str, Any] = {"target": f"{trait} {pole}"}
+            for r in main:
+                if r["trait"] == trait and r["pole"] == pole:
+                    name = r["method"] + (" control" if r["control"] else "")
+                    row[name] = _rate(r.get("success"))
+            success_rows.append(row)
+    behaviour_rows = []
+    for r in main:
+        behaviour_rows.append(
+            {
+                "target": f"{r['trait']} {r['pole']}",
+                "method": r["method"] + (" (control)" if r["control"] else ""),
+                "readout Δ (target)": r.get("target_readout_shift", math.nan),
+                "questionnaire Δ": _fmt_ci(r["questionnaire_shift"][r["trait"]]),
+                "effect size dz": r["questionnaire_shift"][r["trait"]].get("effect_size", math.nan),
+                "forced-choice Δ": _fmt_ci(r["forced_choice_shift"][r["trait"]]),
+                "perplexity ×": r["perplexity_ratio"],
+                "size": (
+                    f"{r.get('n_target', 0)}+{r.get('n_opposite', 0)} neurons, γ {r['gamma']}"
+                    if r["method"] == "neurons"
+                    else f"strength {r['strength']:+g}"
+                    if "strength" in r
+                    else "persona"
+                ),
+            }
+        )
+    dose_rows = [
+        {
+            "trait": r["trait"],
+            "method": r["method"],
+            "strength/γ": r.get("strength", r.get("gamma")),
+            "readout Δ": r["readout_shift"][r["trait"]]["shift"],
+            "questionnaire Δ": r["questionnaire_shift"][r["trait"]]["shift"],
+            "forced-choice Δ": r["forced_choice_shift"][r["trait"]]["shift"],
+            "perplexity ×": r["perplexity_ratio"],
+            "distinct-2": r.get("distinct_2", math.nan),
+        }
+        for r in evaluation["results"]
+        if r.get("dose")
+    ]
+
+    return success_rows, behaviour_rows, dose_rows
+
+
+def _persona_headline(
+    evaluation: dict[str, Any], probe_rows: list[dict[str, Any]], weak_probes: list[str]
+) -> tuple[list[str], str, list[str]]:
+    """Headline sentences, the best-layer line and caveats of the persona design."""
+    main = _result_rows(evaluation)
+
+    # headline numbers, computed here so the page states them in words
+    def mean_of(method: str, control: bool, field: str) -> float:
+        values = [
+            r.get(field, math.nan)
+            for r in main
+            if r["method"] == method and bool(r["control"]) == control
+        ]
+        values = [v for v in values if np.isfinite(v)]
+        return float(np.mean(values)) if values else math.nan
+
+    def mean_rate(method: str, control: bool) -> float:
+        values = [
+            r.get("success", {}).get("rate", math.nan)
+            for r in main
+            if r["method"] == method and bool(r["control"]) == control
+        ]
+        values = [v for v in values if np.isfinite(v)]
+        return float(np.mean(values)) if values else math.nan
+
+    headline = []
+    for method in evaluation["config"]["eval_methods"]:
+        headline.append(
+            f"{method}: mean targeted success {mean_rate(method, False):.2f} vs control "
+            f"{mean_rate(method, True):.2f}; mean questionnaire shift toward target "
+            f"{mean_of(method, False, 'target_questionnaire_shift'):+.3f} vs control "
+            f"{mean_of(method, True, 'target_questionnaire_shift'):+.3f}; perplexity × "
+            f"{mean_of(method, False, 'perplexity_ratio'):.3f}."
+        )
+    headline.append(
+        f"Persona prompt baseline: success {mean_rate('prompt', False):.2f}, questionnaire "
+        f"shift {mean_of('prompt', False, 'target_questionnaire_shift'):+.3f}."
+    )
+    best = ", ".join(
+        f"{r['trait']}: layer {r['best layer']} ({r['held-out accuracy']})" for r in probe_rows
+    )
+    notes = []
+    for method in evaluation["config"]["eval_methods"]:
+        real, control = mean_rate(method, False), mean_rate(method, True)
+        if np.isfinite(real) and np.isfinite(control) and real - control < 0.1:
+            notes.append(
+                f"{method}: success barely exceeds its random control "
+                f"({real:.2f} vs {control:.2f}) — treat its representational effect "
+                "as weak at this strength."
+            )
+        q_real = mean_of(method, False, "target_questionnaire_shift")
+        q_control = mean_of(method, True, "target_questionnaire_shift")
+        if np.isfinite(q_real) and abs(q_real - q_control) < 0.05:
+            notes.append(
+                f"{method}: questionnaire answers barely move beyond the control "
+                f"({q_real:+.3f} vs {q_control:+.3f}) — behavioural control is weak."
+            )
+    notes += weak_probes
+    empty = sorted(
+        {
+            f"{r['trait']} {r['pole']}"
+            for r in evaluation["results"]
+            if r["method"] == "neurons" and r.get("n_target", 1) + r.get("n_opposite", 1) == 0
+        }
+    )
+    if empty:
+        notes.append(
+            "Neuron edits with no selected neuron (the edit is a no-op, identical to baseline): "
+            + ", ".join(empty)
+            + " — too few answers per persona group for any neuron to pass the rule."
+        )
+    return headline, best, notes
+
+
+def build_report(run_dir: str | Path, *, allow_inconsistent: bool = False) -> Path:
+    """Write ``report.html`` (and its figures) for a finished or partial study.
+
+    The run's chain of input keys is verified first (:func:`~traitlens.provenance.
+    verify_run`): a run whose artifacts do not belong together (e.g. a capture
+    replaced after the evaluation) is refused, or with ``allow_inconsistent`` built
+    with every inconsistency listed at the top of the page.
+    """
+    from traitlens.provenance import verify_run
+
+    run = Path(run_dir)
+    problems = verify_run(run)
+    if problems and not allow_inconsistent:
+        raise ArtifactError(
+            f"{run} is inconsistent — " + "; ".join(problems) + ". Re-run `traitlens study` "
+            "with this run's options (it recomputes what is stale), or pass "
+            "--allow-inconsistent to build a page that flags it"
+        )
+    if not (run / "eval.json").exists() and not (run / "concepts" / "eval.json").exists():
+        raise ArtifactError(
+            f"{run / 'eval.json'} not found (nor concepts/eval.json): the run has no "
+            "evaluation yet; run `traitlens study` (or that stage) first"
+        )
+    config = _load_json(run / "study_config.json")
+    summary = [
+        f"Model {config['model']['name']} ({config['model']['architecture']}, "
+        f"{config['model']['n_layers']} layers); profile '{config['profile']}', design "
+        f"'{config.get('design', 'persona')}'."
+    ]
+    notes = [f"INCONSISTENT RUN: {p}" for p in problems]
+    sections: list[Section] = []
+    evaluation: dict[str, Any] = {}
+    if (run / "eval.json").exists():
+        lines, caveats, persona_sections, evaluation = _persona_part(run)
+        summary += lines
+        notes += caveats
+        sections += persona_sections
+    concept_doc = (
+        _load_json(run / "concepts" / "eval.json")
+        if (run / "concepts" / "eval.json").exists()
+        else {}
+    )
+    concept_lines, concept_notes = concept_headline(run)
+    summary += concept_lines
+    notes += concept_notes
+    sections += concept_sections(run)
+    sections.insert(0, Section("summary", "Summary", summary, notes=notes))
     fingerprint = _fingerprint_section(run)
     if fingerprint is not None:
         sections.append(fingerprint)
+    sections.append(_provenance_section(run, config, problems, (evaluation, concept_doc)))
+    return write_page(
+        run / "report.html",
+        "traitlens study report",
+        sections,
+        subtitle=f"{config['model']['name']} · {run.resolve()}",
+    )
+
+
+def _provenance_section(
+    run: Path,
+    config: dict[str, Any],
+    problems: list[str],
+    evaluations: tuple[dict[str, Any], dict[str, Any]],
+) -> Section:
+    """Every stage key of the run and every measured row's key, both designs."""
+    from traitlens.provenance import RunManifest
+
+    evaluation, concept_doc = evaluations
     manifest = RunManifest(run)
     key_rows = [
         {
@@ -398,41 +502,32 @@ def build_report(run_dir: str | Path, *, allow_inconsistent: bool = False) -> Pa
         }
         for stage, prov in manifest.stages.items()
     ]
-    sections.append(
-        Section(
-            "provenance",
-            "Provenance",
-            [
-                "Every artifact and measured row is keyed by its inputs (model, data, the "
-                "configuration it reads, the keys of what it was made from); a rerun reuses "
-                "only what has the same key. "
-                + (
-                    "The chain of keys below was verified when this page was built."
-                    if not problems
-                    else f"{len(problems)} inconsistencies were found (listed in the summary)."
-                ),
-                "Configuration and model identity, as recorded in study_config.json:",
-                json.dumps(config, default=str)[:4000],
-            ],
-            tables=[
-                Table("Input keys of the run's artifacts (run.json)", key_rows),
-                Table(
-                    "Input keys of the measured rows (eval/rows/NAME--KEY.json)",
-                    [
-                        {"row": name, "key": key}
-                        for name, key in (evaluation.get("provenance") or {})
-                        .get("rows", {})
-                        .items()
-                    ],
-                ),
-            ],
-        )
-    )
-    return write_page(
-        run / "report.html",
-        "traitlens study report",
-        sections,
-        subtitle=f"{config['model']['name']} · {run.resolve()}",
+    return Section(
+        "provenance",
+        "Provenance",
+        [
+            "Every artifact and measured row is keyed by its inputs (model, data, the "
+            "configuration it reads, the keys of what it was made from); a rerun reuses "
+            "only what has the same key. "
+            + (
+                "The chain of keys below was verified when this page was built."
+                if not problems
+                else f"{len(problems)} inconsistencies were found (listed in the summary)."
+            ),
+            "Configuration and model identity, as recorded in study_config.json:",
+            json.dumps(config, default=str)[:4000],
+        ],
+        tables=[
+            Table("Input keys of the run's artifacts (run.json)", key_rows),
+            Table(
+                "Input keys of the measured rows (eval/rows/NAME--KEY.json)",
+                [
+                    {"design": design, "row": name, "key": key}
+                    for design, doc in (("persona", evaluation), ("concept", concept_doc))
+                    for name, key in (doc.get("provenance") or {}).get("rows", {}).items()
+                ],
+            ),
+        ],
     )
 
 

@@ -14,10 +14,10 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,6 +46,8 @@ from traitlens.serve.steering import SAFE_STRENGTH, AppliedSteering, SteeringCat
 from traitlens.steer.vectors import VectorSet
 
 STEERING_HEADER = "X-Traitlens-Steering"
+
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -115,10 +117,14 @@ def create_app(
     """
     catalog = SteeringCatalog(tm, vectors, max_strength=max_strength)
     engine = Engine(tm, max_batch=max_batch, queue_limit=queue_limit, batch_wait=batch_wait)
-    context = context_length(tm)
-    lock = tokenizer_lock(tm)
-    model_name = tm.identity.name
-    started = int(time.time())
+    service = _Service(
+        tm,
+        catalog,
+        engine,
+        api_key=api_key,
+        max_tokens_cap=max_tokens_cap,
+        request_timeout=request_timeout,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -128,6 +134,14 @@ def create_app(
     app = FastAPI(title="traitlens", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.catalog = catalog
+    _install_error_handlers(app, max_body_bytes)
+    _install_routes(app, service)
+    return app
+
+
+def _install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
+    """Every failure leaves as an OpenAI-shaped error body; oversized bodies are refused
+    before they are read."""
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
@@ -161,12 +175,67 @@ def create_app(
             500, f"internal error: {type(exc).__name__}: {exc}", "server_error"
         ).response()
 
-    async def authorized(request: Request) -> None:
-        if api_key is None:
+
+def _install_routes(app: FastAPI, service: _Service) -> None:
+    """The endpoints; all but ``/health`` and the playground need the API key (if set)."""
+    auth = [Depends(service.authorized)]
+    app.get("/health")(service.health)
+    app.get("/v1/models", dependencies=auth)(service.models)
+    app.get("/v1/traits", dependencies=auth)(service.traits)
+    app.post("/v1/chat/completions", dependencies=auth)(service.chat_completions)
+    app.post("/v1/completions", dependencies=auth)(service.completions)
+    app.post("/v1/traitlens/readout", dependencies=auth)(service.readout)
+    app.get("/", response_class=HTMLResponse, include_in_schema=False)(service.playground)
+
+
+def _usage(prompt_tokens: int, job: DecodeJob) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": len(job.token_ids),
+        "total_tokens": prompt_tokens + len(job.token_ids),
+    }
+
+
+def _queued(submit: Callable[[], T]) -> T:
+    """``submit()`` to the engine, a full queue answered 429 and a closing engine 503."""
+    try:
+        return submit()
+    except QueueFull as exc:
+        raise ApiError(429, str(exc), "rate_limit_error", code="queue_full") from None
+    except EngineClosed as exc:
+        raise ApiError(503, str(exc), "server_error", code="shutting_down") from None
+
+
+class _Service:
+    """What the endpoints share: the model and its tokenizer lock, the steering catalog,
+    the engine thread, and the server's limits. Handlers validate, then wait for the
+    engine; none of them runs the model on the event loop."""
+
+    def __init__(
+        self,
+        tm: TraitModel,
+        catalog: SteeringCatalog,
+        engine: Engine,
+        *,
+        api_key: str | None,
+        max_tokens_cap: int,
+        request_timeout: float,
+    ) -> None:
+        self.tm, self.catalog, self.engine = tm, catalog, engine
+        self.api_key = api_key
+        self.max_tokens_cap = max_tokens_cap
+        self.request_timeout = request_timeout
+        self.context = context_length(tm)
+        self.lock = tokenizer_lock(tm)
+        self.model_name = tm.identity.name
+        self.started = int(time.time())
+
+    async def authorized(self, request: Request) -> None:
+        if self.api_key is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.api_key):
             raise ApiError(
                 401,
                 "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
@@ -174,18 +243,21 @@ def create_app(
                 code="invalid_api_key",
             )
 
-    def steering_for(body: Any) -> AppliedSteering:
+    def steering_for(self, body: Any) -> AppliedSteering:
         spec = body.steering
         try:
             if spec is None:
-                return catalog.resolve(None)
-            return catalog.resolve(spec.traits, spec.method, spec.layers)
+                return self.catalog.resolve(None)
+            return self.catalog.resolve(spec.traits, spec.method, spec.layers)
         except SteeringError as exc:
             raise ApiError(400, str(exc), param=exc.param, code="invalid_steering") from None
 
-    def budget(body: SamplingRequest, prompt_ids: Sequence[int]) -> int:
+    def budget(self, body: SamplingRequest, prompt_ids: Sequence[int]) -> int:
+        """The ``max_tokens`` to decode: the request's, checked against the cap and the
+        room the prompt leaves in the context, or as much as both allow."""
         if not prompt_ids:
             raise ApiError(400, "the prompt is empty", param="prompt", code="empty_prompt")
+        context, cap = self.context, self.max_tokens_cap
         room = context - len(prompt_ids)
         if room < 1:
             raise ApiError(
@@ -196,10 +268,10 @@ def create_app(
                 code="context_length_exceeded",
             )
         requested = body.requested_tokens()
-        if requested is not None and requested > max_tokens_cap:
+        if requested is not None and requested > cap:
             raise ApiError(
                 400,
-                f"max_tokens {requested} is above this server's cap of {max_tokens_cap}",
+                f"max_tokens {requested} is above this server's cap of {cap}",
                 param="max_tokens",
                 code="max_tokens_exceeded",
             )
@@ -211,11 +283,12 @@ def create_app(
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        return requested if requested is not None else min(max_tokens_cap, room)
+        return requested if requested is not None else min(cap, room)
 
-    async def generate(body: SamplingRequest, prompt_ids: list[int], chat: bool) -> Response:
-        steering = steering_for(body)
-        max_tokens = budget(body, prompt_ids)
+    async def generate(self, body: SamplingRequest, prompt_ids: list[int], chat: bool) -> Response:
+        """Queue one decode and answer with the finished completion, or stream it."""
+        steering = self.steering_for(body)
+        max_tokens = self.budget(body, prompt_ids)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -233,13 +306,8 @@ def create_app(
             steering=steering,
             emit=emit,
         )
-        try:
-            engine.submit(job)
-        except QueueFull as exc:
-            raise ApiError(429, str(exc), "rate_limit_error", code="queue_full") from None
-        except EngineClosed as exc:
-            raise ApiError(503, str(exc), "server_error", code="shutting_down") from None
-        deadline = loop.time() + request_timeout
+        _queued(lambda: self.engine.submit(job))
+        deadline = loop.time() + self.request_timeout
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         headers = {STEERING_HEADER: steering.header()}
@@ -252,13 +320,30 @@ def create_app(
                 deadline,
                 ident,
                 created,
-                model_name,
+                self.model_name,
                 chat,
                 echo,
                 with_usage,
                 len(prompt_ids),
             )
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        await self._finished(job, events, deadline)
+        content = {
+            "id": ident,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": self.model_name,
+            "choices": [_choice(job, chat)],
+            "usage": _usage(len(prompt_ids), job),
+            "steering": echo,
+        }
+        return JSONResponse(content, headers=headers)
+
+    async def _finished(
+        self, job: DecodeJob, events: asyncio.Queue[Event], deadline: float
+    ) -> None:
+        """Wait for ``job``'s last event; a timeout cancels it (504), an error is a 500."""
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 event = await asyncio.wait_for(events.get(), timeout=deadline - loop.time())
@@ -268,44 +353,19 @@ def create_app(
             job.cancelled.set()
             raise ApiError(
                 504,
-                f"the request did not finish within {request_timeout:g} s",
+                f"the request did not finish within {self.request_timeout:g} s",
                 "timeout_error",
                 code="timeout",
             ) from None
         if event.kind == "error":
             raise ApiError(500, event.text, "server_error", code="generation_failed")
-        usage = {
-            "prompt_tokens": len(prompt_ids),
-            "completion_tokens": len(job.token_ids),
-            "total_tokens": len(prompt_ids) + len(job.token_ids),
-        }
-        reason = job.finish_reason
-        if chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": job.text},
-                "logprobs": None,
-                "finish_reason": reason,
-            }
-        else:
-            choice = {"index": 0, "text": job.text, "logprobs": None, "finish_reason": reason}
-        content = {
-            "id": ident,
-            "object": "chat.completion" if chat else "text_completion",
-            "created": created,
-            "model": model_name,
-            "choices": [choice],
-            "usage": usage,
-            "steering": echo,
-        }
-        return JSONResponse(content, headers=headers)
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(self) -> JSONResponse:
+        engine = self.engine
         stats = engine.stats
         body = {
             "status": "ok" if engine.alive else "engine_stopped",
-            "model": model_name,
+            "model": self.model_name,
             "waiting": engine.waiting,
             "batches": stats.batches,
             "requests": stats.rows,
@@ -316,73 +376,73 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if engine.alive else 503)
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": model_name, "object": "model", "created": started, "owned_by": "traitlens"}
-            ],
+    async def models(self) -> dict[str, Any]:
+        model = {
+            "id": self.model_name,
+            "object": "model",
+            "created": self.started,
+            "owned_by": "traitlens",
         }
+        return {"object": "list", "data": [model]}
 
-    @app.get("/v1/traits", dependencies=[Depends(authorized)])
-    async def traits() -> dict[str, Any]:
-        return catalog.describe()
+    async def traits(self) -> dict[str, Any]:
+        return self.catalog.describe()
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
-    async def chat_completions(body: ChatRequest) -> Response:
-        with lock:
-            prompt_ids = chat_prompt_ids(tm, body.messages)
-        return await generate(body, prompt_ids, chat=True)
+    async def chat_completions(self, body: ChatRequest) -> Response:
+        with self.lock:
+            prompt_ids = chat_prompt_ids(self.tm, body.messages)
+        return await self.generate(body, prompt_ids, chat=True)
 
-    @app.post("/v1/completions", dependencies=[Depends(authorized)])
-    async def completions(body: CompletionRequest) -> Response:
-        with lock:
-            prompt_ids = completion_prompt_ids(tm, body.text())
-        return await generate(body, prompt_ids, chat=False)
+    async def completions(self, body: CompletionRequest) -> Response:
+        with self.lock:
+            prompt_ids = completion_prompt_ids(self.tm, body.text())
+        return await self.generate(body, prompt_ids, chat=False)
 
-    @app.post("/v1/traitlens/readout", dependencies=[Depends(authorized)])
-    async def readout(body: ReadoutRequest) -> dict[str, Any]:
+    async def readout(self, body: ReadoutRequest) -> dict[str, Any]:
+        """Trait readouts of an answer, computed on the engine's thread."""
         if not body.messages and body.prompt is None:
             raise ApiError(400, "send messages or prompt with the answer", param="messages")
-        with lock:
+        tm = self.tm
+        with self.lock:
             if body.messages:
                 prompt_ids = chat_prompt_ids(tm, body.messages)
             else:
                 prompt_ids = completion_prompt_ids(tm, str(body.prompt))
             answer_ids = list(tm.tokenizer(body.answer, add_special_tokens=False)["input_ids"])
-        if len(prompt_ids) + len(answer_ids) > context:
+        if len(prompt_ids) + len(answer_ids) > self.context:
             raise ApiError(
                 400,
                 f"prompt and answer ({len(prompt_ids) + len(answer_ids)} tokens) exceed this "
-                f"model's context of {context} tokens",
+                f"model's context of {self.context} tokens",
                 param="answer",
                 code="context_length_exceeded",
             )
+        catalog = self.catalog
 
         def work(model: TraitModel) -> dict[str, Any]:
             return trait_readout(model, catalog, prompt_ids, answer_ids, body.method, body.layers)
 
+        future = _queued(lambda: self.engine.call(work))
         try:
-            future = engine.call(work)
-        except QueueFull as exc:
-            raise ApiError(429, str(exc), "rate_limit_error", code="queue_full") from None
-        except EngineClosed as exc:
-            raise ApiError(503, str(exc), "server_error", code="shutting_down") from None
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=request_timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.request_timeout)
         except SteeringError as exc:
             raise ApiError(400, str(exc), param=exc.param, code="invalid_readout") from None
         except (asyncio.TimeoutError, TimeoutError):
             future.cancel()
             raise ApiError(504, "the readout timed out", "timeout_error", code="timeout") from None
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def playground() -> HTMLResponse:
+    async def playground(self) -> HTMLResponse:
         page = resources.files("traitlens.serve").joinpath("static/index.html").read_text("utf-8")
         return HTMLResponse(page)
 
-    return app
+
+def _choice(job: DecodeJob, chat: bool) -> dict[str, Any]:
+    """The one choice of a finished, non-streamed completion."""
+    reason = job.finish_reason
+    if chat:
+        message = {"role": "assistant", "content": job.text}
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
+    return {"index": 0, "text": job.text, "logprobs": None, "finish_reason": reason}
 
 
 def _sse(payload: dict[str, Any] | str) -> bytes:
@@ -443,11 +503,7 @@ async def _stream(
                 yield _sse(chunk(None, job.finish_reason))
                 if include_usage:
                     final = {**chunk(None, None), "choices": []}
-                    final["usage"] = {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": len(job.token_ids),
-                        "total_tokens": prompt_tokens + len(job.token_ids),
-                    }
+                    final["usage"] = _usage(prompt_tokens, job)
                     yield _sse(final)
                 break
         yield _sse("[DONE]")

@@ -25,8 +25,8 @@ from traitlens.data.schema import TRAIT_NAMES, normalize_trait
 from traitlens.errors import DataError
 from traitlens.models.hooks import hooks_installed
 from traitlens.models.loading import TraitModel
+from traitlens.steer.layers import middle_layers, parse_layers
 from traitlens.steer.vectors import VectorSet
-from traitlens.steer.workflow import middle_layers, parse_layers
 
 DEFAULT_METHOD = "mean_diff"
 SAFE_STRENGTH = 3.0

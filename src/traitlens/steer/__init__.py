@@ -1,10 +1,12 @@
 """Which directions move a trait, and what happens when we push them?
 
-Trait vectors (mean difference, paired PCA, intensity regression, probe normal)
-with strengths in model-independent spread units and repeng-style algebra;
-NPTI neuron edits, ablation and clamping; all applied as composable
-interventions through a context manager that always removes its hooks; export
-to and import from llama.cpp control-vector GGUF files.
+Trait vectors (mean difference, paired PCA, intensity regression, probe normal,
+or any estimator registered with :func:`register_method`) with strengths in
+model-independent spread units and repeng-style algebra; NPTI neuron edits
+(neurons picked by a registered selection rule), ablation and clamping; all
+applied as composable interventions through a context manager that always
+removes its hooks; the default steering band; export to and import from
+llama.cpp control-vector GGUF files.
 """
 
 from traitlens.steer.apply import (
@@ -34,32 +36,42 @@ from traitlens.steer.interventions import (
     npti_edit,
     npti_factor,
 )
-from traitlens.steer.vectors import METHODS, TraitVector, VectorSet, trait_vector, trait_vectors
-from traitlens.steer.workflow import (
-    default_run_dir,
-    middle_layers,
-    parse_layers,
-    run_neuron_edit,
-    run_vector,
+from traitlens.steer.layers import band_layers, middle_layers, parse_layers
+from traitlens.steer.neuron_rules import select_by_rule
+from traitlens.steer.registry import (
+    METHODS,
+    RULES,
+    DirectionContext,
+    get_method,
+    get_rule,
+    register_method,
+    register_rule,
 )
+from traitlens.steer.vectors import TraitVector, VectorSet, trait_vector, trait_vectors
+from traitlens.steer.workflow import default_run_dir, run_neuron_edit, run_vector
 
 __all__ = [
     "MAX_GAMMA",
     "MAX_STRENGTH",
     "METHODS",
+    "RULES",
     "Ablate",
     "AblateDirection",
     "AddDirection",
     "Clamp",
+    "DirectionContext",
     "Intervention",
     "NeuronEdit",
     "TraitVector",
     "VectorSet",
+    "band_layers",
     "compare_steering",
     "compile_interventions",
     "default_run_dir",
     "export_gguf",
     "generate_steered",
+    "get_method",
+    "get_rule",
     "import_gguf",
     "logistic_direction",
     "mean_difference",
@@ -71,9 +83,12 @@ __all__ = [
     "pca_direction",
     "projection_spread",
     "read_gguf",
+    "register_method",
+    "register_rule",
     "ridge_direction",
     "run_neuron_edit",
     "run_vector",
+    "select_by_rule",
     "steering",
     "trait_vector",
     "trait_vectors",

@@ -31,6 +31,7 @@ from traitlens.models.generation import generate_answers
 from traitlens.models.hooks import HookFn, hooks_installed
 from traitlens.models.loading import TraitModel
 from traitlens.neurons.selected import SelectedNeurons
+from traitlens.steer.artifact import TraitVector
 from traitlens.steer.directions import unit
 from traitlens.steer.interventions import (
     Ablate,
@@ -43,7 +44,6 @@ from traitlens.steer.interventions import (
     as_list,
     npti_factor,
 )
-from traitlens.steer.vectors import TraitVector
 
 Op = Callable[[torch.Tensor], torch.Tensor]
 

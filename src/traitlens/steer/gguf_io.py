@@ -41,9 +41,10 @@ import numpy as np
 import torch
 
 from traitlens import __version__
+from traitlens.artifact_io import atomic_path
 from traitlens.errors import ArtifactError, InterventionError
 from traitlens.models.loading import ModelIdentity
-from traitlens.steer.vectors import TraitVector
+from traitlens.steer.artifact import TraitVector
 
 if TYPE_CHECKING:
     from traitlens.models.loading import TraitModel
@@ -112,19 +113,17 @@ def export_gguf(
         "source": vector.source,
     }
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), ARCH)
-    writer.add_string(f"{ARCH}.model_hint", model_hint(vector.identity))
-    writer.add_uint32(f"{ARCH}.layer_count", len(chosen))
-    writer.add_string(META_KEY, json.dumps(meta))
-    for layer, row in zip(chosen, data, strict=True):
-        writer.add_tensor(f"direction.{layer}", np.ascontiguousarray(row, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), ARCH)
+        writer.add_string(f"{ARCH}.model_hint", model_hint(vector.identity))
+        writer.add_uint32(f"{ARCH}.layer_count", len(chosen))
+        writer.add_string(META_KEY, json.dumps(meta))
+        for layer, row in zip(chosen, data, strict=True):
+            writer.add_tensor(f"direction.{layer}", np.ascontiguousarray(row, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     return out
 
 

@@ -27,13 +27,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 
 from traitlens.errors import InterventionError
 from traitlens.neurons.selected import SelectedNeurons
-from traitlens.steer.vectors import TraitVector
+from traitlens.steer.artifact import TraitVector
 
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
@@ -98,6 +98,20 @@ def _check_neurons(name: str, neurons: SelectedNeurons) -> None:
         raise InterventionError(f"{name} has negative neuron indices; indices count from 0")
 
 
+def _vector_layers(
+    what: str, vector: Any, layers: Sequence[int] | None, hint: str = ""
+) -> tuple[int, ...]:
+    """The layers a direction intervention acts at (default: every layer ``vector``
+    covers), each checked to be covered; ``vector`` must be a :class:`TraitVector`."""
+    if not isinstance(vector, TraitVector):
+        raise InterventionError(f"{what} needs a TraitVector, got {type(vector).__name__}{hint}")
+    chosen = vector.layers if layers is None else tuple(int(x) for x in layers)
+    for layer in chosen:
+        if layer >= 0:
+            vector.layer_index(layer)  # raises InterventionError naming the covered layers
+    return chosen
+
+
 @dataclass(frozen=True, eq=False)
 class AddDirection:
     """Add ``strength`` spread units of ``vector`` at each of ``layers``.
@@ -114,11 +128,12 @@ class AddDirection:
     positions: Positions = "all"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.vector, TraitVector):
-            raise InterventionError(
-                f"AddDirection needs a TraitVector, got {type(self.vector).__name__}; wrap raw "
-                "tensors with TraitVector.from_directions(tm.identity, {layer: tensor})"
-            )
+        layers = _vector_layers(
+            "AddDirection",
+            self.vector,
+            self.layers,
+            "; wrap raw tensors with TraitVector.from_directions(tm.identity, {layer: tensor})",
+        )
         strength = _check_finite_number(
             "strength",
             self.strength,
@@ -126,10 +141,6 @@ class AddDirection:
             "strength is in standard deviations of the residual stream along the trait "
             "axis (useful values are about 1-15); pass e.g. strength=4",
         )
-        layers = self.vector.layers if self.layers is None else tuple(int(x) for x in self.layers)
-        for layer in layers:
-            if layer >= 0:
-                self.vector.layer_index(layer)  # raises InterventionError naming the covered layers
         object.__setattr__(self, "strength", strength)
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "positions", _check_positions(self.positions))
@@ -148,14 +159,7 @@ class AblateDirection:
     positions: Positions = "all"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.vector, TraitVector):
-            raise InterventionError(
-                f"AblateDirection needs a TraitVector, got {type(self.vector).__name__}"
-            )
-        layers = self.vector.layers if self.layers is None else tuple(int(x) for x in self.layers)
-        for layer in layers:
-            if layer >= 0:
-                self.vector.layer_index(layer)
+        layers = _vector_layers("AblateDirection", self.vector, self.layers)
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "positions", _check_positions(self.positions))
 

@@ -16,12 +16,23 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from traitlens.errors import DataError
 from traitlens.models.loading import TraitModel
+from traitlens.steer.artifact import TraitVector
+from traitlens.steer.estimators import trait_vector
 from traitlens.steer.interventions import NeuronEdit, Positions
-from traitlens.steer.vectors import METHODS, TraitVector, VectorSet, trait_vector
+from traitlens.steer.layers import middle_layers, parse_layers
+from traitlens.steer.neuron_rules import select_by_rule
+from traitlens.steer.registry import get_method, get_rule
+from traitlens.steer.vector_set import VectorSet
+
+if TYPE_CHECKING:
+    from traitlens.neurons import NeuronSet
+
+# serve and the CLI import the layer helpers from here
+__all__ = ["default_run_dir", "middle_layers", "parse_layers", "run_neuron_edit", "run_vector"]
 
 SMALL_QUESTIONS = 8
 SMALL_PERSONAS = 4
@@ -38,47 +49,6 @@ def default_run_dir(tm: TraitModel) -> Path:
 
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in tm.identity.name)
     return cache_root() / "steer" / f"{name}-{tm.identity.digest}"
-
-
-def middle_layers(n_layers: int) -> list[int]:
-    """A window from 1/3 to 1/2 of the depth, where trait directions steer best (CAA
-    and repeng both find early-middle layers most effective). Kept narrow because
-    additions accumulate in the residual stream: k layers at strength s push about
-    k·s standard deviations in total."""
-    start = max(1, round(n_layers / 3))
-    stop = max(start + 1, round(n_layers / 2))
-    return list(range(start, min(stop, n_layers)))
-
-
-def parse_layers(spec: str, n_layers: int) -> list[int]:
-    """``"10-20"`` (inclusive), ``"8,10,12"``, ``"10-14,20"`` or ``"-1"`` → sorted layer list.
-
-    Raises DataError naming the valid range when a layer does not exist.
-    """
-    layers: set[int] = set()
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                cut = part.index("-", 1)
-                first, last = int(part[:cut]), int(part[cut + 1 :])
-                if first > last:
-                    raise ValueError
-                layers.update(range(first, last + 1))
-            else:
-                layers.add(int(part))
-        except ValueError:
-            raise DataError(
-                f"bad layer selection {spec!r}: write ranges and lists like '10-20' or "
-                "'8,10,12' (ranges are inclusive)"
-            ) from None
-    resolved = sorted({layer + n_layers if layer < 0 else layer for layer in layers})
-    if not resolved or resolved[0] < 0 or resolved[-1] >= n_layers:
-        raise DataError(
-            f"layer selection {spec!r} is outside this model's layers 0..{n_layers - 1}"
-        )
-    return resolved
 
 
 def _activation_dir(run: Path, span: str) -> Path | None:
@@ -142,6 +112,19 @@ def _still_current(run: Path, vector: TraitVector) -> bool:
     return not exists or current == made_from
 
 
+def _run_probes(tm: TraitModel, run_dir: Path, trait: str, layers: Sequence[int]) -> Any:
+    """The run's probe set when it covers ``trait`` at exactly ``layers``, else None (the
+    method then fits its own probe)."""
+    if not (run_dir / "probes.json").exists():
+        return None
+    from traitlens.probe import ProbeSet
+
+    candidate = ProbeSet.load(run_dir, expect=tm.identity)
+    if trait in candidate.traits and candidate.layers == list(layers):
+        return candidate
+    return None
+
+
 def run_vector(
     tm: TraitModel,
     run: str | Path | None,
@@ -153,18 +136,18 @@ def run_vector(
 ) -> TraitVector:
     """The ``(trait, method)`` vector of a run: loaded if saved, else built (and saved).
 
-    ``run=None`` uses :func:`default_run_dir`. ``span``: which captured
-    activations to estimate from — ``"answer"`` (the model's own answers under
-    each persona, CAA's choice), ``"question"`` (question tokens, persona text
-    excluded) or ``"auto"``: the answer span, except for ``pca``, which reads the
-    question span. PCA of paired differences assumes the two sides of a pair are
-    the same tokens under different personas (repeng's setting); two free-form
-    answers differ in content far more than in trait, and on the embedded model
-    their first PC was nearly orthogonal to the mean difference (cos ≈ 0.1–0.2 at
-    middle layers, vs 0.93–1.0 on question tokens).
+    ``run=None`` uses :func:`default_run_dir`. ``method``: any registered direction
+    method. ``span``: which captured activations to estimate from — ``"answer"``
+    (the model's own answers under each persona, CAA's choice), ``"question"``
+    (question tokens, persona text excluded) or ``"auto"``: the answer span, except
+    for methods that need ``"pairs"`` (``pca``), which read the question span. PCA
+    of paired differences assumes the two sides of a pair are the same tokens
+    under different personas (repeng's setting); two free-form answers differ in
+    content far more than in trait, and on the embedded model their first PC was
+    nearly orthogonal to the mean difference (cos ≈ 0.1–0.2 at middle layers, vs
+    0.93–1.0 on question tokens).
     """
-    if method not in METHODS:
-        raise DataError(f"unknown direction method {method!r}; use one of {', '.join(METHODS)}")
+    spec = get_method(method)
     run_dir = default_run_dir(tm) if run is None else Path(run)
     vectors: VectorSet | None = None
     if (run_dir / "vectors.json").exists():
@@ -175,16 +158,10 @@ def run_vector(
             if (span == "auto" or made_from == span) and _still_current(run_dir, saved):
                 return saved
     spans = [span] if span != "auto" else ["answer", "question"]
-    if span == "auto" and method == "pca":
+    if span == "auto" and "pairs" in spec.needs:
         spans.reverse()
     activations, prompts = _captured(tm, run_dir, trait, spans, progress)
-    probes = None
-    if method == "probe" and (run_dir / "probes.json").exists():
-        from traitlens.probe import ProbeSet
-
-        candidate = ProbeSet.load(run_dir, expect=tm.identity)
-        if trait in candidate.traits and candidate.layers == list(activations.layers):
-            probes = candidate
+    probes = _run_probes(tm, run_dir, trait, activations.layers) if "probe" in spec.needs else None
     vector = trait_vector(
         activations,
         prompts,
@@ -199,6 +176,59 @@ def run_vector(
     return vector
 
 
+def _no_neurons(neurons: NeuronSet, trait: str, rule: str) -> bool:
+    return not any(len(select_by_rule(neurons, trait, pole, rule)) for pole in ("high", "low"))
+
+
+def _run_neuron_set(
+    tm: TraitModel, run_dir: Path, trait: str, rule: str, fdr: float | None, progress: bool
+) -> NeuronSet:
+    """The run's neuron set for ``trait``: ``RUN/neurons.*`` when it covers the trait, else
+    selected (the neuron stage's ``select_neurons``) from the captured neuron
+    statistics, preferring answer tokens as NPTI does, and saved unless the run
+    already holds a neuron set for other traits. When ``rule`` finds no neuron in an
+    FDR-controlled set, NPTI's δ rule alone is used (unsaved, with a warning)."""
+    from traitlens.neurons import NeuronSet, prompts_per_group, select_neurons
+
+    has_set = (run_dir / "neurons.json").exists()
+    neuron_set: NeuronSet | None = None
+    if has_set:
+        neuron_set = NeuronSet.load(run_dir, expect=tm.identity)
+        if trait not in neuron_set.traits:
+            neuron_set = None
+    if neuron_set is not None and (
+        neuron_set.fdr is None or not _no_neurons(neuron_set, trait, rule)
+    ):
+        return neuron_set
+    activations, prompts = _captured(tm, run_dir, trait, ["answer", "question"], progress)
+    stats = activations.neuron_stats
+    if stats is None:
+        raise DataError(
+            "the captured activations hold no neuron statistics; capture again with "
+            "neuron statistics on (the default)"
+        )
+    per_pole = prompts_per_group(p for p in prompts if p.trait == trait)
+    if neuron_set is None:
+        neuron_set = select_neurons(
+            stats,
+            fdr=fdr,
+            traits=[trait],
+            prompt_counts=per_pole,
+            out_dir=None if has_set else run_dir,  # never clobber another stage's set
+        )
+    if fdr is not None and _no_neurons(neuron_set, trait, rule):
+        # small captures rarely pass an answer-level FDR test; NPTI itself uses the
+        # δ rule alone, so fall back to it (unsaved) rather than edit nothing
+        warnings.warn(
+            f"no {trait} neuron passes FDR {neuron_set.fdr} with {sum(per_pole.values())} "
+            "answers; using NPTI's δ rule alone (capture more prompts for an "
+            "FDR-controlled set)",
+            stacklevel=3,  # the caller of run_neuron_edit
+        )
+        neuron_set = select_neurons(stats, fdr=None, traits=[trait], prompt_counts=per_pole)
+    return neuron_set
+
+
 def run_neuron_edit(
     tm: TraitModel,
     run: str | Path | None,
@@ -211,83 +241,32 @@ def run_neuron_edit(
     random_control: bool = False,
     seed: int = 0,
     fdr: float | None = 0.05,
+    rule: str = "fdr",
     progress: bool = True,
 ) -> NeuronEdit:
     """NPTI's edit for ``pole`` of ``trait`` from the run's neuron set.
 
-    Uses ``RUN/neurons.*`` when present, else selects neurons (the neuron
-    stage's ``select_neurons``) from the captured neuron statistics, preferring
-    answer tokens as NPTI does, and saves them unless the run already holds a
-    neuron set for other traits. ``run=None`` uses :func:`default_run_dir`.
-    ``fdr``: false-discovery rate of the selection (None: NPTI's δ rule alone;
-    if nothing passes, the δ rule is used with a warning). ``layers`` keeps only
-    neurons in those layers; ``random_control`` swaps the target set for the
-    matched random set.
+    The set is the run's or selected now (see :func:`_run_neuron_set`);
+    ``run=None`` uses :func:`default_run_dir`. ``fdr``: false-discovery rate of a
+    selection made here (None: NPTI's δ rule alone; if nothing passes, the δ rule
+    is used with a warning). ``rule``: the registered selection rule that picks
+    the edited neurons from the set (``fdr``: the set's own rule; ``npti``: the δ
+    rule alone). ``layers`` keeps only neurons in those layers;
+    ``random_control`` swaps the target set for the matched random set (built-in
+    rules only: the neuron set draws it).
     """
-    from traitlens.neurons import NeuronSet, SelectedNeurons, select_neurons
-
+    get_rule(rule)  # an unknown rule fails before any capture
     run_dir = default_run_dir(tm) if run is None else Path(run)
-    has_set = (run_dir / "neurons.json").exists()
-    neuron_set: NeuronSet | None = None
-    if has_set:
-        neuron_set = NeuronSet.load(run_dir, expect=tm.identity)
-        if trait not in neuron_set.traits:
-            neuron_set = None
-
-    def empty(candidate: NeuronSet) -> bool:
-        return not any(len(candidate.select(trait, p)) for p in ("high", "low"))
-
-    if neuron_set is None or (empty(neuron_set) and neuron_set.fdr is not None):
-        activations, prompts = _captured(tm, run_dir, trait, ["answer", "question"], progress)
-        stats = activations.neuron_stats
-        if stats is None:
-            raise DataError(
-                "the captured activations hold no neuron statistics; capture again with "
-                "neuron statistics on (the default)"
-            )
-        per_pole: dict[str, int] = {}
-        for prompt in prompts:
-            if prompt.trait == trait:
-                key = f"{prompt.trait}|{prompt.pole}"
-                per_pole[key] = per_pole.get(key, 0) + 1
-        if neuron_set is None:
-            neuron_set = select_neurons(
-                stats,
-                fdr=fdr,
-                traits=[trait],
-                prompt_counts=per_pole,
-                out_dir=None if has_set else run_dir,  # never clobber another stage's set
-            )
-        if fdr is not None and empty(neuron_set):
-            # small captures rarely pass an answer-level FDR test; NPTI itself uses the
-            # δ rule alone, so fall back to it (unsaved) rather than edit nothing
-            warnings.warn(
-                f"no {trait} neuron passes FDR {neuron_set.fdr} with {sum(per_pole.values())} "
-                "answers; using NPTI's δ rule alone (capture more prompts for an "
-                "FDR-controlled set)",
-                stacklevel=2,
-            )
-            neuron_set = select_neurons(stats, fdr=None, traits=[trait], prompt_counts=per_pole)
+    neuron_set = _run_neuron_set(tm, run_dir, trait, rule, fdr, progress)
     other = "low" if pole == "high" else "high"
     target = (
-        neuron_set.random_control(trait, pole, seed)
+        neuron_set.random_control(trait, pole, seed, rule)
         if random_control
-        else neuron_set.select(trait, pole)
+        else select_by_rule(neuron_set, trait, pole, rule)
     )
-    opposite = neuron_set.select(trait, other)
+    opposite = select_by_rule(neuron_set, trait, other, rule)
     if layers is not None:
-        keep = set(layers)
-
-        def restrict(neurons: SelectedNeurons) -> SelectedNeurons:
-            rows = [i for i, layer in enumerate(neurons.layers.tolist()) if layer in keep]
-            return SelectedNeurons(
-                neurons.layers[rows],
-                neurons.indices[rows],
-                neurons.delta[rows],
-                neurons.a95[rows],
-            )
-
-        target, opposite = restrict(target), restrict(opposite)
+        target, opposite = target.in_layers(layers), opposite.in_layers(layers)
     if len(target) == 0 and len(opposite) == 0:
         raise DataError(
             f"no {trait}-selective neurons in the chosen layers; widen --layers, capture more "

@@ -5,9 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
+from traitlens.concepts.config import CONCEPT_PROFILES, ConceptConfig
 from traitlens.errors import DataError
+from traitlens.settings import read_yaml_mapping
+
+DESIGNS = ("persona", "concept", "both")
+"""How a study operationalizes a trait: system-prompt personas at both poles, questionnaire
+items labelled by domain (concepts), or both in one run."""
 
 
 class StudyConfig(BaseModel):
@@ -16,6 +29,7 @@ class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     profile: str = "default"
+    design: Literal["persona", "concept", "both"] = "both"
     traits: list[str] = Field(default_factory=lambda: ["O", "C", "E", "A", "N"])
     seed: int = 0
     batch_size: int = 16
@@ -27,7 +41,8 @@ class StudyConfig(BaseModel):
     folds: int = Field(5, ge=2)
     threshold: float = Field(0.1, gt=0, lt=1)
     fdr: float = Field(0.05, gt=0, lt=1)
-    # steering
+    # steering: the direction methods to build (any registered with
+    # traitlens.steer.register_method) and those to evaluate, plus "neurons" (NPTI's edit)
     vector_methods: list[str] = Field(
         default_factory=lambda: ["mean_diff", "pca", "regression", "probe"]
     )
@@ -57,6 +72,24 @@ class StudyConfig(BaseModel):
     dose_traits: list[str] = Field(default_factory=lambda: ["O", "C", "E", "A", "N"])
     dose_strengths: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
     dose_gammas: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+    # the concept design (questionnaire items → domain probes → concept neurons); its
+    # traits, seed and batch size follow the study's
+    items_file: str | None = None  # your own item bank (CSV/JSONL, IPIP column layouts too)
+    concept: ConceptConfig = Field(default_factory=lambda: ConceptConfig.model_validate({}))
+
+    def concept_config(self) -> ConceptConfig:
+        """The concept design's settings with the study-wide ones applied."""
+        update: dict[str, Any] = {
+            "traits": self.traits,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
+        if self.items_file is not None:
+            update["items_file"] = self.items_file
+        try:
+            return ConceptConfig(**{**self.concept.model_dump(), **update})
+        except ValidationError as exc:
+            raise config_error(exc, "concept design configuration") from exc
 
     @field_validator("traits", "dose_traits")
     @classmethod
@@ -65,13 +98,17 @@ class StudyConfig(BaseModel):
 
         return parse_traits(value) if value else []
 
-    @field_validator("eval_methods")
+    @field_validator("vector_methods", "eval_methods")
     @classmethod
-    def _methods(cls, value: list[str]) -> list[str]:
-        allowed = {"mean_diff", "pca", "regression", "probe", "neurons"}
+    def _methods(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # the direction-method registry (plus NPTI's edit for evaluation), read now so a
+        # method registered in Python is accepted like a built-in one
+        from traitlens.steer import METHODS
+
+        allowed = [*METHODS, "neurons"] if info.field_name == "eval_methods" else list(METHODS)
         bad = [m for m in value if m not in allowed]
         if bad:
-            raise ValueError(f"unknown methods {bad}; use some of {sorted(allowed)}")
+            raise ValueError(f"unknown methods {bad}; use some of {allowed}")
         return value
 
 
@@ -92,6 +129,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dose_traits": ["E"],
         "dose_strengths": [1.0, 4.0],
         "dose_gammas": [4.0],
+        "concept": CONCEPT_PROFILES["quick"],
     },
     "default": {},
 }
@@ -101,29 +139,33 @@ def resolve_config(
     profile: str = "default",
     yaml_path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    concept_overrides: dict[str, Any] | None = None,
 ) -> StudyConfig:
-    """Merge defaults < profile < YAML < overrides (``None`` overrides are ignored)."""
+    """Merge defaults < profile < YAML < overrides (``None`` overrides are ignored).
+
+    ``concept_overrides`` (e.g. ``--fractions``) merge into the ``concept`` section the
+    same way, so one YAML file serves ``traitlens study`` and ``traitlens concepts``."""
     if profile not in PROFILES:
         raise DataError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     values: dict[str, Any] = {"profile": profile, **PROFILES[profile]}
     if yaml_path is not None:
-        import yaml
-
-        path = Path(yaml_path)
-        if not path.exists():
-            raise DataError(f"config file {path} not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise DataError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise DataError(f"config file {path} must hold a mapping of option: value")
+        loaded = read_yaml_mapping(yaml_path)
+        if isinstance(loaded.get("concept"), dict):  # merged into the profile's, not replacing it
+            loaded["concept"] = {**values.get("concept", {}), **loaded["concept"]}
         values.update(loaded)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    concept = {k: v for k, v in (concept_overrides or {}).items() if v is not None}
+    if concept:
+        values["concept"] = {**values.get("concept", {}), **concept}
     try:
         return StudyConfig(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise DataError(f"invalid study configuration — {problems}") from exc
+        raise config_error(exc, "study configuration") from exc
+
+
+def config_error(exc: ValidationError, what: str) -> DataError:
+    """One readable line per invalid setting, named by its path (e.g. concept.fractions)."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+    )
+    return DataError(f"invalid {what} — {problems}")

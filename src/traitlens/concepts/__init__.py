@@ -1,0 +1,71 @@
+"""The concept design: questionnaire items → where each Big Five domain lives → concept
+neurons → does steering them move the probe read-out and the generated label?
+
+Stages (each a function of earlier artifacts and its config slice, see
+:data:`CONCEPT_STAGES`): items and held-out split → capture over item tokens →
+domain probes per layer → concept neurons → boost / suppress / direction edits
+against matched controls, read at both levels → figures.
+"""
+
+from traitlens.concepts.capture import ItemActivations, capture_items, format_items
+from traitlens.concepts.config import CONCEPT_PROFILES, ITEM_TEMPLATES, ConceptConfig
+from traitlens.concepts.evaluate import (
+    ConceptMeasurement,
+    ConceptSets,
+    concept_effect,
+    measure_condition,
+)
+from traitlens.concepts.items import ItemSplit, choose_items
+from traitlens.concepts.labels import (
+    LabelPrompt,
+    domain_labels,
+    label_prompt,
+    resolve_domain_tokens,
+)
+from traitlens.concepts.neurons import (
+    depth_thirds,
+    matched_random,
+    overlap,
+    select_concept_neurons,
+    strongest,
+)
+from traitlens.concepts.pipeline import (
+    CONCEPT_STAGES,
+    ConceptEvaluation,
+    ConceptItems,
+    run_concepts,
+    summarize,
+)
+from traitlens.concepts.probes import DomainProbes, facet_folds, fit_domain_probes
+
+__all__ = [
+    "CONCEPT_PROFILES",
+    "CONCEPT_STAGES",
+    "ITEM_TEMPLATES",
+    "ConceptConfig",
+    "ConceptEvaluation",
+    "ConceptItems",
+    "ConceptMeasurement",
+    "ConceptSets",
+    "DomainProbes",
+    "ItemActivations",
+    "ItemSplit",
+    "LabelPrompt",
+    "capture_items",
+    "choose_items",
+    "concept_effect",
+    "depth_thirds",
+    "domain_labels",
+    "facet_folds",
+    "fit_domain_probes",
+    "format_items",
+    "label_prompt",
+    "matched_random",
+    "measure_condition",
+    "overlap",
+    "resolve_domain_tokens",
+    "run_concepts",
+    "select_concept_neurons",
+    "strongest",
+    "summarize",
+]

@@ -1,0 +1,230 @@
+"""Capture over item tokens: pooled states and per-item neuron firing, one row per
+(item, template).
+
+The statement's own tokens are pooled (span ``item``), never the instruction
+around it, so a probe cannot decode a domain from a template's words; the
+per-neuron statistic is the share of the statement's tokens on which the
+neuron fires, so that *items* are the statistical unit of neuron selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from traitlens.artifact_io import Artifact, Saved, fields_of
+from traitlens.capture.capture import ItemFiring, pool_formatted, resolve_layers
+from traitlens.concepts.config import ITEM_TEMPLATES
+from traitlens.concepts.items import ItemLike
+from traitlens.errors import DataError
+from traitlens.models.chat import FormattedPrompt
+from traitlens.models.loading import ModelIdentity, TraitModel
+from traitlens.provenance import Provenance, provenance
+
+
+def format_items(tm: TraitModel, items: Sequence[ItemLike], template: str) -> list[FormattedPrompt]:
+    """Each item as the user turn under ``template``, with span ``item`` on the statement."""
+    if template not in ITEM_TEMPLATES:
+        raise DataError(
+            f"unknown item template {template!r}; use one of {', '.join(ITEM_TEMPLATES)}"
+        )
+    pattern = ITEM_TEMPLATES[template]
+    return [
+        tm.format(None, pattern.format(text=item.text), marks={"item": item.text}) for item in items
+    ]
+
+
+@dataclass
+class ItemActivations(
+    Artifact,
+    stem="item_activations",
+    kind_name="item_activations",
+    what="item activations file",
+    check_kind=True,
+):
+    """Rows = (item, template). ``pooled["<pooling>"]``: ``[R, L, d_model]`` residual
+    stream pooled over the statement tokens; ``rates``: ``[R, L, d_mlp]`` share of
+    the statement's tokens with ``mlp_act > 0``; ``a95``: ``[L, d_mlp]``."""
+
+    identity: ModelIdentity
+    item_ids: list[str]
+    templates: list[str]
+    layers: list[int]
+    pooled: dict[str, torch.Tensor]
+    rates: torch.Tensor
+    a95: torch.Tensor
+    n_tokens: list[int]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str | None:
+        return self.provenance.get("key")
+
+    def rows(self, item_ids: Sequence[str], template: str | None = None) -> list[int]:
+        """Row indices of these items (all templates, or one), in the order given."""
+        wanted = {i: n for n, i in enumerate(item_ids)}
+        found = [
+            (wanted[i], r)
+            for r, (i, t) in enumerate(zip(self.item_ids, self.templates, strict=True))
+            if i in wanted and (template is None or t == template)
+        ]
+        return [r for _, r in sorted(found)]
+
+    def layer_index(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise DataError(
+                f"layer {layer} was not captured (have {self.layers[0]}..{self.layers[-1]})"
+            )
+        return self.layers.index(layer)
+
+    def item_rates(self, item_ids: Sequence[str]) -> torch.Tensor:
+        """``[len(item_ids), L, d_mlp]`` firing shares averaged over templates (one value
+        per item, so an item shown under three templates still counts once)."""
+        order = {i: n for n, i in enumerate(item_ids)}
+        sums = torch.zeros((len(item_ids), *self.rates.shape[1:]), dtype=torch.float32)
+        counts = torch.zeros(len(item_ids))
+        for row, item in enumerate(self.item_ids):
+            if item in order:
+                sums[order[item]] += self.rates[row].float()
+                counts[order[item]] += 1
+        return sums / counts.clamp(min=1)[:, None, None]
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            **fields_of(self, ("item_ids", "templates", "layers", "n_tokens")),
+            "poolings": list(self.pooled),
+            "provenance": self.provenance,
+        }
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            **{f"pooled.{k}": v for k, v in self.pooled.items()},
+            "rates": self.rates,
+            "a95": self.a95,
+        }
+
+    @classmethod
+    def _from_saved(cls, saved: Saved) -> ItemActivations:
+        meta, tensors = saved.meta, saved.tensors
+        return cls(
+            saved.identity,
+            list(meta["item_ids"]),
+            list(meta["templates"]),
+            list(meta["layers"]),
+            {p: tensors[f"pooled.{p}"] for p in meta["poolings"]},
+            tensors["rates"],
+            tensors["a95"],
+            list(meta["n_tokens"]),
+            dict(meta.get("provenance") or {}),
+        )
+
+
+def capture_provenance(
+    tm: TraitModel,
+    items: Sequence[ItemLike],
+    *,
+    templates: Sequence[str],
+    poolings: Sequence[str],
+    layers: Sequence[int],
+    upstream: Mapping[str, str | None] | None = None,
+) -> Provenance:
+    return provenance(
+        "concepts.capture",
+        model=tm.identity,
+        config={
+            "templates": {t: ITEM_TEMPLATES[t] for t in templates},
+            "poolings": list(poolings),
+            "layers": list(layers),
+            "chat_format": tm.formatter.mode,
+        },
+        data=[[i.id, i.trait, i.text] for i in items],
+        upstream=upstream,
+    )
+
+
+def capture_items(
+    tm: TraitModel,
+    items: Sequence[ItemLike],
+    *,
+    templates: Sequence[str] = ("bare",),
+    poolings: Sequence[str] = ("mean",),
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    out_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    upstream: Mapping[str, str | None] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> ItemActivations:
+    """Pool every item's statement tokens under each template and count neuron firing.
+
+    With ``out_dir`` a capture of the same inputs is reused and one of other inputs
+    is never replaced unless ``force`` (:func:`traitlens.provenance.keyed_stage`;
+    ``run_dir`` names the run manifest, default ``out_dir``).
+    """
+    if not items:
+        raise DataError("capture_items got no items; load an item bank first")
+    bad = [t for t in templates if t not in ITEM_TEMPLATES]
+    if bad or not templates:
+        raise DataError(f"unknown item templates {bad}; use some of {', '.join(ITEM_TEMPLATES)}")
+    layer_list = resolve_layers(tm, layers)
+    prov = capture_provenance(
+        tm, items, templates=templates, poolings=poolings, layers=layer_list, upstream=upstream
+    )
+
+    return ItemActivations.keyed(
+        out_dir,
+        "concepts.capture",
+        prov,
+        lambda: _capture(tm, items, templates, poolings, layer_list, batch_size, progress, prov),
+        expect=tm.identity,
+        run_dir=run_dir,
+        force=force,
+        what="item activations",
+    )
+
+
+def _capture(
+    tm: TraitModel,
+    items: Sequence[ItemLike],
+    templates: Sequence[str],
+    poolings: Sequence[str],
+    layer_list: list[int],
+    batch_size: int,
+    progress: bool,
+    prov: Provenance,
+) -> ItemActivations:
+    formatted: list[FormattedPrompt] = []
+    ids: list[str] = []
+    names: list[str] = []
+    for template in templates:
+        formatted += format_items(tm, items, template)
+        ids += [i.id for i in items]
+        names += [template] * len(items)
+    firing = ItemFiring(len(formatted), len(layer_list), tm.identity.d_mlp, tm.device)
+    pooled = pool_formatted(
+        tm,
+        formatted,
+        span="item",
+        poolings=poolings,
+        layers=layer_list,
+        batch_size=batch_size,
+        progress=progress,
+        neurons=firing,
+    )
+    stats = firing.result()
+    return ItemActivations(
+        tm.identity,
+        ids,
+        names,
+        layer_list,
+        {p: pooled[f"resid.{p}"] for p in poolings},
+        stats["rates"],
+        stats["a95"],
+        [f.span("item")[1] - f.span("item")[0] for f in formatted],
+        prov.to_dict(),
+    )

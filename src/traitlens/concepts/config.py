@@ -1,0 +1,122 @@
+"""Settings of the concept design (one pydantic model, validated before the model loads)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from traitlens.capture.reducers import POOLINGS
+
+ITEM_TEMPLATES: dict[str, str] = {
+    "bare": "{text}",
+    "statement": "Statement: {text}",
+    "self_report": 'Someone describes themselves like this: "{text}"',
+}
+"""How an item is shown to the model. Capture pools the *statement's* tokens only, so a
+template changes the context the statement is read in, never what is pooled."""
+
+
+class ConceptConfig(BaseModel):
+    """Everything the concept design reads; each stage's key covers its own slice.
+
+    Sizes and defaults follow the hand trial the design came from (a 5-way domain
+    probe per layer, NPTI's |δ| threshold one-vs-rest, fractions of the selected
+    neurons boosted strongest-first) and are sized for 2 CPU cores.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    items_file: str | None = None
+    traits: list[str] = Field(default_factory=lambda: ["O", "C", "E", "A", "N"])
+    items_per_domain: int | None = Field(None, ge=4)
+    templates: list[str] = Field(default_factory=lambda: list(ITEM_TEMPLATES))
+    poolings: list[str] = Field(default_factory=lambda: ["mean", "last", "decay"])
+    probe_pooling: str = "mean"
+    held_out: float = Field(0.25, gt=0.0, lt=0.9)
+    folds: int = Field(5, ge=2, le=20)
+    probe_c: float = Field(0.05, gt=0.0)
+    layer_stride: int = Field(1, ge=1)
+    threshold: float = Field(0.1, gt=0.0, lt=1.0)
+    fdr: float = Field(0.05, gt=0.0, lt=1.0)
+    neuron_rule: Literal["auto", "fdr", "npti"] = "auto"
+    min_fdr_neurons: int = Field(20, ge=1)
+    steer_band: tuple[float, float] = (1 / 3, 1 / 2)
+    neuron_band: tuple[float, float] = (0.0, 2 / 3)
+    fractions: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
+    gamma: float = Field(2.0, gt=0.0, le=10.0)
+    suppress: Literal["zero", "clip"] = "zero"
+    direction_strength: float = Field(1.0, gt=0.0, le=50.0)
+    k_shot: int = Field(5, ge=0, le=40)
+    eval_template: str = "bare"
+    eval_items_per_domain: int | None = Field(None, ge=2)
+    likert_templates: int = Field(1, ge=0, le=3)
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(16, ge=1, le=1024)
+
+    @field_validator("traits")
+    @classmethod
+    def _traits(cls, value: list[str]) -> list[str]:
+        from traitlens.data import parse_traits
+
+        traits = parse_traits(value)
+        if len(traits) < 2:
+            raise ValueError("the concept design decodes which domain an item is about: use ≥ 2")
+        return traits
+
+    @field_validator("templates", "poolings")
+    @classmethod
+    def _known(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        allowed = {"templates": list(ITEM_TEMPLATES), "poolings": list(POOLINGS)}[
+            str(info.field_name)
+        ]
+        bad = [v for v in value if v not in allowed]
+        if bad or not value:
+            what = "item templates" if info.field_name == "templates" else "poolings"
+            raise ValueError(f"unknown {what} {bad}; use some of {allowed}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        bad = [f for f in value if not 0.0 < f <= 1.0]
+        if bad or not value:
+            raise ValueError(
+                f"fractions {bad} are outside (0, 1]: a fraction is the share of a domain's "
+                "selected neurons edited, strongest first (e.g. 0.1, 0.25, 0.5, 1)"
+            )
+        return sorted(set(value))
+
+    @field_validator("steer_band", "neuron_band")
+    @classmethod
+    def _band(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] < value[1] <= 1.0:
+            raise ValueError(
+                "steer_band is (start, stop) as fractions of depth, 0 ≤ start < stop ≤ 1"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConceptConfig:
+        if self.probe_pooling not in self.poolings:
+            raise ValueError(f"probe_pooling {self.probe_pooling!r} is not among poolings")
+        if self.eval_template not in self.templates:
+            raise ValueError(f"eval_template {self.eval_template!r} is not among templates")
+        return self
+
+
+CONCEPT_PROFILES: dict[str, dict[str, object]] = {
+    # the quick profile shares its 10-minute budget with the persona design
+    "quick": {
+        "items_per_domain": 24,
+        "templates": ["bare", "statement"],
+        "poolings": ["mean", "last"],
+        "layer_stride": 3,
+        "folds": 4,
+        "fractions": [0.25, 1.0],
+        "eval_items_per_domain": 4,
+        "k_shot": 3,
+        "likert_templates": 1,
+    },
+    "default": {},
+}

@@ -1,0 +1,102 @@
+"""Which items the concept design uses, and the held-out split every later stage respects.
+
+Selection (probe training, neuron statistics, directions) sees training items
+only; every evaluated number uses held-out items. The split is stratified by
+domain and spread over facets, so each domain's held-out items cover its facets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from traitlens.artifact_io import read_json, write_json
+from traitlens.data.schema import StatementLike
+from traitlens.errors import DataError
+
+
+class ItemLike(StatementLike, Protocol):
+    """A questionnaire item with a facet: ``traitlens.data.ConceptItem`` or anything
+    shaped like it (a bank without facets gives each item its own)."""
+
+    @property
+    def facet(self) -> str: ...
+
+
+def _round_robin(items: Sequence[ItemLike], rng: np.random.Generator) -> list[ItemLike]:
+    """Items of one domain dealt facet by facet (each facet shuffled), so any prefix of
+    the result spreads over the facets and both keyings."""
+    by_facet: dict[str, list[ItemLike]] = {}
+    for item in sorted(items, key=lambda i: i.id):
+        by_facet.setdefault(item.facet, []).append(item)
+    queues = []
+    for facet in sorted(by_facet):
+        members = by_facet[facet]
+        queues.append([members[i] for i in rng.permutation(len(members))])
+    dealt: list[ItemLike] = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                dealt.append(queue.pop(0))
+    return dealt
+
+
+@dataclass(frozen=True)
+class ItemSplit:
+    """The items a concept run uses: ``train`` ids and ``held_out`` ids, per domain."""
+
+    traits: tuple[str, ...]
+    train: tuple[str, ...]
+    held_out: tuple[str, ...]
+
+    def save(self, path: Path) -> None:
+        write_json(path, {"kind": "concept_split", **self.to_dict()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "traits": list(self.traits),
+            "train": list(self.train),
+            "held_out": list(self.held_out),
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> ItemSplit:
+        data = read_json(path)
+        return cls(tuple(data["traits"]), tuple(data["train"]), tuple(data["held_out"]))
+
+
+def choose_items(
+    items: Sequence[ItemLike],
+    traits: Sequence[str],
+    *,
+    per_domain: int | None,
+    held_out: float,
+    seed: int,
+) -> tuple[list[ItemLike], ItemSplit]:
+    """The items to use (at most ``per_domain`` per domain, spread over facets) and the
+    held-out split (``held_out`` share per domain, at least 2 items each side)."""
+    rng = np.random.default_rng(seed)
+    chosen: list[ItemLike] = []
+    train: list[str] = []
+    evaluation: list[str] = []
+    for trait in traits:
+        dealt = _round_robin([i for i in items if i.trait == trait], rng)
+        if per_domain is not None:
+            dealt = dealt[:per_domain]
+        n_eval = max(2, round(held_out * len(dealt)))
+        if len(dealt) - n_eval < 2:
+            raise DataError(
+                f"domain {trait} has {len(dealt)} items: too few to hold out {n_eval} and still "
+                "train on 2; add items or lower held_out"
+            )
+        # the held-out items are every k-th of the dealt order, so they span the facets
+        step = len(dealt) / n_eval
+        eval_positions = {int(k * step) for k in range(n_eval)}
+        for position, item in enumerate(dealt):
+            (evaluation if position in eval_positions else train).append(item.id)
+        chosen += dealt
+    return chosen, ItemSplit(tuple(traits), tuple(train), tuple(evaluation))

@@ -1,0 +1,87 @@
+"""Which layers to steer: the default band, user layer selections, and how to print them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from traitlens.errors import DataError
+
+DEFAULT_BAND = (1 / 3, 1 / 2)
+"""Early-middle window, as fractions of the depth: CAA and repeng both find trait
+directions steer best there."""
+
+
+def band_layers(n_layers: int, band: tuple[float, float] = DEFAULT_BAND) -> list[int]:
+    """The layers from ``band[0]`` to ``band[1]`` of the depth where steering is applied.
+
+    Kept narrow because additions accumulate in the residual stream: k layers at
+    strength s push about k·s standard deviations in total. The band starts at
+    layer 1 or later (layer 0 holds little more than token identity), holds at
+    least one layer, and stops before ``n_layers - 2``, so that a layer more than
+    one step after the band is left for reading the effect out. For the embedded
+    30-layer model and the default band: layers 10–14. Models of three layers or
+    fewer get the single layer 1 (layer 0 for a one-layer model): there is no
+    room for a readout layer after it.
+    """
+    low, high = band
+    if n_layers < 1:
+        raise DataError(f"a model needs at least one layer to steer, got n_layers={n_layers}")
+    if not 0.0 <= low < high <= 1.0:
+        raise DataError(
+            f"steering band {band!r} must be two depth fractions with 0 <= start < stop <= 1, "
+            "e.g. (1/3, 1/2)"
+        )
+    start = min(max(1, round(n_layers * low)), n_layers - 1)
+    stop = min(max(start + 1, round(n_layers * high)), n_layers - 2)
+    return list(range(start, max(stop, start + 1)))
+
+
+def middle_layers(n_layers: int) -> list[int]:
+    """:func:`band_layers` with the default band (the ``traitlens steer`` default).
+
+    Before the band had one definition this window could end at the last layer;
+    it now stops before ``n_layers - 2`` like the study's. With the default band
+    that changes nothing for models of two or more layers; a one-layer model
+    now gets layer 0 instead of no layer at all.
+    """
+    return band_layers(n_layers)
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """``"10-20"`` (inclusive), ``"8,10,12"``, ``"10-14,20"`` or ``"-1"`` → sorted layer list.
+
+    Raises DataError naming the valid range when a layer does not exist.
+    """
+    layers: set[int] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                cut = part.index("-", 1)
+                first, last = int(part[:cut]), int(part[cut + 1 :])
+                if first > last:
+                    raise ValueError
+                layers.update(range(first, last + 1))
+            else:
+                layers.add(int(part))
+        except ValueError:
+            raise DataError(
+                f"bad layer selection {spec!r}: write ranges and lists like '10-20' or "
+                "'8,10,12' (ranges are inclusive)"
+            ) from None
+    resolved = sorted({layer + n_layers if layer < 0 else layer for layer in layers})
+    if not resolved or resolved[0] < 0 or resolved[-1] >= n_layers:
+        raise DataError(
+            f"layer selection {spec!r} is outside this model's layers 0..{n_layers - 1}"
+        )
+    return resolved
+
+
+def layer_text(layers: Sequence[int]) -> str:
+    """``"10-14"`` for a contiguous run, ``"8,10,12"`` otherwise, ``"none"`` when empty."""
+    if not layers:
+        return "none"
+    if list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    return ",".join(str(layer) for layer in layers)

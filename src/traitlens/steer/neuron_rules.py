@@ -1,0 +1,62 @@
+"""Which of a neuron set's neurons an edit touches: the registered selection rules.
+
+- ``fdr``: NPTI's δ rule and the set's false-discovery-rate control (q ≤ fdr);
+  the set's own rule, and NPTI's rule alone when the set was selected without FDR;
+- ``npti``: NPTI's δ rule alone (|δ| ≥ threshold on the pole's side; Deng et al.
+  2024), what the NPTI paper edits — with few answers per persona group nothing
+  survives the FDR test, and this is the fallback.
+
+A new rule is a function ``(neurons, trait, pole) -> bool [n_layers, d_mlp]``
+registered with :func:`~traitlens.steer.registry.register_rule`;
+:func:`select_by_rule` applies any registered rule.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from traitlens.errors import DataError
+from traitlens.neurons.selected import SelectedNeurons
+from traitlens.steer.registry import get_rule, register_rule
+
+if TYPE_CHECKING:
+    from traitlens.neurons.artifact import NeuronSet
+
+
+@register_rule("fdr", doc="NPTI's δ rule and the set's FDR control (q ≤ fdr)")
+def fdr_rule(neurons: NeuronSet, trait: str, pole: str) -> torch.Tensor:
+    return neurons.mask(trait, pole)
+
+
+@register_rule("npti", doc="NPTI's δ rule alone (|δ| ≥ threshold on the pole's side)")
+def npti_rule(neurons: NeuronSet, trait: str, pole: str) -> torch.Tensor:
+    return neurons.npti_mask(trait, pole)
+
+
+def select_by_rule(neurons: NeuronSet, trait: str, pole: str, rule: str = "fdr") -> SelectedNeurons:
+    """The neurons the registered ``rule`` selects for ``pole`` of ``trait``.
+
+    ``delta`` is signed toward the pole and ``layers`` are model layers, as
+    :class:`~traitlens.neurons.selected.SelectedNeurons` specifies; for the
+    built-in rules the result equals ``neurons.select(trait, pole, rule)``.
+    """
+    code = trait.strip().upper()
+    if code not in neurons.traits:
+        raise DataError(
+            f"no neuron statistics for trait {trait!r}; this set has "
+            f"{', '.join(neurons.traits)} — select neurons with that trait included"
+        )
+    if pole not in ("high", "low"):
+        raise DataError(f"unknown pole {pole!r}; use 'high' or 'low'")
+    chosen = get_rule(rule)
+    mask = chosen.mask(neurons, trait, pole)
+    delta = neurons.delta[neurons.traits.index(code)]
+    if mask.shape != delta.shape or mask.dtype != torch.bool:
+        raise DataError(
+            f"neuron rule {rule!r} returned a {mask.dtype} mask of shape {list(mask.shape)}; a "
+            f"rule returns a bool mask [n_layers, d_mlp] = {list(delta.shape)}"
+        )
+    signed = delta if pole == "high" else -delta
+    return SelectedNeurons.from_mask(mask, neurons.layers, signed, neurons.a95)

@@ -1,0 +1,874 @@
+"""The concept design: item-token capture, planted concept neurons and directions
+recovered, facet-grouped folds, the control task, the targeted success rate and
+spillover on hand-computed cases, domain-label tokens on three tokenizer families,
+bad inputs refused with one clear message, and a resumable end-to-end run.
+
+Tiny random-weight models and hand-made activations keep this file fast; the
+embedded SmolLM2 is loaded only where its real tokenizer matters (label tokens).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from conftest import CHATML, build_tiny
+from traitlens.concepts import (
+    ITEM_TEMPLATES,
+    ConceptConfig,
+    ConceptMeasurement,
+    ItemActivations,
+    capture_items,
+    concept_effect,
+    domain_labels,
+    facet_folds,
+    fit_domain_probes,
+    format_items,
+    matched_random,
+    resolve_domain_tokens,
+    run_concepts,
+    select_concept_neurons,
+    strongest,
+)
+from traitlens.concepts.labels import check_labels
+from traitlens.concepts.pipeline import domain_direction
+from traitlens.concepts.probes import control_domains
+from traitlens.data import TRAITS, ConceptItem, check_item_bank, load_items
+from traitlens.errors import DataError, ModelError
+from traitlens.models import hooks_installed
+from traitlens.models.loading import ModelIdentity, wrap_model
+from traitlens.provenance import RunConflictError
+
+# A small user bank in the library's CSV layout: 5 domains × 2 facets × 4 items.
+BANK: dict[str, dict[str, list[str]]] = {
+    "O": {
+        "imagination": [
+            "I often daydream about faraway places.",
+            "I enjoy inventing stories in my head.",
+            "I rarely picture things that are not real.",
+            "My mind wanders into fantasy worlds.",
+        ],
+        "curiosity": [
+            "I like to read about new ideas.",
+            "I enjoy thinking about abstract puzzles.",
+            "I avoid philosophical discussions.",
+            "I love learning how things work.",
+        ],
+    },
+    "C": {
+        "order": [
+            "I keep my desk neat and tidy.",
+            "I put things back where they belong.",
+            "I often leave a mess around me.",
+            "I follow a daily schedule.",
+        ],
+        "diligence": [
+            "I finish tasks before the deadline.",
+            "I work hard to do things well.",
+            "I give up when work gets boring.",
+            "I check my work twice.",
+        ],
+    },
+    "E": {
+        "sociability": [
+            "I love going to big parties.",
+            "I talk to strangers easily.",
+            "I prefer to stay home alone.",
+            "I make friends quickly.",
+        ],
+        "energy": [
+            "I am always on the go.",
+            "I laugh loudly and often.",
+            "I feel tired around crowds.",
+            "I enjoy lively, busy days.",
+        ],
+    },
+    "A": {
+        "kindness": [
+            "I go out of my way to help others.",
+            "I feel sympathy for people in need.",
+            "I insult people when I am annoyed.",
+            "I am gentle with everyone I meet.",
+        ],
+        "trust": [
+            "I believe most people mean well.",
+            "I trust what others tell me.",
+            "I suspect hidden motives in others.",
+            "I assume the best about people.",
+        ],
+    },
+    "N": {
+        "anxiety": [
+            "I worry about things that might go wrong.",
+            "I get nervous before small events.",
+            "I rarely feel anxious.",
+            "I fear the worst will happen.",
+        ],
+        "moodiness": [
+            "My mood changes quickly.",
+            "I get upset over small things.",
+            "I stay calm under pressure.",
+            "I often feel sad for no reason.",
+        ],
+    },
+}
+KEYS = ["+", "+", "-", "+"]
+
+
+def bank_rows(drop: str | None = None, one_facet: str | None = None) -> list[dict[str, str]]:
+    """BANK as CSV rows; ``drop`` leaves a domain out, ``one_facet`` merges its facets."""
+    rows = []
+    for trait, facets in BANK.items():
+        if trait == drop:
+            continue
+        for facet, texts in facets.items():
+            for text, key in zip(texts, KEYS, strict=True):
+                label = "all" if trait == one_facet else facet
+                rows.append({"text": text, "trait": trait, "facet": label, "keyed": key})
+    return rows
+
+
+def write_bank(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def bank_items() -> list[ConceptItem]:
+    return [ConceptItem(id=f"{r['trait']}-{n:02d}", **r) for n, r in enumerate(bank_rows())]
+
+
+def synthetic_bank(n_facets: int = 3, per_facet: int = 4) -> list[ConceptItem]:
+    """Five domains × ``n_facets`` facets × ``per_facet`` items (texts are placeholders)."""
+    return [
+        ConceptItem(
+            id=f"{t}{f}{k}",
+            trait=t,
+            facet=f"facet_{f}",
+            keyed="+" if k % 2 == 0 else "-",
+            text=f"statement {k} of facet {f} in domain {t}",
+        )
+        for t in TRAITS
+        for f in range(n_facets)
+        for k in range(per_facet)
+    ]
+
+
+def identity(n_layers: int, d_model: int, d_mlp: int) -> ModelIdentity:
+    return ModelIdentity("hand-made", "none", n_layers, d_model, d_mlp, "0" * 16)
+
+
+# --------------------------------------------------------------------------- capture
+
+
+@pytest.mark.parametrize("template", list(ITEM_TEMPLATES))
+def test_item_span_covers_exactly_the_statement(tiny_any: Any, template: str) -> None:
+    items = bank_items()[::5]
+    for item, formatted in zip(items, format_items(tiny_any, items, template), strict=True):
+        start, end = formatted.span("item")
+        q_start, q_end = formatted.span("question")
+        assert q_start <= start < end <= q_end
+        decoded = tiny_any.tokenizer.decode(formatted.input_ids[start:end])
+        assert decoded.strip() == item.text
+        assert "Statement" not in decoded and "describes" not in decoded
+        # the template's own words sit before the span, outside it
+        before = tiny_any.tokenizer.decode(formatted.input_ids[q_start:start])
+        assert before.strip() == ITEM_TEMPLATES[template].split("{text}")[0].strip()
+
+
+def _manual_states(tm: Any, input_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpadded forward pass: block outputs ``[L, seq, d]`` (plain torch hooks on the
+    Llama decoder layers) and ``mlp_act`` ``[L, seq, d_mlp]`` (via hooks_installed)."""
+    blocks: dict[int, torch.Tensor] = {}
+    acts: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def keep_block(layer: int) -> Any:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            blocks[layer] = (output[0] if isinstance(output, tuple) else output)[0].clone()
+
+        return hook
+
+    def keep_act(layer: int) -> Any:
+        def hook(tensor: torch.Tensor) -> None:
+            acts[layer] = tensor[0].clone()
+
+        return hook
+
+    try:
+        for layer, module in enumerate(tm.model.model.layers):
+            handles.append(module.register_forward_hook(keep_block(layer)))
+        points = [(f"mlp_act[{layer}]", keep_act(layer)) for layer in range(tm.n_layers)]
+        with torch.inference_mode(), hooks_installed(tm.adapter, points):
+            tm.model(input_ids=torch.tensor([input_ids]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (
+        torch.stack([blocks[i] for i in range(tm.n_layers)]).float(),
+        torch.stack([acts[i] for i in range(tm.n_layers)]).float(),
+    )
+
+
+def test_capture_pools_and_counts_over_the_statement_tokens_only(tiny_llama: Any) -> None:
+    items = bank_items()[::4]
+    by_id = {i.id: i for i in items}
+    acts = capture_items(
+        tiny_llama,
+        items,
+        templates=["bare", "statement"],
+        poolings=["mean"],
+        batch_size=3,
+        progress=False,
+    )
+    assert acts.templates == ["bare"] * len(items) + ["statement"] * len(items)
+    assert acts.pooled["mean"].shape == (2 * len(items), tiny_llama.n_layers, 32)
+    assert acts.rates.shape == (2 * len(items), tiny_llama.n_layers, 64)
+    for row, (item_id, template) in enumerate(zip(acts.item_ids, acts.templates, strict=True)):
+        formatted = format_items(tiny_llama, [by_id[item_id]], template)[0]
+        start, end = formatted.span("item")
+        assert acts.n_tokens[row] == end - start
+        states, mlp = _manual_states(tiny_llama, formatted.input_ids)
+        torch.testing.assert_close(
+            acts.pooled["mean"][row], states[:, start:end].mean(1), atol=1e-4, rtol=0
+        )
+        share = (mlp[:, start:end] > 0).float().mean(1)
+        # stored as float16: a share k/n is exact to ~5e-4
+        torch.testing.assert_close(acts.rates[row].float(), share, atol=1e-3, rtol=0)
+        # the template's tokens are not pooled: pooling the whole question differs
+        if template == "statement":
+            q_start, q_end = formatted.span("question")
+            whole = states[:, q_start:q_end].mean(1)
+            assert (acts.pooled["mean"][row] - whole).abs().max() > 1e-3
+
+
+def test_capture_is_batch_size_invariant(tiny_llama: Any) -> None:
+    items = bank_items()[1::3]  # lengths differ, so batches are left-padded
+    kwargs: dict[str, Any] = dict(
+        templates=["bare", "self_report"], poolings=["mean", "last", "decay"], progress=False
+    )
+    one = capture_items(tiny_llama, items, batch_size=1, **kwargs)
+    seven = capture_items(tiny_llama, items, batch_size=7, **kwargs)
+    assert one.item_ids == seven.item_ids and one.n_tokens == seven.n_tokens
+    for pooling in ("mean", "last", "decay"):
+        torch.testing.assert_close(one.pooled[pooling], seven.pooled[pooling])
+    torch.testing.assert_close(one.rates.float(), seven.rates.float(), atol=1e-3, rtol=0)
+
+
+# --------------------------------------------------------------------------- planted signal
+
+# (layer, neuron, extra firing share on E's items): δ differs per neuron so the
+# strongest-first order is known
+PLANTED = [
+    (1, 3, 0.30),
+    (1, 17, 0.45),
+    (1, 40, 0.60),
+    (1, 51, 0.35),
+    (2, 5, 0.50),
+    (2, 22, 0.40),
+    (2, 63, 0.55),
+]
+
+
+def planted_neuron_acts(
+    items: list[ConceptItem], seed: int = 0, plant: bool = True
+) -> ItemActivations:
+    """Two templates per item; background firing shares in [0.3, 0.4]; PLANTED neurons
+    fire more on E's items (unless not ``plant``)."""
+    rng = np.random.default_rng(seed)
+    rows = [(i, t) for t in ("bare", "statement") for i in items]
+    rates = 0.3 + 0.1 * rng.random((len(rows), 3, 64))
+    for r, (item, _) in enumerate(rows):
+        if plant and item.trait == "E":
+            for layer, neuron, extra in PLANTED:
+                rates[r, layer, neuron] += extra
+    return ItemActivations(
+        identity(3, 8, 64),
+        [i.id for i, _ in rows],
+        [t for _, t in rows],
+        [0, 1, 2],
+        {"mean": torch.zeros(len(rows), 3, 8)},
+        torch.from_numpy(rates).half(),
+        torch.from_numpy(rng.random((3, 64))).float() + 1.0,
+        [5] * len(rows),
+    )
+
+
+def test_planted_concept_neurons_are_recovered_and_controls_match() -> None:
+    items = synthetic_bank()
+    acts = planted_neuron_acts(items)
+    neurons = select_concept_neurons(acts, items, [i.id for i in items], traits=TRAITS)
+    planted = {(layer, neuron) for layer, neuron, _ in PLANTED}
+    e = TRAITS.index("E")
+    for layer, neuron, extra in PLANTED:
+        assert neurons.qvalue[e, layer, neuron] <= 0.05
+        assert neurons.delta[e, layer, neuron] == pytest.approx(extra, abs=0.03)
+    selected = neurons.select("E", "high")
+    assert {(int(a), int(b)) for a, b in zip(selected.layers, selected.indices, strict=True)} == (
+        planted
+    )
+    false_positives = sum(int(neurons.mask(t, "high").sum()) for t in TRAITS if t != "E")
+    assert false_positives <= 2
+
+    top = strongest(selected, 0.4)
+    assert len(top) == math.ceil(0.4 * len(PLANTED)) == 3
+    by_size = sorted(PLANTED, key=lambda p: -p[2])[:3]
+    assert {(int(a), int(b)) for a, b in zip(top.layers, top.indices, strict=True)} == {
+        (layer, neuron) for layer, neuron, _ in by_size
+    }
+    assert len(strongest(selected, 1.0)) == len(PLANTED)
+    assert len(strongest(selected, 0.01)) == 1
+
+    control = matched_random(neurons, top, seed=0, name="E|0.4")
+    assert torch.equal(
+        torch.bincount(control.layers, minlength=3), torch.bincount(top.layers, minlength=3)
+    )
+    union = neurons.union_mask()
+    assert union[1, 40] and union[2, 63]
+    # over many draws (a single small draw could miss the selected neurons by luck)
+    for seed in range(25):
+        drawn = matched_random(neurons, strongest(selected, 1.0), seed=seed, name="E|1.0")
+        assert torch.equal(drawn.layers, torch.tensor([1, 1, 1, 1, 2, 2, 2]))
+        assert not any(
+            bool(union[int(a), int(b)]) for a, b in zip(drawn.layers, drawn.indices, strict=True)
+        )
+    order = torch.argsort(top.layers, stable=True)
+    torch.testing.assert_close(control.delta, top.delta[order])
+    torch.testing.assert_close(control.a95, neurons.a95[control.layers, control.indices])
+    again = matched_random(neurons, top, seed=0, name="E|0.4")
+    assert torch.equal(again.indices, control.indices)
+
+
+def test_no_planted_neurons_no_selection() -> None:
+    items = synthetic_bank()
+    acts = planted_neuron_acts(items, plant=False)
+    neurons = select_concept_neurons(acts, items, [i.id for i in items], traits=TRAITS)
+    assert sum(int(neurons.mask(t, "high").sum()) for t in TRAITS) <= 2
+
+
+def test_matched_control_avoids_neurons_the_npti_rule_selected() -> None:
+    items = synthetic_bank()
+    rng = np.random.default_rng(0)
+    rates = 0.3 + 0.1 * rng.random((len(items), 3, 64))
+    for r, item in enumerate(items):
+        if item.trait == "E":
+            rates[r, 1, :24] += 0.5  # 24 of layer 1's 64 neurons fire more on E
+    acts = ItemActivations(
+        identity(3, 8, 64),
+        [i.id for i in items],
+        ["bare"] * len(items),
+        [0, 1, 2],
+        {"mean": torch.zeros(len(items), 3, 8)},
+        torch.from_numpy(rates).half(),
+        torch.ones(3, 64),
+        [5] * len(items),
+    )
+    # an FDR level nothing survives: what the pipeline's npti fallback edits
+    neurons = select_concept_neurons(acts, items, [i.id for i in items], traits=TRAITS, fdr=1e-30)
+    real = strongest(neurons.select("E", "high", "npti"), 1.0)
+    assert len(real) == 24
+    control = matched_random(neurons, real, seed=0, name="E|1.0")
+    selected = torch.zeros(3, 64, dtype=torch.bool)
+    for trait in TRAITS:
+        for pole in ("high", "low"):
+            selected |= neurons.npti_mask(trait, pole)
+    picked = [
+        bool(selected[int(a), int(b)]) for a, b in zip(control.layers, control.indices, strict=True)
+    ]
+    assert not any(picked), f"{sum(picked)} of {len(picked)} control neurons are npti-selected"
+
+
+def planted_direction_acts(
+    items: list[ConceptItem], seed: int = 0
+) -> tuple[ItemActivations, torch.Tensor]:
+    """Noise at every layer; at layer 1 each domain is offset along its own axis
+    (E along ``u``; O/C and A/N at ± two axes orthogonal to ``u``, so the others'
+    centroid is a shared offset and E − others points along ``u``)."""
+    generator = torch.Generator().manual_seed(seed)
+    d = 16
+    basis, _ = torch.linalg.qr(torch.randn(d, 4, generator=generator, dtype=torch.float64))
+    u, v1, v2, shared = basis.T
+    offsets = {"E": u, "O": v1, "C": -v1, "A": v2, "N": -v2}
+    rows = [(i, t) for t in ("bare", "statement") for i in items]
+    pooled = torch.randn(len(rows), 3, d, generator=generator, dtype=torch.float64)
+    for r, (item, _) in enumerate(rows):
+        # a shared offset too: only a centroid *difference* cancels it
+        pooled[r, 1] += 4.0 * offsets[item.trait] + 6.0 * shared
+    acts = ItemActivations(
+        identity(3, d, 8),
+        [i.id for i, _ in rows],
+        [t for _, t in rows],
+        [0, 1, 2],
+        {"mean": pooled.float()},
+        torch.zeros(len(rows), 3, 8, dtype=torch.float16),
+        torch.ones(3, 8),
+        [6] * len(rows),
+    )
+    return acts, u
+
+
+def test_planted_direction_is_decoded_and_recovered() -> None:
+    items = synthetic_bank()
+    acts, u = planted_direction_acts(items)
+    train = [i.id for i in items]
+    probes = fit_domain_probes(acts, items, train, traits=TRAITS, folds=3, progress=False)
+    assert probes.fold_unit == "facet" and probes.n_folds == 3
+    assert probes.accuracy[1] > 0.9
+    assert probes.control[1] < 0.45  # chance is 0.2
+    assert probes.accuracy[0] < 0.45 and probes.accuracy[2] < 0.45  # noise only
+    assert probes.best_layer() == 1
+    assert probes.auc[TRAITS.index("E")][1] > 0.95
+    vector = domain_direction(acts, items, train, "E", [1], "mean")
+    cosine = float(torch.dot(vector.direction(1).double(), u) / u.norm())
+    assert cosine > 0.9
+    # the readout probe fitted on all items assigns a planted E row to E
+    row = acts.rows([next(i.id for i in items if i.trait == "E")])[0]
+    probs = probes.probs(1, acts.pooled["mean"][row : row + 1, 1])
+    assert int(probs.argmax(1)[0]) == TRAITS.index("E")
+
+
+# --------------------------------------------------------------------------- folds and control
+
+
+def test_facet_folds_never_train_on_a_test_facet() -> None:
+    items = synthetic_bank(n_facets=3, per_facet=4)
+    by_id = {i.id: i for i in items}
+    row_items = [i.id for i in items] * 2  # two templates
+    folds, unit = facet_folds(items, row_items, 3, seed=0)
+    assert unit == "facet" and len(folds) == 3
+    tested: Counter[int] = Counter()
+    for fold in folds:
+        train = {(by_id[row_items[r]].trait, by_id[row_items[r]].facet) for r in fold.train}
+        test = {(by_id[row_items[r]].trait, by_id[row_items[r]].facet) for r in fold.test}
+        assert not train & test
+        assert {t for t, _ in test} == set(TRAITS)  # facets dealt within each domain
+        assert set(fold.train.tolist()) | set(fold.test.tolist()) == set(range(len(row_items)))
+        tested.update(fold.test.tolist())
+    assert sorted(tested) == list(range(len(row_items)))
+    assert set(tested.values()) == {1}
+
+
+def test_folds_without_facets_hold_out_whole_items(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in r.items() if k != "facet"} for r in bank_rows()]
+    items = load_items(write_bank(tmp_path / "no_facets.csv", rows))
+    assert all(i.facet == re.sub(r"\W+", "_", i.id.lower()) for i in items)
+    row_items = [i.id for i in items] * 2
+    folds, unit = facet_folds(items, row_items, 4, seed=1)
+    assert unit == "item"
+    tested: Counter[int] = Counter()
+    for fold in folds:
+        train = {row_items[r] for r in fold.train}
+        test = {row_items[r] for r in fold.test}
+        assert not train & test  # no item on both sides, under any template
+        tested.update(fold.test.tolist())
+    assert sorted(tested) == list(range(len(row_items))) and set(tested.values()) == {1}
+
+
+def test_control_domains_permute_the_real_labels() -> None:
+    items = synthetic_bank()
+    n_tokens = {i.id: 4 + n % 5 for n, i in enumerate(items)}
+    first = control_domains(items, n_tokens, seed=3)
+    assert set(first) == {i.id for i in items}
+    assert Counter(first.values()) == Counter(i.trait for i in items)
+    assert control_domains(items, n_tokens, seed=3) == first
+    other = control_domains(items, n_tokens, seed=4)
+    assert other != first
+    assert Counter(other.values()) == Counter(i.trait for i in items)
+    assert first != {i.id: i.trait for i in items}
+
+
+# --------------------------------------------------------------------------- the effect maths
+
+
+IDS = ["O1", "O2", "C1", "C2", "E1", "E2"]
+
+
+def _measurement(
+    probe: list[list[float]],
+    labels: list[list[float]],
+    mass: list[float],
+    likert: list[float],
+    ppl: float,
+) -> ConceptMeasurement:
+    return ConceptMeasurement(IDS, probe, labels, mass, likert, ppl)
+
+
+def test_concept_effect_hand_computed() -> None:
+    traits = ["O", "C", "E"]
+    items = [ConceptItem(id=i, trait=i[0], facet="f", keyed="+", text=f"item {i}") for i in IDS]
+    nan = float("nan")
+    baseline = _measurement(
+        [
+            [0.7, 0.2, 0.1],
+            [0.6, 0.3, 0.1],
+            [0.2, 0.5, 0.3],
+            [0.4, 0.35, 0.25],
+            [0.1, 0.3, 0.6],
+            [0.3, 0.4, 0.3],
+        ],
+        [
+            [0.5, 0.3, 0.2],
+            [0.2, 0.5, 0.3],
+            [0.3, 0.4, 0.3],
+            [0.4, 0.3, 0.3],
+            [0.2, 0.2, 0.6],
+            [0.3, 0.3, 0.4],
+        ],
+        [0.9, 0.8, 0.7, 0.9, 0.6, 0.5],
+        [4, 2, 3, 5, 1, nan],
+        20.0,
+    )
+    steered = _measurement(
+        [
+            [0.3, 0.6, 0.1],
+            [0.5, 0.4, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.2, 0.2, 0.6],
+            [0.1, 0.8, 0.1],
+        ],
+        [
+            [0.3, 0.6, 0.1],
+            [0.1, 0.7, 0.2],
+            [0.1, 0.8, 0.1],
+            [0.3, 0.5, 0.2],
+            [0.2, 0.3, 0.5],
+            [0.2, 0.5, 0.3],
+        ],
+        [0.5] * 6,
+        [5, 2, 1, 5, 2, 3],
+        25.0,
+    )
+    effect = concept_effect(baseline, steered, items, traits, "C", seed=0)
+    rep = effect["representation"]
+    # other domains' items: O1, O2, E1, E2; steered argmax C on O1 and E2, baseline on E2
+    assert rep["tsr"] == pytest.approx(0.5)
+    assert rep["tsr_baseline"] == pytest.approx(0.25)
+    assert rep["retention"] == pytest.approx(1.0)  # C1, C2 both read as C
+    assert rep["retention_baseline"] == pytest.approx(0.5)  # C2 read as O
+    assert rep["shares"] == pytest.approx([0.25, 0.5, 0.25])
+    assert rep["shares_baseline"] == pytest.approx([0.5, 0.25, 0.25])
+    assert rep["n_items"] == 4
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
+
+    shifts = [logit(0.6) - logit(0.2), logit(0.4) - logit(0.3), logit(0.2) - logit(0.3)]
+    shifts.append(logit(0.8) - logit(0.4))
+    shift = rep["log_odds_shift"]
+    assert shift["mean"] == pytest.approx(sum(shifts) / 4)
+    assert shift["low"] <= shift["mean"] <= shift["high"]
+
+    labels = effect["labels"]
+    assert labels["tsr"] == pytest.approx(0.75)  # O1, O2, E2
+    assert labels["tsr_baseline"] == pytest.approx(0.25)  # O2
+    assert labels["accuracy"] == pytest.approx(3 / 6)  # C1, C2, E1
+    assert labels["accuracy_baseline"] == pytest.approx(4 / 6)  # O1, C1, E1, E2
+    assert labels["delta_p_target"]["mean"] == pytest.approx((0.3 + 0.2 + 0.1 + 0.2) / 4)
+    assert labels["delta_p"] == pytest.approx([-0.1, 0.2, -0.1])
+    assert labels["label_mass"] == pytest.approx(0.5)
+    assert labels["label_mass_baseline"] == pytest.approx(4.4 / 6)
+
+    # per domain mean Likert change; E2's baseline is missing, so E is E1's alone
+    assert effect["likert"] == pytest.approx({"O": 0.5, "C": -1.0, "E": 1.0})
+    assert effect["cost"] == pytest.approx({"perplexity": 25.0, "perplexity_ratio": 1.25})
+
+    # steering toward E instead reads the same rows from E's side
+    toward_e = concept_effect(baseline, steered, items, traits, "E")
+    assert toward_e["representation"]["tsr"] == pytest.approx(0.0)
+    assert toward_e["representation"]["retention"] == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- label tokens
+
+
+def metaspace_model() -> Any:
+    """A SentencePiece-style (Unigram + Metaspace "▁") tokenizer with a chat template,
+    on a tiny random Llama."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token="<unk>")
+    corpus = [
+        "Openness Conscientiousness Extraversion Agreeableness Neuroticism",
+        "Which personality domain does the statement describe? Answer with one word.",
+        "user\nassistant\nReply with one label.",
+        "I love going to big parties and talking to strangers.",
+    ] * 30
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        additional_special_tokens=specials[3:],
+    )
+    fast.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    model = AutoModelForCausalLM.from_config(config).eval()
+    return wrap_model(model, fast, name="tiny-metaspace")
+
+
+@pytest.fixture(params=["smollm2", "byte_bpe", "metaspace"])
+def label_model(request: pytest.FixtureRequest) -> Any:
+    if request.param == "smollm2":
+        return request.getfixturevalue("smol")
+    if request.param == "byte_bpe":
+        return request.getfixturevalue("tiny_llama")
+    return metaspace_model()
+
+
+def answer_tokens(tm: Any, label: str) -> list[int]:
+    """The tokens of ``label`` as the assistant's reply after the generation prompt."""
+    question = "Which personality domain does the statement describe?"
+    prompt = tm.format(None, question).input_ids
+    full = tm.format(None, question, label).input_ids
+    assert full[: len(prompt)] == prompt
+    return full[len(prompt) :]
+
+
+@pytest.mark.parametrize("prefix", ["", "Domain "])
+def test_domain_label_tokens_on_three_tokenizer_families(label_model: Any, prefix: str) -> None:
+    names = domain_labels(TRAITS)
+    assert names == [
+        "Openness",
+        "Conscientiousness",
+        "Extraversion",
+        "Agreeableness",
+        "Neuroticism",
+    ]
+    # with a shared prefix the labels share leading tokens, which the read-out skips
+    labels = [prefix + name for name in names]
+    answers = [answer_tokens(label_model, label) for label in labels]
+    shared = 0  # the leading tokens every answer has in common
+    while all(len(a) > shared for a in answers) and len({a[shared] for a in answers}) == 1:
+        shared += 1
+    if not all(len(a) > shared for a in answers) or len({a[shared] for a in answers}) < len(labels):
+        # one position cannot tell these apart (the toy Unigram vocabulary has a piece
+        # "▁A" but not "▁O"): refused, never read from a shared token. The design's
+        # own names must always be readable.
+        assert prefix
+        with pytest.raises(ModelError, match="distinct tokens"):
+            resolve_domain_tokens(label_model, labels)
+        return
+    tokens = resolve_domain_tokens(label_model, labels)
+    assert tokens.labels == tuple(labels)
+    assert tokens.lead == tuple(answers[0][:shared]) and bool(tokens.lead) == bool(prefix)
+    assert tokens.ids == tuple(a[shared] for a in answers)
+    assert len(set(tokens.ids)) == len(labels)
+
+
+def test_labels_sharing_a_first_token_are_refused(label_model: Any) -> None:
+    prefix = next(
+        p
+        for p in ("Extra", "Ext", "Ex", "E")
+        if answer_tokens(label_model, p)[0] == answer_tokens(label_model, "Extraversion")[0]
+    )
+    labels = ["Openness", "Conscientiousness", "Extraversion", prefix, "Neuroticism"]
+    firsts = [answer_tokens(label_model, label)[0] for label in labels]
+    assert len(set(firsts)) == len(labels) - 1  # only the chosen pair collides
+    with pytest.raises(ModelError, match="distinct tokens"):
+        resolve_domain_tokens(label_model, labels)
+
+
+def test_duplicate_label_names_are_refused_before_any_model() -> None:
+    labels = ["Openness", "Openness", "Extraversion", "Agreeableness", "Neuroticism"]
+    with pytest.raises(DataError, match="duplicates"):
+        check_labels(labels)
+    with pytest.raises(DataError, match="duplicates"):
+        resolve_domain_tokens(None, labels)
+    with pytest.raises(DataError, match="empty"):
+        check_labels(["Openness", " "])
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_bank_missing_a_domain_is_refused(tmp_path: Path, tiny_llama: Any) -> None:
+    rows = bank_rows(drop="N")
+    items = [ConceptItem(id=f"i{n}", **r) for n, r in enumerate(rows)]
+    with pytest.raises(DataError, match=r"no items for N \(neuroticism\)"):
+        check_item_bank(items, TRAITS)
+    path = write_bank(tmp_path / "no_n.csv", rows)
+    config = ConceptConfig(items_file=str(path), templates=["bare"], poolings=["mean"])
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match=r"no_n\.csv has no items for N") as info:
+        run_concepts(tiny_llama, run, config, log=lambda _: None, progress=False)
+    assert len(str(info.value).splitlines()) == 1
+    assert not (run / "concepts" / "activations").exists()
+    # the same bank without N is fine once N is not asked for
+    check_item_bank(items, ["O", "C", "E", "A"])
+
+
+def test_domain_with_one_facet_is_refused() -> None:
+    rows = bank_rows(one_facet="E")
+    items = [ConceptItem(id=f"i{n}", **r) for n, r in enumerate(rows)]
+    with pytest.raises(DataError, match=r"1 distinct facet\(s\) for E") as info:
+        check_item_bank(items, TRAITS)
+    assert len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("fractions", [[0], [1.5], [0.5, -0.1]])
+def test_fraction_outside_unit_interval_is_refused(fractions: list[float]) -> None:
+    with pytest.raises(ValidationError, match=r"fractions .* outside \(0, 1\]"):
+        ConceptConfig(fractions=fractions)
+
+
+def test_strongest_zero_fraction_is_refused() -> None:
+    items = synthetic_bank()
+    neurons = select_concept_neurons(
+        planted_neuron_acts(items), items, [i.id for i in items], traits=TRAITS
+    )
+    with pytest.raises(DataError, match=r"fraction 0 is outside \(0, 1\]"):
+        strongest(neurons.select("E", "high"), 0)
+
+
+def test_unknown_template_and_pooling_are_refused(tiny_llama: Any) -> None:
+    with pytest.raises(ValidationError, match="unknown item templates"):
+        ConceptConfig(templates=["questionnaire"])
+    with pytest.raises(DataError, match="unknown item templates"):
+        capture_items(tiny_llama, bank_items()[:2], templates=["questionnaire"], progress=False)
+    with pytest.raises(ValidationError, match="probe_pooling 'last' is not among poolings"):
+        ConceptConfig(poolings=["mean"], probe_pooling="last")
+    with pytest.raises(ValidationError, match="eval_template 'statement' is not among templates"):
+        ConceptConfig(templates=["bare"], eval_template="statement")
+
+
+def test_format_items_refuses_an_unknown_template(tiny_llama: Any) -> None:
+    with pytest.raises(DataError, match="unknown item template"):
+        format_items(tiny_llama, bank_items()[:1], "questionnaire")
+
+
+# --------------------------------------------------------------------------- resumability
+
+SMALL: dict[str, Any] = dict(
+    templates=["bare"],
+    poolings=["mean"],
+    folds=2,
+    fractions=[1.0],
+    eval_items_per_domain=2,
+    k_shot=0,
+    likert_templates=0,
+    held_out=0.25,
+    neuron_rule="npti",
+)
+
+
+def _stamps(run: Path) -> dict[Path, int]:
+    """mtimes of the stage artifacts and rows (``eval.json``/``eval.csv`` are summaries
+    rebuilt from the rows on every run, so they are left out)."""
+    return {
+        p: p.stat().st_mtime_ns
+        for p in (run / "concepts").rglob("*")
+        if p.is_file() and p.name not in ("eval.json", "eval.csv")
+    }
+
+
+def test_concept_run_resumes_and_recomputes_exactly_what_changed(tmp_path: Path) -> None:
+    tm = build_tiny("llama")
+    # the label read-out needs the five names to start with distinct tokens here
+    resolve_domain_tokens(tm, domain_labels(TRAITS))
+    bank = str(write_bank(tmp_path / "bank.csv", bank_rows()))
+    run = tmp_path / "run"
+    config = ConceptConfig(items_file=bank, **SMALL)
+    run_concepts(tm, run, config, log=lambda _: None, progress=False)
+    rows_dir = run / "concepts" / "eval" / "rows"
+    first_rows = {p.name for p in rows_dir.iterdir()}
+    # baseline + per domain: boost and its control per fraction, suppress ±, direction ±
+    n = 1 + len(TRAITS) * (2 * len(config.fractions) + 4)
+    assert len(first_rows) == n
+    stamps = _stamps(run)
+    assert {"items.json", "probes.json", "neurons.json", "item_activations.json"} <= {
+        p.name for p in stamps
+    }
+
+    log: list[str] = []
+    context = run_concepts(tm, run, config, log=log.append, progress=False)
+    assert f"  {n} of {n} rows reused (same inputs)" in log
+    assert not [line for line in log if "row(s) to measure" in line]
+    assert _stamps(run) == stamps  # nothing new, nothing rewritten
+    assert len(context["evaluation"].results) == n - 1
+
+    log.clear()
+    regamma = ConceptConfig(items_file=bank, gamma=3.0, **SMALL)
+    run_concepts(tm, run, regamma, log=log.append, progress=False)
+    boost = 2 * len(TRAITS) * len(config.fractions)  # real + control per domain, fraction
+    assert f"  {boost} row(s) to measure: gamma 2.0 → 3.0" in log
+    assert f"  {n - boost} of {n} rows reused (same inputs)" in log
+    now = _stamps(run)
+    new = {p.name for p in now} - {p.name for p in stamps}
+    assert len(new) == boost and all("__boost__" in name for name in new)
+    assert all(now[p] == stamp for p, stamp in stamps.items()), "an old artifact was rewritten"
+
+    changed = ConceptConfig(items_file=bank, items_per_domain=6, **SMALL)
+    with pytest.raises(RunConflictError, match="concept item split made from other inputs"):
+        run_concepts(tm, run, changed, log=lambda _: None, progress=False)
+    assert _stamps(run) == now
+    context = run_concepts(tm, run, changed, log=lambda _: None, progress=False, force=True)
+    assert len(context["items"].items) == 6 * len(TRAITS)
+    assert len(context["capture"].item_ids) == 6 * len(TRAITS)
+
+
+@pytest.mark.slow
+def test_cli_loads_an_ipip_layout_bank_without_editing(tmp_path: Path) -> None:
+    """`--items` on a CSV laid out like a public IPIP item set (text, label_raw,
+    label_ocean with full names, key 1/-1, no id column) runs the concept stages."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    bank = Path(__file__).resolve().parents[1] / "examples" / "items_ipip_layout.csv"
+    assert bank.read_text().splitlines()[0] == "text,label_raw,label_ocean,key"
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "traitlens.cli.main",
+            "concepts",
+            "probe",
+            "--profile",
+            "quick",
+            "--items",
+            str(bank),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    items = json.loads((out / "concepts" / "items.json").read_text())
+    assert items["source"] == str(bank)
+    assert {i["trait"] for i in items["items"]} == {"O", "C", "E", "A", "N"}
+    assert all(i["id"].startswith(i["trait"] + "-") for i in items["items"])  # generated ids
+    probes = json.loads((out / "concepts" / "probes.json").read_text())
+    assert probes["fold_unit"] == "facet"
+    assert not (out / "concepts" / "eval.json").exists()  # stopped after the probe stage
