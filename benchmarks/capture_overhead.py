@@ -41,9 +41,14 @@ def _prompts(n: int) -> list:
 
 
 def _plain(tm, prompts, batch_size: int) -> None:
+    plain_forward(tm, [tm.format(p.system, p.user) for p in prompts], batch_size)
+
+
+def plain_forward(tm, formatted, batch_size: int) -> None:
+    """The reference: the same formatted prompts, batching, padding and skipped LM head as
+    capture, with no hooks (the concept benchmark compares against it too)."""
     from traitlens.models.batching import last_logits_kwargs, left_pad, length_sorted_batches
 
-    formatted = [tm.format(p.system, p.user) for p in prompts]
     batches = length_sorted_batches([len(f.input_ids) for f in formatted], batch_size)
     with torch.inference_mode():
         for batch in batches:

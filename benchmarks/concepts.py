@@ -15,27 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
-
-
-def _plain(tm, formatted, batch_size: int) -> None:
-    from traitlens.models.batching import last_logits_kwargs, left_pad, length_sorted_batches
-
-    batches = length_sorted_batches([len(f.input_ids) for f in formatted], batch_size)
-    with torch.inference_mode():
-        for batch in batches:
-            ids, attn, pos = left_pad(
-                [formatted[i].input_ids for i in batch], tm.tokenizer.pad_token_id, tm.device
-            )
-            tm.model(
-                input_ids=ids,
-                attention_mask=attn,
-                position_ids=pos,
-                use_cache=False,
-                **last_logits_kwargs(tm.model),
-            )
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capture_overhead import plain_forward as _plain  # noqa: E402  (the same reference pass)
 
 
 def main() -> None:

@@ -122,16 +122,14 @@ def _concept_neurons(
 ) -> NeuronSet:
     rates = acts.item_rates(train)
     tests = [domain_tests(rates, labels == trait) for trait in traits]
-    return NeuronSet(
-        identity=acts.identity,
-        traits=list(traits),
-        layers=list(acts.layers),
+    return NeuronSet.from_tests(
+        acts.identity,
+        traits,
+        acts.layers,
+        tests,
+        acts.a95,
         threshold=threshold,
         fdr=fdr,
-        delta=torch.stack([t[0] for t in tests]),
-        pvalue=torch.stack([t[1] for t in tests]),
-        qvalue=torch.stack([t[2] for t in tests]),
-        a95=acts.a95.float(),
         config={
             "threshold": threshold,
             "fdr": fdr,

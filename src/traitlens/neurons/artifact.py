@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,34 @@ class NeuronSet(Artifact):
     stem = "neurons"
     kind_name = "neurons"
     what = "neuron set"
+
+    @classmethod
+    def from_tests(
+        cls,
+        identity: ModelIdentity,
+        traits: Sequence[str],
+        layers: Sequence[int],
+        tests: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        a95: torch.Tensor,
+        *,
+        threshold: float,
+        fdr: float | None,
+        config: dict[str, Any],
+    ) -> NeuronSet:
+        """A set from one ``(δ, p, q)`` triple of ``[L, d_mlp]`` tensors per trait — what
+        every selection design (persona poles, concept domains) computes."""
+        return cls(
+            identity=identity,
+            traits=list(traits),
+            layers=list(layers),
+            threshold=threshold,
+            fdr=fdr,
+            delta=torch.stack([t[0].float() for t in tests]),
+            pvalue=torch.stack([t[1].float() for t in tests]),
+            qvalue=torch.stack([t[2].float() for t in tests]),
+            a95=a95.float(),
+            config=config,
+        )
 
     def _index(self, trait: str, pole: str) -> int:
         code = trait.strip().upper()

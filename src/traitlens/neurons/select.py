@@ -177,7 +177,7 @@ def _neuron_set(
     """Per trait: NPTI's firing-rate difference δ, the z-test's p-value (n = tokens, or
     answers with ``prompt_counts``) and its BH q-value within the trait, each
     ``[n_traits, n_layers, d_mlp]`` in the set."""
-    deltas, pvalues, qvalues = [], [], []
+    tests = []
     for code in codes:
         high, low = _group(code, "high"), _group(code, "low")
         rate_high, rate_low = stats.firing_rate(high).double(), stats.firing_rate(low).double()
@@ -186,18 +186,15 @@ def _neuron_set(
         else:
             n_high, n_low = float(prompt_counts[high]), float(prompt_counts[low])
         _, pvalue = two_proportion_z_test(rate_high.numpy(), n_high, rate_low.numpy(), n_low)
-        deltas.append(firing_delta(rate_high, rate_low).float())
-        pvalues.append(torch.from_numpy(pvalue).float())
-        qvalues.append(torch.from_numpy(benjamini_hochberg(pvalue)).float())
-    return NeuronSet(
-        identity=stats.identity,
-        traits=list(codes),
-        layers=list(stats.layers),
+        q = torch.from_numpy(benjamini_hochberg(pvalue))
+        tests.append((firing_delta(rate_high, rate_low), torch.from_numpy(pvalue), q))
+    return NeuronSet.from_tests(
+        stats.identity,
+        codes,
+        stats.layers,
+        tests,
+        stats.a95,
         threshold=threshold,
         fdr=fdr,
-        delta=torch.stack(deltas),
-        pvalue=torch.stack(pvalues),
-        qvalue=torch.stack(qvalues),
-        a95=stats.a95.float(),
         config=config,
     )
