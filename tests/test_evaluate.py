@@ -931,3 +931,32 @@ def test_embedded_model_cli(tmp_path: Any) -> None:
     assert ForcedChoiceResult.load(tmp_path).traits[0].trait == "E"
     ppl = json.loads((tmp_path / "perplexity.json").read_text())
     assert 1.0 < ppl["perplexity"] < 100.0
+
+
+def test_readouts_read_the_hook_point_the_probes_were_fitted_on() -> None:
+    """`readouts()` used to read "resid" whatever the probe was fitted on; a probe fitted
+    on attn_out must be applied to attn_out states."""
+    from traitlens.capture import capture
+    from traitlens.data import build_contrastive_set
+    from traitlens.evaluate.interventions import ReadoutSpec, readouts
+    from traitlens.probe import fit_probes
+
+    tm = build_tiny("llama")
+    prompts = build_contrastive_set(["E"], n_personas_per_pole=2, n_questions=4, seed=0)
+    act = capture(
+        tm,
+        prompts,
+        kinds=("resid", "attn_out"),
+        poolings=("mean",),
+        neuron_stats=False,
+        progress=False,
+    )
+    probes = fit_probes(
+        act, prompts, ["E"], kind="attn_out", pooling="mean", folds=2, progress=False
+    )
+    layer = probes.layers[-1]
+    got = readouts(tm, prompts, ReadoutSpec(probes, {"E": layer}, pooling="mean"), ["E"])[:, 0]
+    want = probes.readout(act.layer(layer, "attn_out", "mean"), layer)[:, 0].numpy()
+    wrong = probes.readout(act.layer(layer, "resid", "mean"), layer)[:, 0].numpy()
+    assert np.allclose(got, want, atol=1e-4)
+    assert not np.allclose(got, wrong, atol=1e-3)

@@ -24,11 +24,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from traitlens.capture.capture import Prompt, capture
+from traitlens.capture.capture import ChatPrompt, Prompt, capture
+from traitlens.data.schema import ContrastivePrompt, ForcedChoice, Statement
 from traitlens.evaluate.cost import perplexity, text_cost
 from traitlens.evaluate.forced_choice import run_forced_choice
 from traitlens.evaluate.questionnaire import run_questionnaire
@@ -36,17 +37,20 @@ from traitlens.evaluate.stats import bootstrap_ci, paired_bootstrap_ci, paired_e
 from traitlens.models.generation import generate_answers
 from traitlens.models.loading import TraitModel
 
+if TYPE_CHECKING:
+    from traitlens.probe.artifact import ProbeSet
+
 
 @dataclass
 class EvalSets:
     """Held-out material every intervention is measured on (never used for fitting)."""
 
     traits: list[str]
-    opposite: dict[str, list[Any]]  # "T|target_pole" -> prompts with the opposite persona
+    opposite: dict[str, list[ContrastivePrompt]]  # "T|pole" -> prompts, opposite persona
     target_persona: dict[str, str]  # "T|pole" -> a held-out persona text (prompt baseline)
     neutral: list[Prompt]
-    statements: list[Any]
-    forced: list[Any]
+    statements: list[Statement]
+    forced: list[ForcedChoice]
     templates: list[str] | None = None
     generation: list[Prompt] = field(default_factory=list)
     max_new_tokens: int = 32
@@ -56,7 +60,7 @@ class EvalSets:
 class ReadoutSpec:
     """Where traits are read: probe set, one layer per trait (downstream of steering)."""
 
-    probes: Any  # ProbeSet
+    probes: ProbeSet
     layers: dict[str, int]
     pooling: str = "mean"
     batch_size: int = 16
@@ -70,11 +74,13 @@ def readouts(
     Runs whatever ``tm.model`` currently computes, so call it inside ``steering``.
     """
     layers = sorted({spec.layers[t] for t in traits})
+    kind = spec.probes.kind  # read the hook point the probes were fitted on
     act = capture(
         tm,
         prompts,
         span="question",
         layers=layers,
+        kinds=(kind,),
         poolings=(spec.pooling,),
         neuron_stats=False,
         batch_size=spec.batch_size,
@@ -83,7 +89,7 @@ def readouts(
     columns = []
     for trait in traits:
         layer = spec.layers[trait]
-        read = spec.probes.readout(act.layer(layer, "resid", spec.pooling), layer)
+        read = spec.probes.readout(act.layer(layer, kind, spec.pooling), layer)
         columns.append(read[:, spec.probes.traits.index(trait)].cpu().numpy())
     return np.stack(columns, axis=1)
 
@@ -128,9 +134,9 @@ def measure(
     }
     for key in opposite_keys:
         trait = key.split("|")[0]
-        prompts = sets.opposite[key]
+        prompts: Sequence[ChatPrompt] = sets.opposite[key]
         if opposite_system is not None:
-            prompts = [Prompt(p.user, opposite_system, p.id) for p in prompts]
+            prompts = [Prompt(p.user, opposite_system, p.id) for p in sets.opposite[key]]
         out["opposite_readout"][key] = readouts(tm, prompts, spec, [trait])[:, 0].tolist()
     questionnaire = run_questionnaire(tm, sets.statements, templates=sets.templates, system=system)
     out["questionnaire"] = _item_scores(questionnaire)
