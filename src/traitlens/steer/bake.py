@@ -80,17 +80,19 @@ def bake_offsets(tm: TraitModel, interventions: Sequence[Any]) -> dict[int, torc
     return offsets
 
 
-def _add_bias(linear: nn.Module, offset: torch.Tensor | None) -> None:
-    weight = linear.weight
+def _add_bias(linear: Any, offset: torch.Tensor | None) -> None:
+    """Give ``linear`` (nn.Linear, or GPT-2's transposed Conv1D) a bias and add ``offset``."""
+    weight: torch.Tensor = linear.weight
     out_features = weight.shape[-1] if type(linear).__name__ == "Conv1D" else weight.shape[0]
     if getattr(linear, "bias", None) is None:
         linear.bias = nn.Parameter(torch.zeros(out_features, dtype=weight.dtype))
     if offset is not None:
+        bias: torch.Tensor = linear.bias
         with torch.no_grad():
-            linear.bias += offset.to(linear.bias.dtype)
+            bias += offset.to(bias.dtype)
 
 
-def baked_model(tm: TraitModel, interventions: Sequence[Any]) -> nn.Module:
+def baked_model(tm: TraitModel, interventions: Sequence[Any]) -> Any:
     """A copy of ``tm.model`` with the mix folded into MLP output biases."""
     family = tm.adapter.family
     if family not in BAKEABLE:
@@ -100,7 +102,7 @@ def baked_model(tm: TraitModel, interventions: Sequence[Any]) -> nn.Module:
             f"{', '.join(BAKEABLE)}; steer it with hooks (traitlens serve) instead"
         )
     offsets = bake_offsets(tm, interventions)
-    model = copy.deepcopy(tm.model).cpu()
+    model: Any = copy.deepcopy(tm.model).cpu()
     if family == "llama":
         model.config.mlp_bias = True
         for index, layer in enumerate(model.model.layers):
