@@ -123,3 +123,17 @@ def test_embedded_model_bakes_and_matches_hook_steering(smol, tmp_path: Path) ->
     model = tf.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
     for h, b in zip(hooked, _logits(model, ids), strict=True):
         assert torch.allclose(h, b, atol=1e-4), float((h - b).abs().max())
+
+
+def test_a_folder_holding_files_is_refused_unless_forced(tmp_path: Path) -> None:
+    from traitlens.errors import ArtifactError
+
+    tm = build_tiny("llama")
+    mix = _mix(tm)
+    out = bake(tm, mix, tmp_path / "baked")
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(ArtifactError, match="already holds files"):
+        bake(tm, [AddDirection(mix[0].vector, 1.0)], out)
+    assert (out / "model.safetensors").read_bytes() == before  # nothing was overwritten
+    bake(tm, [AddDirection(mix[0].vector, 1.0)], out, force=True)
+    assert (out / "model.safetensors").read_bytes() != before

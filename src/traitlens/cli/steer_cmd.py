@@ -361,6 +361,7 @@ def vectors_bake(
     out: Path = typer.Option(..., "--out", "-o", help="folder for the baked HF checkpoint"),
     method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
     layers: str | None = typer.Option(None, "--layers", "-l", help="default: the middle band"),
+    force: bool = typer.Option(False, "--force", help="replace the files already in --out"),
     model: str | None = MODEL_OPTION,
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
@@ -368,9 +369,10 @@ def vectors_bake(
     """Fold a trait mix into MLP output biases: a plain Hugging Face checkpoint that steers
     with no traitlens (transformers, vLLM, TGI, llama.cpp after conversion)."""
     from traitlens.steer import METHODS, AddDirection, VectorSet, band_layers, parse_layers
-    from traitlens.steer.bake import bake
+    from traitlens.steer.bake import bake, check_bake_target
 
     strengths = parse_mix(mix)
+    check_bake_target(out, force)  # before the model loads
     check_choice("--method", method, METHODS)
     check_layer_spec("--layers", layers, None)
     check_run_dir(run, needs="vectors.json")
@@ -384,7 +386,7 @@ def vectors_bake(
     interventions = [
         AddDirection(chosen_vectors[t], s, layers=tuple(chosen)) for t, s in strengths.items()
     ]
-    path = bake(tm, interventions, out)
+    path = bake(tm, interventions, out, force=force)
     console.print(
         f"load it anywhere: AutoModelForCausalLM.from_pretrained('{path}') — layers "
         f"{chosen[0]}–{chosen[-1]}, " + ", ".join(f"{t} {s:+g}" for t, s in strengths.items())

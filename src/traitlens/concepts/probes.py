@@ -34,16 +34,21 @@ FloatArray = NDArray[np.float64]
 
 
 def facet_folds(
-    items: Sequence[ItemLike], row_items: Sequence[str], n_folds: int, seed: int
+    items: Sequence[ItemLike],
+    row_items: Sequence[str],
+    n_folds: int,
+    seed: int,
+    *,
+    by_item: bool = False,
 ) -> tuple[list[Fold], str]:
     """Folds over rows (item × template) in which no test facet has a training item.
 
     Facets are dealt to folds round-robin within their domain, so every test fold
     holds facets of every domain it can. A bank whose facets are one item each
-    (no facet column) is grouped by item — the returned unit says which.
+    (no facet column), or ``by_item``, is grouped by item — the returned unit says which.
     """
     by_id = {i.id: i for i in items}
-    groups = {i.id: (i.trait, i.facet) for i in items}
+    groups = {i.id: (i.trait, i.id if by_item else i.facet) for i in items}
     unit = "facet" if len(set(groups.values())) < len(groups) else "item"
     keys: list[Hashable] = [groups[i] for i in sorted(groups)]
     strata: list[Hashable] = [by_id[i].trait for i in sorted(groups)]
@@ -57,17 +62,6 @@ def facet_folds(
         for k in range(n_folds)
     ]
     return [f for f in folds if len(f.test) and len(f.train)], unit
-
-
-def _item_folds(
-    items: Sequence[ItemLike], row_items: Sequence[str], n_folds: int, seed: int
-) -> list[Fold]:
-    """Folds grouped by item only (every template of a test item is held out, but its
-    facet-mates may train): the easier split the facet-grouped score is compared with."""
-    from types import SimpleNamespace
-
-    alone = [SimpleNamespace(id=i.id, trait=i.trait, facet=i.id) for i in items]
-    return facet_folds(alone, row_items, n_folds, seed)[0]
 
 
 def control_domains(
@@ -304,8 +298,9 @@ def fit_domain_probes(
     if missing:
         raise DataError(f"no training items for {', '.join(missing)}; the bank needs every domain")
     fold_list, unit = facet_folds([by_id[i] for i in train], row_items, folds, seed)
+    # folds by item only (facet-mates may train): how much decodability is facet-specific
     item_folds = (
-        _item_folds([by_id[i] for i in train], row_items, folds, seed)
+        facet_folds([by_id[i] for i in train], row_items, folds, seed, by_item=True)[0]
         if unit == "facet"
         else fold_list
     )

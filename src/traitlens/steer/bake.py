@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from traitlens.artifact_io import check_writable, write_json
-from traitlens.errors import InterventionError
+from traitlens.errors import ArtifactError, InterventionError
 from traitlens.models.loading import TraitModel
 from traitlens.steer.interventions import AddDirection
 
@@ -50,6 +50,17 @@ REFUSED: dict[str, str] = {
     "gemma3_text": "the MLP output is normalized after the down projection, so a bias there "
     "is not a constant addition to the residual stream",
 }
+
+
+def check_bake_target(out: Path, force: bool = False) -> None:
+    """Refuse a non-empty output folder (it may hold another checkpoint) unless ``force``."""
+    if out.is_file():
+        raise ArtifactError(f"{out} is a file; choose a folder for the baked checkpoint")
+    if not force and out.is_dir() and any(out.iterdir()):
+        raise ArtifactError(
+            f"{out} already holds files (another checkpoint?); nothing was written. Choose a "
+            "new --out, or pass --force to replace its contents"
+        )
 
 
 def bake_offsets(tm: TraitModel, interventions: Sequence[Any]) -> dict[int, torch.Tensor]:
@@ -115,10 +126,14 @@ def baked_model(tm: TraitModel, interventions: Sequence[Any]) -> Any:
     return model
 
 
-def bake(tm: TraitModel, interventions: Sequence[Any], out_dir: str | Path) -> Path:
+def bake(
+    tm: TraitModel, interventions: Sequence[Any], out_dir: str | Path, *, force: bool = False
+) -> Path:
     """Write a plain HF checkpoint (safetensors + config + tokenizer) with the mix baked in,
-    plus ``traitlens_bake.json`` recording what was baked; returns the folder."""
+    plus ``traitlens_bake.json`` recording what was baked; returns the folder. A folder that
+    already holds files is refused unless ``force`` (never overwrite another checkpoint)."""
     out = Path(out_dir)
+    check_bake_target(out, force)
     check_writable(out)
     model = baked_model(tm, interventions)
     model.save_pretrained(out, safe_serialization=True)
