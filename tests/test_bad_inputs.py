@@ -299,6 +299,10 @@ ANSWERS_FILE = write("answers.csv", "id,answer\na1,I went to a party and danced.
 FINGERPRINT = ["fingerprint", *TINY, "--out", f"{I}/fp"]
 STUDY = ["study", *TINY, "--out", f"{I}/study", "--profile", "quick"]
 CAPTURE = ["capture", *TINY, "--out", f"{I}/new-run"]
+BAKE = ["vectors", "bake", "--run", R, "--mix", "E=+1", "--out", f"{I}/baked", *TINY]
+LMEVAL = ["vectors", "lmeval", "--run", R, "--mix", "E=+1", "--out", f"{I}/lm", *TINY]
+CAPABILITY = ["evaluate", "capability", "--run", R, "--mix", "E=+1", *TINY, "--out", f"{I}/cap"]
+BAD_MC = '{"id": "q1", "topic": "t", "question": "Q?", "choices": ["a"], "answer": 0}\n'
 AS_ROOT = pytest.mark.skipif(
     os.geteuid() == 0,
     reason="root ignores file permissions, so chmod cannot make a file "
@@ -662,6 +666,35 @@ CLI_CASES = [
         "not valid JSON",
         both(copy_control_vector, cut("vectors.json")),
     ),
+    # --- a trait mix leaving traitlens: bake, lm-eval export, capability cost
+    case("bake-mix-trait-not-in-run", [*BAKE[:5], "N=+1", *BAKE[6:]], "no N/mean_diff vector"),
+    case("bake-mix-malformed", [*BAKE[:5], "E+1", *BAKE[6:]], "is not TRAIT=STRENGTH"),
+    case("bake-mix-strength-absurd", [*BAKE[:5], "E=+500", *BAKE[6:]], "--mix E"),
+    case("bake-mix-all-zero", [*BAKE[:5], "E=0", *BAKE[6:]], "empty or all zero"),
+    case("bake-out-holds-files", [*BAKE[:7], R, *TINY], "already holds files"),
+    case("bake-layers-out-of-range", [*BAKE, "--layers", "5-9"], "outside this model's layers"),
+    case("lmeval-mix-trait-not-in-run", [*LMEVAL[:5], "A=-1", *LMEVAL[6:]], "no A/mean_diff"),
+    case(
+        "lmeval-out-unwritable",
+        [*LMEVAL[:7], "/proc/traitlens-test/lm", *TINY],
+        "cannot write to",
+    ),
+    case("capability-engine-unknown", [*CAPABILITY, "--engine", "vllm"], "unknown --engine"),
+    case("capability-limit-zero", [*CAPABILITY, "--limit", "0"], "--limit"),
+    case("capability-mix-nan", [*CAPABILITY[:5], "E=nan", *CAPABILITY[6:]], "not a finite"),
+    case(
+        "capability-items-malformed",
+        [*CAPABILITY, "--items", f"{I}/mc.jsonl"],
+        "at least 2 choices",
+        write("mc.jsonl", BAD_MC),
+    ),
+    case(
+        "capability-items-empty",
+        [*CAPABILITY, "--items", f"{I}/mc.jsonl"],
+        "is empty",
+        write("mc.jsonl", ""),
+    ),
+    case("capability-run-missing", [*CAPABILITY[:3], f"{I}/nowhere", *CAPABILITY[4:]], "no such"),
     # --- evaluate questionnaire: the statements file, names, numbers, output
     case(
         "questionnaire-semicolons",

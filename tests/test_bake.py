@@ -137,3 +137,67 @@ def test_a_folder_holding_files_is_refused_unless_forced(tmp_path: Path) -> None
     assert (out / "model.safetensors").read_bytes() == before  # nothing was overwritten
     bake(tm, [AddDirection(mix[0].vector, 1.0)], out, force=True)
     assert (out / "model.safetensors").read_bytes() != before
+
+
+@pytest.mark.slow
+def test_quick_study_mix_bakes_and_generates_like_hooks_without_traitlens(
+    quick_run, smol, tmp_path: Path
+) -> None:
+    """The issue's check from a fresh clone: bake the E+1 mix of a quick study with the
+    CLI, load the folder with plain transformers in a process that never imports
+    traitlens, generate greedily, and get hook steering's tokens."""
+    from traitlens.steer.mix import mix_interventions
+
+    run, _ = quick_run
+    out = tmp_path / "baked"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "traitlens.cli.main",
+            "vectors",
+            "bake",
+            "--run",
+            str(run),
+            "--mix",
+            "E=+1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    ids = smol.format(None, "Describe your ideal Saturday.").input_ids
+    mix = mix_interventions(run, {"E": 1.0})
+    with torch.inference_mode(), steering(smol, mix):
+        hooked = smol.model.generate(
+            input_ids=torch.tensor([ids]), max_new_tokens=24, do_sample=False
+        )[0, len(ids) :].tolist()
+    code = (
+        "import json, sys, torch, transformers as tf\n"
+        "model = tf.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()\n"
+        "ids = json.loads(sys.argv[2])\n"
+        "with torch.inference_mode():\n"
+        "    out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=24,"
+        " do_sample=False)\n"
+        "assert 'traitlens' not in sys.modules\n"
+        "print(json.dumps(out[0, len(ids):].tolist()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(out), json.dumps(list(ids))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    baked = json.loads(result.stdout.strip().splitlines()[-1])
+    assert baked == hooked
+    with torch.inference_mode():
+        plain = smol.model.generate(
+            input_ids=torch.tensor([ids]), max_new_tokens=24, do_sample=False
+        )[0, len(ids) :].tolist()
+    assert plain != hooked  # the mix changes what the model says

@@ -229,12 +229,9 @@ def _yaml(path: Path, values: dict) -> Path:
 
 
 @pytest.mark.slow
-def test_quick_study_produces_report_with_every_section(tmp_path: Path) -> None:
+def test_quick_study_produces_report_with_every_section(quick_run) -> None:
     """The CI test of `traitlens study --profile quick` (all five traits)."""
-    out = tmp_path / "run"
-    process = _study(out)
-    log, _ = process.communicate(timeout=1800)
-    assert process.returncode == 0, log[-3000:]
+    out, _ = quick_run
     parser = _Sections()
     parser.feed((out / "report.html").read_text())
     assert set(SECTION_IDS) <= set(parser.ids), parser.ids

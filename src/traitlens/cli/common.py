@@ -328,3 +328,35 @@ def check_judge_url(url: str | None) -> None:
 
     if url is not None:
         check(url)
+
+
+def parse_mix(spec: str) -> dict[str, float]:
+    """``"E=+1,N=-0.5"`` → ``{"E": 1.0, "N": -0.5}`` (full trait names accepted)."""
+    from traitlens.data import normalize_trait
+    from traitlens.errors import DataError
+
+    mix: dict[str, float] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise DataError(f"--mix entry {part!r} is not TRAIT=STRENGTH; e.g. --mix 'E=+1,N=-0.5'")
+        try:
+            strength = float(value)
+        except ValueError as exc:
+            raise DataError(f"--mix strength {value!r} for {name} is not a number") from exc
+        check_strength(strength, f"--mix {name}")
+        mix[normalize_trait(name)] = strength
+    if not mix or not any(mix.values()):
+        raise DataError("--mix is empty or all zero; e.g. --mix 'E=+1,N=-0.5'")
+    return mix
+
+
+def mix_before_load(run: Path, strengths: dict[str, float], method: str, layers: str | None) -> Any:
+    """The mix's direction additions, every check done before any model loads."""
+    from traitlens.steer.mix import mix_interventions
+
+    check_layer_spec("--layers", layers, None)
+    check_run_dir(run, needs="vectors.json")
+    return mix_interventions(run, strengths, method, layers)

@@ -388,3 +388,103 @@ def answers_cmd(
     title = f"open-ended answers — {len(records)} scored by {tm.identity.name}"
     _print_answer_scores(title, result, records, codes)
     done(result["path"], "answer scores")
+
+
+def _scores_from_lm_eval(samples: list[dict[str, Any]]) -> list[Any]:
+    """lm-eval's per-item samples as :class:`MCScore` rows (same verdicts, same order)."""
+    from traitlens.evaluate.capability import MCScore
+
+    rows = sorted(samples, key=lambda s: int(s["doc_id"]))
+    return [
+        MCScore(
+            id=str(s["doc"]["id"]),
+            topic=str(s["doc"]["topic"]),
+            answer=int(s["doc"]["answer"]),
+            loglik=tuple(float(r[0]) for r in s["filtered_resps"]),
+            correct=float(s["acc"]) == 1.0,
+            correct_norm=float(s["acc_norm"]) == 1.0,
+        )
+        for s in rows
+    ]
+
+
+@evaluate_app.command("capability")
+def capability_cmd(
+    run: Path = typer.Option(..., "--run", help="run directory holding vectors.json"),
+    mix: str = typer.Option(..., "--mix", help="trait strengths in spread units, e.g. E=+1,N=-0.5"),
+    method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
+    layers: str | None = typer.Option(None, "--layers", "-l", help="default: the middle band"),
+    items_path: Path | None = typer.Option(
+        None,
+        "--items",
+        "-i",
+        help="JSONL/CSV/JSON with id,topic,question,choices,answer (default: the shipped 200)",
+    ),
+    engine: str = typer.Option(
+        "traitlens",
+        "--engine",
+        help="traitlens (built-in scorer) or lm-eval (lm-evaluation-harness's steered model)",
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="score only the first N items"),
+    batch_size: int = BATCH_OPTION,
+    out: Path = OUT_OPTION,
+    model: str | None = MODEL_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+) -> None:
+    """Multiple-choice accuracy with and without a trait mix: the capability cost of
+    steering, scored as lm-evaluation-harness scores multiple_choice tasks."""
+    from traitlens.artifact_io import write_json
+    from traitlens.cli.common import mix_before_load, parse_mix
+    from traitlens.data import load_mc_items
+    from traitlens.evaluate.capability import capability, compare_capability
+    from traitlens.steer import METHODS
+    from traitlens.steer.mix import describe_mix
+
+    strengths = parse_mix(mix)
+    check_choice("--method", method, METHODS)
+    check_choice("--engine", engine, ("traitlens", "lm-eval"))
+    check_int("--limit", limit, 1, 1_000_000, example=100)
+    check_int("--batch-size", batch_size, 1, MAX_BATCH_SIZE, example=32)
+    items = load_mc_items(items_path)[:limit]
+    interventions = mix_before_load(run, strengths, method, layers)
+    if engine == "lm-eval":
+        from traitlens.engines.lmeval import require_lm_eval
+
+        require_lm_eval()
+    check_model(model, device, dtype)
+    tm = load_into(out, model, device, dtype)
+    if engine == "traitlens":
+        result, plain, steered = capability(tm, interventions, items, batch_size=batch_size)
+    else:
+        from traitlens.engines.lmeval import export_steer, lm_eval_samples, write_task
+
+        task = write_task(out / "lm_eval_task", items_path)
+        steer_file = export_steer(tm, interventions, out / "steer.pt")
+        plain = _scores_from_lm_eval(lm_eval_samples(tm, task, None, limit))
+        steered = _scores_from_lm_eval(lm_eval_samples(tm, task, steer_file, limit))
+        result = compare_capability(plain, steered)
+    r = result
+    typer.echo(
+        f"{r.n_items} items ({engine}), chance {r.chance:.2f}; {describe_mix(interventions)}\n"
+        f"  accuracy  unsteered {r.accuracy_plain:.3f}  steered {r.accuracy_steered:.3f}  "
+        f"change {r.change.estimate:+.3f} [{r.change.low:+.3f}, {r.change.high:+.3f}]\n"
+        f"  acc_norm  unsteered {r.accuracy_norm_plain:.3f}  steered "
+        f"{r.accuracy_norm_steered:.3f}  change {r.change_norm.estimate:+.3f} "
+        f"[{r.change_norm.low:+.3f}, {r.change_norm.high:+.3f}]\n"
+        f"  items flipped right→wrong {r.flipped_to_wrong}, wrong→right {r.flipped_to_right}"
+    )
+    path = write_json(
+        out / "capability.json",
+        {
+            "kind": "capability",
+            "engine": engine,
+            "model": tm.identity.to_dict(),
+            "mix": describe_mix(interventions),
+            "items": "shipped capability_mc.jsonl" if items_path is None else str(items_path),
+            **r.to_dict(),
+            "steered_scores": [s.to_dict() for s in steered],
+            "plain_scores": [s.to_dict() for s in plain],
+        },
+    )
+    done(path, "capability comparison")

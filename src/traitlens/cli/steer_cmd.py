@@ -29,6 +29,8 @@ from traitlens.cli.common import (
     done,
     load,
     load_into,
+    mix_before_load,
+    parse_mix,
 )
 
 if TYPE_CHECKING:
@@ -332,29 +334,6 @@ def vectors_import(
     done(vectors.save(run), f"{vector.trait}/{vector.method} vector")
 
 
-def parse_mix(spec: str) -> dict[str, float]:
-    """``"E=+1,N=-0.5"`` → ``{"E": 1.0, "N": -0.5}`` (full trait names accepted)."""
-    from traitlens.data import normalize_trait
-    from traitlens.errors import DataError
-
-    mix: dict[str, float] = {}
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise DataError(f"--mix entry {part!r} is not TRAIT=STRENGTH; e.g. --mix 'E=+1,N=-0.5'")
-        try:
-            strength = float(value)
-        except ValueError as exc:
-            raise DataError(f"--mix strength {value!r} for {name} is not a number") from exc
-        check_strength(strength, f"--mix {name}")
-        mix[normalize_trait(name)] = strength
-    if not mix or not any(mix.values()):
-        raise DataError("--mix is empty or all zero; e.g. --mix 'E=+1,N=-0.5'")
-    return mix
-
-
 def vectors_bake(
     run: Path = typer.Option(..., "--run", help="run directory holding vectors.json"),
     mix: str = typer.Option(..., "--mix", help="trait strengths in spread units, e.g. E=+1,N=-0.5"),
@@ -368,30 +347,54 @@ def vectors_bake(
 ) -> None:
     """Fold a trait mix into MLP output biases: a plain Hugging Face checkpoint that steers
     with no traitlens (transformers, vLLM, TGI, llama.cpp after conversion)."""
-    from traitlens.steer import METHODS, AddDirection, VectorSet, band_layers, parse_layers
+    from traitlens.steer import METHODS
     from traitlens.steer.bake import bake, check_bake_target
+    from traitlens.steer.mix import describe_mix
 
     strengths = parse_mix(mix)
     check_bake_target(out, force)  # before the model loads
     check_choice("--method", method, METHODS)
-    check_layer_spec("--layers", layers, None)
-    check_run_dir(run, needs="vectors.json")
-    vectors = VectorSet.load(run)
-    chosen_vectors = {trait: vectors.get(trait, method) for trait in strengths}
-    n_layers = next(iter(chosen_vectors.values())).identity.n_layers
-    check_layer_spec("--layers", layers, n_layers)
-    chosen = parse_layers(layers, n_layers) if layers else band_layers(n_layers)
+    interventions = mix_before_load(run, strengths, method, layers)
     check_model(model, device, "float32" if dtype == "auto" else dtype)
     tm = load_into(out, model, device, "float32" if dtype == "auto" else dtype)
-    interventions = [
-        AddDirection(chosen_vectors[t], s, layers=tuple(chosen)) for t, s in strengths.items()
-    ]
     path = bake(tm, interventions, out, force=force)
     console.print(
-        f"load it anywhere: AutoModelForCausalLM.from_pretrained('{path}') — layers "
-        f"{chosen[0]}–{chosen[-1]}, " + ", ".join(f"{t} {s:+g}" for t, s in strengths.items())
+        f"load it anywhere: AutoModelForCausalLM.from_pretrained('{path}') — "
+        + describe_mix(interventions)
     )
     done(path, "baked checkpoint")
+
+
+def vectors_lmeval(
+    run: Path = typer.Option(..., "--run", help="run directory holding vectors.json"),
+    mix: str = typer.Option(..., "--mix", help="trait strengths in spread units, e.g. E=+1,N=-0.5"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for steer.pt and the task"),
+    method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
+    layers: str | None = typer.Option(None, "--layers", "-l", help="default: the middle band"),
+    model: str | None = MODEL_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+) -> None:
+    """Export a trait mix for lm-evaluation-harness's `steered` model, with the offline
+    traitlens_mc task, and print the lm_eval command that runs it."""
+    from traitlens.engines.lmeval import TASK_NAME, export_steer, write_task
+    from traitlens.steer import METHODS
+    from traitlens.steer.mix import describe_mix
+
+    strengths = parse_mix(mix)
+    check_choice("--method", method, METHODS)
+    interventions = mix_before_load(run, strengths, method, layers)
+    check_model(model, device, dtype)
+    tm = load_into(out, model, device, dtype)
+    steer_file = export_steer(tm, interventions, out / "steer.pt")
+    task = write_task(out / "task")
+    pretrained = tm.source if Path(str(tm.source)).is_dir() else tm.identity.name
+    console.print(
+        f"{describe_mix(interventions)} →\n  HF_DATASETS_OFFLINE=1 lm_eval --model steered "
+        f"--model_args pretrained={pretrained},steer_path={steer_file} "
+        f"--tasks {TASK_NAME} --include_path {task}"
+    )
+    done(steer_file, "lm-eval steering file")
 
 
 def register(app: typer.Typer) -> None:
@@ -405,3 +408,4 @@ def register(app: typer.Typer) -> None:
     vectors_app.command("export", cls=_DirectionHelp)(vectors_export)
     vectors_app.command("import")(vectors_import)
     vectors_app.command("bake", cls=_DirectionHelp)(vectors_bake)
+    vectors_app.command("lmeval", cls=_DirectionHelp)(vectors_lmeval)

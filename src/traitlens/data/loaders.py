@@ -29,6 +29,7 @@ from traitlens.data.schema import (
     ConceptItem,
     ContrastivePrompt,
     ForcedChoice,
+    MCItem,
     Persona,
     Question,
     Statement,
@@ -52,6 +53,7 @@ __all__ = [
     "load_items",
     "check_item_bank",
     "load_forced_choices",
+    "load_mc_items",
     "load_answers",
     "load_prompts",
     "save_jsonl",
@@ -606,6 +608,16 @@ def load_forced_choices(path: PathLike | None = None) -> list[ForcedChoice]:
     """Load forced-choice items (fields id, trait, situation, high_option, low_option)."""
     source, display = _resolve(path, "forced_choice.jsonl")
     return _load_records(source, display, ForcedChoice)
+
+
+def load_mc_items(path: PathLike | None = None) -> list[MCItem]:
+    """Load multiple-choice capability items (fields id, topic, question, choices, answer).
+
+    The default is the project's own 200-item set (8 topics × 25). In a CSV file
+    ``choices`` is a JSON list, e.g. ``"[""3"", ""4"", ""5""]"``.
+    """
+    source, display = _resolve(path, "capability_mc.jsonl")
+    return _load_records(source, display, MCItem)
 
 
 def load_prompts(path: PathLike) -> list[ContrastivePrompt]:

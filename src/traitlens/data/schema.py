@@ -7,6 +7,7 @@ models are frozen so a prompt set cannot be mutated after it has been labelled.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
@@ -40,6 +41,7 @@ __all__ = [
     "Statement",
     "ConceptItem",
     "ForcedChoice",
+    "MCItem",
     "ContrastivePrompt",
     "AnswerRecord",
     "TraitTagged",
@@ -274,6 +276,16 @@ def _parse_keyed(value: Any) -> str:
     )
 
 
+def _json_list(value: Any) -> Any:
+    """A CSV cell holding a JSON list (``["3", "4"]``) becomes that list."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"is not a JSON list of strings ({exc.msg})") from exc
+    return value
+
+
 def _parse_category(value: Any) -> str:
     if isinstance(value, str) and value.strip().lower() == NEUTRAL_POLE:
         return NEUTRAL_POLE
@@ -411,6 +423,36 @@ class ForcedChoice(_Record):
     situation: Text
     high_option: Text
     low_option: Text
+
+
+class MCItem(_Record):
+    """A multiple-choice knowledge/reasoning question, for the capability cost of steering.
+
+    Scored the way lm-evaluation-harness scores ``multiple_choice`` tasks: the
+    model sees ``"Question: {question}\nAnswer:"`` and each choice is a
+    continuation ``" {choice}"``; ``answer`` is the 0-based index of the right one.
+    """
+
+    id: Label
+    topic: Text
+    question: Text
+    choices: Annotated[list[Text], BeforeValidator(_json_list)]
+    answer: int
+
+    @model_validator(mode="after")
+    def _check_choices(self) -> MCItem:
+        if len(self.choices) < 2:
+            raise ValueError(f"needs at least 2 choices, got {len(self.choices)}")
+        if len(set(self.choices)) != len(self.choices):
+            raise ValueError(
+                "choices must be distinct (two identical choices cannot be told apart)"
+            )
+        if not 0 <= self.answer < len(self.choices):
+            raise ValueError(
+                f"answer {self.answer} is not an index into its {len(self.choices)} choices "
+                f"(0..{len(self.choices) - 1})"
+            )
+        return self
 
 
 class ContrastivePrompt(_Polar):

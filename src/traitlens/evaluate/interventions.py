@@ -8,8 +8,10 @@ For one set of interventions (applied with :func:`traitlens.steer.steering`)
   whose persona is the *opposite* pole;
 - **behaviour**: questionnaire item scores (log-prob Likert, reverse-keyed) and
   forced-choice P(high option) for all five traits;
-- **cost**: perplexity of a neutral reference text, distinct-n and repetition
-  of a few generated answers.
+- **cost**: perplexity of a neutral reference text, multiple-choice accuracy on
+  held-out knowledge/reasoning items (:mod:`traitlens.evaluate.capability`, scored
+  as lm-evaluation-harness scores them), distinct-n and repetition of a few
+  generated answers.
 
 :func:`effect` then compares a measurement with the unsteered baseline:
 targeted success rate (held-out prompts whose readout crosses from the
@@ -29,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from traitlens.capture.capture import ChatPrompt, Prompt, capture
-from traitlens.data.schema import ContrastivePrompt, ForcedChoice, Statement
+from traitlens.data.schema import ContrastivePrompt, ForcedChoice, MCItem, Statement
+from traitlens.evaluate.capability import score_mc
 from traitlens.evaluate.cost import perplexity, text_cost
 from traitlens.evaluate.forced_choice import run_forced_choice
 from traitlens.evaluate.questionnaire import run_questionnaire
@@ -54,6 +57,8 @@ class EvalSets:
     templates: list[str] | None = None
     generation: list[Prompt] = field(default_factory=list)
     max_new_tokens: int = 32
+    capability: list[MCItem] = field(default_factory=list)
+    """Multiple-choice items for the capability cost (empty: not measured)."""
 
 
 @dataclass
@@ -144,6 +149,10 @@ def measure(
     forced = run_forced_choice(tm, sets.forced, system=system)
     out["forced_choice"] = _choice_scores(forced)
     out["perplexity"] = float(perplexity(tm).perplexity)
+    if sets.capability and system is None:  # a system prompt leaves the weights alone
+        scores = score_mc(tm, sets.capability, batch_size=spec.batch_size)
+        out["capability"] = [int(s.correct) for s in scores]
+        out["capability_norm"] = [int(s.correct_norm) for s in scores]
     if with_generation and sets.generation:
         gen_prompts = (
             [Prompt(p.user, system, p.id) for p in sets.generation] if system else sets.generation
@@ -269,6 +278,12 @@ def effect(
         "perplexity_ratio": measured["perplexity"] / baseline["perplexity"],
         "label_mass": measured.get("questionnaire_label_mass", math.nan),
     }
+    if measured.get("capability") and baseline.get("capability"):
+        steered = np.asarray(measured["capability"], dtype=float)
+        plain = np.asarray(baseline["capability"], dtype=float)
+        ci = paired_bootstrap_ci(steered, plain, seed=seed)
+        result["capability"] = float(steered.mean())
+        result["capability_change"] = {"shift": ci.estimate, "ci": _ci(ci), "n": int(ci.n)}
     if "distinct_2" in measured and "distinct_2" in baseline:
         result["distinct_2"] = measured["distinct_2"]
         result["distinct_2_delta"] = measured["distinct_2"] - baseline["distinct_2"]

@@ -224,3 +224,58 @@ def plot_representation_vs_behaviour(evaluation: dict[str, Any], directory: Path
     ax.set_title("Representation vs behaviour", fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, directory, "representation_vs_behaviour")
+
+
+def plot_cost(evaluation: dict[str, Any], directory: Path) -> Path | None:
+    """What each intervention costs: perplexity ratio (left, log scale) and change in
+    multiple-choice accuracy with its paired CI (right), every method next to its
+    control. ``None`` when the study measured no capability (capability_items: 0)."""
+    rows = [r for r in _main_rows(evaluation) if "capability_change" in r]
+    if not rows:
+        return None
+    traits = evaluation["traits"]
+    labels = [f"{t}{'+' if p == 'high' else '−'}" for t in traits for p in ("high", "low")]
+    methods = [m for m in evaluation["config"]["eval_methods"]]
+    series = [(m, c) for m in methods for c in (False, True)]
+    fig = Figure(figsize=(max(9, len(labels) * 1.3), 3.6))
+    axes = fig.subplots(1, 2)
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(labels))
+    greys = np.linspace(0.15, 0.8, max(2, len(series)))
+    for index, (method, control) in enumerate(series):
+        found = _rows(evaluation, method, control)
+        keys = [(t, p) for t in traits for p in ("high", "low")]
+        ppl = [found.get(k, {}).get("perplexity_ratio", np.nan) for k in keys]
+        change = [found.get(k, {}).get("capability_change", {}) for k in keys]
+        values = [c.get("shift", np.nan) for c in change]
+        errors = [
+            (v - c.get("ci", {}).get("low", v), c.get("ci", {}).get("high", v) - v)
+            for v, c in zip(values, change, strict=True)
+        ]
+        style = {
+            "color": str(greys[index]),
+            "edgecolor": "black",
+            "hatch": HATCHES["control" if control else "real"],
+            "label": f"{method}{' (control)' if control else ''}",
+        }
+        offset = x + index * width - 0.4 + width / 2
+        axes[0].bar(offset, ppl, width, **style)
+        err = np.nan_to_num(np.array(errors).T, nan=0.0).clip(min=0)
+        axes[1].bar(offset, values, width, yerr=err, capsize=2, **style)
+    axes[0].set_yscale("log")
+    axes[0].axhline(1, color="black", linewidth=0.8)
+    axes[0].set_ylabel("perplexity ratio (steered / unsteered)")
+    n_items = evaluation.get("n_eval", {}).get("capability_items", "?")
+    base = evaluation.get("baseline", {}).get("capability")
+    axes[1].axhline(0, color="black", linewidth=0.8)
+    axes[1].set_ylabel("Δ accuracy (steered − unsteered)")
+    axes[1].set_title(
+        f"multiple-choice accuracy, {n_items} items"
+        + (f" (unsteered {base:.2f})" if base is not None else ""),
+        fontsize=9,
+    )
+    axes[0].set_title("perplexity of neutral text", fontsize=9)
+    for ax in axes:
+        ax.set_xticks(x, labels)
+    axes[1].legend(fontsize=7, ncol=2)
+    return _save(fig, directory, "cost")

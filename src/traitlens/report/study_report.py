@@ -29,6 +29,7 @@ SECTION_IDS = (
     "behaviour",
     "spillover",
     "dose-response",
+    "cost",
     "gap",
     "controls",
     *CONCEPT_SECTION_IDS,
@@ -187,6 +188,9 @@ def _persona_part(
         "dose": eval_figures.plot_dose_response(evaluation, figures),
         "gap": eval_figures.plot_representation_vs_behaviour(evaluation, figures),
     }
+    cost_figure = eval_figures.plot_cost(evaluation, figures)
+    if cost_figure is not None:
+        paths["cost"] = cost_figure
     spill = [
         eval_figures.plot_spillover(evaluation, figures, m)
         for m in evaluation["config"]["eval_methods"]
@@ -273,6 +277,7 @@ def _persona_sections(
             figures=[(paths["dose"], "Effect and cost against strength")],
             tables=[Table("Dose–response points", dose_rows)],
         ),
+        _cost_section(evaluation, paths.get("cost")),
         Section(
             "gap",
             "Representation vs behaviour",
@@ -350,6 +355,47 @@ def _persona_tables(
     return success_rows, behaviour_rows, dose_rows
 
 
+def _cost_section(evaluation: dict[str, Any], figure: Path | None) -> Section:
+    """Perplexity and capability (multiple-choice accuracy) of every intervention."""
+    n_items = evaluation.get("n_eval", {}).get("capability_items", 0)
+    base = evaluation.get("baseline", {}).get("capability")
+    if figure is None:
+        return Section(
+            "cost",
+            "Cost: fluency and capability",
+            [
+                "Capability was not measured in this run (capability_items: 0, or a run from "
+                "before it existed); perplexity ratios are in the behaviour table."
+            ],
+        )
+    rows = [
+        {
+            "target": f"{r['trait']} {r['pole']}",
+            "method": r["method"] + (" (control)" if r["control"] else ""),
+            "perplexity ×": r["perplexity_ratio"],
+            "accuracy": r["capability"],
+            "Δ accuracy [95% CI]": _fmt_ci(r["capability_change"]),
+        }
+        for r in _result_rows(evaluation)
+        if "capability_change" in r
+    ]
+    return Section(
+        "cost",
+        "Cost: fluency and capability",
+        [
+            f"Perplexity of a neutral paragraph, and accuracy on {n_items} multiple-choice "
+            "knowledge and reasoning items of the project's own (balanced over 8 topics; "
+            f"unsteered accuracy {base:.2f}, chance 0.25), scored as lm-evaluation-harness "
+            "scores multiple_choice tasks (`traitlens evaluate capability` runs the full set, "
+            "or lm-eval itself). Δ = steered − unsteered on the same items, paired bootstrap "
+            "CI. Compare each method with its control: a random direction of the same size "
+            "shows what any perturbation of that size costs.",
+        ],
+        figures=[(figure, "Perplexity ratio and change in accuracy per intervention")],
+        tables=[Table("Cost of each intervention", rows)],
+    )
+
+
 def _persona_headline(
     evaluation: dict[str, Any], probe_rows: list[dict[str, Any]], weak_probes: list[str]
 ) -> tuple[list[str], str, list[str]]:
@@ -375,6 +421,22 @@ def _persona_headline(
         values = [v for v in values if np.isfinite(v)]
         return float(np.mean(values)) if values else math.nan
 
+    def capability_note(method: str) -> str:
+        def change(control: bool) -> float:
+            values = [
+                r["capability_change"]["shift"]
+                for r in main
+                if r["method"] == method
+                and bool(r["control"]) == control
+                and "capability_change" in r
+            ]
+            return float(np.mean(values)) if values else math.nan
+
+        real, control = change(False), change(True)
+        if not np.isfinite(real):
+            return ""
+        return f", multiple-choice accuracy Δ {real:+.3f} (control {control:+.3f})"
+
     headline = []
     for method in evaluation["config"]["eval_methods"]:
         headline.append(
@@ -382,7 +444,7 @@ def _persona_headline(
             f"{mean_rate(method, True):.2f}; mean questionnaire shift toward target "
             f"{mean_of(method, False, 'target_questionnaire_shift'):+.3f} vs control "
             f"{mean_of(method, True, 'target_questionnaire_shift'):+.3f}; perplexity × "
-            f"{mean_of(method, False, 'perplexity_ratio'):.3f}."
+            f"{mean_of(method, False, 'perplexity_ratio'):.3f}" + capability_note(method) + "."
         )
     headline.append(
         f"Persona prompt baseline: success {mean_rate('prompt', False):.2f}, questionnaire "

@@ -67,6 +67,10 @@ class StudyConfig(BaseModel):
     generation_prompts: int = Field(4, ge=0)
     statements_file: str | None = None  # e.g. an IPIP inventory CSV you supply
     forced_choice_file: str | None = None
+    # capability cost: multiple-choice accuracy (lm-eval's scoring) of every steered row,
+    # on this many items balanced over topics (0: off); your own set in capability_file
+    capability_items: int = Field(100, ge=0)
+    capability_file: str | None = None
     judge_url: str | None = None  # OpenAI-compatible endpoint rating open-ended answers
     judge_model: str = "default"
     dose_traits: list[str] = Field(default_factory=lambda: ["O", "C", "E", "A", "N"])
@@ -126,6 +130,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "forced_per_trait": 2,
         "templates": 3,
         "generation_prompts": 0,
+        "capability_items": 16,
         "dose_traits": ["E"],
         "dose_strengths": [1.0, 4.0],
         "dose_gammas": [4.0],

@@ -35,10 +35,12 @@ from traitlens.capture.capture import Prompt
 from traitlens.data import (
     build_contrastive_set,
     load_forced_choices,
+    load_mc_items,
     load_personas,
     load_questions,
     load_statements,
 )
+from traitlens.evaluate.capability import balanced_subset
 from traitlens.evaluate.interventions import EvalSets, ReadoutSpec, effect, measure
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.provenance import (
@@ -114,6 +116,7 @@ def build_eval_sets(config: StudyConfig, train_prompts: list[Any]) -> EvalSets:
             targets = [p for p in personas if p.trait == trait and p.pole == pole]
             target_persona[f"{trait}|{pole}"] = targets[0].text
     neutral = [Prompt(q.text, None, q.id) for q in questions]
+    capability = balanced_subset(load_mc_items(config.capability_file), config.capability_items)
     all_statements = load_statements(config.statements_file)
     all_forced = load_forced_choices(config.forced_choice_file)
     statements = []
@@ -135,6 +138,7 @@ def build_eval_sets(config: StudyConfig, train_prompts: list[Any]) -> EvalSets:
         list(TEMPLATES)[: config.templates],
         neutral[: config.generation_prompts],
         max_new_tokens=32,
+        capability=capability,
     )
 
 
@@ -427,6 +431,8 @@ EVAL_CONFIG_FIELDS = (
     "generation_prompts",
     "statements_file",
     "forced_choice_file",
+    "capability_items",
+    "capability_file",
     "judge_url",
     "judge_model",
 )
@@ -446,6 +452,7 @@ def sets_digest(sets: EvalSets) -> str:
             "templates": sets.templates,
             "generation": [[p.id, p.user] for p in sets.generation],
             "max_new_tokens": sets.max_new_tokens,
+            "capability": [i.model_dump() for i in sets.capability],
         }
     )
 
@@ -643,6 +650,9 @@ def _evaluation(
             "questionnaire": _mean_scores(baseline["questionnaire"], config.traits),
             "forced_choice": _mean_scores(baseline["forced_choice"], config.traits),
             "perplexity": baseline["perplexity"],
+            "capability": float(np.mean(baseline["capability"]))
+            if baseline.get("capability")
+            else None,
             "label_mass": baseline.get("questionnaire_label_mass"),
         },
         results=results,
@@ -659,6 +669,7 @@ def _evaluation(
             "statements": len(sets.statements),
             "forced_choices": len(sets.forced),
             "templates": sets.templates,
+            "capability_items": len(sets.capability),
         },
     )
     return evaluation, eval_prov

@@ -1,0 +1,1 @@
+"""Bridges to engines outside traitlens: llama.cpp and lm-evaluation-harness."""
