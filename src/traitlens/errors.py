@@ -35,6 +35,10 @@ class ArtifactError(TraitlensError):
     """An artifact is missing, corrupt, or was made for another model / hook point."""
 
 
+class EngineError(TraitlensError):
+    """An external engine (llama.cpp, lm-evaluation-harness, Ray) is missing or failed."""
+
+
 class InterventionError(TraitlensError, ValueError):
     """An intervention is invalid: NaN/inf values, absurd strength, wrong shape."""
 

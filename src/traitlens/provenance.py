@@ -59,6 +59,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "figures": 1,
     "fingerprint": 1,
     "concepts": 1,
+    "sweep_cell": 1,
 }
 
 MANIFEST = "run.json"

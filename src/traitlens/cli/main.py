@@ -38,6 +38,7 @@ _COMMAND_MODULES = (
     "fingerprint_cmd",
     "concepts_cmd",
     "study_cmd",
+    "sweep_cmd",
     "serve_cmd",
 )
 

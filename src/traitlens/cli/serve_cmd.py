@@ -42,8 +42,14 @@ def _vector_source(path: Path) -> Path:
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve_cmd(
-        vectors: Path = typer.Option(
-            ..., "--vectors", help="run directory with vectors.json, or one vector file"
+        vectors: Path | None = typer.Option(
+            None, "--vectors", help="run directory with vectors.json, or one vector file"
+        ),
+        calibrated: list[Path] = typer.Option(
+            [],
+            "--calibrated",
+            help="a calibrated vector from `traitlens calibrate` (repeatable): served as "
+            "method 'calibrated', strength 1 = the calibrated strength on its band",
         ),
         model: str | None = MODEL_OPTION,
         host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
@@ -75,7 +81,13 @@ def register(app: typer.Typer) -> None:
         check_int("--max-tokens", max_tokens, 1, MAX_NEW_TOKENS, example=512)
         check_float("--timeout", timeout, 0.0, low_open=True)
         check_float("--max-strength", max_strength, 0.0, 50.0, low_open=True)
-        source = _vector_source(vectors)
+        if vectors is None and not calibrated:
+            raise DataError("pass --vectors RUN (or a vector file) and/or --calibrated FILE")
+        source = _vector_source(vectors) if vectors is not None else None
+        from traitlens.sweep.calibrate import CalibratedVector
+
+        for path in calibrated:
+            CalibratedVector.load(path)  # unreadable or foreign files fail before the model
         check_model(model, device, dtype)
         tm = load(model, device, dtype)
 
@@ -83,12 +95,14 @@ def register(app: typer.Typer) -> None:
         from traitlens.serve.server import serve_forever
         from traitlens.steer.vectors import TraitVector, VectorSet
 
-        if source.is_dir():
+        if source is not None and source.is_dir():
             vector_set = VectorSet.load(source, expect=tm.identity)
         else:
-            single = TraitVector.load(source, expect=tm.identity)
             vector_set = VectorSet(tm.identity)
-            vector_set.add(single)
+            if source is not None:
+                vector_set.add(TraitVector.load(source, expect=tm.identity))
+        for path in calibrated:
+            vector_set.add(CalibratedVector.load(path, expect=tm.identity).as_vector())
         offered = ", ".join(f"{v.trait}/{v.method}" for v in vector_set)
         console.print(f"vectors: {offered} from [bold]{vectors}[/]")
         server = create_app(

@@ -160,8 +160,53 @@ def _print_side_by_side(
     Console().print(table)
 
 
+def _steer_calibrated(
+    path: Path,
+    prompt: list[str],
+    system: str | None,
+    max_new_tokens: int,
+    positions: str,
+    sample: bool,
+    seed: int,
+    model: str | None,
+    device: str,
+    dtype: str,
+) -> None:
+    """``steer --calibrated FILE``: the sweep's choice, nothing else to pick."""
+    from traitlens.steer import AddDirection, compare_steering
+    from traitlens.steer.layers import layer_text
+    from traitlens.sweep.calibrate import CalibratedVector
+
+    where = _positions(positions)
+    check_int("--max-new-tokens", max_new_tokens, 1, MAX_NEW_TOKENS, example=48)
+    CalibratedVector.load(path)  # a bad file fails before the model loads
+    check_model(model, device, dtype)
+    tm = load(model, device, dtype)
+    chosen = CalibratedVector.load(path, expect=tm.identity)
+    c = chosen.calibration
+    edit = AddDirection(chosen.as_vector(), 1.0, layers=c.layers, positions=where)
+    pairs = compare_steering(
+        tm,
+        prompt,
+        edit,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        seed=seed,
+        progress=False,
+    )
+    title = (
+        f"{c.trait} → {c.pole} (calibrated {c.method}: {c.strength:+g}σ on layers "
+        f"{layer_text(list(c.layers))}, perplexity ×{c.perplexity_ratio:.2f} within "
+        f"×{c.max_ppl_ratio:g})"
+    )
+    _print_side_by_side(title, prompt, pairs, f"steered: {c.trait} {c.pole}")
+
+
 def steer_cmd(
-    trait: str = typer.Option(..., "--trait", "-t", help="O, C, E, A or N (or full name)"),
+    trait: str | None = typer.Option(
+        None, "--trait", "-t", help="O, C, E, A or N (or full name); or use --calibrated"
+    ),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="repeatable"),
     pole: str = typer.Option("high", "--pole", help="push toward the high or low pole"),
     method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
@@ -189,11 +234,33 @@ def steer_cmd(
     gamma: float = typer.Option(1.0, "--gamma", help="NPTI γ (method neurons)"),
     sample: bool = typer.Option(False, "--sample", help="sample instead of greedy"),
     seed: int = typer.Option(0, "--seed"),
+    calibrated: Path | None = typer.Option(
+        None,
+        "--calibrated",
+        help="a calibrated vector (`traitlens calibrate`): its trait, pole, band and "
+        "strength replace --trait/--pole/--method/--layers/--strength",
+    ),
     model: str | None = MODEL_OPTION,
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
 ) -> None:
     """Answer prompts with and without steering toward a trait pole, side by side."""
+    if calibrated is not None:
+        _steer_calibrated(
+            calibrated,
+            prompt,
+            system,
+            max_new_tokens,
+            positions,
+            sample,
+            seed,
+            model,
+            device,
+            dtype,
+        )
+        return
+    if trait is None:
+        raise typer.BadParameter("pass --trait (e.g. --trait E) or --calibrated FILE")
     from traitlens.models.loading import check_text_fits
     from traitlens.steer import compare_steering, default_run_dir, middle_layers, parse_layers
     from traitlens.steer.layers import layer_text
@@ -389,8 +456,9 @@ def vectors_lmeval(
     steer_file = export_steer(tm, interventions, out / "steer.pt")
     task = write_task(out / "task")
     pretrained = tm.source if Path(str(tm.source)).is_dir() else tm.identity.name
-    console.print(
-        f"{describe_mix(interventions)} →\n  HF_DATASETS_OFFLINE=1 lm_eval --model steered "
+    console.print(f"{describe_mix(interventions)}; run it with:")
+    typer.echo(  # plain echo: rich would wrap the command and break copy-paste
+        f"HF_DATASETS_OFFLINE=1 lm_eval --model steered "
         f"--model_args pretrained={pretrained},steer_path={steer_file} "
         f"--tasks {TASK_NAME} --include_path {task}"
     )

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlens.errors import TraitlensError
+from traitlens.errors import EngineError
 from traitlens.models.loading import cache_root
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -52,10 +52,6 @@ BUILD_FLAGS = (
     "-DGGML_AMX_INT8=OFF",
 )
 """Flags recorded with the build: a cache built with other flags is rebuilt."""
-
-
-class EngineError(TraitlensError):
-    """An external engine (llama.cpp, lm-evaluation-harness) is missing or failed."""
 
 
 @dataclass(frozen=True)

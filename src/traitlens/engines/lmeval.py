@@ -30,8 +30,7 @@ from typing import Any
 import torch
 
 from traitlens.artifact_io import atomic_path, check_writable, write_json
-from traitlens.engines.llamacpp import EngineError
-from traitlens.errors import InterventionError
+from traitlens.errors import EngineError, InterventionError
 from traitlens.models.loading import TraitModel
 
 TASK_NAME = "traitlens_mc"

@@ -115,8 +115,11 @@ class SteeringCatalog:
 
     def default_layers(self, method: str, traits: Sequence[str] | None = None) -> list[int]:
         """The model's middle band (:func:`~traitlens.steer.workflow.middle_layers`) where
-        the vectors cover it, else the middle third of the layers they cover."""
+        the vectors cover it, else the middle third of the layers they cover; for
+        calibrated vectors (``traitlens calibrate``) the band the sweep chose."""
         covered = self.covered(method, traits)
+        if method == "calibrated":  # a sweep chose the band: steer all of it
+            return covered
         band = [layer for layer in middle_layers(self.n_layers) if layer in covered]
         if band or not covered:
             return band

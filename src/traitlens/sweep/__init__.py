@@ -1,0 +1,1 @@
+"""Sweeps over models × traits × methods × bands × strengths, and calibration."""

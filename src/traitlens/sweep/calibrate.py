@@ -1,0 +1,240 @@
+"""Calibration: the layer band and strength that steer hardest within a fluency budget.
+
+From a sweep's rows for one (model, trait, pole, method) the candidates are the real
+(non-control) cells whose perplexity ratio is within ``max_ppl_ratio``; the chosen
+cell maximizes the target effect (``readout``: the target trait's probe readout
+shift toward the pole, the default; ``success``: targeted success rate;
+``questionnaire``: the self-report shift), ties broken by the lower perplexity. The
+effect is also reported net of the same-size control cell, and a choice whose net
+effect is not positive is flagged (it moves no more than a random edit would).
+
+A :class:`CalibratedVector` keeps the choice, the budget, the whole effect/cost curve
+and its Pareto front, and the trait vector itself, so ``traitlens steer
+--calibrated FILE`` and ``traitlens serve --calibrated FILE`` steer "E high" at a
+strength that works on *this* model without the sweep or the run at hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from traitlens.artifact_io import Record, atomic_path, read_json
+from traitlens.errors import ArtifactError, DataError
+
+OBJECTIVES = {
+    "readout": "target_readout_shift",
+    "success": "success_rate",
+    "questionnaire": "target_questionnaire_shift",
+}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(float(value))
+
+
+def pareto_front(points: list[dict[str, Any]], effect: str) -> list[dict[str, Any]]:
+    """Points not dominated in (higher ``effect``, lower perplexity ratio), by cost."""
+    ordered = sorted(
+        (p for p in points if _finite(p.get(effect)) and _finite(p.get("perplexity_ratio"))),
+        key=lambda p: (p["perplexity_ratio"], -p[effect]),
+    )
+    front, best = [], -math.inf
+    for point in ordered:
+        if point[effect] > best:
+            front.append(point)
+            best = point[effect]
+    return front
+
+
+@dataclass(frozen=True)
+class Calibration(Record):
+    model: str
+    trait: str
+    pole: str
+    method: str
+    objective: str
+    max_ppl_ratio: float
+    band: str
+    layers: tuple[int, ...]
+    strength: float | None
+    """Signed spread units per layer (directions, hybrid); ``None`` for neuron edits."""
+    gamma: float | None
+    effect: float
+    control_effect: float
+    perplexity_ratio: float
+    beats_control: bool
+    curve: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    front: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    cell_key: str = ""
+
+
+def calibrate(
+    rows: list[dict[str, Any]],
+    trait: str,
+    pole: str = "high",
+    *,
+    method: str = "mean_diff",
+    max_ppl_ratio: float = 1.5,
+    objective: str = "readout",
+    model: str | None = None,
+) -> Calibration:
+    """Pick the cell (see the module docstring); DataError when nothing fits the budget."""
+    if not (_finite(max_ppl_ratio) and max_ppl_ratio >= 1.0):
+        raise DataError(
+            f"--max-ppl-ratio must be a number >= 1 (1 = no fluency cost allowed), got "
+            f"{max_ppl_ratio}"
+        )
+    if objective not in OBJECTIVES:
+        raise DataError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    if method == "prompt":
+        raise DataError("the persona prompt has no band or strength to calibrate")
+    effect = OBJECTIVES[objective]
+    ok = [r for r in rows if r.get("status") == "ok"]
+    models = sorted({r["model"] for r in ok})
+    if model is None:
+        if len(models) > 1:
+            raise DataError(f"the sweep covers several models ({models}); pass --model")
+        model = models[0] if models else ""
+    mine = [
+        r
+        for r in ok
+        if r["model"] == model
+        and r["trait"] == trait
+        and r["pole"] == pole
+        and r["method"] == method
+    ]
+    real = [r for r in mine if not r["control"]]
+    if not real:
+        have = sorted({(r["trait"], r["pole"], r["method"]) for r in ok if r["model"] == model})
+        raise DataError(
+            f"the sweep has no measured {trait} {pole} {method} cells for {model!r}; it has: "
+            + (", ".join(f"{t} {p} {m}" for t, p, m in have) or "none")
+        )
+    controls = {(r["band"], r.get("strength"), r.get("gamma")): r for r in mine if r["control"]}
+
+    def point(r: dict[str, Any]) -> dict[str, Any]:
+        control = controls.get((r["band"], r.get("strength"), r.get("gamma")), {})
+        return {
+            "band": r["band"],
+            "layers": r.get("layers"),
+            "strength": r.get("strength"),
+            "gamma": r.get("gamma"),
+            effect: r.get(effect),
+            "control_effect": control.get(effect, math.nan),
+            "perplexity_ratio": r.get("perplexity_ratio"),
+            "key": r.get("key", ""),
+        }
+
+    curve = [point(r) for r in real]
+    fits = [
+        p
+        for p in curve
+        if _finite(p["perplexity_ratio"])
+        and p["perplexity_ratio"] <= max_ppl_ratio
+        and _finite(p[effect])
+    ]
+    if not fits:
+        cheapest = min(
+            (p["perplexity_ratio"] for p in curve if _finite(p["perplexity_ratio"])),
+            default=math.nan,
+        )
+        raise DataError(
+            f"no {trait} {pole} {method} cell stays within perplexity ×{max_ppl_ratio:g} (the "
+            f"cheapest costs ×{cheapest:.2f}); raise --max-ppl-ratio or add smaller strengths "
+            "to the sweep"
+        )
+    chosen = max(fits, key=lambda p: (p[effect], -p["perplexity_ratio"]))
+    sign = 1.0 if pole == "high" else -1.0
+    net = chosen[effect] - chosen["control_effect"]
+    return Calibration(
+        model=model,
+        trait=trait,
+        pole=pole,
+        method=method,
+        objective=objective,
+        max_ppl_ratio=float(max_ppl_ratio),
+        band=str(chosen["band"]),
+        layers=tuple(int(x) for x in (chosen["layers"] or [])),
+        strength=None if chosen["strength"] is None else sign * float(chosen["strength"]),
+        gamma=chosen["gamma"],
+        effect=float(chosen[effect]),
+        control_effect=float(chosen["control_effect"]),
+        perplexity_ratio=float(chosen["perplexity_ratio"]),
+        beats_control=bool(_finite(net) and net > 0),
+        curve=tuple(curve),
+        front=tuple(pareto_front(curve, effect)),
+        cell_key=str(chosen["key"]),
+    )
+
+
+@dataclass(frozen=True)
+class CalibratedVector:
+    """A trait vector with the band and strength a sweep chose for it.
+
+    ``as_vector()`` is the vector restricted to the band and scaled so that strength 1
+    is the calibrated strength — what ``steer``/``serve``/``bake`` take as an ordinary
+    vector (method ``calibrated``).
+    """
+
+    calibration: Calibration
+    vector: Any  # TraitVector
+
+    def as_vector(self) -> Any:
+        from dataclasses import replace
+
+        strength = self.calibration.strength
+        if strength is None:
+            raise DataError("a neuron-edit calibration has no vector; use its γ and band")
+        chosen = self.vector.select(self.calibration.layers) * abs(strength)
+        if strength < 0:
+            chosen = -chosen
+        return replace(
+            chosen,
+            method="calibrated",
+            source={**chosen.source, "calibration": self.calibration.to_dict()},
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """``PATH.json`` (the calibration) + ``PATH-vector.{json,safetensors}`` (the vector)."""
+        stem = Path(path).with_suffix("")
+        self.vector.save(_vector_stem(stem))
+        with atomic_path(stem.with_suffix(".json")) as tmp:
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "kind": "calibrated_vector",
+                        "calibration": self.calibration.to_dict(),
+                        "vector": _vector_stem(stem).name,
+                    },
+                    indent=2,
+                    allow_nan=True,
+                )
+            )
+        return stem.with_suffix(".json")
+
+    @classmethod
+    def load(cls, path: str | Path, expect: Any = None) -> CalibratedVector:
+        from traitlens.steer.artifact import TraitVector
+
+        stem = Path(path).with_suffix("")
+        data = read_json(stem.with_suffix(".json"), "write one with `traitlens calibrate`")
+        if data.get("kind") != "calibrated_vector":
+            raise ArtifactError(f"{stem.with_suffix('.json')} is not a calibrated vector")
+        try:
+            raw = dict(data["calibration"])
+            raw["layers"] = tuple(raw["layers"])
+            raw["curve"], raw["front"] = tuple(raw["curve"]), tuple(raw["front"])
+            calibration = Calibration(**raw)
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"{stem.with_suffix('.json')} is incomplete ({exc})") from exc
+        vector = TraitVector.load(_vector_stem(stem), expect=expect)
+        return cls(calibration, vector)
+
+
+def _vector_stem(stem: Path) -> Path:
+    # no dot: TraitVector.save treats a suffix after the last dot as its own
+    return stem.with_name(stem.name + "-vector")

@@ -1,0 +1,271 @@
+"""Measuring sweep cells: one model load per worker, reused across all its cells.
+
+A worker prepares a model's *material* once — the persona design's capture, probes,
+neurons and vectors stages (keyed artifacts in ``OUT/models/<model>/``, so a second
+worker or a rerun loads instead of recomputing), the held-out evaluation sets and
+the unsteered baseline — then measures cells with the study's own
+:func:`~traitlens.evaluate.interventions.measure` and
+:func:`~traitlens.evaluate.interventions.effect`. Raw measurements are keyed rows
+(:func:`traitlens.study.rows.measured_row`), so a cell killed half-way is measured
+again and a finished one never is.
+
+The same class runs in-process (``--backend local``) and as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traitlens.study.rows import describe_intervention, measured_row
+from traitlens.sweep.cells import Cell
+from traitlens.sweep.config import SweepConfig
+
+MATERIAL_STAGES = ("capture", "probes", "neurons", "vectors")
+
+
+def model_slug(name: str) -> str:
+    """A folder name for a model name or path."""
+    text = name.rstrip("/").split("/")[-1] or "model"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+@dataclass
+class Material:
+    """Everything a model's cells are measured with."""
+
+    tm: Any
+    run: Path
+    config: Any
+    artifacts: dict[str, Any]
+    sets: Any
+    trait_sets: dict[str, Any]
+    spec: Any
+    fixed: dict[str, Any]
+    baseline: dict[str, Any]
+    keys: dict[str, Any]
+
+
+def _bands(config: SweepConfig, n_layers: int) -> dict[str, list[int]]:
+    from traitlens.steer import band_layers, parse_layers
+
+    study = config.study_config()
+    return {
+        band: band_layers(n_layers, study.steer_band)
+        if band == "auto"
+        else parse_layers(band, n_layers)
+        for band in config.bands
+    }
+
+
+def prepare(
+    model: str, config: SweepConfig, out: Path, device: str = "cpu", log: Any = None
+) -> Material:
+    """Load ``model`` and its material (computing what is missing)."""
+    from traitlens.evaluate.interventions import ReadoutSpec, measure
+    from traitlens.models.loading import load_model
+    from traitlens.provenance import RunManifest, provenance
+    from traitlens.study.persona import (
+        EVAL_CONFIG_FIELDS,
+        PERSONA_STAGES,
+        build_eval_sets,
+        readout_layers,
+        sets_digest,
+    )
+    from traitlens.study.stages import StageContext, run_plan
+
+    tm = load_model(None if model == "embedded" else model, device=device, dtype="float32")
+    study = config.study_config()
+    run = out / "models" / model_slug(model)
+    quiet = log or (lambda message: None)
+    context = StageContext(tm, run, study, quiet, progress=False)
+    run_plan([s for s in PERSONA_STAGES if s.name in MATERIAL_STAGES], context, prefix="material ")
+    bands = _bands(config, tm.n_layers)
+    deepest = max((layers[-1] for layers in bands.values()), default=tm.n_layers // 2)
+    probes = context["probes"]
+    layers_read = readout_layers(probes, study.traits, after=deepest)
+    spec = ReadoutSpec(probes, layers_read, pooling=probes.pooling, batch_size=study.batch_size)
+    sets = build_eval_sets(study, context["capture"].prompts)
+    # a cell reads behaviour of its own trait only (the neutral readouts still cover all
+    # five, for spillover): a fifth of the questionnaire and forced-choice cost
+    trait_sets = {
+        t: replace(
+            sets,
+            statements=[s for s in sets.statements if s.trait == t],
+            forced=[f for f in sets.forced if f.trait == t],
+        )
+        for t in study.traits
+    }
+    fixed = {
+        "eval": {k: getattr(study, k) for k in EVAL_CONFIG_FIELDS},
+        "readout_layers": layers_read,
+        "held_out_material": sets_digest(sets),
+        "bands": {name: layers for name, layers in bands.items()},
+    }
+    stage_keys = {s: p.key for s, p in sorted(RunManifest(run).stages.items())}
+    keys = {"model": tm.identity.to_dict(), "stages": stage_keys, **fixed}
+    rows = run / "sweep" / "rows"
+    baselines = {}
+    for trait in study.traits:
+        prov = provenance(
+            "sweep_cell",
+            model=tm.identity,
+            config={"row": f"baseline-{trait}", **fixed},
+            upstream={"probes": probes.key},
+        )
+        baselines[trait] = measured_row(
+            rows,
+            f"baseline__{trait}",
+            prov,
+            partial(
+                measure,
+                tm,
+                trait_sets[trait],
+                spec,
+                opposite_keys=[f"{trait}|{pole}" for pole in ("high", "low")],
+            ),
+        )
+    return Material(
+        tm, run, study, context.artifacts, sets, trait_sets, spec, fixed, baselines, keys
+    )
+
+
+def material_keys(model: str, config: SweepConfig, out: Path, device: str = "cpu") -> dict:
+    """What a model's cells are keyed with (prepares the material when missing)."""
+    return prepare(model, config, out, device).keys
+
+
+class SweepWorker:
+    """Measures cells; keeps one prepared model (the last one asked for)."""
+
+    def __init__(
+        self, config: dict[str, Any], out: str, device: str = "cpu", threads: int | None = None
+    ) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.config = SweepConfig(**config)
+        self.out = Path(out)
+        self.device = device
+        self.material: Material | None = None
+        self.model: str | None = None
+
+    def _material(self, model: str) -> Material:
+        if self.model != model or self.material is None:
+            self.material = None  # free the previous model first
+            self.material = prepare(model, self.config, self.out, self.device)
+            self.model = model
+        return self.material
+
+    def keys(self, model: str) -> dict[str, Any]:
+        return self._material(model).keys
+
+    def measure(self, cell_dict: dict[str, Any]) -> dict[str, Any]:
+        """The cell's summary row; a cell that raises comes back ``status: failed``."""
+        cell = Cell(**cell_dict)
+        started = time.perf_counter()
+        row: dict[str, Any] = {**cell.to_dict(), "name": cell.name}
+        try:
+            material = self._material(cell.model)
+            row["key"] = cell.key(material.keys)
+            row.update(_measure_cell(material, self.config, cell))
+            row["status"] = "ok"
+        except Exception as exc:  # recorded, not raised: one bad cell must not stop a sweep
+            row["status"] = "failed"
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            row["traceback"] = traceback.format_exc(limit=6)
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        row["worker"] = f"{socket.gethostname()}:{os.getpid()}"
+        return row
+
+
+def _interventions(material: Material, config: SweepConfig, cell: Cell) -> tuple[Any, ...]:
+    from traitlens.steer import AddDirection, NeuronEdit
+    from traitlens.study.persona import neuron_rule
+    from traitlens.study.rows import control_seed, matched_control, random_vector_like
+
+    if cell.method == "prompt":
+        return ()
+    layers = material.fixed["bands"][cell.band]
+    if cell.method == "neurons":
+        neurons = material.artifacts["neurons"]
+        other = "low" if cell.pole == "high" else "high"
+        rule = neuron_rule(neurons, cell.trait, layers, material.config.min_fdr_neurons)
+        target = neurons.select(cell.trait, cell.pole, rule).in_layers(layers)
+        opposite = neurons.select(cell.trait, other, rule).in_layers(layers)
+        if cell.control:
+            seed = material.config.seed
+            target = matched_control(
+                target, neurons.random_control(cell.trait, cell.pole, seed, rule).in_layers(layers)
+            )
+            opposite = matched_control(
+                opposite, neurons.random_control(cell.trait, other, seed, rule).in_layers(layers)
+            )
+        return (NeuronEdit(target, opposite, gamma=float(cell.gamma or 0.0)),)
+    method = config.hybrid_method if cell.method == "hybrid" else cell.method
+    vector = material.artifacts["vectors"].get(cell.trait, method)
+    if cell.control:
+        vector = random_vector_like(vector, control_seed(material.config.seed, cell.trait))
+    return (AddDirection(vector, cell.sign * float(cell.strength or 0.0), layers=tuple(layers)),)
+
+
+def _measure_cell(material: Material, config: SweepConfig, cell: Cell) -> dict[str, Any]:
+    from traitlens.evaluate.interventions import effect, measure
+    from traitlens.provenance import provenance
+    from traitlens.steer import steering
+
+    interventions = _interventions(material, config, cell)
+    key = f"{cell.trait}|{cell.pole}"
+    system = material.sets.target_persona[key] if cell.method in ("prompt", "hybrid") else None
+    sets = material.trait_sets[cell.trait]
+    kwargs: dict[str, Any] = {"opposite_keys": [key], "system": system, "opposite_system": system}
+    prov = provenance(
+        "sweep_cell",
+        model=material.tm.identity,
+        config={"row": cell.name, "cell": cell.to_dict(), "measure": kwargs, **material.fixed},
+        data=[describe_intervention(i) for i in interventions],
+        upstream={"probes": material.artifacts["probes"].key},
+    )
+
+    def compute() -> dict[str, Any]:
+        with steering(material.tm, list(interventions)):
+            return measure(material.tm, sets, material.spec, **kwargs)
+
+    data = measured_row(material.run / "sweep" / "rows", cell.name, prov, compute)
+    summary = effect(
+        material.baseline[cell.trait],
+        data,
+        material.config.traits,
+        cell.trait,
+        cell.pole,
+        seed=material.config.seed,
+    )
+    success = summary.get("success", {})
+    out: dict[str, Any] = {
+        "row_key": prov.key,
+        "layers": material.fixed["bands"].get(cell.band) if cell.band else None,
+        "target_readout_shift": summary.get("target_readout_shift", np.nan),
+        "success_rate": success.get("rate", np.nan),
+        "success_low": success.get("ci", {}).get("low", np.nan),
+        "success_high": success.get("ci", {}).get("high", np.nan),
+        "target_questionnaire_shift": summary.get("target_questionnaire_shift", np.nan),
+        "target_forced_choice_shift": summary.get("target_forced_choice_shift", np.nan),
+        "perplexity_ratio": summary["perplexity_ratio"],
+        "distinct_2": summary.get("distinct_2", np.nan),
+        "readout_shift": {t: v["shift"] for t, v in summary["readout_shift"].items()},
+    }
+    if "neurons" == cell.method and interventions:
+        edit = interventions[0]
+        out["n_neurons"] = len(edit.target) + len(edit.opposite)
+    if "capability_change" in summary:
+        out["capability_change"] = summary["capability_change"]["shift"]
+    return out
