@@ -302,6 +302,8 @@ CAPTURE = ["capture", *TINY, "--out", f"{I}/new-run"]
 BAKE = ["vectors", "bake", "--run", R, "--mix", "E=+1", "--out", f"{I}/baked", *TINY]
 LMEVAL = ["vectors", "lmeval", "--run", R, "--mix", "E=+1", "--out", f"{I}/lm", *TINY]
 CAPABILITY = ["evaluate", "capability", "--run", R, "--mix", "E=+1", *TINY, "--out", f"{I}/cap"]
+SWEEP = ["sweep", f"{I}/sweep.yaml", "--out", f"{I}/sweep"]
+CALIBRATE = ["calibrate", "--sweep", f"{I}/sweep", "--trait", "E", "--out", f"{I}/e.json"]
 BAD_MC = '{"id": "q1", "topic": "t", "question": "Q?", "choices": ["a"], "answer": 0}\n'
 AS_ROOT = pytest.mark.skipif(
     os.geteuid() == 0,
@@ -695,6 +697,40 @@ CLI_CASES = [
         write("mc.jsonl", ""),
     ),
     case("capability-run-missing", [*CAPABILITY[:3], f"{I}/nowhere", *CAPABILITY[4:]], "no such"),
+    # --- sweeps and calibration
+    case("sweep-yaml-missing", SWEEP, "not found"),
+    case(
+        "sweep-method-unknown",
+        SWEEP,
+        "unknown methods",
+        write("sweep.yaml", "traits: [E]\nmethods: [magic]\n"),
+    ),
+    case(
+        "sweep-trait-unknown",
+        SWEEP,
+        "traits",
+        write("sweep.yaml", "traits: [Q]\n"),
+    ),
+    case(
+        "sweep-grid-empty",
+        SWEEP,
+        "grid is empty",
+        write("sweep.yaml", "traits: [E]\nmethods: [mean_diff]\nstrengths: []\n"),
+    ),
+    case(
+        "sweep-address-unreachable",
+        [*SWEEP, "--backend", "ray", "--address", "127.0.0.1:9"],
+        "cannot reach a Ray cluster",
+        write("sweep.yaml", f"models: ['{M}']\ntraits: [E]\nmethods: [prompt]\n"),
+    ),
+    case("sweep-backend-unknown", [*SWEEP, "--backend", "dask"], "unknown --backend"),
+    case("calibrate-budget-below-one", [*CALIBRATE, "--max-ppl-ratio", "0.5"], "--max-ppl-ratio"),
+    case("calibrate-no-sweep", CALIBRATE, "holds no sweep rows"),
+    case(
+        "calibrate-method-not-a-direction",
+        [*CALIBRATE, "--method", "neurons"],
+        "only a direction",
+    ),
     # --- evaluate questionnaire: the statements file, names, numbers, output
     case(
         "questionnaire-semicolons",

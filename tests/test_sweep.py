@@ -325,3 +325,63 @@ def test_calibrate_and_steer_cli_on_a_sweep(tiny_dir, tmp_path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*argv[:-4], "--max-ppl-ratio", "0.5", "--out", str(tmp_path / "x.json")])
     assert exit_info.value.code == 2
+
+
+def test_serve_offers_a_calibrated_vector_on_its_own_band(tmp_path) -> None:
+    from traitlens.serve.steering import SteeringCatalog
+    from traitlens.steer import TraitVector, VectorSet
+
+    tm = build_tiny("llama")
+    vector = TraitVector.from_directions(
+        tm.identity, {1: torch.ones(32), 2: torch.ones(32)}, spread={1: 0.5, 2: 0.5}, trait="E"
+    )
+    chosen = calibrate([_row("2-2", 2.0, 1.2, 1.4)], "E", max_ppl_ratio=1.5)
+    chosen = type(chosen)(**{**chosen.__dict__, "layers": (2,)})
+    vectors = VectorSet(tm.identity)
+    vectors.add(CalibratedVector(chosen, vector).as_vector())
+    catalog = SteeringCatalog(tm, vectors)
+    assert catalog.methods == ["calibrated"]
+    assert catalog.default_layers("calibrated") == [2]  # the sweep's band, not the middle
+
+
+def test_a_torn_ledger_line_costs_nothing_but_itself(tiny_dir, tmp_path) -> None:
+    from traitlens.sweep.run import _append
+
+    _append(tmp_path, {"key": "a", "name": "a", "status": "ok"})
+    with (tmp_path / "cells.jsonl").open("a") as handle:
+        handle.write('{"key": "b", "na')  # a kill in the middle of a write
+    _append(tmp_path, {"key": "c", "name": "c", "status": "ok"})
+    assert [r["key"] for r in read_ledger(tmp_path)] == ["a", "c"]
+
+
+def test_calibration_reads_only_the_current_grid(tiny_dir, tmp_path) -> None:
+    from traitlens.sweep.run import current_rows
+
+    run_sweep(_config(tiny_dir, methods=["mean_diff"], strengths=[1.0, 4.0]), tmp_path, log=_quiet)
+    run_sweep(_config(tiny_dir, methods=["mean_diff"], strengths=[2.0]), tmp_path, log=_quiet)
+    assert {r["strength"] for r in current_rows(tmp_path)} == {2.0}
+    assert {r["strength"] for r in read_ledger(tmp_path)} == {1.0, 2.0, 4.0}  # kept, not shown
+    # another study size is other material: a folder of its own, never a clash
+    run_sweep(
+        _config(tiny_dir, methods=["mean_diff"], strengths=[2.0], study={"n_questions": 3}),
+        tmp_path,
+        log=_quiet,
+    )
+    assert len(list((tmp_path / "models").iterdir())) == 2
+
+
+def test_calibrated_file_names_may_hold_dots(tmp_path) -> None:
+    from traitlens.steer import TraitVector
+
+    tm = build_tiny("llama")
+    vector = TraitVector.from_directions(tm.identity, {1: torch.ones(32)}, trait="E")
+    rows = [_row("1-1", 1.5, 1.0, 1.1), _row("1-1", 1.2, 0.9, 1.05)]
+    a = CalibratedVector(calibrate(rows, "E", max_ppl_ratio=1.08), vector).save(
+        tmp_path / "E-1.2.json"
+    )
+    b = CalibratedVector(calibrate(rows, "E", max_ppl_ratio=1.5), vector).save(
+        tmp_path / "E-1.5.json"
+    )
+    assert a != b and a.name == "E-1.2.json"
+    assert CalibratedVector.load(a).calibration.strength == 1.2
+    assert CalibratedVector.load(b).calibration.strength == 1.5

@@ -102,9 +102,16 @@ def register(app: typer.Typer) -> None:
             if source is not None:
                 vector_set.add(TraitVector.load(source, expect=tm.identity))
         for path in calibrated:
-            vector_set.add(CalibratedVector.load(path, expect=tm.identity).as_vector())
+            vector = CalibratedVector.load(path, expect=tm.identity).as_vector()
+            if (vector.trait, vector.method) in vector_set:
+                raise DataError(
+                    f"--calibrated {path}: a calibrated {vector.trait} vector is already loaded; "
+                    "serve one calibration per trait (requests choose the sign)"
+                )
+            vector_set.add(vector)
         offered = ", ".join(f"{v.trait}/{v.method}" for v in vector_set)
-        console.print(f"vectors: {offered} from [bold]{vectors}[/]")
+        sources = ", ".join(str(p) for p in ([vectors] if vectors else []) + list(calibrated))
+        console.print(f"vectors: {offered} from [bold]{sources}[/]")
         server = create_app(
             tm,
             vector_set,

@@ -173,15 +173,24 @@ def _steer_calibrated(
     dtype: str,
 ) -> None:
     """``steer --calibrated FILE``: the sweep's choice, nothing else to pick."""
+    from traitlens.models.loading import check_text_fits
     from traitlens.steer import AddDirection, compare_steering
     from traitlens.steer.layers import layer_text
     from traitlens.sweep.calibrate import CalibratedVector
 
     where = _positions(positions)
     check_int("--max-new-tokens", max_new_tokens, 1, MAX_NEW_TOKENS, example=48)
-    CalibratedVector.load(path)  # a bad file fails before the model loads
+    check_seed("--seed", seed)
+    saved = CalibratedVector.load(path)  # a bad file fails before the model loads
+    if model is None and saved.calibration.model != "embedded":
+        model = saved.calibration.model  # the model the sweep calibrated on
     check_model(model, device, dtype)
     tm = load(model, device, dtype)
+    check_text_fits(
+        tm, [(f"#{i}", text) for i, text in enumerate(prompt, 1)], "--prompt", "shorten it"
+    )
+    if system:
+        check_text_fits(tm, [("", system)], "--system", "shorten it")
     chosen = CalibratedVector.load(path, expect=tm.identity)
     c = chosen.calibration
     edit = AddDirection(chosen.as_vector(), 1.0, layers=c.layers, positions=where)

@@ -73,11 +73,11 @@ def calibrate_cmd(
     from traitlens.errors import DataError
     from traitlens.steer import METHODS, VectorSet
     from traitlens.sweep.calibrate import OBJECTIVES, CalibratedVector, calibrate
-    from traitlens.sweep.run import read_ledger
-    from traitlens.sweep.worker import model_slug
+    from traitlens.sweep.run import current_rows
 
     code = normalize_trait(trait)
     check_choice("--pole", pole, ("high", "low"))
+    check_float("--max-ppl-ratio", budget, 1.0)
     check_choice("--objective", objective, OBJECTIVES)
     if method not in METHODS:
         raise DataError(
@@ -85,13 +85,19 @@ def calibrate_cmd(
             f"(one of {', '.join(METHODS)}); the report shows neuron and hybrid calibrations"
         )
     check_out_file(out)
-    rows = read_ledger(sweep)
+    rows = current_rows(sweep)
     if not rows:
         raise DataError(f"{sweep} holds no sweep rows (cells.jsonl); run `traitlens sweep` first")
     chosen = calibrate(
         rows, code, pole, method=method, max_ppl_ratio=budget, objective=objective, model=model
     )
-    vectors = VectorSet.load(sweep / "models" / model_slug(chosen.model))
+    row = next(r for r in rows if r.get("key") == chosen.cell_key)
+    vectors = VectorSet.load(sweep / row["material_dir"])
+    if (vectors.provenance or {}).get("key") != row.get("vectors_key"):
+        raise DataError(
+            f"the vectors in {sweep / row['material_dir']} are not the ones the sweep measured "
+            "(their key changed); rerun `traitlens sweep` on this folder first"
+        )
     result = CalibratedVector(chosen, vectors.get(code, method))
     path = result.save(out)
     net = "beats its control" if chosen.beats_control else "does NOT beat its control"

@@ -269,17 +269,14 @@ class LlamaServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LlamaServer:
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        # its log goes to a file: a pipe nobody reads fills up and blocks the server
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = (
-                    self.process.stderr.read().decode(errors="replace")
-                    if self.process.stderr
-                    else ""
-                )
+                self.log.seek(0)
+                err = self.log.read().decode(errors="replace")
                 raise EngineError(f"llama-server exited at start-up:\n{err[-1500:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
@@ -295,6 +292,7 @@ class LlamaServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=30)
+        self.log.close()
 
     def complete(self, ids: list[int], n_predict: int, n_probs: int) -> dict[str, Any]:
         """Greedy ``/completion`` from token ids; raw-logit top-``n_probs`` log-probs per step."""

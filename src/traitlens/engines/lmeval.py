@@ -61,7 +61,7 @@ def export_steer(tm: TraitModel, interventions: Sequence[Any], path: str | Path)
     """
     from safetensors.torch import save_file
 
-    from traitlens.steer.bake import bake_offsets
+    from traitlens.steer.bake import bake_offsets, mix_record
 
     out = Path(path)
     if out.suffix not in (".pt", ".pth"):
@@ -92,15 +92,7 @@ def export_steer(tm: TraitModel, interventions: Sequence[Any], path: str | Path)
             "format": "lm-eval steered (hookpoint → add steering_vector × coefficient)",
             "model": tm.identity.to_dict(),
             "hookpoints": list(config),
-            "mix": [
-                {
-                    "trait": i.vector.trait,
-                    "method": i.vector.method,
-                    "strength": i.strength,
-                    "layers": list(i.layers or i.vector.layers),
-                }
-                for i in interventions
-            ],
+            "mix": mix_record(interventions),
         },
     )
     return out

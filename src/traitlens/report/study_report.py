@@ -275,7 +275,15 @@ def _persona_sections(
                 "residual stream along the trait axis at that layer); neuron edits by γ.",
             ],
             figures=[(paths["dose"], "Effect and cost against strength")],
-            tables=[Table("Dose–response points", dose_rows)],
+            tables=[
+                Table("Dose–response points", dose_rows),
+                Table(
+                    f"Calibrated strength: the largest readout shift within perplexity "
+                    f"×{CALIBRATION_BUDGET:g} (from these points; `traitlens sweep` searches "
+                    "bands too, with controls)",
+                    _dose_calibration(evaluation, CALIBRATION_BUDGET),
+                ),
+            ],
         ),
         _cost_section(evaluation, paths.get("cost")),
         Section(
@@ -353,6 +361,54 @@ def _persona_tables(
     ]
 
     return success_rows, behaviour_rows, dose_rows
+
+
+CALIBRATION_BUDGET = 1.5
+
+
+def _dose_calibration(evaluation: dict[str, Any], budget: float) -> list[dict[str, Any]]:
+    """Per dose trait and pole: the direction strength a fluency budget allows, picked by
+    :func:`traitlens.sweep.calibrate.calibrate` from the dose–response rows."""
+    from traitlens.errors import DataError
+    from traitlens.sweep.calibrate import calibrate
+
+    band = evaluation["steer_layers"]
+    cells = [
+        {
+            "model": "study",
+            "trait": r["trait"],
+            "pole": r["pole"],
+            "method": r["method"],
+            "control": False,
+            "band": f"{band[0]}-{band[-1]}",
+            "layers": band,
+            "strength": abs(r["strength"]),
+            "gamma": None,
+            "status": "ok",
+            "target_readout_shift": r.get("target_readout_shift", math.nan),
+            "perplexity_ratio": r["perplexity_ratio"],
+            "key": r.get("row_key", ""),
+        }
+        for r in evaluation["results"]
+        if r.get("dose") and r["method"] != "neurons" and "strength" in r
+    ]
+    out = []
+    for trait, pole in sorted({(c["trait"], c["pole"]) for c in cells}):
+        row: dict[str, Any] = {"trait": trait, "pole": pole}
+        try:
+            chosen = calibrate(cells, trait, pole, method=cells[0]["method"], max_ppl_ratio=budget)
+        except DataError as exc:
+            row["strength"] = str(exc).split(";")[0]
+        else:
+            row.update(
+                {
+                    "strength": chosen.strength,
+                    "readout Δ": chosen.effect,
+                    "perplexity ×": chosen.perplexity_ratio,
+                }
+            )
+        out.append(row)
+    return out
 
 
 def _cost_section(evaluation: dict[str, Any], figure: Path | None) -> Section:

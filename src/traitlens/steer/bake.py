@@ -63,6 +63,19 @@ def check_bake_target(out: Path, force: bool = False) -> None:
         )
 
 
+def mix_record(interventions: Sequence[Any]) -> list[dict[str, Any]]:
+    """What a written mix was (trait, method, signed strength, layers), for its JSON sidecar."""
+    return [
+        {
+            "trait": i.vector.trait,
+            "method": i.vector.method,
+            "strength": i.strength,
+            "layers": list(i.layers or i.vector.layers),
+        }
+        for i in interventions
+    ]
+
+
 def bake_offsets(tm: TraitModel, interventions: Sequence[Any]) -> dict[int, torch.Tensor]:
     """Per layer, the total constant the mix adds to the residual stream (float64)."""
     from traitlens.steer.apply import _check_vector
@@ -144,15 +157,7 @@ def bake(
             "base_model": tm.identity.to_dict(),
             "family": tm.adapter.family,
             "where": BAKEABLE[tm.adapter.family],
-            "mix": [
-                {
-                    "trait": i.vector.trait,
-                    "method": i.vector.method,
-                    "strength": i.strength,
-                    "layers": list(i.layers or i.vector.layers),
-                }
-                for i in interventions
-            ],
+            "mix": mix_record(interventions),
         },
     )
     return out

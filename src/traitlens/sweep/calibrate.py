@@ -200,9 +200,9 @@ class CalibratedVector:
 
     def save(self, path: str | Path) -> Path:
         """``PATH.json`` (the calibration) + ``PATH-vector.{json,safetensors}`` (the vector)."""
-        stem = Path(path).with_suffix("")
+        stem = _stem(path)
         self.vector.save(_vector_stem(stem))
-        with atomic_path(stem.with_suffix(".json")) as tmp:
+        with atomic_path(_json(stem)) as tmp:
             tmp.write_text(
                 json.dumps(
                     {
@@ -214,25 +214,35 @@ class CalibratedVector:
                     allow_nan=True,
                 )
             )
-        return stem.with_suffix(".json")
+        return _json(stem)
 
     @classmethod
     def load(cls, path: str | Path, expect: Any = None) -> CalibratedVector:
         from traitlens.steer.artifact import TraitVector
 
-        stem = Path(path).with_suffix("")
-        data = read_json(stem.with_suffix(".json"), "write one with `traitlens calibrate`")
+        stem = _stem(path)
+        data = read_json(_json(stem), "write one with `traitlens calibrate`")
         if data.get("kind") != "calibrated_vector":
-            raise ArtifactError(f"{stem.with_suffix('.json')} is not a calibrated vector")
+            raise ArtifactError(f"{_json(stem)} is not a calibrated vector")
         try:
             raw = dict(data["calibration"])
             raw["layers"] = tuple(raw["layers"])
             raw["curve"], raw["front"] = tuple(raw["curve"]), tuple(raw["front"])
             calibration = Calibration(**raw)
         except (KeyError, TypeError) as exc:
-            raise ArtifactError(f"{stem.with_suffix('.json')} is incomplete ({exc})") from exc
+            raise ArtifactError(f"{_json(stem)} is incomplete ({exc})") from exc
         vector = TraitVector.load(_vector_stem(stem), expect=expect)
         return cls(calibration, vector)
+
+
+def _json(stem: Path) -> Path:
+    return stem.with_name(stem.name + ".json")
+
+
+def _stem(path: str | Path) -> Path:
+    """``e-1.5.json`` → ``e-1.5`` (only a literal ``.json`` is dropped: names may hold dots)."""
+    given = Path(path)
+    return given.with_name(given.name[: -len(".json")]) if given.suffix == ".json" else given
 
 
 def _vector_stem(stem: Path) -> Path:

@@ -50,6 +50,10 @@ class SweepConfig(BaseModel):
     """Each edit gets a control cell of the same size (random direction / random neurons)."""
     profile: str = "quick"
     study: dict[str, Any] = Field(default_factory=dict)
+    # how each worker loads its models: --device on the command line picks the device;
+    # bf16 and accelerate's device_map ("auto") for models bigger than one GPU
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    device_map: str | None = None
     seed: int = 0
 
     @field_validator("traits")
@@ -57,7 +61,12 @@ class SweepConfig(BaseModel):
     def _traits(cls, value: list[str]) -> list[str]:
         from traitlens.data import parse_traits
 
-        return parse_traits(value)
+        return list(dict.fromkeys(parse_traits(value)))
+
+    @field_validator("models", "poles")
+    @classmethod
+    def _unique(cls, value: list[Any]) -> list[Any]:
+        return list(dict.fromkeys(value))  # a repeated entry would measure its cells twice
 
     @field_validator("methods")
     @classmethod

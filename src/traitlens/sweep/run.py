@@ -26,6 +26,8 @@ from traitlens.sweep.worker import SweepWorker
 
 Log = Callable[[str], None]
 LEDGER = "cells.jsonl"
+CURRENT = "current_keys.json"
+"""The keys of the grid last run into the folder: what tables, report and calibration read."""
 
 
 def read_ledger(out: Path) -> list[dict[str, Any]]:
@@ -50,8 +52,28 @@ def latest_rows(out: Path) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
+def current_rows(out: Path) -> list[dict[str, Any]]:
+    """The latest row of each cell of the grid last run into ``out`` (every latest row
+    when the folder predates ``current_keys.json``)."""
+    rows = latest_rows(out)
+    path = out / CURRENT
+    if not path.exists():
+        return rows
+    keys = set(json.loads(path.read_text(encoding="utf-8")))
+    return [r for r in rows if r.get("key") in keys]
+
+
 def _append(out: Path, row: dict[str, Any]) -> None:
-    with (out / LEDGER).open("a", encoding="utf-8") as handle:
+    path = out / LEDGER
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as handle:  # a kill mid-write leaves a torn last line:
+            handle.seek(-1, 2)  # start the next row on a line of its own
+            torn = handle.read(1) != b"\n"
+    else:
+        torn = False
+    with path.open("a", encoding="utf-8") as handle:
+        if torn:
+            handle.write("\n")
         handle.write(json.dumps(row, allow_nan=True, default=str) + "\n")
         handle.flush()
 
@@ -105,12 +127,12 @@ def _cell_value(value: Any) -> Any:
 def _local(config: SweepConfig, out: Path, device: str) -> Iterator[Any]:
     worker = SweepWorker(config.model_dump(), str(out), device)
 
-    def keys(model: str) -> dict[str, Any]:
-        return worker.keys(model)
+    def keys(model: str, cells: Sequence[Cell]) -> list[str]:
+        return worker.keys(model, [c.to_dict() for c in cells])
 
-    def run(cells: Sequence[Cell]) -> Iterator[dict[str, Any]]:
-        for cell in cells:
-            yield worker.measure(cell.to_dict())
+    def run(cells: Sequence[tuple[Cell, str]]) -> Iterator[dict[str, Any]]:
+        for cell, key in cells:
+            yield worker.measure(cell.to_dict(), key)
 
     yield keys, run
 
@@ -160,25 +182,39 @@ def _ray(
                 "--head` and pass its address, or leave --address out for a local instance"
             ) from exc
     try:
-        threads = max(1, int(ray.cluster_resources().get("CPU", workers)) // workers)
-        actor: Any = ray.remote(num_cpus=1)(SweepWorker)
+        resources = ray.cluster_resources()
+        threads = max(1, int(resources.get("CPU", workers)) // workers)
+        gpus = 0.0
+        if device.startswith("cuda") or config.device_map:
+            # each worker gets its own GPU(s): one for --device cuda, an equal share of the
+            # cluster's for device_map (a model spread over several)
+            have = int(resources.get("GPU", 0))
+            if have < workers:
+                raise EngineError(
+                    f"the Ray cluster has {have} GPU(s) but {workers} worker(s) each need one; "
+                    f"pass --workers {max(1, have)} or add GPUs"
+                    + (" (no GPU at all: use --device cpu)" if have == 0 else "")
+                )
+            gpus = float(have // workers) if config.device_map else 1.0
+        actor: Any = ray.remote(num_cpus=1, num_gpus=gpus)(SweepWorker)
         pool: list[Any] = [
             actor.remote(config.model_dump(), str(out.resolve()), device, threads)
             for _ in range(workers)
         ]
         log(f"ray: {workers} worker(s), {threads} thread(s) each")
 
-        def keys(model: str) -> dict[str, Any]:
+        def keys(model: str, cells: Sequence[Cell]) -> list[str]:
             # every worker prepares (and keeps) the model; the first computes, the rest load
-            first = ray.get(pool[0].keys.remote(model))
-            ray.get([w.keys.remote(model) for w in pool[1:]])
-            return dict(first)
+            mine = [c.to_dict() for c in cells]
+            first = ray.get(pool[0].keys.remote(model, mine))
+            ray.get([w.keys.remote(model, mine[:1]) for w in pool[1:]])
+            return list(first)
 
-        def run(cells: Sequence[Cell]) -> Iterator[dict[str, Any]]:
+        def run(cells: Sequence[tuple[Cell, str]]) -> Iterator[dict[str, Any]]:
             from ray.util import ActorPool
 
             yield from ActorPool(pool).map_unordered(
-                lambda w, c: w.measure.remote(c.to_dict()), list(cells)
+                lambda w, item: w.measure.remote(item[0].to_dict(), item[1]), list(cells)
             )
 
         yield keys, run
@@ -218,26 +254,25 @@ def run_sweep(
     current: set[str] = set()
     measured = 0
     for keys, run in make:
-        todo: list[Cell] = []
+        # model by model: each worker loads a model once, measures all its cells, moves on
         for model in config.models:
             log(f"[{model}] material (capture, probes, neurons, vectors, baseline)")
-            material = keys(model)
             mine = [c for c in cells if c.model == model]
-            current.update(c.key(material) for c in mine)
-            todo += [c for c in mine if c.key(material) not in done_keys]
-            log(
-                f"[{model}] {len(mine) - sum(c.model == model for c in todo)} of {len(mine)} "
-                "cells already measured"
-            )
-        for number, row in enumerate(run(todo), start=1):
-            _append(directory, row)
-            measured += 1
-            status = "" if row["status"] == "ok" else f"  FAILED: {row['error']}"
-            log(
-                f"  [{number}/{len(todo)}] {row['model']} {row['name']} "
-                f"({row['seconds']:.1f} s){status}"
-            )
+            mine_keys = keys(model, mine)
+            current.update(mine_keys)
+            write_json(directory / CURRENT, sorted(current))  # before any cell: a kill keeps it
+            todo = [(c, k) for c, k in zip(mine, mine_keys, strict=True) if k not in done_keys]
+            log(f"[{model}] {len(mine) - len(todo)} of {len(mine)} cells already measured")
+            for number, row in enumerate(run(todo), start=1):
+                _append(directory, row)
+                measured += 1
+                status = "" if row["status"] == "ok" else f"  FAILED: {row['error']}"
+                log(
+                    f"  [{number}/{len(todo)}] {row['model']} {row['name']} "
+                    f"({row['seconds']:.1f} s){status}"
+                )
     write_tables(directory, current)
+    write_json(directory / CURRENT, sorted(current))
     minutes = (time.perf_counter() - started) / 60
     log(
         f"{measured} cell(s) measured in {minutes:.1f} min"

@@ -33,9 +33,33 @@ MATERIAL_STAGES = ("capture", "probes", "neurons", "vectors")
 
 
 def model_slug(name: str) -> str:
-    """A folder name for a model name or path."""
+    """A readable folder-name part for a model name or path."""
     text = name.rstrip("/").split("/")[-1] or "model"
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def material_settings(model: str, config: SweepConfig) -> dict[str, Any]:
+    """Everything a model's material (capture, probes, neurons, vectors) is made from:
+    the model as named, how it is loaded, and the study settings outside evaluation."""
+    from traitlens.study.persona import EVAL_CONFIG_FIELDS
+
+    study = config.study_config().model_dump(mode="json")
+    return {
+        "model": model,
+        "dtype": config.dtype,
+        "device_map": config.device_map,
+        "study": {k: v for k, v in study.items() if k not in EVAL_CONFIG_FIELDS},
+    }
+
+
+def material_dir(out: Path, model: str, config: SweepConfig) -> Path:
+    """``OUT/models/<name>-<digest>``: one folder per material, so a sweep whose material
+    changed (another method, seed or size) builds new artifacts beside the old ones
+    instead of colliding with them, and two models with the same file name never meet."""
+    from traitlens.provenance import data_digest
+
+    digest = data_digest(material_settings(model, config))[:10]
+    return out / "models" / f"{model_slug(model)}-{digest}"
 
 
 @dataclass
@@ -52,6 +76,11 @@ class Material:
     fixed: dict[str, Any]
     baseline: dict[str, Any]
     keys: dict[str, Any]
+    bands: dict[str, list[int]]
+
+    def cell_key(self, cell: Cell) -> str:
+        """The cell's key: its definition, its own band's layers and the material."""
+        return cell.key({**self.keys, "layers": self.bands.get(cell.band or "")})
 
 
 def _bands(config: SweepConfig, n_layers: int) -> dict[str, list[int]]:
@@ -82,9 +111,14 @@ def prepare(
     )
     from traitlens.study.stages import StageContext, run_plan
 
-    tm = load_model(None if model == "embedded" else model, device=device, dtype="float32")
+    tm = load_model(
+        None if model == "embedded" else model,
+        device=device,
+        dtype=config.dtype,
+        device_map=config.device_map,
+    )
     study = config.study_config()
-    run = out / "models" / model_slug(model)
+    run = material_dir(out, model, config)
     quiet = log or (lambda message: None)
     context = StageContext(tm, run, study, quiet, progress=False)
     run_plan([s for s in PERSONA_STAGES if s.name in MATERIAL_STAGES], context, prefix="material ")
@@ -104,14 +138,21 @@ def prepare(
         )
         for t in study.traits
     }
+    # what every measurement reads besides its own edit; each cell adds its band's layers
     fixed = {
         "eval": {k: getattr(study, k) for k in EVAL_CONFIG_FIELDS},
         "readout_layers": layers_read,
         "held_out_material": sets_digest(sets),
-        "bands": {name: layers for name, layers in bands.items()},
     }
     stage_keys = {s: p.key for s, p in sorted(RunManifest(run).stages.items())}
-    keys = {"model": tm.identity.to_dict(), "stages": stage_keys, **fixed}
+    keys = {
+        "model": tm.identity.to_dict(),
+        "stages": stage_keys,
+        "material": material_settings(model, config),
+        "hybrid_method": config.hybrid_method,
+        "min_fdr_neurons": study.min_fdr_neurons,
+        **fixed,
+    }
     rows = run / "sweep" / "rows"
     baselines = {}
     for trait in study.traits:
@@ -134,13 +175,8 @@ def prepare(
             ),
         )
     return Material(
-        tm, run, study, context.artifacts, sets, trait_sets, spec, fixed, baselines, keys
+        tm, run, study, context.artifacts, sets, trait_sets, spec, fixed, baselines, keys, bands
     )
-
-
-def material_keys(model: str, config: SweepConfig, out: Path, device: str = "cpu") -> dict:
-    """What a model's cells are keyed with (prepares the material when missing)."""
-    return prepare(model, config, out, device).keys
 
 
 class SweepWorker:
@@ -166,17 +202,19 @@ class SweepWorker:
             self.model = model
         return self.material
 
-    def keys(self, model: str) -> dict[str, Any]:
-        return self._material(model).keys
+    def keys(self, model: str, cells: list[dict[str, Any]]) -> list[str]:
+        """The keys of ``cells`` (all of ``model``), preparing the material first."""
+        material = self._material(model)
+        return [material.cell_key(Cell(**c)) for c in cells]
 
-    def measure(self, cell_dict: dict[str, Any]) -> dict[str, Any]:
-        """The cell's summary row; a cell that raises comes back ``status: failed``."""
+    def measure(self, cell_dict: dict[str, Any], key: str) -> dict[str, Any]:
+        """The cell's summary row; a cell that raises comes back ``status: failed``
+        (still under its ``key``, so it is listed and retried)."""
         cell = Cell(**cell_dict)
         started = time.perf_counter()
-        row: dict[str, Any] = {**cell.to_dict(), "name": cell.name}
+        row: dict[str, Any] = {**cell.to_dict(), "name": cell.name, "key": key}
         try:
             material = self._material(cell.model)
-            row["key"] = cell.key(material.keys)
             row.update(_measure_cell(material, self.config, cell))
             row["status"] = "ok"
         except Exception as exc:  # recorded, not raised: one bad cell must not stop a sweep
@@ -195,7 +233,7 @@ def _interventions(material: Material, config: SweepConfig, cell: Cell) -> tuple
 
     if cell.method == "prompt":
         return ()
-    layers = material.fixed["bands"][cell.band]
+    layers = material.bands[cell.band or ""]
     if cell.method == "neurons":
         neurons = material.artifacts["neurons"]
         other = "low" if cell.pole == "high" else "high"
@@ -231,7 +269,13 @@ def _measure_cell(material: Material, config: SweepConfig, cell: Cell) -> dict[s
     prov = provenance(
         "sweep_cell",
         model=material.tm.identity,
-        config={"row": cell.name, "cell": cell.to_dict(), "measure": kwargs, **material.fixed},
+        config={
+            "row": cell.name,
+            "cell": cell.to_dict(),
+            "layers": material.bands.get(cell.band or ""),
+            "measure": kwargs,
+            **material.fixed,
+        },
         data=[describe_intervention(i) for i in interventions],
         upstream={"probes": material.artifacts["probes"].key},
     )
@@ -252,7 +296,9 @@ def _measure_cell(material: Material, config: SweepConfig, cell: Cell) -> dict[s
     success = summary.get("success", {})
     out: dict[str, Any] = {
         "row_key": prov.key,
-        "layers": material.fixed["bands"].get(cell.band) if cell.band else None,
+        "layers": material.bands.get(cell.band) if cell.band else None,
+        "material_dir": str(material.run.relative_to(material.run.parent.parent)),
+        "vectors_key": material.keys["stages"].get("vectors"),
         "target_readout_shift": summary.get("target_readout_shift", np.nan),
         "success_rate": success.get("rate", np.nan),
         "success_low": success.get("ci", {}).get("low", np.nan),
