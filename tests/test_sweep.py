@@ -385,3 +385,27 @@ def test_calibrated_file_names_may_hold_dots(tmp_path) -> None:
     assert a != b and a.name == "E-1.2.json"
     assert CalibratedVector.load(a).calibration.strength == 1.2
     assert CalibratedVector.load(b).calibration.strength == 1.5
+
+
+def test_two_sweeps_never_share_a_folder(tiny_dir, tmp_path) -> None:
+    import multiprocessing
+
+    from traitlens.sweep.run import folder_lock
+
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+
+    def hold() -> None:
+        with folder_lock(tmp_path):
+            ready.set()
+            release.wait(60)
+
+    holder = multiprocessing.get_context("fork").Process(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(DataError, match="another sweep is running into"):
+            run_sweep(_config(tiny_dir, methods=["prompt"]), tmp_path, log=_quiet)
+    finally:
+        release.set()
+        holder.join(30)
+    run_sweep(_config(tiny_dir, methods=["prompt"]), tmp_path, log=_quiet)  # free again

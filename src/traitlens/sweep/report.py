@@ -16,7 +16,7 @@ from traitlens.report.figures import save_figure
 from traitlens.report.html import Section, Table, write_page
 from traitlens.sweep.calibrate import calibrate, pareto_front
 
-MARKERS = {"mean_diff": "o", "neurons": "s", "hybrid": "^", "prompt": "*"}
+MARKERS = {"mean_diff": "o", "neurons": "s", "hybrid": "^", "prompt": "D"}
 
 
 def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -46,7 +46,7 @@ def plot_curves(
             real = [r for r in cells if not r["control"] and _finite(r["perplexity_ratio"])]
             control = [r for r in cells if r["control"] and _finite(r["perplexity_ratio"])]
             colour = str(shades[method])
-            marker = MARKERS.get(method, "D")
+            marker = MARKERS.get(method, "X")
             ax.scatter(
                 [r["perplexity_ratio"] for r in real],
                 [r["target_readout_shift"] for r in real],

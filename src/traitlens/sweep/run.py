@@ -15,6 +15,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,7 @@ def _ray(
     try:
         import ray
     except ImportError as exc:
-        raise EngineError("--backend ray needs Ray: pip install 'ray==2.60.0'") from exc
+        raise EngineError("--backend ray needs Ray: pip install 'traitlens[sweep]'") from exc
     if address:
         check_address(address)
     started_here = not ray.is_initialized()
@@ -223,6 +224,34 @@ def _ray(
             ray.shutdown()
 
 
+@contextmanager
+def folder_lock(directory: Path) -> Iterator[None]:
+    """Hold ``OUT/sweep.lock`` for the whole run: a second sweep into the same folder
+    (it would append to the same ledger and build the same material) is refused."""
+    import fcntl
+    import os
+
+    path = directory / "sweep.lock"
+    with path.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise DataError(
+                f"another sweep is running into {directory} (pid {holder}); wait for it to "
+                "finish, or pass another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_sweep(
     config: SweepConfig,
     out: str | Path,
@@ -242,6 +271,19 @@ def run_sweep(
     directory = Path(out)
     check_writable(directory)
     config.check_grid()
+    with folder_lock(directory):
+        return _run_locked(config, directory, backend, workers, address, device, log)
+
+
+def _run_locked(
+    config: SweepConfig,
+    directory: Path,
+    backend: str,
+    workers: int,
+    address: str | None,
+    device: str,
+    log: Log,
+) -> list[dict[str, Any]]:
     write_json(directory / "sweep_config.json", config.model_dump(mode="json"))
     cells = expand(config)
     started = time.perf_counter()
