@@ -677,6 +677,12 @@ CLI_CASES = [
     case("bake-layers-out-of-range", [*BAKE, "--layers", "5-9"], "outside this model's layers"),
     case("lmeval-mix-trait-not-in-run", [*LMEVAL[:5], "A=-1", *LMEVAL[6:]], "no A/mean_diff"),
     case(
+        "lmeval-out-holds-an-export",
+        [*LMEVAL[:7], f"{I}/lm", *TINY],
+        "already holds an lm-eval export",
+        write("lm/steer.pt", b"an earlier export"),
+    ),
+    case(
         "lmeval-out-unwritable",
         [*LMEVAL[:7], "/proc/traitlens-test/lm", *TINY],
         "cannot write to",

@@ -447,6 +447,7 @@ def vectors_lmeval(
     out: Path = typer.Option(..., "--out", "-o", help="folder for steer.pt and the task"),
     method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
     layers: str | None = typer.Option(None, "--layers", "-l", help="default: the middle band"),
+    force: bool = typer.Option(False, "--force", help="replace an export already in --out"),
     model: str | None = MODEL_OPTION,
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
@@ -459,6 +460,13 @@ def vectors_lmeval(
 
     strengths = parse_mix(mix)
     check_choice("--method", method, METHODS)
+    if (out / "steer.pt").exists() and not force:
+        from traitlens.errors import ArtifactError
+
+        raise ArtifactError(
+            f"{out} already holds an lm-eval export (steer.pt); nothing was written. Choose a "
+            "new --out, or pass --force to replace it"
+        )
     interventions = mix_before_load(run, strengths, method, layers)
     check_model(model, device, dtype)
     tm = load_into(out, model, device, dtype)

@@ -32,14 +32,14 @@ OBJECTIVES = {
 }
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(float(value))
 
 
 def pareto_front(points: list[dict[str, Any]], effect: str) -> list[dict[str, Any]]:
     """Points not dominated in (higher ``effect``, lower perplexity ratio), by cost."""
     ordered = sorted(
-        (p for p in points if _finite(p.get(effect)) and _finite(p.get("perplexity_ratio"))),
+        (p for p in points if finite(p.get(effect)) and finite(p.get("perplexity_ratio"))),
         key=lambda p: (p["perplexity_ratio"], -p[effect]),
     )
     front, best = [], -math.inf
@@ -83,7 +83,7 @@ def calibrate(
     model: str | None = None,
 ) -> Calibration:
     """Pick the cell (see the module docstring); DataError when nothing fits the budget."""
-    if not (_finite(max_ppl_ratio) and max_ppl_ratio >= 1.0):
+    if not (finite(max_ppl_ratio) and max_ppl_ratio >= 1.0):
         raise DataError(
             f"--max-ppl-ratio must be a number >= 1 (1 = no fluency cost allowed), got "
             f"{max_ppl_ratio}"
@@ -133,13 +133,13 @@ def calibrate(
     fits = [
         p
         for p in curve
-        if _finite(p["perplexity_ratio"])
+        if finite(p["perplexity_ratio"])
         and p["perplexity_ratio"] <= max_ppl_ratio
-        and _finite(p[effect])
+        and finite(p[effect])
     ]
     if not fits:
         cheapest = min(
-            (p["perplexity_ratio"] for p in curve if _finite(p["perplexity_ratio"])),
+            (p["perplexity_ratio"] for p in curve if finite(p["perplexity_ratio"])),
             default=math.nan,
         )
         raise DataError(
@@ -164,7 +164,7 @@ def calibrate(
         effect=float(chosen[effect]),
         control_effect=float(chosen["control_effect"]),
         perplexity_ratio=float(chosen["perplexity_ratio"]),
-        beats_control=bool(_finite(net) and net > 0),
+        beats_control=bool(finite(net) and net > 0),
         curve=tuple(curve),
         front=tuple(pareto_front(curve, effect)),
         cell_key=str(chosen["key"]),

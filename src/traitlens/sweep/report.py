@@ -4,7 +4,6 @@ and the hybrid at the same fluency budget."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +13,13 @@ from matplotlib.figure import Figure
 from traitlens.errors import DataError
 from traitlens.report.figures import save_figure
 from traitlens.report.html import Section, Table, write_page
-from traitlens.sweep.calibrate import calibrate, pareto_front
+from traitlens.sweep.calibrate import calibrate, finite, pareto_front
 
 MARKERS = {"mean_diff": "o", "neurons": "s", "hybrid": "^", "prompt": "D"}
 
 
 def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("status") == "ok"]
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(float(value))
 
 
 def plot_curves(
@@ -43,8 +38,8 @@ def plot_curves(
         mine = [r for r in ok if r["trait"] == trait]
         for method in methods:
             cells = [r for r in mine if r["method"] == method]
-            real = [r for r in cells if not r["control"] and _finite(r["perplexity_ratio"])]
-            control = [r for r in cells if r["control"] and _finite(r["perplexity_ratio"])]
+            real = [r for r in cells if not r["control"] and finite(r["perplexity_ratio"])]
+            control = [r for r in cells if r["control"] and finite(r["perplexity_ratio"])]
             colour = str(shades[method])
             marker = MARKERS.get(method, "X")
             ax.scatter(

@@ -12,7 +12,6 @@ recorded with their error and retried on the next run. ``OUT/cells.csv`` and
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -321,7 +320,3 @@ def _run_locked(
         + (f" ({measured / minutes:.1f} cells/min)" if measured and minutes > 0 else "")
     )
     return [r for r in latest_rows(directory) if r.get("key") in current]
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
