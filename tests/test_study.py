@@ -10,19 +10,24 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from traitlens.errors import DataError
+from traitlens.errors import ArtifactError, DataError
 from traitlens.evaluate.interventions import effect, held_out_boundary, success_rate
+from traitlens.evaluate.results import Effect, Measurement
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.report.study_report import SECTION_IDS
 from traitlens.steer import band_layers
 from traitlens.study import resolve_config
+from traitlens.study.persona import PersonaEvaluation
 from traitlens.study.rows import control_seed, matched_control, random_vector_like
+from traitlens.study.stages import Plan, StageContext, run_plan
 
 # a one-trait study small enough for CI, used by the slow tests
 MICRO = {
@@ -72,67 +77,103 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
 def test_success_rate_hand_computed() -> None:
     # pushing high (sign +1) from below the boundary 0: prompts at -1, -2, +3 (ineligible)
     result = success_rate([-1.0, -2.0, 3.0], [0.5, -0.5, 4.0], sign=1.0)
-    assert result["n_eligible"] == 2 and result["rate"] == 0.5
+    assert result.n_eligible == 2 and result.rate == 0.5
     # pushing low with a calibrated boundary of 1: eligible are readouts above 1
     low = success_rate([2.0, 3.0, 0.0], [0.5, 1.5, -1.0], sign=-1.0, boundary=1.0)
-    assert low["n_eligible"] == 2 and low["rate"] == 0.5
-    assert math.isnan(success_rate([1.0], [2.0], sign=1.0)["rate"])
+    assert low.n_eligible == 2 and low.rate == 0.5
+    assert math.isnan(success_rate([1.0], [2.0], sign=1.0).rate)
 
 
 def test_held_out_boundary_is_midpoint_of_pole_means() -> None:
-    baseline = {"opposite_readout": {"E|high": [-3.0, -1.0], "E|low": [1.0, 5.0]}}
+    baseline = _measurement(opposite_readout={"E|high": [-3.0, -1.0], "E|low": [1.0, 5.0]})
     assert held_out_boundary(baseline, "E") == pytest.approx((-2.0 + 3.0) / 2)
-    assert held_out_boundary({"opposite_readout": {}}, "E") is None
+    assert held_out_boundary(_measurement(opposite_readout={}), "E") is None
 
 
 def test_effect_judges_success_against_the_held_out_boundary() -> None:
     """Asymmetric fixture: the probe reads every held-out prompt 'high' (its zero drifted),
     so against zero nothing is eligible for 'push high'; against the held-out midpoint
     (+4) the low-persona prompts are eligible and two of three cross."""
-    baseline = {
-        "neutral_readout": [[0.0], [0.0]],
-        "opposite_readout": {"E|high": [1.0, 2.0, 3.0], "E|low": [6.0, 6.0]},
-        "questionnaire": {"E": {"a": 3.0}},
-        "forced_choice": {"E": {"x": 0.5}},
-        "perplexity": 10.0,
-    }
-    steered = {**baseline, "opposite_readout": {"E|high": [5.0, 4.5, 3.5]}}
-    result = effect(baseline, steered, ["E"], "E", "high")
-    assert result["success"]["boundary"] == pytest.approx(4.0)
-    assert result["success"]["n_eligible"] == 3
-    assert result["success"]["rate"] == pytest.approx(2 / 3)
-    assert "held-out midpoint" in result["success"]["boundary_source"]
+    baseline = _measurement(
+        neutral_readout=[[0.0], [0.0]],
+        opposite_readout={"E|high": [1.0, 2.0, 3.0], "E|low": [6.0, 6.0]},
+        questionnaire={"E": {"a": 3.0}},
+        forced_choice={"E": {"x": 0.5}},
+    )
+    steered = replace(baseline, opposite_readout={"E|high": [5.0, 4.5, 3.5]})
+    success = effect(baseline, steered, ["E"], "E", "high").success
+    assert success is not None
+    assert success.boundary == pytest.approx(4.0)
+    assert success.n_eligible == 3
+    assert success.rate == pytest.approx(2 / 3)
+    assert "held-out midpoint" in (success.boundary_source or "")
     against_zero = success_rate([1.0, 2.0, 3.0], [5.0, 4.5, 3.5], sign=1.0)
-    assert against_zero["n_eligible"] == 0  # what the old, uncalibrated rule reported
+    assert against_zero.n_eligible == 0  # what the old, uncalibrated rule reported
     # without the other pole's readouts the row says the boundary could not be computed
-    partial = {**baseline, "opposite_readout": {"E|high": [1.0, 2.0, 3.0]}}
-    fallback = effect(partial, steered, ["E"], "E", "high")["success"]
-    assert fallback["boundary"] == 0.0 and "cannot be computed" in fallback["boundary_source"]
+    partial = replace(baseline, opposite_readout={"E|high": [1.0, 2.0, 3.0]})
+    fallback = effect(partial, steered, ["E"], "E", "high").success
+    assert fallback is not None and fallback.boundary == 0.0
+    assert "cannot be computed" in (fallback.boundary_source or "")
 
 
 def test_effect_shifts_signed_toward_target() -> None:
-    baseline = {
-        "neutral_readout": [[0.0, 1.0], [0.0, 1.0]],
-        "opposite_readout": {"E|low": [2.0, 2.0], "E|high": [-2.0, -2.0]},
-        "questionnaire": {"E": {"a": 3.0, "b": 3.0}, "A": {"c": 2.0, "d": 2.0}},
-        "forced_choice": {"E": {"x": 0.5, "y": 0.5}, "A": {"z": 0.5, "w": 0.5}},
+    baseline = _measurement(
+        neutral_readout=[[0.0, 1.0], [0.0, 1.0]],
+        opposite_readout={"E|low": [2.0, 2.0], "E|high": [-2.0, -2.0]},
+        questionnaire={"E": {"a": 3.0, "b": 3.0}, "A": {"c": 2.0, "d": 2.0}},
+        forced_choice={"E": {"x": 0.5, "y": 0.5}, "A": {"z": 0.5, "w": 0.5}},
+    )
+    steered = _measurement(
+        neutral_readout=[[-1.0, 1.0], [-3.0, 1.0]],
+        opposite_readout={"E|low": [-1.0, 3.0]},
+        questionnaire={"E": {"a": 2.0, "b": 2.5}, "A": {"c": 2.0, "d": 2.0}},
+        forced_choice={"E": {"x": 0.4, "y": 0.4}, "A": {"z": 0.5, "w": 0.5}},
+        perplexity=12.0,
+    )
+    result = effect(baseline, steered, ["E", "A"], "E", "low")
+    assert result.readout_shift["E"].shift == pytest.approx(-2.0)
+    assert result.target_readout_shift == pytest.approx(2.0)  # toward low = positive
+    assert result.target_questionnaire_shift == pytest.approx(0.75)
+    assert result.questionnaire_shift["A"].shift == 0.0
+    assert result.target_forced_choice_shift == pytest.approx(0.1)
+    assert result.perplexity_ratio == pytest.approx(1.2)
+    assert result.success is not None
+    assert result.success.rate == 0.5 and result.success.boundary == 0.0
+    # the typed summary writes the JSON eval.json has always held, and reads it back
+    assert Effect.from_dict(result.to_dict()) == result
+    assert "capability_change" not in result.to_dict()  # absent parts are left out
+
+
+def test_measurement_reads_rows_written_before_the_types_and_refuses_broken_ones() -> None:
+    old_row = {
+        "neutral_readout": [[0.5]],
+        "opposite_readout": {},
+        "questionnaire": {"E": {"a": 3.0}},
+        "questionnaire_label_mass": 0.2,
+        "forced_choice": {"E": {"x": 0.5}},
+        "perplexity": 9.0,
+        "answers": ["hi"],
+        "distinct_2": 1.0,
+        "repetition": 0.0,
+    }
+    measured = Measurement.from_dict(old_row)
+    assert measured.answers == ["hi"] and measured.capability is None
+    assert measured.to_dict() == old_row  # same JSON, same order: a resumed run reuses it
+    assert list(measured.to_dict()) == list(old_row)
+    with pytest.raises(ArtifactError, match="lacks forced_choice"):
+        Measurement.from_dict({k: v for k, v in old_row.items() if k != "forced_choice"})
+
+
+def _measurement(**values: Any) -> Measurement:
+    defaults: dict[str, Any] = {
+        "neutral_readout": [[0.0]],
+        "opposite_readout": {},
+        "questionnaire": {},
+        "questionnaire_label_mass": 0.5,
+        "forced_choice": {},
         "perplexity": 10.0,
     }
-    steered = {
-        "neutral_readout": [[-1.0, 1.0], [-3.0, 1.0]],
-        "opposite_readout": {"E|low": [-1.0, 3.0]},
-        "questionnaire": {"E": {"a": 2.0, "b": 2.5}, "A": {"c": 2.0, "d": 2.0}},
-        "forced_choice": {"E": {"x": 0.4, "y": 0.4}, "A": {"z": 0.5, "w": 0.5}},
-        "perplexity": 12.0,
-    }
-    result = effect(baseline, steered, ["E", "A"], "E", "low")
-    assert result["readout_shift"]["E"]["shift"] == pytest.approx(-2.0)
-    assert result["target_readout_shift"] == pytest.approx(2.0)  # toward low = positive
-    assert result["target_questionnaire_shift"] == pytest.approx(0.75)
-    assert result["questionnaire_shift"]["A"]["shift"] == 0.0
-    assert result["target_forced_choice_shift"] == pytest.approx(0.1)
-    assert result["perplexity_ratio"] == pytest.approx(1.2)
-    assert result["success"]["rate"] == 0.5 and result["success"]["boundary"] == 0.0
+    return Measurement(**(defaults | values))
 
 
 def _neurons(layers: list[int], delta: list[float]) -> SelectedNeurons:
@@ -140,6 +181,29 @@ def _neurons(layers: list[int], delta: list[float]) -> SelectedNeurons:
     return SelectedNeurons(
         torch.tensor(layers), torch.arange(n), torch.tensor(delta), torch.ones(n)
     )
+
+
+def test_plan_runs_stages_in_declared_order_and_refuses_a_second_declaration(
+    tmp_path: Path,
+) -> None:
+    plan = Plan()
+    seen: list[str] = []
+
+    @plan.stage("first", "makes 1")
+    def first(ctx: StageContext) -> int:
+        seen.append("first")
+        return 1
+
+    @plan.stage("second", "adds 1 to the first")
+    def second(ctx: StageContext) -> int:
+        seen.append("second")
+        return int(ctx["first"]) + 1
+
+    context = StageContext.open(None, tmp_path / "run", None, lambda message: None)  # type: ignore[arg-type]
+    run_plan(plan.stages, context)
+    assert seen == ["first", "second"] and context["second"] == 2
+    with pytest.raises(ValueError, match="declared twice"):
+        plan.stage("first", "again")(first)
 
 
 def test_restrict_and_matched_control() -> None:
@@ -240,6 +304,14 @@ def test_quick_study_produces_report_with_every_section(quick_run) -> None:
     assert {r["trait"] for r in evaluation["results"]} == {"O", "C", "E", "A", "N"}
     assert {r["pole"] for r in evaluation["results"]} == {"high", "low"}
     assert (out / "eval.csv").read_text().count("\n") == len(evaluation["results"]) + 1
+    # eval.json reads back as typed results and writes the same JSON again
+    typed = PersonaEvaluation.load(out / "eval.json")
+    assert all(isinstance(r.effect, Effect) for r in typed.results)
+    assert json.loads(json.dumps(typed.to_dict(), allow_nan=True)) == json.loads(
+        (out / "eval.json").read_text()
+    )
+    real = [r for r in typed.results if r.method == "mean_diff" and not r.control]
+    assert real and all(r.effect.success is not None for r in real)
     # the concept design ran in the same study (design "both" is the default)
     concept = json.loads((out / "concepts" / "eval.json").read_text())
     assert {r["trait"] for r in concept["results"]} == {"O", "C", "E", "A", "N"}

@@ -38,6 +38,14 @@ FIGURES_OPTION = typer.Option(True, help="also write figures to RUN/figures/")
 FORCE_OPTION = typer.Option(
     False, "--force", help="replace artifacts in the run made from other inputs"
 )
+# the options of the commands that apply a run's trait vectors (steer, vectors *,
+# evaluate capability)
+VECTORS_RUN_OPTION = typer.Option(..., "--run", help="run directory holding vectors.json")
+DIRECTION_METHOD_OPTION = typer.Option(
+    "mean_diff", "--method", help="a registered direction method"
+)
+MIX_OPTION = typer.Option(..., "--mix", help="trait strengths in spread units, e.g. E=+1,N=-0.5")
+MIX_LAYERS_OPTION = typer.Option(None, "--layers", "-l", help="default: the middle band")
 
 # Sane upper bounds: far above any useful value, low enough to catch a slipped digit
 # before it allocates a batch or a generation that cannot fit in memory.

@@ -11,9 +11,13 @@ import typer
 
 from traitlens.cli.common import (
     DEVICE_OPTION,
+    DIRECTION_METHOD_OPTION,
     DTYPE_OPTION,
     MAX_BATCH_SIZE,
+    MIX_LAYERS_OPTION,
+    MIX_OPTION,
     MODEL_OPTION,
+    VECTORS_RUN_OPTION,
     check_choice,
     check_int,
     check_judge_url,
@@ -302,13 +306,13 @@ def _answer_inputs(
 
 
 def _print_answer_scores(
-    title: str, result: dict[str, Any], records: Sequence[AnswerRecord], codes: Sequence[str]
+    model_name: str, result: dict[str, Any], records: Sequence[AnswerRecord], codes: Sequence[str]
 ) -> None:
     """The mean score per scorer and trait (with the embedding judge's LOO AUC and its
     p-value), and for a few answers each answer's scores."""
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=f"open-ended answers — {len(records)} scored by {model_name}")
     table.add_column("scorer")
     for code in codes:
         table.add_column(code, justify="right")
@@ -385,8 +389,7 @@ def answers_cmd(
         judge_model=judge_model,
         out=out,
     )
-    title = f"open-ended answers — {len(records)} scored by {tm.identity.name}"
-    _print_answer_scores(title, result, records, codes)
+    _print_answer_scores(tm.identity.name, result, records, codes)
     done(result["path"], "answer scores")
 
 
@@ -410,10 +413,10 @@ def _scores_from_lm_eval(samples: list[dict[str, Any]]) -> list[Any]:
 
 @evaluate_app.command("capability")
 def capability_cmd(
-    run: Path = typer.Option(..., "--run", help="run directory holding vectors.json"),
-    mix: str = typer.Option(..., "--mix", help="trait strengths in spread units, e.g. E=+1,N=-0.5"),
-    method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
-    layers: str | None = typer.Option(None, "--layers", "-l", help="default: the middle band"),
+    run: Path = VECTORS_RUN_OPTION,
+    mix: str = MIX_OPTION,
+    method: str = DIRECTION_METHOD_OPTION,
+    layers: str | None = MIX_LAYERS_OPTION,
     items_path: Path | None = typer.Option(
         None,
         "--items",

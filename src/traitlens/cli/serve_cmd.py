@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -19,6 +20,10 @@ from traitlens.cli.common import (
     load,
 )
 from traitlens.errors import DataError
+
+if TYPE_CHECKING:
+    from traitlens.models.loading import TraitModel
+    from traitlens.steer.vectors import VectorSet
 
 
 def _vector_source(path: Path) -> Path:
@@ -39,90 +44,108 @@ def _vector_source(path: Path) -> Path:
     return stem
 
 
+def _check_limits(
+    port: int, max_batch: int, queue: int, max_tokens: int, timeout: float, max_strength: float
+) -> None:
+    """The server's numbers, checked before the model loads."""
+    check_int("--port", port, 0, 65535, example=8000)
+    check_int("--max-batch", max_batch, 1, MAX_BATCH_SIZE, example=8)
+    check_int("--queue", queue, 1, 1_000_000, example=64)
+    check_int("--max-tokens", max_tokens, 1, MAX_NEW_TOKENS, example=512)
+    check_float("--timeout", timeout, 0.0, low_open=True)
+    check_float("--max-strength", max_strength, 0.0, 50.0, low_open=True)
+
+
+def _served_vectors(tm: TraitModel, source: Path | None, calibrated: list[Path]) -> VectorSet:
+    """The vectors to serve, each checked against ``tm``: the run's (or the one vector
+    file's), then one per calibrated file."""
+    from traitlens.steer.vectors import TraitVector, VectorSet
+    from traitlens.sweep.calibrate import CalibratedVector
+
+    if source is not None and source.is_dir():
+        vector_set = VectorSet.load(source, expect=tm.identity)
+    else:
+        vector_set = VectorSet(tm.identity)
+        if source is not None:
+            vector_set.add(TraitVector.load(source, expect=tm.identity))
+    for path in calibrated:
+        vector = CalibratedVector.load(path, expect=tm.identity).as_vector()
+        if (vector.trait, vector.method) in vector_set:
+            raise DataError(
+                f"--calibrated {path}: a calibrated {vector.trait} vector is already loaded; "
+                "serve one calibration per trait (requests choose the sign)"
+            )
+        vector_set.add(vector)
+    return vector_set
+
+
+def serve_cmd(
+    vectors: Path | None = typer.Option(
+        None, "--vectors", help="run directory with vectors.json, or one vector file"
+    ),
+    calibrated: list[Path] = typer.Option(
+        [],
+        "--calibrated",
+        help="a calibrated vector from `traitlens calibrate` (repeatable): served as "
+        "method 'calibrated', strength 1 = the calibrated strength on its band",
+    ),
+    model: str | None = MODEL_OPTION,
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+    port: int = typer.Option(8000, "--port"),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="TRAITLENS_API_KEY",
+        help="require 'Authorization: Bearer KEY'",
+    ),
+    max_batch: int = typer.Option(8, "--max-batch", help="requests decoded together"),
+    queue: int = typer.Option(64, "--queue", help="waiting requests before HTTP 429"),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="cap on max_tokens per request"),
+    timeout: float = typer.Option(120.0, "--timeout", help="seconds per request"),
+    max_strength: float = typer.Option(
+        3.0, "--max-strength", help="safe |strength| per trait, in spread units per layer"
+    ),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+) -> None:
+    """Serve the model behind /v1/chat/completions and /v1/completions; add
+    "steering": {"traits": {"E": 1.0}} to a request body to steer it. Playground at /."""
+    from traitlens.serve import require_serve_extra
+
+    require_serve_extra()
+    _check_limits(port, max_batch, queue, max_tokens, timeout, max_strength)
+    if vectors is None and not calibrated:
+        raise DataError("pass --vectors RUN (or a vector file) and/or --calibrated FILE")
+    source = _vector_source(vectors) if vectors is not None else None
+    from traitlens.sweep.calibrate import CalibratedVector
+
+    for path in calibrated:
+        CalibratedVector.load(path)  # unreadable or foreign files fail before the model
+    check_model(model, device, dtype)
+    tm = load(model, device, dtype)
+
+    from traitlens.serve import create_app
+    from traitlens.serve.server import serve_forever
+
+    vector_set = _served_vectors(tm, source, calibrated)
+    offered = ", ".join(f"{v.trait}/{v.method}" for v in vector_set)
+    sources = ", ".join(str(p) for p in ([vectors] if vectors else []) + list(calibrated))
+    console.print(f"vectors: {offered} from [bold]{sources}[/]")
+    server = create_app(
+        tm,
+        vector_set,
+        api_key=api_key,
+        max_tokens_cap=max_tokens,
+        max_batch=max_batch,
+        queue_limit=queue,
+        request_timeout=timeout,
+        max_strength=max_strength,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        console.print(f"[yellow]warning:[/] listening on {host} without --api-key")
+    console.print(f"serving on [bold]http://{host}:{port}[/] (playground at /, API at /v1)")
+    serve_forever(server, host, port)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("serve")
-    def serve_cmd(
-        vectors: Path | None = typer.Option(
-            None, "--vectors", help="run directory with vectors.json, or one vector file"
-        ),
-        calibrated: list[Path] = typer.Option(
-            [],
-            "--calibrated",
-            help="a calibrated vector from `traitlens calibrate` (repeatable): served as "
-            "method 'calibrated', strength 1 = the calibrated strength on its band",
-        ),
-        model: str | None = MODEL_OPTION,
-        host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
-        port: int = typer.Option(8000, "--port"),
-        api_key: str | None = typer.Option(
-            None,
-            "--api-key",
-            envvar="TRAITLENS_API_KEY",
-            help="require 'Authorization: Bearer KEY'",
-        ),
-        max_batch: int = typer.Option(8, "--max-batch", help="requests decoded together"),
-        queue: int = typer.Option(64, "--queue", help="waiting requests before HTTP 429"),
-        max_tokens: int = typer.Option(512, "--max-tokens", help="cap on max_tokens per request"),
-        timeout: float = typer.Option(120.0, "--timeout", help="seconds per request"),
-        max_strength: float = typer.Option(
-            3.0, "--max-strength", help="safe |strength| per trait, in spread units per layer"
-        ),
-        device: str = DEVICE_OPTION,
-        dtype: str = DTYPE_OPTION,
-    ) -> None:
-        """Serve the model behind /v1/chat/completions and /v1/completions; add
-        "steering": {"traits": {"E": 1.0}} to a request body to steer it. Playground at /."""
-        from traitlens.serve import require_serve_extra
-
-        require_serve_extra()
-        check_int("--port", port, 0, 65535, example=8000)
-        check_int("--max-batch", max_batch, 1, MAX_BATCH_SIZE, example=8)
-        check_int("--queue", queue, 1, 1_000_000, example=64)
-        check_int("--max-tokens", max_tokens, 1, MAX_NEW_TOKENS, example=512)
-        check_float("--timeout", timeout, 0.0, low_open=True)
-        check_float("--max-strength", max_strength, 0.0, 50.0, low_open=True)
-        if vectors is None and not calibrated:
-            raise DataError("pass --vectors RUN (or a vector file) and/or --calibrated FILE")
-        source = _vector_source(vectors) if vectors is not None else None
-        from traitlens.sweep.calibrate import CalibratedVector
-
-        for path in calibrated:
-            CalibratedVector.load(path)  # unreadable or foreign files fail before the model
-        check_model(model, device, dtype)
-        tm = load(model, device, dtype)
-
-        from traitlens.serve import create_app
-        from traitlens.serve.server import serve_forever
-        from traitlens.steer.vectors import TraitVector, VectorSet
-
-        if source is not None and source.is_dir():
-            vector_set = VectorSet.load(source, expect=tm.identity)
-        else:
-            vector_set = VectorSet(tm.identity)
-            if source is not None:
-                vector_set.add(TraitVector.load(source, expect=tm.identity))
-        for path in calibrated:
-            vector = CalibratedVector.load(path, expect=tm.identity).as_vector()
-            if (vector.trait, vector.method) in vector_set:
-                raise DataError(
-                    f"--calibrated {path}: a calibrated {vector.trait} vector is already loaded; "
-                    "serve one calibration per trait (requests choose the sign)"
-                )
-            vector_set.add(vector)
-        offered = ", ".join(f"{v.trait}/{v.method}" for v in vector_set)
-        sources = ", ".join(str(p) for p in ([vectors] if vectors else []) + list(calibrated))
-        console.print(f"vectors: {offered} from [bold]{sources}[/]")
-        server = create_app(
-            tm,
-            vector_set,
-            api_key=api_key,
-            max_tokens_cap=max_tokens,
-            max_batch=max_batch,
-            queue_limit=queue,
-            request_timeout=timeout,
-            max_strength=max_strength,
-        )
-        if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-            console.print(f"[yellow]warning:[/] listening on {host} without --api-key")
-        console.print(f"serving on [bold]http://{host}:{port}[/] (playground at /, API at /v1)")
-        serve_forever(server, host, port)
+    app.command("serve")(serve_cmd)

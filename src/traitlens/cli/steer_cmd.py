@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -11,9 +12,13 @@ from typer.core import TyperCommand, TyperOption
 
 from traitlens.cli.common import (
     DEVICE_OPTION,
+    DIRECTION_METHOD_OPTION,
     DTYPE_OPTION,
     MAX_NEW_TOKENS,
+    MIX_LAYERS_OPTION,
+    MIX_OPTION,
     MODEL_OPTION,
+    VECTORS_RUN_OPTION,
     check_choice,
     check_float,
     check_input_file,
@@ -160,56 +165,71 @@ def _print_side_by_side(
     Console().print(table)
 
 
+@dataclass(frozen=True)
+class _Answers:
+    """What ``steer`` answers, with and without the edit, whichever way the edit is
+    chosen (``--trait`` or ``--calibrated``)."""
+
+    prompts: list[str]
+    system: str | None
+    max_new_tokens: int
+    sample: bool
+    seed: int
+
+    def check_fits(self, tm: TraitModel) -> None:
+        """Each prompt and the system prompt fit the model's context (before any work)."""
+        from traitlens.models.loading import check_text_fits
+
+        numbered = [(f"#{i}", text) for i, text in enumerate(self.prompts, 1)]
+        check_text_fits(tm, numbered, "--prompt", "shorten it")
+        if self.system:
+            check_text_fits(tm, [("", self.system)], "--system", "shorten it")
+
+    def side_by_side(
+        self, tm: TraitModel, edit: Intervention, title: str, steered_header: str
+    ) -> None:
+        """Answer every prompt unsteered and under ``edit``, and print both in a table."""
+        from traitlens.steer import compare_steering
+
+        pairs = compare_steering(
+            tm,
+            self.prompts,
+            edit,
+            system=self.system,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.sample,
+            seed=self.seed,
+            progress=False,
+        )
+        _print_side_by_side(title, self.prompts, pairs, steered_header)
+
+
 def _steer_calibrated(
-    path: Path,
-    prompt: list[str],
-    system: str | None,
-    max_new_tokens: int,
-    positions: str,
-    sample: bool,
-    seed: int,
-    model: str | None,
-    device: str,
-    dtype: str,
+    path: Path, answers: _Answers, positions: str, model: str | None, device: str, dtype: str
 ) -> None:
     """``steer --calibrated FILE``: the sweep's choice, nothing else to pick."""
-    from traitlens.models.loading import check_text_fits
-    from traitlens.steer import AddDirection, compare_steering
+    from traitlens.steer import AddDirection
     from traitlens.steer.layers import layer_text
     from traitlens.sweep.calibrate import CalibratedVector
 
     where = _positions(positions)
-    check_int("--max-new-tokens", max_new_tokens, 1, MAX_NEW_TOKENS, example=48)
-    check_seed("--seed", seed)
+    check_int("--max-new-tokens", answers.max_new_tokens, 1, MAX_NEW_TOKENS, example=48)
+    check_seed("--seed", answers.seed)
     saved = CalibratedVector.load(path)  # a bad file fails before the model loads
     if model is None and saved.calibration.model != "embedded":
         model = saved.calibration.model  # the model the sweep calibrated on
     check_model(model, device, dtype)
     tm = load(model, device, dtype)
-    check_text_fits(
-        tm, [(f"#{i}", text) for i, text in enumerate(prompt, 1)], "--prompt", "shorten it"
-    )
-    if system:
-        check_text_fits(tm, [("", system)], "--system", "shorten it")
+    answers.check_fits(tm)
     chosen = CalibratedVector.load(path, expect=tm.identity)
     c = chosen.calibration
     edit = AddDirection(chosen.as_vector(), 1.0, layers=c.layers, positions=where)
-    pairs = compare_steering(
-        tm,
-        prompt,
-        edit,
-        system=system,
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        seed=seed,
-        progress=False,
-    )
     title = (
         f"{c.trait} → {c.pole} (calibrated {c.method}: {c.strength:+g}σ on layers "
         f"{layer_text(list(c.layers))}, perplexity ×{c.perplexity_ratio:.2f} within "
         f"×{c.max_ppl_ratio:g})"
     )
-    _print_side_by_side(title, prompt, pairs, f"steered: {c.trait} {c.pole}")
+    answers.side_by_side(tm, edit, title, f"steered: {c.trait} {c.pole}")
 
 
 def steer_cmd(
@@ -218,7 +238,7 @@ def steer_cmd(
     ),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="repeatable"),
     pole: str = typer.Option("high", "--pole", help="push toward the high or low pole"),
-    method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
+    method: str = DIRECTION_METHOD_OPTION,
     strength: float = typer.Option(
         2.0, "--strength", "-s", help="standard deviations added at each layer (|s| <= 50)"
     ),
@@ -254,24 +274,13 @@ def steer_cmd(
     dtype: str = DTYPE_OPTION,
 ) -> None:
     """Answer prompts with and without steering toward a trait pole, side by side."""
+    answers = _Answers(prompt, system, max_new_tokens, sample, seed)
     if calibrated is not None:
-        _steer_calibrated(
-            calibrated,
-            prompt,
-            system,
-            max_new_tokens,
-            positions,
-            sample,
-            seed,
-            model,
-            device,
-            dtype,
-        )
+        _steer_calibrated(calibrated, answers, positions, model, device, dtype)
         return
     if trait is None:
         raise typer.BadParameter("pass --trait (e.g. --trait E) or --calibrated FILE")
-    from traitlens.models.loading import check_text_fits
-    from traitlens.steer import compare_steering, default_run_dir, middle_layers, parse_layers
+    from traitlens.steer import default_run_dir, middle_layers, parse_layers
     from traitlens.steer.layers import layer_text
 
     # everything that can be wrong without the model, checked before it loads
@@ -283,11 +292,7 @@ def steer_cmd(
     if run is not None:
         check_out_dir(run)
     tm = load(model, device, dtype)
-    check_text_fits(
-        tm, [(f"#{i}", text) for i, text in enumerate(prompt, 1)], "--prompt", "shorten it"
-    )
-    if system:
-        check_text_fits(tm, [("", system)], "--system", "shorten it")
+    answers.check_fits(tm)
     run = run or default_run_dir(tm)
     chosen = parse_layers(layers, tm.n_layers) if layers else middle_layers(tm.n_layers)
     intervention, how = _intervention(
@@ -302,18 +307,8 @@ def steer_cmd(
         positions=where,
         span=span,
     )
-    pairs = compare_steering(
-        tm,
-        prompt,
-        intervention,
-        system=system,
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        seed=seed,
-        progress=False,
-    )
     title = f"{code} → {pole} ({how}, layers {layer_text(chosen)}, positions {positions})"
-    _print_side_by_side(title, prompt, pairs, f"steered: {code} {pole}")
+    answers.side_by_side(tm, intervention, title, f"steered: {code} {pole}")
     done(run, "run artifacts (captures, vectors.json / neurons.json)")
 
 
@@ -343,10 +338,10 @@ def vectors_show(run: Path = typer.Option(..., "--run", help="run directory")) -
 
 
 def vectors_export(
-    run: Path = typer.Option(..., "--run", help="run directory holding vectors.json"),
+    run: Path = VECTORS_RUN_OPTION,
     trait: str = typer.Option(..., "--trait", "-t"),
     out: Path = typer.Option(..., "--out", "-o", help="file to write"),
-    method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
+    method: str = DIRECTION_METHOD_OPTION,
     fmt: str = typer.Option("gguf", "--format", help="gguf (llama.cpp) or safetensors"),
     strength: float = typer.Option(
         1.0, "--strength", "-s", help="baked in: the file holds strength × spread × direction"
@@ -411,11 +406,11 @@ def vectors_import(
 
 
 def vectors_bake(
-    run: Path = typer.Option(..., "--run", help="run directory holding vectors.json"),
-    mix: str = typer.Option(..., "--mix", help="trait strengths in spread units, e.g. E=+1,N=-0.5"),
+    run: Path = VECTORS_RUN_OPTION,
+    mix: str = MIX_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="folder for the baked HF checkpoint"),
-    method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
-    layers: str | None = typer.Option(None, "--layers", "-l", help="default: the middle band"),
+    method: str = DIRECTION_METHOD_OPTION,
+    layers: str | None = MIX_LAYERS_OPTION,
     force: bool = typer.Option(False, "--force", help="replace the files already in --out"),
     model: str | None = MODEL_OPTION,
     device: str = DEVICE_OPTION,
@@ -442,11 +437,11 @@ def vectors_bake(
 
 
 def vectors_lmeval(
-    run: Path = typer.Option(..., "--run", help="run directory holding vectors.json"),
-    mix: str = typer.Option(..., "--mix", help="trait strengths in spread units, e.g. E=+1,N=-0.5"),
+    run: Path = VECTORS_RUN_OPTION,
+    mix: str = MIX_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="folder for steer.pt and the task"),
-    method: str = typer.Option("mean_diff", "--method", help="a registered direction method"),
-    layers: str | None = typer.Option(None, "--layers", "-l", help="default: the middle band"),
+    method: str = DIRECTION_METHOD_OPTION,
+    layers: str | None = MIX_LAYERS_OPTION,
     force: bool = typer.Option(False, "--force", help="replace an export already in --out"),
     model: str | None = MODEL_OPTION,
     device: str = DEVICE_OPTION,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from traitlens.artifact_io import check_writable, fields_of, read_json, write_json
+from traitlens.artifact_io import fields_of, read_json, write_json
 from traitlens.concepts.capture import ItemActivations, capture_items
 from traitlens.concepts.config import ConceptConfig
 from traitlens.concepts.evaluate import (
@@ -48,7 +48,9 @@ from traitlens.study.rows import (
     random_vector_like,
     row_name,
 )
-from traitlens.study.stages import Stage, StageContext, run_plan
+from traitlens.study.stages import Plan, Stage, StageContext, run_plan
+
+CONCEPT = Plan()
 
 CONCEPT_DIR = "concepts"
 
@@ -80,6 +82,7 @@ def load_bank(config: ConceptConfig) -> tuple[list[Any], str]:
     return items, config.items_file or "shipped"
 
 
+@CONCEPT.stage("items", "item bank and held-out split")
 def stage_items(ctx: StageContext) -> ConceptItems:
     config: ConceptConfig = ctx.config
     bank, source = load_bank(config)
@@ -129,6 +132,7 @@ def stage_items(ctx: StageContext) -> ConceptItems:
     return ConceptItems(tuple(items), split, source, prov.key)
 
 
+@CONCEPT.stage("capture", "item-token states and per-item neuron firing")
 def stage_capture(ctx: StageContext) -> ItemActivations:
     config: ConceptConfig = ctx.config
     chosen: ConceptItems = ctx["items"]
@@ -146,6 +150,7 @@ def stage_capture(ctx: StageContext) -> ItemActivations:
     )
 
 
+@CONCEPT.stage("probes", "domain probes per layer, facet-grouped CV with control task")
 def stage_probes(ctx: StageContext) -> DomainProbes:
     config: ConceptConfig = ctx.config
     acts: ItemActivations = ctx["capture"]
@@ -210,6 +215,7 @@ def _fit_probes(
     return probes
 
 
+@CONCEPT.stage("neurons", "one-vs-rest concept neurons, item-level test with BH-FDR")
 def stage_neurons(ctx: StageContext) -> NeuronSet:
     config: ConceptConfig = ctx.config
     chosen: ConceptItems = ctx["items"]
@@ -437,11 +443,11 @@ class _Readout:
             upstream={"concepts.probes": ctx["probes"].key},
         )
 
-    def measure(self, ctx: StageContext, interventions: Sequence[Any]) -> dict[str, Any]:
+    def measure(self, ctx: StageContext, interventions: Sequence[Any]) -> ConceptMeasurement:
         from traitlens.steer import steering
 
         with steering(ctx.tm, list(interventions)):
-            return measure_condition(ctx.tm, self.sets, ctx["probes"], self.tokens).to_dict()
+            return measure_condition(ctx.tm, self.sets, ctx["probes"], self.tokens)
 
 
 def _readout(ctx: StageContext) -> _Readout:
@@ -457,6 +463,7 @@ def _readout(ctx: StageContext) -> _Readout:
     return _Readout(sets, tokens, band, neuron_band)
 
 
+@CONCEPT.stage("evaluation", "boost / suppress / direction vs matched controls, both levels")
 def stage_evaluation(ctx: StageContext) -> ConceptEvaluation:
     """Measure the baseline and every planned condition (reusing rows of the same key),
     then summarize each against the baseline."""
@@ -467,19 +474,23 @@ def stage_evaluation(ctx: StageContext) -> ConceptEvaluation:
     plan = plan_conditions(ctx, read.band, read.neuron_band)
     provs = {c.name: read.provenance(ctx, c.name, c) for c in plan}
     log_plan(rows_dir, [("baseline", base_prov), *provs.items()], ctx.log)
-    baseline = ConceptMeasurement.from_dict(
-        measured_row(rows_dir, "baseline", base_prov, lambda: read.measure(ctx, []))
+    baseline = measured_row(
+        rows_dir, "baseline", base_prov, lambda: read.measure(ctx, []), ConceptMeasurement
     )
     results, keys = [], {"baseline": base_prov.key}
     for number, condition in enumerate(plan, start=1):
         ctx.log(f"  [{number}/{len(plan)}] {condition.name}")
         prov = provs[condition.name]
         data = measured_row(
-            rows_dir, condition.name, prov, partial(read.measure, ctx, condition.interventions)
+            rows_dir,
+            condition.name,
+            prov,
+            partial(read.measure, ctx, condition.interventions),
+            ConceptMeasurement,
         )
         summary = concept_effect(
             baseline,
-            ConceptMeasurement.from_dict(data),
+            data,
             read.sets.items,
             config.traits,
             condition.trait,
@@ -531,6 +542,7 @@ def _save_evaluation(
     return evaluation
 
 
+@CONCEPT.stage("figures", "concept figures")
 def stage_figures(ctx: StageContext) -> list[Path]:
     from traitlens.report.concept_figures import draw_concept_figures
 
@@ -539,18 +551,7 @@ def stage_figures(ctx: StageContext) -> list[Path]:
     )
 
 
-CONCEPT_STAGES: tuple[Stage, ...] = (
-    Stage("items", "item bank and held-out split", stage_items),
-    Stage("capture", "item-token states and per-item neuron firing", stage_capture),
-    Stage("probes", "domain probes per layer, facet-grouped CV with control task", stage_probes),
-    Stage("neurons", "one-vs-rest concept neurons, item-level test with BH-FDR", stage_neurons),
-    Stage(
-        "evaluation",
-        "boost / suppress / direction vs matched controls, both levels",
-        stage_evaluation,
-    ),
-    Stage("figures", "concept figures", stage_figures),
-)
+CONCEPT_STAGES: tuple[Stage, ...] = CONCEPT.stages
 
 
 def run_concepts(
@@ -565,9 +566,7 @@ def run_concepts(
 ) -> StageContext:
     """Run (or resume) the concept design into ``out``; returns the stage context
     (``context["probes"]``, ``context["evaluation"]``, …)."""
-    run = Path(out)
-    check_writable(run)
-    context = StageContext(tm, run, config, log, progress=progress, force=force)
+    context = StageContext.open(tm, out, config, log, progress=progress, force=force)
     return run_plan(stages, context, prefix="concept ")
 
 

@@ -221,6 +221,18 @@ def scaled(path: Path, scale: float) -> str:
     return f"{path}:{scale:g}"
 
 
+def _control_args(
+    control: tuple[Path, float] | None, layer_range: tuple[int, int] | None
+) -> list[str]:
+    """The control-vector arguments ``llama-server`` and ``llama-completion`` share."""
+    args: list[str] = []
+    if control is not None:
+        args += ["--control-vector-scaled", scaled(*control)]
+    if layer_range is not None:
+        args += ["--control-vector-layer-range", *map(str, layer_range)]
+    return args
+
+
 def _free_port() -> int:
     import socket
 
@@ -262,10 +274,7 @@ class LlamaServer:
             "--seed",
             "0",
         ]
-        if control is not None:
-            self.command += ["--control-vector-scaled", scaled(*control)]
-        if layer_range is not None:
-            self.command += ["--control-vector-layer-range", *map(str, layer_range)]
+        self.command += _control_args(control, layer_range)
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LlamaServer:
@@ -352,10 +361,7 @@ def complete_cli(
         "-c",
         "1024",
     ]
-    if control is not None:
-        command += ["--control-vector-scaled", scaled(*control)]
-    if layer_range is not None:
-        command += ["--control-vector-layer-range", *map(str, layer_range)]
+    command += _control_args(control, layer_range)
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
     if done.returncode != 0:
         raise EngineError(f"llama-completion failed:\n{done.stderr.strip()[-1500:]}")

@@ -155,6 +155,124 @@ def _server_run(
     return tokens, {int(e["id"]): float(e["logprob"]) for e in first}
 
 
+@dataclass(frozen=True)
+class _Edits:
+    """What traitlens steers with: the vector itself, a random vector of the same size, and
+    the vector moved one block earlier / later (keyed by the offset)."""
+
+    aligned: AddDirection
+    random: AddDirection
+    moved: dict[int, AddDirection]
+
+
+def _edits(
+    tm: TraitModel, vector: TraitVector, strength: float, chosen: list[int], seed: int
+) -> _Edits:
+    from traitlens.study.rows import random_vector_like
+
+    edit = AddDirection(vector, strength, layers=chosen, positions="all")
+    random_edit = AddDirection(random_vector_like(vector, seed), strength, layers=chosen)
+    # the same vector one block earlier / later: if llama.cpp's direction.N acted anywhere
+    # but block N's output, one of these would track it better than the aligned edit
+    shifted = {
+        offset: AddDirection(_moved(vector, chosen, offset), strength)
+        for offset in (-1, 1)
+        if chosen[0] + offset >= 1 and chosen[-1] + offset < tm.identity.n_layers
+    }
+    return _Edits(aligned=edit, random=random_edit, moved=shifted)
+
+
+def _control(
+    tm: TraitModel,
+    vector: TraitVector,
+    workdir: Path,
+    strength: float,
+    chosen: list[int],
+    control_file: Path | None,
+) -> tuple[tuple[Path, float], tuple[int, int]]:
+    """What llama.cpp is given: ``(control file, scale)`` and the layer range it adds at."""
+    from traitlens.steer.gguf_io import export_gguf
+
+    if control_file is None:  # our export: the file holds strength × the vector
+        control = (export_gguf(vector, workdir / f"{vector.trait}.gguf", strength, chosen), 1.0)
+    else:  # a file made elsewhere, imported as ``vector``: llama.cpp scales it itself
+        control = (Path(control_file), float(strength))
+    layer_range = (chosen[0], chosen[-1])
+    contiguous = chosen == list(range(chosen[0], chosen[-1] + 1))
+    if not contiguous:  # llama.cpp takes one range; the file holds only the chosen layers
+        layer_range = (1, tm.identity.n_layers - 1)
+    return control, layer_range
+
+
+def _check_prompt(
+    tm: TraitModel,
+    edits: _Edits,
+    prompt: str,
+    ids: list[int],
+    plain: tuple[list[int], dict[int, float]],
+    steered: tuple[list[int], dict[int, float]],
+    n_predict: int,
+    pooled: dict[str, list[float]],
+) -> PromptCheck:
+    """One prompt's comparison against llama.cpp's ``plain`` and ``steered`` runs; its
+    shifts and unsteered log-probs are appended to ``pooled`` for the pooled r."""
+    from traitlens.steer.apply import steering
+
+    ll_plain, lp_plain = plain
+    ll_steer, lp_steer = steered
+    tl_plain, first_plain = _greedy(tm, ids, n_predict)
+    with steering(tm, edits.aligned):
+        tl_steer, first_steer = _greedy(tm, ids, n_predict)
+    with steering(tm, edits.random):
+        _, first_random = _greedy(tm, ids, 1)
+    first_moved = {}
+    for offset, moved in edits.moved.items():
+        with steering(tm, moved):
+            first_moved[offset] = _greedy(tm, ids, 1)[1]
+    shared = sorted(set(lp_plain) & set(lp_steer))
+    ll_shift = [lp_steer[t] - lp_plain[t] for t in shared]
+    tl_shift = [float(first_steer[t] - first_plain[t]) for t in shared]
+    rand_shift = [float(first_random[t] - first_plain[t]) for t in shared]
+    pooled["ll"] += ll_shift
+    pooled["tl"] += tl_shift
+    pooled["rand"] += rand_shift
+    for offset, first in first_moved.items():
+        pooled.setdefault(f"moved{offset:+d}", []).extend(
+            float(first[t] - first_plain[t]) for t in shared
+        )
+    pooled["p_ll"] += [lp_plain[t] for t in sorted(lp_plain)]
+    pooled["p_tl"] += [float(first_plain[t]) for t in sorted(lp_plain)]
+    return PromptCheck(
+        prompt=prompt,
+        agree_steered=_leading(ll_steer, tl_steer),
+        agree_plain=_leading(ll_plain, tl_plain),
+        changed_llamacpp=ll_steer != ll_plain,
+        shift_r=_pearson(ll_shift, tl_shift),
+        shift_r_random=_pearson(ll_shift, rand_shift),
+        n_tokens=len(shared),
+        text_llamacpp=tm.tokenizer.decode(ll_steer),
+        text_traitlens=tm.tokenizer.decode(tl_steer),
+    )
+
+
+def _cli_check(
+    tm: TraitModel,
+    built: LlamaCpp,
+    model_gguf: Path,
+    control: tuple[Path, float],
+    layer_range: tuple[int, int],
+) -> tuple[str, bool]:
+    """``(text, matches)``: the CLI users run, on plain text (no chat template); its steered
+    text should be what the server produced for the same tokens."""
+    cli_prompt = "My favourite way to spend a free evening is"
+    cli_text = complete_cli(built, model_gguf, cli_prompt, 12, control, layer_range)
+    cli_ids = list(tm.tokenizer(cli_prompt, add_special_tokens=False).input_ids)
+    with LlamaServer(built, model_gguf, control, layer_range) as server:
+        server_tokens, _ = _server_run(server, cli_ids, 12, 1)
+    server_text = tm.tokenizer.decode(server_tokens)
+    return cli_text, cli_text.strip().startswith(server_text.strip()[:20])
+
+
 def check_llamacpp(
     tm: TraitModel,
     vector: TraitVector,
@@ -176,82 +294,22 @@ def check_llamacpp(
     instead of exporting ``vector`` — for a file made elsewhere and imported as ``vector``
     (:meth:`TraitVector.from_gguf`, where strength 1 adds exactly the file's tensors).
     """
-    from traitlens.steer.apply import steering
-    from traitlens.steer.gguf_io import export_gguf
-    from traitlens.study.rows import random_vector_like
-
     chosen = sorted(set(layers if layers is not None else [n for n in vector.layers if n]))
-    edit = AddDirection(vector, strength, layers=chosen, positions="all")
-    random_edit = AddDirection(random_vector_like(vector, seed), strength, layers=chosen)
-    # the same vector one block earlier / later: if llama.cpp's direction.N acted anywhere
-    # but block N's output, one of these would track it better than the aligned edit
-    shifted = {
-        offset: AddDirection(_moved(vector, chosen, offset), strength)
-        for offset in (-1, 1)
-        if chosen[0] + offset >= 1 and chosen[-1] + offset < tm.identity.n_layers
-    }
-    if control_file is None:  # our export: the file holds strength × the vector
-        control = (export_gguf(vector, workdir / f"{vector.trait}.gguf", strength, chosen), 1.0)
-    else:  # a file made elsewhere, imported as ``vector``: llama.cpp scales it itself
-        control = (Path(control_file), float(strength))
-    layer_range = (chosen[0], chosen[-1])
-    contiguous = chosen == list(range(chosen[0], chosen[-1] + 1))
-    if not contiguous:  # llama.cpp takes one range; the file holds only the chosen layers
-        layer_range = (1, tm.identity.n_layers - 1)
+    edits = _edits(tm, vector, strength, chosen, seed)
+    control, layer_range = _control(tm, vector, workdir, strength, chosen, control_file)
     ids_all = [list(tm.format(None, p).input_ids) for p in prompts]
-    plain_runs, steered_runs = [], []
     with LlamaServer(built, model_gguf) as server:
         plain_runs = [_server_run(server, ids, n_predict, top_k) for ids in ids_all]
     with LlamaServer(built, model_gguf, control, layer_range) as server:
         steered_runs = [_server_run(server, ids, n_predict, top_k) for ids in ids_all]
-    rows: list[PromptCheck] = []
     pooled: dict[str, list[float]] = {"ll": [], "tl": [], "rand": [], "p_ll": [], "p_tl": []}
-    for prompt, ids, (ll_plain, lp_plain), (ll_steer, lp_steer) in zip(
-        prompts, ids_all, plain_runs, steered_runs, strict=True
-    ):
-        tl_plain, first_plain = _greedy(tm, ids, n_predict)
-        with steering(tm, edit):
-            tl_steer, first_steer = _greedy(tm, ids, n_predict)
-        with steering(tm, random_edit):
-            _, first_random = _greedy(tm, ids, 1)
-        first_moved = {}
-        for offset, moved in shifted.items():
-            with steering(tm, moved):
-                first_moved[offset] = _greedy(tm, ids, 1)[1]
-        shared = sorted(set(lp_plain) & set(lp_steer))
-        ll_shift = [lp_steer[t] - lp_plain[t] for t in shared]
-        tl_shift = [float(first_steer[t] - first_plain[t]) for t in shared]
-        rand_shift = [float(first_random[t] - first_plain[t]) for t in shared]
-        pooled["ll"] += ll_shift
-        pooled["tl"] += tl_shift
-        pooled["rand"] += rand_shift
-        for offset, first in first_moved.items():
-            pooled.setdefault(f"moved{offset:+d}", []).extend(
-                float(first[t] - first_plain[t]) for t in shared
-            )
-        pooled["p_ll"] += [lp_plain[t] for t in sorted(lp_plain)]
-        pooled["p_tl"] += [float(first_plain[t]) for t in sorted(lp_plain)]
-        rows.append(
-            PromptCheck(
-                prompt=prompt,
-                agree_steered=_leading(ll_steer, tl_steer),
-                agree_plain=_leading(ll_plain, tl_plain),
-                changed_llamacpp=ll_steer != ll_plain,
-                shift_r=_pearson(ll_shift, tl_shift),
-                shift_r_random=_pearson(ll_shift, rand_shift),
-                n_tokens=len(shared),
-                text_llamacpp=tm.tokenizer.decode(ll_steer),
-                text_traitlens=tm.tokenizer.decode(tl_steer),
-            )
+    rows = [
+        _check_prompt(tm, edits, prompt, ids, plain, steered, n_predict, pooled)
+        for prompt, ids, plain, steered in zip(
+            prompts, ids_all, plain_runs, steered_runs, strict=True
         )
-    # the CLI users run, on plain text (no chat template): its steered text should be
-    # what the server produced for the same tokens
-    cli_prompt = "My favourite way to spend a free evening is"
-    cli_text = complete_cli(built, model_gguf, cli_prompt, 12, control, layer_range)
-    cli_ids = list(tm.tokenizer(cli_prompt, add_special_tokens=False).input_ids)
-    with LlamaServer(built, model_gguf, control, layer_range) as server:
-        server_tokens, _ = _server_run(server, cli_ids, 12, 1)
-    server_text = tm.tokenizer.decode(server_tokens)
+    ]
+    cli_text, cli_matches = _cli_check(tm, built, model_gguf, control, layer_range)
     return LlamaCppCheck(
         version=built.version,
         trait=vector.trait,
@@ -264,11 +322,11 @@ def check_llamacpp(
         shift_r_random=_pearson(pooled["ll"], pooled["rand"]),
         shift_r_moved={
             f"{offset:+d}": _pearson(pooled["ll"], pooled[f"moved{offset:+d}"])
-            for offset in shifted
+            for offset in edits.moved
         },
         plain_logprob_r=_pearson(pooled["p_ll"], pooled["p_tl"]),
         cli_text=cli_text,
-        cli_matches_server=cli_text.strip().startswith(server_text.strip()[:20]),
+        cli_matches_server=cli_matches,
     )
 
 

@@ -36,6 +36,7 @@ from traitlens.evaluate.capability import score_mc
 from traitlens.evaluate.cost import perplexity, text_cost
 from traitlens.evaluate.forced_choice import run_forced_choice
 from traitlens.evaluate.questionnaire import run_questionnaire
+from traitlens.evaluate.results import Effect, Interval, Measurement, Shift, Success
 from traitlens.evaluate.stats import bootstrap_ci, paired_bootstrap_ci, paired_effect_size
 from traitlens.models.generation import generate_answers
 from traitlens.models.loading import TraitModel
@@ -124,8 +125,8 @@ def measure(
     system: str | None = None,
     opposite_system: str | None = None,
     with_generation: bool = True,
-) -> dict[str, Any]:
-    """Raw measurements of whatever the model currently computes (JSON-able).
+) -> Measurement:
+    """Raw measurements of whatever the model currently computes.
 
     ``system`` replaces the (absent) system prompt of neutral prompts and
     questionnaires — the prompt-based baseline; ``opposite_system`` replaces
@@ -133,26 +134,27 @@ def measure(
     "swap the persona for a target-pole one").
     """
     neutral = [Prompt(p.user, system, p.id) for p in sets.neutral] if system else sets.neutral
-    out: dict[str, Any] = {
-        "neutral_readout": readouts(tm, neutral, spec, sets.traits).tolist(),
-        "opposite_readout": {},
-    }
+    neutral_readout = readouts(tm, neutral, spec, sets.traits).tolist()
+    opposite = {}
     for key in opposite_keys:
         trait = key.split("|")[0]
         prompts: Sequence[ChatPrompt] = sets.opposite[key]
         if opposite_system is not None:
             prompts = [Prompt(p.user, opposite_system, p.id) for p in sets.opposite[key]]
-        out["opposite_readout"][key] = readouts(tm, prompts, spec, [trait])[:, 0].tolist()
+        opposite[key] = readouts(tm, prompts, spec, [trait])[:, 0].tolist()
     questionnaire = run_questionnaire(tm, sets.statements, templates=sets.templates, system=system)
-    out["questionnaire"] = _item_scores(questionnaire)
-    out["questionnaire_label_mass"] = float(np.mean([i.label_mass for i in questionnaire.items]))
-    forced = run_forced_choice(tm, sets.forced, system=system)
-    out["forced_choice"] = _choice_scores(forced)
-    out["perplexity"] = float(perplexity(tm).perplexity)
+    out = Measurement(
+        neutral_readout=neutral_readout,
+        opposite_readout=opposite,
+        questionnaire=_item_scores(questionnaire),
+        questionnaire_label_mass=float(np.mean([i.label_mass for i in questionnaire.items])),
+        forced_choice=_choice_scores(run_forced_choice(tm, sets.forced, system=system)),
+        perplexity=float(perplexity(tm).perplexity),
+    )
     if sets.capability and system is None:  # a system prompt leaves the weights alone
         scores = score_mc(tm, sets.capability, batch_size=spec.batch_size)
-        out["capability"] = [int(s.correct) for s in scores]
-        out["capability_norm"] = [int(s.correct_norm) for s in scores]
+        out.capability = [int(s.correct) for s in scores]
+        out.capability_norm = [int(s.correct_norm) for s in scores]
     if with_generation and sets.generation:
         gen_prompts = (
             [Prompt(p.user, system, p.id) for p in sets.generation] if system else sets.generation
@@ -161,18 +163,14 @@ def measure(
             tm, gen_prompts, max_new_tokens=sets.max_new_tokens, progress=False
         )
         cost = text_cost(answers)
-        out["answers"] = answers
-        out["distinct_2"] = float(cost.distinct_2)
-        out["repetition"] = float(cost.repetition_rate)
+        out.answers = answers
+        out.distinct_2 = float(cost.distinct_2)
+        out.repetition = float(cost.repetition_rate)
     return out
 
 
-def _nan_ci() -> dict[str, float]:
-    return {"low": math.nan, "high": math.nan}
-
-
-def _ci(ci: Any) -> dict[str, float]:
-    return {"low": float(ci.low), "high": float(ci.high)}
+def _interval(ci: Any) -> Interval:
+    return Interval(float(ci.low), float(ci.high)) if ci is not None else Interval()
 
 
 def success_rate(
@@ -182,7 +180,8 @@ def success_rate(
     boundary: float = 0.0,
     n_boot: int = 1000,
     seed: int = 0,
-) -> dict[str, Any]:
+    boundary_source: str | None = None,
+) -> Success:
     """Targeted success rate: among prompts whose baseline readout sits on the
     opposite pole's side of ``boundary`` (``sign · (readout − boundary) < 0``), the
     fraction whose steered readout crosses to the target side; bootstrap CI
@@ -192,25 +191,13 @@ def success_rate(
     eligible = base < 0
     n = int(eligible.sum())
     if n == 0:
-        return {
-            "rate": math.nan,
-            "ci": _nan_ci(),
-            "n_eligible": 0,
-            "n_prompts": len(base),
-            "boundary": boundary,
-        }
+        return Success(math.nan, Interval(), 0, len(base), boundary, boundary_source)
     crossed = (new[eligible] > 0).astype(float)
     ci = bootstrap_ci(crossed, n_boot=n_boot, seed=seed) if n > 1 else None
-    return {
-        "rate": float(crossed.mean()),
-        "ci": _ci(ci) if ci else _nan_ci(),
-        "n_eligible": n,
-        "n_prompts": len(base),
-        "boundary": boundary,
-    }
+    return Success(float(crossed.mean()), _interval(ci), n, len(base), boundary, boundary_source)
 
 
-def held_out_boundary(baseline: Mapping[str, Any], trait: str) -> float | None:
+def held_out_boundary(baseline: Measurement, trait: str) -> float | None:
     """The pole boundary of ``trait``'s probe on held-out data: the midpoint between
     the unsteered mean readouts of held-out high-persona and low-persona prompts.
 
@@ -220,100 +207,103 @@ def held_out_boundary(baseline: Mapping[str, Any], trait: str) -> float | None:
     baseline lacks either set (then :func:`effect` falls back to the probe's zero and
     says so in the row).
     """
-    readouts = baseline.get("opposite_readout", {})
-    low_persona = readouts.get(f"{trait}|high")  # prompts to be pushed high hold low personas
-    high_persona = readouts.get(f"{trait}|low")
+    low_persona = baseline.opposite_readout.get(f"{trait}|high")  # pushed high: low personas
+    high_persona = baseline.opposite_readout.get(f"{trait}|low")
     if not low_persona or not high_persona:
         return None
     return float((np.mean(low_persona) + np.mean(high_persona)) / 2)
 
 
-def _paired(base: Mapping[str, float], new: Mapping[str, float], seed: int) -> dict[str, Any]:
+def _paired(base: Mapping[str, float], new: Mapping[str, float], seed: int) -> Shift:
     ids = sorted(set(base) & set(new))
     a = np.array([base[i] for i in ids])
     b = np.array([new[i] for i in ids])
     shift = float(np.mean(b - a)) if ids else math.nan
     if len(ids) < 2:
-        return {"shift": shift, "ci": _nan_ci(), "effect_size": math.nan, "n": len(ids)}
+        return Shift(shift, Interval(), math.nan, len(ids))
     ci = paired_bootstrap_ci(b, a, seed=seed)  # CI of (steered − baseline)
+    return Shift(shift, _interval(ci), float(paired_effect_size(b, a)), len(ids))
+
+
+def _answer_shift(
+    measured: dict[str, list[float]] | None,
+    baseline: dict[str, list[float]] | None,
+    traits: Sequence[str],
+) -> dict[str, float] | None:
+    if measured is None or baseline is None:
+        return None
     return {
-        "shift": shift,
-        "ci": _ci(ci),
-        "effect_size": float(paired_effect_size(b, a)),
-        "n": len(ids),
+        t: float(np.nanmean(measured[t]) - np.nanmean(baseline[t]))
+        for t in traits
+        if t in measured and t in baseline
     }
 
 
+HELD_OUT_SOURCE = "held-out midpoint of unsteered high- and low-persona readouts"
+ZERO_SOURCE = (
+    "probe zero: the baseline lacks held-out readouts of one pole, so the "
+    "held-out boundary cannot be computed"
+)
+
+
 def effect(
-    baseline: Mapping[str, Any],
-    measured: Mapping[str, Any],
+    baseline: Measurement,
+    measured: Measurement,
     traits: Sequence[str],
     target: str | None = None,
     pole: str | None = None,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> Effect:
     """Compare a measurement with the unsteered baseline (see module docstring)."""
-    base_read = np.asarray(baseline["neutral_readout"])
-    new_read = np.asarray(measured["neutral_readout"])
-    readout_shift: dict[str, Any] = {}
+    base_read = np.asarray(baseline.neutral_readout)
+    new_read = np.asarray(measured.neutral_readout)
+    readout_shift = {}
     for j, trait in enumerate(traits):
         diff = new_read[:, j] - base_read[:, j]
         ci = bootstrap_ci(diff, seed=seed) if len(diff) > 1 else None
-        readout_shift[trait] = {"shift": float(diff.mean()), "ci": _ci(ci) if ci else _nan_ci()}
-    result: dict[str, Any] = {
-        "readout_shift": readout_shift,
-        "questionnaire_shift": {
-            t: _paired(
-                baseline["questionnaire"].get(t, {}), measured["questionnaire"].get(t, {}), seed
-            )
+        readout_shift[trait] = Shift(float(diff.mean()), _interval(ci))
+    result = Effect(
+        readout_shift=readout_shift,
+        questionnaire_shift={
+            t: _paired(baseline.questionnaire.get(t, {}), measured.questionnaire.get(t, {}), seed)
             for t in traits
         },
-        "forced_choice_shift": {
-            t: _paired(
-                baseline["forced_choice"].get(t, {}), measured["forced_choice"].get(t, {}), seed
-            )
+        forced_choice_shift={
+            t: _paired(baseline.forced_choice.get(t, {}), measured.forced_choice.get(t, {}), seed)
             for t in traits
         },
-        "perplexity": measured["perplexity"],
-        "perplexity_ratio": measured["perplexity"] / baseline["perplexity"],
-        "label_mass": measured.get("questionnaire_label_mass", math.nan),
-    }
-    if measured.get("capability") and baseline.get("capability"):
-        steered = np.asarray(measured["capability"], dtype=float)
-        plain = np.asarray(baseline["capability"], dtype=float)
+        perplexity=measured.perplexity,
+        perplexity_ratio=measured.perplexity / baseline.perplexity,
+        label_mass=measured.questionnaire_label_mass,
+    )
+    if measured.capability and baseline.capability:
+        steered = np.asarray(measured.capability, dtype=float)
+        plain = np.asarray(baseline.capability, dtype=float)
         ci = paired_bootstrap_ci(steered, plain, seed=seed)
-        result["capability"] = float(steered.mean())
-        result["capability_change"] = {"shift": ci.estimate, "ci": _ci(ci), "n": int(ci.n)}
-    if "distinct_2" in measured and "distinct_2" in baseline:
-        result["distinct_2"] = measured["distinct_2"]
-        result["distinct_2_delta"] = measured["distinct_2"] - baseline["distinct_2"]
-        result["repetition"] = measured["repetition"]
-    for name in ("answer_probe_scores", "judge_scores"):
-        if name in measured and name in baseline:
-            result[name.replace("_scores", "_shift")] = {
-                t: float(np.nanmean(measured[name][t]) - np.nanmean(baseline[name][t]))
-                for t in traits
-                if t in measured[name] and t in baseline[name]
-            }
+        result.capability = float(steered.mean())
+        result.capability_change = Shift(ci.estimate, _interval(ci), n=int(ci.n))
+    if measured.distinct_2 is not None and baseline.distinct_2 is not None:
+        result.distinct_2 = measured.distinct_2
+        result.distinct_2_delta = measured.distinct_2 - baseline.distinct_2
+        result.repetition = measured.repetition
+    result.answer_probe_shift = _answer_shift(
+        measured.answer_probe_scores, baseline.answer_probe_scores, traits
+    )
+    result.judge_shift = _answer_shift(measured.judge_scores, baseline.judge_scores, traits)
     if target is not None and pole is not None:
         key = f"{target}|{pole}"
         sign = 1.0 if pole == "high" else -1.0
-        if key in measured["opposite_readout"] and key in baseline["opposite_readout"]:
+        if key in measured.opposite_readout and key in baseline.opposite_readout:
             boundary = held_out_boundary(baseline, target)
-            result["success"] = success_rate(
-                baseline["opposite_readout"][key],
-                measured["opposite_readout"][key],
+            result.success = success_rate(
+                baseline.opposite_readout[key],
+                measured.opposite_readout[key],
                 sign,
                 boundary=0.0 if boundary is None else boundary,
                 seed=seed,
+                boundary_source=HELD_OUT_SOURCE if boundary is not None else ZERO_SOURCE,
             )
-            result["success"]["boundary_source"] = (
-                "held-out midpoint of unsteered high- and low-persona readouts"
-                if boundary is not None
-                else "probe zero: the baseline lacks held-out readouts of one pole, so the "
-                "held-out boundary cannot be computed"
-            )
-        result["target_readout_shift"] = sign * readout_shift[target]["shift"]
-        result["target_questionnaire_shift"] = sign * result["questionnaire_shift"][target]["shift"]
-        result["target_forced_choice_shift"] = sign * result["forced_choice_shift"][target]["shift"]
+        result.target_readout_shift = sign * readout_shift[target].shift
+        result.target_questionnaire_shift = sign * result.questionnaire_shift[target].shift
+        result.target_forced_choice_shift = sign * result.forced_choice_shift[target].shift
     return result

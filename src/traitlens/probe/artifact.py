@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -64,6 +64,29 @@ def _stats(per_fold: list[list[float]]) -> tuple[list[float], list[float]]:
     return means, sds
 
 
+class _FoldStat:
+    """A read-only per-layer summary of one fold-score field of :class:`CurveScores`.
+
+    The four summaries (``mean``/``sd`` of ``per_fold``, ``control_mean``/``control_sd``
+    of ``control_per_fold``) differ only in field and statistic, so one descriptor
+    serves them all; each read computes :func:`_stats` afresh.
+    """
+
+    def __init__(self, folds: str, stat: str) -> None:
+        self.folds, self.index = folds, ("mean", "sd").index(stat)
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> _FoldStat: ...
+
+    @overload
+    def __get__(self, obj: CurveScores, owner: type[Any]) -> list[float]: ...
+
+    def __get__(self, obj: CurveScores | None, owner: type[Any]) -> _FoldStat | list[float]:
+        if obj is None:
+            return self
+        return _stats(getattr(obj, self.folds))[self.index]
+
+
 @dataclass(frozen=True)
 class CurveScores:
     """Held-out scores of one probe task for one trait, per layer.
@@ -80,21 +103,10 @@ class CurveScores:
     per_fold: list[list[float]]
     control_per_fold: list[list[float]]
 
-    @property
-    def mean(self) -> list[float]:
-        return _stats(self.per_fold)[0]
-
-    @property
-    def sd(self) -> list[float]:
-        return _stats(self.per_fold)[1]
-
-    @property
-    def control_mean(self) -> list[float]:
-        return _stats(self.control_per_fold)[0]
-
-    @property
-    def control_sd(self) -> list[float]:
-        return _stats(self.control_per_fold)[1]
+    mean = _FoldStat("per_fold", "mean")
+    sd = _FoldStat("per_fold", "sd")
+    control_mean = _FoldStat("control_per_fold", "mean")
+    control_sd = _FoldStat("control_per_fold", "sd")
 
     @property
     def selectivity(self) -> list[float]:
@@ -121,6 +133,12 @@ class CurveScores:
             per_fold=[[_float(v) for v in row] for row in data["per_fold"]],
             control_per_fold=[[_float(v) for v in row] for row in data["control_per_fold"]],
         )
+
+
+def _weight_names(tasks: Sequence[str]) -> dict[str, str]:
+    """``{field: tensor name}`` of the tasks' weights and biases: the field
+    ``binary_weight`` is saved as ``binary.weight``, in both directions."""
+    return {f"{task}_{part}": f"{task}.{part}" for task in tasks for part in ("weight", "bias")}
 
 
 @dataclass(frozen=True, eq=False)
@@ -261,11 +279,7 @@ class ProbeSet(Artifact):
         tasks = ["binary", "intensity"]
         if self.trait_weight is not None and self.trait_bias is not None:
             tasks.append("trait")
-        return {
-            f"{task}.{part}": getattr(self, f"{task}_{part}")
-            for task in tasks
-            for part in ("weight", "bias")
-        }
+        return {name: getattr(self, attr) for attr, name in _weight_names(tasks).items()}
 
     @classmethod
     def _from_saved(cls, saved: Saved) -> ProbeSet:
@@ -275,18 +289,19 @@ class ProbeSet(Artifact):
             task: {key: CurveScores.from_dict(c) for key, c in curves.items()}
             for task, curves in meta["scores"].items()
         }
+        # binary and intensity are required; a single trait has no "which trait" probe
+        # (its tensors are absent, the fields None)
+        weights: dict[str, Any] = {
+            attr: tensors.get(name) if name.startswith("trait.") else tensors[name]
+            for attr, name in _weight_names(TASKS).items()
+        }
         probes = cls(
             identity=saved.identity,
             traits=traits,
             layers=layers,
             kind=str(meta["hook_kind"]),
             pooling=str(meta["pooling"]),
-            binary_weight=tensors["binary.weight"],
-            binary_bias=tensors["binary.bias"],
-            intensity_weight=tensors["intensity.weight"],
-            intensity_bias=tensors["intensity.bias"],
-            trait_weight=tensors.get("trait.weight"),
-            trait_bias=tensors.get("trait.bias"),
+            **weights,
             scores=scores,
             config=dict(meta.get("config", {})),
         )

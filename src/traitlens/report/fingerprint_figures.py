@@ -46,6 +46,20 @@ def _titled(
         ax.legend(frameon=False, fontsize=legend)
 
 
+def _guides(
+    ax: Axes,
+    levels: tuple[float, ...],
+    *,
+    color: str = "0.5",
+    linestyle: str = ":",
+    linewidth: float = 0.8,
+) -> None:
+    """Horizontal reference lines (chance, thresholds): thin, grey and dotted unless told
+    otherwise, so they do not read as data."""
+    for level in levels:
+        ax.axhline(level, color=color, linestyle=linestyle, linewidth=linewidth)
+
+
 def _models(doc: Doc) -> list[dict[str, Any]]:
     return list(doc["models"])
 
@@ -131,8 +145,7 @@ def profile_bars(doc: Doc) -> Figure:
     _grouped_bars(ax, doc, values, errors)  # type: ignore[arg-type]
     ax.set_ylabel("score (calibration IQR units)")
     ax.set_title("Default personality profile (no system prompt)")
-    for level in (-0.5, 0.5):
-        ax.axhline(level, color="0.5", linewidth=0.6, linestyle=":")
+    _guides(ax, (-0.5, 0.5), linewidth=0.6)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
@@ -173,7 +186,7 @@ def profile_radar(doc: Doc) -> Figure:
 def calibration_quality(doc: Doc) -> Figure:
     """Held-out (split by question) pole accuracy and d′ per axis."""
     fig, left, right = _bar_pair(doc, 3.6, "calibration", ("accuracy", "d_prime"))
-    left.axhline(0.5, color="0.4", linestyle="--", linewidth=0.8)
+    _guides(left, (0.5,), color="0.4", linestyle="--")  # chance
     left.set_ylim(0, 1.05)
     _titled(
         left,
@@ -265,7 +278,7 @@ def instruction_shifts(doc: Doc) -> Figure:
                 edgecolor="black",
                 label=label,
             )
-        panel.axhline(0.25, color="black", linestyle=":", linewidth=0.8)
+        _guides(panel, (0.25,), color="black")
         panel.axhline(0, color="black", linewidth=0.8)
         panel.set_xticks(x, axes)  # narrow panels: codes only
         title = f"{model['model']['name']}: instruction following"
@@ -283,7 +296,7 @@ def reliability(doc: Doc) -> Figure:
     ]
     _grouped_bars(ax, doc, values, None)
     for level, text in ((0.5, "moderate"), (0.75, "good")):
-        ax.axhline(level, color="0.5", linestyle=":", linewidth=0.8)
+        _guides(ax, (level,))
         ax.text(len(_axes(doc)) - 0.5, level, text, fontsize=7, va="bottom", ha="right")
     ax.set_ylim(min(-0.2, np.nanmin(np.array(values, dtype=float), initial=0) - 0.05), 1.0)
     _titled(ax, "Test–retest reliability across sampling seeds", "ICC(2,1)", legend=8)
@@ -340,7 +353,7 @@ def pca_dimensions(doc: Doc) -> Figure:
             label=f"{model['model']['name']} "
             f"(PR={_num(model['structure']['participation_ratio']):.2f})",
         )
-    ax.axhline(0.9, color="0.5", linestyle=":", linewidth=0.8)
+    _guides(ax, (0.9,))
     ax.set_ylim(0, 1.02)
     _titled(
         ax,
@@ -386,8 +399,7 @@ def length_confound(doc: Doc) -> Figure:
     for panel, title in ((left, "baseline answers"), (right, "calibration answers, within pole")):
         panel.set_ylim(-1, 1)
         _titled(panel, f"Length confound: {title}", "Pearson r with length")
-        for level in (-0.3, 0.3):
-            panel.axhline(level, color="0.5", linestyle=":", linewidth=0.8)
+        _guides(panel, (-0.3, 0.3))
     left.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig

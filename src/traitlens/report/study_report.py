@@ -267,24 +267,7 @@ def _persona_sections(
             ],
             figures=[(p, f"Spillover: {p.stem}") for p in spill],
         ),
-        Section(
-            "dose-response",
-            "Dose–response: pick a strength",
-            [
-                "Strength in spread units per steered layer (one standard deviation of the "
-                "residual stream along the trait axis at that layer); neuron edits by γ.",
-            ],
-            figures=[(paths["dose"], "Effect and cost against strength")],
-            tables=[
-                Table("Dose–response points", dose_rows),
-                Table(
-                    f"Calibrated strength: the largest readout shift within perplexity "
-                    f"×{CALIBRATION_BUDGET:g} (from these points; `traitlens sweep` searches "
-                    "bands too, with controls)",
-                    _dose_calibration(evaluation, CALIBRATION_BUDGET),
-                ),
-            ],
-        ),
+        _dose_section(evaluation, paths["dose"], dose_rows),
         _cost_section(evaluation, paths.get("cost")),
         Section(
             "gap",
@@ -411,6 +394,30 @@ def _dose_calibration(evaluation: dict[str, Any], budget: float) -> list[dict[st
     return out
 
 
+def _dose_section(
+    evaluation: dict[str, Any], figure: Path, dose_rows: list[dict[str, Any]]
+) -> Section:
+    """The dose–response points and the strength they calibrate to within the budget."""
+    return Section(
+        "dose-response",
+        "Dose–response: pick a strength",
+        [
+            "Strength in spread units per steered layer (one standard deviation of the "
+            "residual stream along the trait axis at that layer); neuron edits by γ.",
+        ],
+        figures=[(figure, "Effect and cost against strength")],
+        tables=[
+            Table("Dose–response points", dose_rows),
+            Table(
+                f"Calibrated strength: the largest readout shift within perplexity "
+                f"×{CALIBRATION_BUDGET:g} (from these points; `traitlens sweep` searches "
+                "bands too, with controls)",
+                _dose_calibration(evaluation, CALIBRATION_BUDGET),
+            ),
+        ],
+    )
+
+
 def _cost_section(evaluation: dict[str, Any], figure: Path | None) -> Section:
     """Perplexity and capability (multiple-choice accuracy) of every intervention."""
     n_items = evaluation.get("n_eval", {}).get("capability_items", 0)
@@ -452,80 +459,80 @@ def _cost_section(evaluation: dict[str, Any], figure: Path | None) -> Section:
     )
 
 
-def _persona_headline(
-    evaluation: dict[str, Any], probe_rows: list[dict[str, Any]], weak_probes: list[str]
-) -> tuple[list[str], str, list[str]]:
-    """Headline sentences, the best-layer line and caveats of the persona design."""
-    main = _result_rows(evaluation)
+def _of_method(rows: list[dict[str, Any]], method: str, control: bool) -> list[dict[str, Any]]:
+    """The rows of one method: the real intervention, or (``control``) its random control."""
+    return [r for r in rows if r["method"] == method and bool(r["control"]) == control]
 
-    # headline numbers, computed here so the page states them in words
-    def mean_of(method: str, control: bool, field: str) -> float:
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (a row without the measurement counts as absent)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _mean_of(rows: list[dict[str, Any]], method: str, control: bool, field: str) -> float:
+    return _finite_mean([r.get(field, math.nan) for r in _of_method(rows, method, control)])
+
+
+def _mean_rate(rows: list[dict[str, Any]], method: str, control: bool) -> float:
+    """Mean targeted success rate of one method (or its control) over targets."""
+    return _finite_mean(
+        [r.get("success", {}).get("rate", math.nan) for r in _of_method(rows, method, control)]
+    )
+
+
+def _capability_note(rows: list[dict[str, Any]], method: str) -> str:
+    """``, multiple-choice accuracy Δ … (control …)`` when capability was measured, else ``""``."""
+
+    def change(control: bool) -> float:
         values = [
-            r.get(field, math.nan)
-            for r in main
-            if r["method"] == method and bool(r["control"]) == control
+            r["capability_change"]["shift"]
+            for r in _of_method(rows, method, control)
+            if "capability_change" in r
         ]
-        values = [v for v in values if np.isfinite(v)]
         return float(np.mean(values)) if values else math.nan
 
-    def mean_rate(method: str, control: bool) -> float:
-        values = [
-            r.get("success", {}).get("rate", math.nan)
-            for r in main
-            if r["method"] == method and bool(r["control"]) == control
-        ]
-        values = [v for v in values if np.isfinite(v)]
-        return float(np.mean(values)) if values else math.nan
+    real, control = change(False), change(True)
+    if not np.isfinite(real):
+        return ""
+    return f", multiple-choice accuracy Δ {real:+.3f} (control {control:+.3f})"
 
-    def capability_note(method: str) -> str:
-        def change(control: bool) -> float:
-            values = [
-                r["capability_change"]["shift"]
-                for r in main
-                if r["method"] == method
-                and bool(r["control"]) == control
-                and "capability_change" in r
-            ]
-            return float(np.mean(values)) if values else math.nan
 
-        real, control = change(False), change(True)
-        if not np.isfinite(real):
-            return ""
-        return f", multiple-choice accuracy Δ {real:+.3f} (control {control:+.3f})"
-
-    headline = []
-    for method in evaluation["config"]["eval_methods"]:
-        headline.append(
-            f"{method}: mean targeted success {mean_rate(method, False):.2f} vs control "
-            f"{mean_rate(method, True):.2f}; mean questionnaire shift toward target "
-            f"{mean_of(method, False, 'target_questionnaire_shift'):+.3f} vs control "
-            f"{mean_of(method, True, 'target_questionnaire_shift'):+.3f}; perplexity × "
-            f"{mean_of(method, False, 'perplexity_ratio'):.3f}" + capability_note(method) + "."
-        )
-    headline.append(
-        f"Persona prompt baseline: success {mean_rate('prompt', False):.2f}, questionnaire "
-        f"shift {mean_of('prompt', False, 'target_questionnaire_shift'):+.3f}."
+def _method_headline(rows: list[dict[str, Any]], method: str) -> str:
+    """One method's success, questionnaire shift and cost against its control, in words."""
+    return (
+        f"{method}: mean targeted success {_mean_rate(rows, method, False):.2f} vs control "
+        f"{_mean_rate(rows, method, True):.2f}; mean questionnaire shift toward target "
+        f"{_mean_of(rows, method, False, 'target_questionnaire_shift'):+.3f} vs control "
+        f"{_mean_of(rows, method, True, 'target_questionnaire_shift'):+.3f}; perplexity × "
+        f"{_mean_of(rows, method, False, 'perplexity_ratio'):.3f}"
+        + _capability_note(rows, method)
+        + "."
     )
-    best = ", ".join(
-        f"{r['trait']}: layer {r['best layer']} ({r['held-out accuracy']})" for r in probe_rows
-    )
+
+
+def _method_caveats(rows: list[dict[str, Any]], method: str) -> list[str]:
+    """Caveats for a method that barely beats its random control (readout or answers)."""
     notes = []
-    for method in evaluation["config"]["eval_methods"]:
-        real, control = mean_rate(method, False), mean_rate(method, True)
-        if np.isfinite(real) and np.isfinite(control) and real - control < 0.1:
-            notes.append(
-                f"{method}: success barely exceeds its random control "
-                f"({real:.2f} vs {control:.2f}) — treat its representational effect "
-                "as weak at this strength."
-            )
-        q_real = mean_of(method, False, "target_questionnaire_shift")
-        q_control = mean_of(method, True, "target_questionnaire_shift")
-        if np.isfinite(q_real) and abs(q_real - q_control) < 0.05:
-            notes.append(
-                f"{method}: questionnaire answers barely move beyond the control "
-                f"({q_real:+.3f} vs {q_control:+.3f}) — behavioural control is weak."
-            )
-    notes += weak_probes
+    real, control = _mean_rate(rows, method, False), _mean_rate(rows, method, True)
+    if np.isfinite(real) and np.isfinite(control) and real - control < 0.1:
+        notes.append(
+            f"{method}: success barely exceeds its random control "
+            f"({real:.2f} vs {control:.2f}) — treat its representational effect "
+            "as weak at this strength."
+        )
+    q_real = _mean_of(rows, method, False, "target_questionnaire_shift")
+    q_control = _mean_of(rows, method, True, "target_questionnaire_shift")
+    if np.isfinite(q_real) and abs(q_real - q_control) < 0.05:
+        notes.append(
+            f"{method}: questionnaire answers barely move beyond the control "
+            f"({q_real:+.3f} vs {q_control:+.3f}) — behavioural control is weak."
+        )
+    return notes
+
+
+def _empty_neuron_note(evaluation: dict[str, Any]) -> list[str]:
+    """A caveat naming the neuron edits that had no neuron to edit (none: no caveat)."""
     empty = sorted(
         {
             f"{r['trait']} {r['pole']}"
@@ -533,12 +540,35 @@ def _persona_headline(
             if r["method"] == "neurons" and r.get("n_target", 1) + r.get("n_opposite", 1) == 0
         }
     )
-    if empty:
-        notes.append(
-            "Neuron edits with no selected neuron (the edit is a no-op, identical to baseline): "
-            + ", ".join(empty)
-            + " — too few answers per persona group for any neuron to pass the rule."
-        )
+    if not empty:
+        return []
+    return [
+        "Neuron edits with no selected neuron (the edit is a no-op, identical to baseline): "
+        + ", ".join(empty)
+        + " — too few answers per persona group for any neuron to pass the rule."
+    ]
+
+
+def _persona_headline(
+    evaluation: dict[str, Any], probe_rows: list[dict[str, Any]], weak_probes: list[str]
+) -> tuple[list[str], str, list[str]]:
+    """Headline sentences, the best-layer line and caveats of the persona design.
+
+    The headline numbers are computed here, from the rows, so the page states them in words.
+    """
+    main = _result_rows(evaluation)
+    methods = evaluation["config"]["eval_methods"]
+    headline = [_method_headline(main, method) for method in methods]
+    headline.append(
+        f"Persona prompt baseline: success {_mean_rate(main, 'prompt', False):.2f}, "
+        f"questionnaire shift {_mean_of(main, 'prompt', False, 'target_questionnaire_shift'):+.3f}."
+    )
+    best = ", ".join(
+        f"{r['trait']}: layer {r['best layer']} ({r['held-out accuracy']})" for r in probe_rows
+    )
+    notes = [note for method in methods for note in _method_caveats(main, method)]
+    notes += weak_probes
+    notes += _empty_neuron_note(evaluation)
     return headline, best, notes
 
 

@@ -40,8 +40,16 @@ from traitlens.data import (
     load_questions,
     load_statements,
 )
+from traitlens.errors import ArtifactError
 from traitlens.evaluate.capability import balanced_subset
 from traitlens.evaluate.interventions import EvalSets, ReadoutSpec, effect, measure
+from traitlens.evaluate.results import (
+    Effect,
+    EvalBaseline,
+    Measurement,
+    PersonaResult,
+    row_columns,
+)
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.provenance import (
     Provenance,
@@ -63,7 +71,9 @@ from traitlens.study.rows import (
     random_vector_like,
     row_name,
 )
-from traitlens.study.stages import Stage, StageContext
+from traitlens.study.stages import Plan, Stage, StageContext
+
+PERSONA = Plan()
 
 
 def readout_layers(probes: Any, traits: list[str], after: int) -> dict[str, int]:
@@ -149,6 +159,7 @@ def _drawn(ctx: StageContext, artifact: Any, *plots: Any) -> Any:
     return artifact
 
 
+@PERSONA.stage("capture", "contrastive prompts, question and answer activations")
 def stage_capture(ctx: StageContext) -> Any:
     from traitlens.capture.pipeline import capture_run
 
@@ -169,6 +180,7 @@ def stage_capture(ctx: StageContext) -> Any:
     return captured
 
 
+@PERSONA.stage("probes", "per-layer grouped cross-validation with control tasks")
 def stage_probes(ctx: StageContext) -> Any:
     from traitlens.probe import fit_probes
     from traitlens.report.probe_figures import plot_probe_accuracy, plot_probe_r2
@@ -189,6 +201,7 @@ def stage_probes(ctx: StageContext) -> Any:
     return _drawn(ctx, probes, plot_probe_accuracy, plot_probe_r2)
 
 
+@PERSONA.stage("neurons", "NPTI selection with a two-proportion test and BH-FDR")
 def stage_neurons(ctx: StageContext) -> Any:
     from traitlens.neurons import select_neurons
     from traitlens.neurons.select import prompts_per_group
@@ -208,6 +221,7 @@ def stage_neurons(ctx: StageContext) -> Any:
     return _drawn(ctx, neurons, plot_neuron_counts, plot_neuron_overlap)
 
 
+@PERSONA.stage("vectors", "trait directions (every configured method)")
 def stage_vectors(ctx: StageContext) -> Any:
     from traitlens.steer import VectorSet, trait_vectors
 
@@ -259,20 +273,27 @@ class PersonaRow:
 
     def labels(self) -> dict[str, Any]:
         """What the row's key records besides its edit (the configured size, unsigned)."""
-        labels: dict[str, Any] = {
-            "trait": self.trait,
-            "pole": self.pole,
-            "method": self.method,
-            "control": self.control,
-        }
-        if self.dose:
-            labels["dose"] = True
-        labels.update(self.size)
-        if self.system is not None:
-            labels["system"] = self.system
+        labels = row_columns(
+            self.trait, self.pole, self.method, self.control, self.size, self.dose, self.system
+        )
         if "strength" in labels:
             labels["strength"] = abs(labels["strength"])
         return labels
+
+    def result(self, key: str, summary: Effect) -> PersonaResult:
+        """This row's line of ``eval.json``: what was done, under which key, to what effect."""
+        return PersonaResult(
+            self.name,
+            self.trait,
+            self.pole,
+            self.method,
+            self.control,
+            summary,
+            key,
+            dict(self.size),
+            self.dose,
+            self.system,
+        )
 
     def measure_kwargs(self) -> dict[str, Any]:
         return {
@@ -465,14 +486,17 @@ class PersonaEvaluation:
     traits: list[str]
     steer_layers: list[int]
     readout_layers: dict[str, int]
-    baseline: dict[str, Any]
-    results: list[dict[str, Any]]
+    baseline: EvalBaseline
+    results: list[PersonaResult]
     config: dict[str, Any]
     provenance: dict[str, Any]
     n_eval: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["baseline"] = self.baseline.to_dict()
+        out["results"] = [r.to_dict() for r in self.results]
+        return out
 
     def save(self, path: Any) -> None:
         from traitlens.artifact_io import write_json
@@ -484,7 +508,16 @@ class PersonaEvaluation:
         from traitlens.artifact_io import read_json
 
         data = read_json(path)
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        missing = [k for k in cls.__dataclass_fields__ if k not in data]
+        if missing:
+            raise ArtifactError(
+                f"{path} lacks {', '.join(missing)}: it was written by another version; "
+                "rerun `traitlens study` on the run (measured rows are reused)"
+            )
+        values = {k: data[k] for k in cls.__dataclass_fields__}
+        values["baseline"] = EvalBaseline.from_dict(data["baseline"])
+        values["results"] = [PersonaResult.from_dict(r) for r in data["results"]]
+        return cls(**values)
 
 
 class _Scorer:
@@ -500,12 +533,12 @@ class _Scorer:
             self.judge = HttpJudge(config.judge_url, model=config.judge_model, timeout=20.0)
             self.judge.rate(config.traits[0], "I spent the afternoon reading.")  # fail now
 
-    def __call__(self, data: dict[str, Any]) -> None:
+    def __call__(self, data: Measurement) -> None:
         from traitlens.evaluate.openended import endpoint_scores, probe_scores
 
         config: StudyConfig = self.ctx.config
         probes, traits = self.ctx["probes"], config.traits
-        answers = data["answers"]
+        answers = data.answers or []
         prompts = self.sets.generation[: len(answers)]
         columns = {}
         for layer in sorted(set(self.layers_read.values())):
@@ -522,14 +555,15 @@ class _Scorer:
             for index, trait in enumerate(traits):
                 if self.layers_read[trait] == layer:
                     columns[trait] = scores.scores[:, index].tolist()
-        data["answer_probe_scores"] = columns
+        data.answer_probe_scores = columns
         if self.judge is not None:
             rated = endpoint_scores(
                 self.judge, answers, traits=traits, questions=[p.user for p in prompts]
             )
-            data["judge_scores"] = {t: rated.scores[:, i].tolist() for i, t in enumerate(traits)}
+            data.judge_scores = {t: rated.scores[:, i].tolist() for i, t in enumerate(traits)}
 
 
+@PERSONA.stage("evaluation", "interventions: representation, behaviour, cost — with controls")
 def stage_evaluation(ctx: StageContext) -> PersonaEvaluation:
     from traitlens.evaluate.tables import write_csv
     from traitlens.steer import band_layers, steering
@@ -565,10 +599,10 @@ def stage_evaluation(ctx: StageContext) -> PersonaEvaluation:
             upstream={"probes": probes.key},
         )
 
-    def compute(interventions: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    def compute(interventions: tuple[Any, ...], kwargs: dict[str, Any]) -> Measurement:
         with steering(tm, list(interventions)):
             data = measure(tm, sets, spec, **kwargs)
-        if data.get("answers"):
+        if data.answers:
             score(data)
         return data
 
@@ -578,7 +612,11 @@ def stage_evaluation(ctx: StageContext) -> PersonaEvaluation:
     provs = {r.name: prov(r.name, r.interventions, r.labels(), **r.measure_kwargs()) for r in plan}
     todo = log_plan(rows_dir, [(r.name, provs[r.name]) for r in plan], ctx.log)
     baseline = measured_row(
-        rows_dir, "baseline", base_prov, lambda: compute((), {"opposite_keys": all_keys})
+        rows_dir,
+        "baseline",
+        base_prov,
+        lambda: compute((), {"opposite_keys": all_keys}),
+        Measurement,
     )
     results, row_keys = [], {"baseline": base_prov.key}
     for number, row in enumerate(plan, start=1):
@@ -588,38 +626,21 @@ def stage_evaluation(ctx: StageContext) -> PersonaEvaluation:
             row.name,
             provs[row.name],
             partial(compute, row.interventions, row.measure_kwargs()),
+            Measurement,
         )
         summary = effect(baseline, data, traits, row.trait, row.pole, seed=config.seed)
         row_keys[row.name] = provs[row.name].key
-        results.append(_result(row, provs[row.name].key) | summary)
+        results.append(row.result(provs[row.name].key, summary))
     evaluation, eval_prov = _evaluation(
         ctx, band, layers_read, baseline, results, sets, base_prov, row_keys
     )
     evaluation.save(ctx.run / "eval.json")
     record(ctx.run, "evaluation", eval_prov)
-    write_csv([flat_row(r) for r in results], ctx.run / "eval.csv")
+    write_csv([flat_row(r.to_dict()) for r in results], ctx.run / "eval.csv")
     return evaluation
 
 
-def _result(row: PersonaRow, key: str) -> dict[str, Any]:
-    """The row's descriptive columns, as eval.json has always listed them."""
-    out: dict[str, Any] = {
-        "name": row.name,
-        "trait": row.trait,
-        "pole": row.pole,
-        "method": row.method,
-        "control": row.control,
-    }
-    if row.dose:
-        out["dose"] = True
-    out.update(row.size)
-    if row.system is not None:
-        out["system"] = row.system
-    out["row_key"] = key
-    return out
-
-
-def _mean_scores(section: dict[str, Any], traits: list[str]) -> dict[str, float]:
+def _mean_scores(section: dict[str, dict[str, float]], traits: list[str]) -> dict[str, float]:
     return {t: float(np.mean(list(section.get(t, {}).values()) or [np.nan])) for t in traits}
 
 
@@ -627,8 +648,8 @@ def _evaluation(
     ctx: StageContext,
     band: list[int],
     layers_read: dict[str, int],
-    baseline: dict[str, Any],
-    results: list[dict[str, Any]],
+    baseline: Measurement,
+    results: list[PersonaResult],
     sets: EvalSets,
     base_prov: Provenance,
     row_keys: dict[str, str],
@@ -646,15 +667,13 @@ def _evaluation(
         traits=config.traits,
         steer_layers=band,
         readout_layers=layers_read,
-        baseline={
-            "questionnaire": _mean_scores(baseline["questionnaire"], config.traits),
-            "forced_choice": _mean_scores(baseline["forced_choice"], config.traits),
-            "perplexity": baseline["perplexity"],
-            "capability": float(np.mean(baseline["capability"]))
-            if baseline.get("capability")
-            else None,
-            "label_mass": baseline.get("questionnaire_label_mass"),
-        },
+        baseline=EvalBaseline(
+            questionnaire=_mean_scores(baseline.questionnaire, config.traits),
+            forced_choice=_mean_scores(baseline.forced_choice, config.traits),
+            perplexity=baseline.perplexity,
+            capability=float(np.mean(baseline.capability)) if baseline.capability else None,
+            label_mass=baseline.questionnaire_label_mass,
+        ),
         results=results,
         config=config.model_dump(mode="json"),
         provenance={
@@ -675,14 +694,4 @@ def _evaluation(
     return evaluation, eval_prov
 
 
-PERSONA_STAGES: tuple[Stage, ...] = (
-    Stage("capture", "contrastive prompts, question and answer activations", stage_capture),
-    Stage("probes", "per-layer grouped cross-validation with control tasks", stage_probes),
-    Stage("neurons", "NPTI selection with a two-proportion test and BH-FDR", stage_neurons),
-    Stage("vectors", "trait directions (every configured method)", stage_vectors),
-    Stage(
-        "evaluation",
-        "interventions: representation, behaviour, cost — with controls",
-        stage_evaluation,
-    ),
-)
+PERSONA_STAGES: tuple[Stage, ...] = PERSONA.stages

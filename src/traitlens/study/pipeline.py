@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from traitlens.artifact_io import check_writable, read_json, write_json
+from traitlens.artifact_io import read_json, write_json
 from traitlens.errors import TraitlensError
 from traitlens.models.loading import TraitModel
 from traitlens.provenance import describe_changes
@@ -64,12 +64,11 @@ def run_study(
     from traitlens.report.study_report import build_report
     from traitlens.study.persona import PERSONA_STAGES
 
-    run = Path(out)
-    check_writable(run)
+    context = StageContext.open(tm, out, config, log, progress=progress, force=force)
+    run = context.run
     _log_config_changes(run, config, log)
     started = time.perf_counter()
     if config.design in ("persona", "both"):
-        context = StageContext(tm, run, config, log, progress=progress, force=force)
         run_plan(PERSONA_STAGES, context, prefix="persona ")
     if config.design in ("concept", "both"):
         run_concepts(tm, run, config.concept_config(), log=log, progress=progress, force=force)

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -72,30 +72,40 @@ def previous_row(rows_dir: Path, name: str) -> Provenance | None:
         return None
 
 
-def load_row(rows_dir: Path, name: str, prov: Provenance) -> dict[str, Any] | None:
-    """The saved data of this row under this key, or None (absent or unreadable)."""
+class RowData(Protocol):
+    """What a design measures per row: a value that writes and reads its JSON form."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=RowData)
+
+
+def load_row(rows_dir: Path, name: str, prov: Provenance, kind: type[R]) -> R | None:
+    """The saved data of this row under this key as ``kind``, or None (absent or
+    unreadable: measured again)."""
     path = row_path(rows_dir, name, prov)
     if not path.exists():
         return None
     try:
         saved = read_json(path)
         if saved.get("provenance", {}).get("key") == prov.key:
-            return dict(saved["data"])
-    except (TraitlensError, KeyError):
+            return kind.from_dict(dict(saved["data"]))  # type: ignore[attr-defined,no-any-return]
+    except (TraitlensError, KeyError, TypeError):
         pass  # unreadable row: measure it again
     return None
 
 
 def measured_row(
-    rows_dir: Path, name: str, prov: Provenance, compute: Callable[[], dict[str, Any]]
-) -> dict[str, Any]:
+    rows_dir: Path, name: str, prov: Provenance, compute: Callable[[], R], kind: type[R]
+) -> R:
     """The row's data: reused when saved under this key, else computed and saved."""
-    data = load_row(rows_dir, name, prov)
+    data = load_row(rows_dir, name, prov, kind)
     if data is None:
         data = compute()
         write_json(
             row_path(rows_dir, name, prov),
-            {"provenance": prov.to_dict(), "data": data},
+            {"provenance": prov.to_dict(), "data": data.to_dict()},
             allow_nan=True,
         )
     return data

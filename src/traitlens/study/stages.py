@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from traitlens.models.loading import TraitModel
 
@@ -35,6 +35,25 @@ class StageContext:
     def __getitem__(self, name: str) -> Any:
         return self.artifacts[name]
 
+    @classmethod
+    def open(
+        cls,
+        tm: TraitModel,
+        out: str | Path,
+        config: Any,
+        log: Log,
+        *,
+        progress: bool = True,
+        force: bool = False,
+    ) -> StageContext:
+        """A context for a run into ``out``, refusing an unwritable folder before any
+        stage loads or computes anything."""
+        from traitlens.artifact_io import check_writable
+
+        run = Path(out)
+        check_writable(run)
+        return cls(tm, run, config, log, progress=progress, force=force)
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -43,6 +62,39 @@ class Stage:
     name: str
     title: str
     run: Callable[[StageContext], Any]
+
+
+StageFn = TypeVar("StageFn", bound=Callable[[StageContext], Any])
+
+
+class Plan:
+    """A design's ordered stages, each declared where its function is defined::
+
+        PERSONA = Plan()
+
+        @PERSONA.stage("capture", "contrastive prompts, question and answer activations")
+        def stage_capture(ctx: StageContext) -> CaptureRun: ...
+
+    The order of declaration is the order of the run; ``plan.stages`` is the list a
+    sweep or a CLI ``--until`` slices. A new design is a new ``Plan``; a new step is one
+    decorated function, with no list elsewhere to keep in sync.
+    """
+
+    def __init__(self) -> None:
+        self._stages: list[Stage] = []
+
+    def stage(self, name: str, title: str) -> Callable[[StageFn], StageFn]:
+        def register(run: StageFn) -> StageFn:
+            if any(s.name == name for s in self._stages):
+                raise ValueError(f"stage {name!r} is declared twice in this plan")
+            self._stages.append(Stage(name, title, run))
+            return run
+
+        return register
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return tuple(self._stages)
 
 
 def run_plan(stages: Sequence[Stage], context: StageContext, prefix: str = "") -> StageContext:

@@ -72,17 +72,7 @@ class Calibration(Record):
     cell_key: str = ""
 
 
-def calibrate(
-    rows: list[dict[str, Any]],
-    trait: str,
-    pole: str = "high",
-    *,
-    method: str = "mean_diff",
-    max_ppl_ratio: float = 1.5,
-    objective: str = "readout",
-    model: str | None = None,
-) -> Calibration:
-    """Pick the cell (see the module docstring); DataError when nothing fits the budget."""
+def _check_request(max_ppl_ratio: float, objective: str, method: str) -> None:
     if not (finite(max_ppl_ratio) and max_ppl_ratio >= 1.0):
         raise DataError(
             f"--max-ppl-ratio must be a number >= 1 (1 = no fluency cost allowed), got "
@@ -92,7 +82,13 @@ def calibrate(
         raise DataError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     if method == "prompt":
         raise DataError("the persona prompt has no band or strength to calibrate")
-    effect = OBJECTIVES[objective]
+
+
+def _cells_of(
+    rows: list[dict[str, Any]], trait: str, pole: str, method: str, model: str | None
+) -> tuple[str, list[dict[str, Any]]]:
+    """The model calibrated for and its ``ok`` cells of this trait, pole and method
+    (real and control); DataError when the model is ambiguous or no real cell exists."""
     ok = [r for r in rows if r.get("status") == "ok"]
     models = sorted({r["model"] for r in ok})
     if model is None:
@@ -107,14 +103,18 @@ def calibrate(
         and r["pole"] == pole
         and r["method"] == method
     ]
-    real = [r for r in mine if not r["control"]]
-    if not real:
+    if not any(not r["control"] for r in mine):
         have = sorted({(r["trait"], r["pole"], r["method"]) for r in ok if r["model"] == model})
         raise DataError(
             f"the sweep has no measured {trait} {pole} {method} cells for {model!r}; it has: "
             + (", ".join(f"{t} {p} {m}" for t, p, m in have) or "none")
         )
-    controls = {(r["band"], r.get("strength"), r.get("gamma")): r for r in mine if r["control"]}
+    return model, mine
+
+
+def _curve(cells: list[dict[str, Any]], effect: str) -> list[dict[str, Any]]:
+    """One point per real cell, with its same-size control's effect beside it."""
+    controls = {(r["band"], r.get("strength"), r.get("gamma")): r for r in cells if r["control"]}
 
     def point(r: dict[str, Any]) -> dict[str, Any]:
         control = controls.get((r["band"], r.get("strength"), r.get("gamma")), {})
@@ -129,13 +129,15 @@ def calibrate(
             "key": r.get("key", ""),
         }
 
-    curve = [point(r) for r in real]
+    return [point(r) for r in cells if not r["control"]]
+
+
+def _choose(curve: list[dict[str, Any]], effect: str, budget: float, what: str) -> dict[str, Any]:
+    """The largest effect within the perplexity budget, ties to the cheaper cell."""
     fits = [
         p
         for p in curve
-        if finite(p["perplexity_ratio"])
-        and p["perplexity_ratio"] <= max_ppl_ratio
-        and finite(p[effect])
+        if finite(p["perplexity_ratio"]) and p["perplexity_ratio"] <= budget and finite(p[effect])
     ]
     if not fits:
         cheapest = min(
@@ -143,11 +145,28 @@ def calibrate(
             default=math.nan,
         )
         raise DataError(
-            f"no {trait} {pole} {method} cell stays within perplexity ×{max_ppl_ratio:g} (the "
-            f"cheapest costs ×{cheapest:.2f}); raise --max-ppl-ratio or add smaller strengths "
-            "to the sweep"
+            f"no {what} cell stays within perplexity ×{budget:g} (the cheapest costs "
+            f"×{cheapest:.2f}); raise --max-ppl-ratio or add smaller strengths to the sweep"
         )
-    chosen = max(fits, key=lambda p: (p[effect], -p["perplexity_ratio"]))
+    return max(fits, key=lambda p: (p[effect], -p["perplexity_ratio"]))
+
+
+def calibrate(
+    rows: list[dict[str, Any]],
+    trait: str,
+    pole: str = "high",
+    *,
+    method: str = "mean_diff",
+    max_ppl_ratio: float = 1.5,
+    objective: str = "readout",
+    model: str | None = None,
+) -> Calibration:
+    """Pick the cell (see the module docstring); DataError when nothing fits the budget."""
+    _check_request(max_ppl_ratio, objective, method)
+    effect = OBJECTIVES[objective]
+    model, cells = _cells_of(rows, trait, pole, method, model)
+    curve = _curve(cells, effect)
+    chosen = _choose(curve, effect, max_ppl_ratio, f"{trait} {pole} {method}")
     sign = 1.0 if pole == "high" else -1.0
     net = chosen[effect] - chosen["control_effect"]
     return Calibration(

@@ -23,8 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from traitlens.evaluate.results import Measurement, or_nan
 from traitlens.study.rows import describe_intervention, measured_row
 from traitlens.sweep.cells import Cell
 from traitlens.sweep.config import SweepConfig
@@ -74,7 +73,7 @@ class Material:
     trait_sets: dict[str, Any]
     spec: Any
     fixed: dict[str, Any]
-    baseline: dict[str, Any]
+    baseline: dict[str, Measurement]
     keys: dict[str, Any]
     bands: dict[str, list[int]]
 
@@ -99,9 +98,9 @@ def prepare(
     model: str, config: SweepConfig, out: Path, device: str = "cpu", log: Any = None
 ) -> Material:
     """Load ``model`` and its material (computing what is missing)."""
-    from traitlens.evaluate.interventions import ReadoutSpec, measure
+    from traitlens.evaluate.interventions import ReadoutSpec
     from traitlens.models.loading import load_model
-    from traitlens.provenance import RunManifest, provenance
+    from traitlens.provenance import RunManifest
     from traitlens.study.persona import (
         EVAL_CONFIG_FIELDS,
         PERSONA_STAGES,
@@ -153,14 +152,31 @@ def prepare(
         "min_fdr_neurons": study.min_fdr_neurons,
         **fixed,
     }
-    rows = run / "sweep" / "rows"
+    baselines = _baselines(tm, run / "sweep" / "rows", trait_sets, spec, fixed, probes.key)
+    return Material(
+        tm, run, study, context.artifacts, sets, trait_sets, spec, fixed, baselines, keys, bands
+    )
+
+
+def _baselines(
+    tm: Any,
+    rows: Path,
+    trait_sets: dict[str, Any],
+    spec: Any,
+    fixed: dict[str, Any],
+    probes_key: str | None,
+) -> dict[str, Measurement]:
+    """The unsteered measurement each trait's cells are compared with (keyed rows)."""
+    from traitlens.evaluate.interventions import measure
+    from traitlens.provenance import provenance
+
     baselines = {}
-    for trait in study.traits:
+    for trait, sets in trait_sets.items():
         prov = provenance(
             "sweep_cell",
             model=tm.identity,
             config={"row": f"baseline-{trait}", **fixed},
-            upstream={"probes": probes.key},
+            upstream={"probes": probes_key},
         )
         baselines[trait] = measured_row(
             rows,
@@ -169,14 +185,13 @@ def prepare(
             partial(
                 measure,
                 tm,
-                trait_sets[trait],
+                sets,
                 spec,
                 opposite_keys=[f"{trait}|{pole}" for pole in ("high", "low")],
             ),
+            Measurement,
         )
-    return Material(
-        tm, run, study, context.artifacts, sets, trait_sets, spec, fixed, baselines, keys, bands
-    )
+    return baselines
 
 
 class SweepWorker:
@@ -280,11 +295,11 @@ def _measure_cell(material: Material, config: SweepConfig, cell: Cell) -> dict[s
         upstream={"probes": material.artifacts["probes"].key},
     )
 
-    def compute() -> dict[str, Any]:
+    def compute() -> Measurement:
         with steering(material.tm, list(interventions)):
             return measure(material.tm, sets, material.spec, **kwargs)
 
-    data = measured_row(material.run / "sweep" / "rows", cell.name, prov, compute)
+    data = measured_row(material.run / "sweep" / "rows", cell.name, prov, compute, Measurement)
     summary = effect(
         material.baseline[cell.trait],
         data,
@@ -293,25 +308,25 @@ def _measure_cell(material: Material, config: SweepConfig, cell: Cell) -> dict[s
         cell.pole,
         seed=material.config.seed,
     )
-    success = summary.get("success", {})
+    rate, ci = summary.target_success()
     out: dict[str, Any] = {
         "row_key": prov.key,
         "layers": material.bands.get(cell.band) if cell.band else None,
         "material_dir": str(material.run.relative_to(material.run.parent.parent)),
         "vectors_key": material.keys["stages"].get("vectors"),
-        "target_readout_shift": summary.get("target_readout_shift", np.nan),
-        "success_rate": success.get("rate", np.nan),
-        "success_low": success.get("ci", {}).get("low", np.nan),
-        "success_high": success.get("ci", {}).get("high", np.nan),
-        "target_questionnaire_shift": summary.get("target_questionnaire_shift", np.nan),
-        "target_forced_choice_shift": summary.get("target_forced_choice_shift", np.nan),
-        "perplexity_ratio": summary["perplexity_ratio"],
-        "distinct_2": summary.get("distinct_2", np.nan),
-        "readout_shift": {t: v["shift"] for t, v in summary["readout_shift"].items()},
+        "target_readout_shift": or_nan(summary.target_readout_shift),
+        "success_rate": rate,
+        "success_low": ci.low,
+        "success_high": ci.high,
+        "target_questionnaire_shift": or_nan(summary.target_questionnaire_shift),
+        "target_forced_choice_shift": or_nan(summary.target_forced_choice_shift),
+        "perplexity_ratio": summary.perplexity_ratio,
+        "distinct_2": or_nan(summary.distinct_2),
+        "readout_shift": {t: v.shift for t, v in summary.readout_shift.items()},
     }
     if "neurons" == cell.method and interventions:
         edit = interventions[0]
         out["n_neurons"] = len(edit.target) + len(edit.opposite)
-    if "capability_change" in summary:
-        out["capability_change"] = summary["capability_change"]["shift"]
+    if summary.capability_change is not None:
+        out["capability_change"] = summary.capability_change.shift
     return out
