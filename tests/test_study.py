@@ -20,7 +20,13 @@ import torch
 
 from traitlens.errors import ArtifactError, DataError
 from traitlens.evaluate.interventions import effect, held_out_boundary, success_rate
-from traitlens.evaluate.results import Effect, Measurement
+from traitlens.evaluate.results import (
+    Effect,
+    EvalBaseline,
+    Measurement,
+    PersonaResult,
+    Success,
+)
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.report.study_report import SECTION_IDS
 from traitlens.steer import band_layers
@@ -142,6 +148,48 @@ def test_effect_shifts_signed_toward_target() -> None:
     # the typed summary writes the JSON eval.json has always held, and reads it back
     assert Effect.from_dict(result.to_dict()) == result
     assert "capability_change" not in result.to_dict()  # absent parts are left out
+
+
+def test_persona_evaluation_round_trips_typed_and_names_the_fix_when_missing(
+    tmp_path: Path,
+) -> None:
+    baseline = _measurement(
+        neutral_readout=[[0.0], [1.0]],
+        opposite_readout={"E|high": [-1.0, -2.0], "E|low": [1.0, 2.0]},
+        questionnaire={"E": {"a": 3.0, "b": 2.0}},
+        forced_choice={"E": {"x": 0.5, "y": 0.4}},
+    )
+    steered = replace(baseline, opposite_readout={"E|high": [0.5, -0.5]}, perplexity=11.0)
+    row = PersonaResult(
+        "E__high__mean_diff__real",
+        "E",
+        "high",
+        "mean_diff",
+        False,
+        effect(baseline, steered, ["E"], "E", "high"),
+        "k" * 64,
+        {"strength": 2.0},
+    )
+    evaluation = PersonaEvaluation(
+        ["E"],
+        [1, 2],
+        {"E": 3},
+        EvalBaseline({"E": 2.5}, {"E": 0.45}, 10.0, None, 0.5),
+        [row],
+        {},
+        {},
+        {},
+    )
+    path = str(tmp_path / "eval.json")  # a str path works as well as a Path
+    evaluation.save(path)
+    loaded = PersonaEvaluation.load(path)
+    assert isinstance(loaded.results[0].effect.success, Success)
+    assert loaded.results[0].size == {"strength": 2.0}
+    # equal field by field (compared as JSON text: a NaN effect size is not == itself)
+    assert json.dumps(loaded.to_dict()) == json.dumps(evaluation.to_dict())
+    assert json.loads(Path(path).read_text())["results"][0]["strength"] == 2.0  # flat, as before
+    with pytest.raises(ArtifactError, match="run `traitlens study` first"):
+        PersonaEvaluation.load(tmp_path / "missing.json")
 
 
 def test_measurement_reads_rows_written_before_the_types_and_refuses_broken_ones() -> None:

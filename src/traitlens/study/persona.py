@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -498,16 +499,16 @@ class PersonaEvaluation:
         out["results"] = [r.to_dict() for r in self.results]
         return out
 
-    def save(self, path: Any) -> None:
+    def save(self, path: str | Path) -> None:
         from traitlens.artifact_io import write_json
 
-        write_json(path, self.to_dict(), allow_nan=True)
+        write_json(Path(path), self.to_dict(), allow_nan=True)
 
     @classmethod
-    def load(cls, path: Any) -> PersonaEvaluation:
+    def load(cls, path: str | Path) -> PersonaEvaluation:
         from traitlens.artifact_io import read_json
 
-        data = read_json(path)
+        data = read_json(Path(path), missing="run `traitlens study` first")
         missing = [k for k in cls.__dataclass_fields__ if k not in data]
         if missing:
             raise ArtifactError(
