@@ -51,29 +51,25 @@ def main(run: Path) -> None:
     print(
         f"read at layer {evaluation.readout_layer}; neurons edited in layers "
         f"{evaluation.neuron_layers[0]}-{evaluation.neuron_layers[-1]}, directions in "
-        f"{evaluation.steer_layers[0]}-{evaluation.steer_layers[-1]}; {b['n_items']} held-out "
-        f"items; unsteered probe accuracy {b['probe_accuracy']:.2f}, label accuracy "
-        f"{b['label_accuracy']:.2f} ({evaluation.k_shot}-shot), label mass {b['label_mass']:.3f}"
+        f"{evaluation.steer_layers[0]}-{evaluation.steer_layers[-1]}; {b.n_items} held-out "
+        f"items; unsteered probe accuracy {b.probe_accuracy:.2f}, label accuracy "
+        f"{b.label_accuracy:.2f} ({evaluation.k_shot}-shot), label mass {b.label_mass:.3f}"
     )
-    controls = {
-        (r["trait"], r["kind"], r["fraction"]): r for r in evaluation.results if r["control"]
-    }
+    controls = {(r.trait, r.kind, r.fraction): r for r in evaluation.results if r.control}
     print(
         "edit | TSR real/control (unsteered) | label TSR real/control (unsteered) | "
         "ΔP(target label) real/control | own-domain kept | ppl× real/control"
     )
-    for r in (r for r in evaluation.results if not r["control"]):
-        c = controls[(r["trait"], r["kind"], r["fraction"])]
-        rep, lab = r["representation"], r["labels"]
-        name = f"{r['trait']} {r['kind']}" + (
-            f" {r['fraction']:.0%}" if r["kind"] == "boost" else ""
-        )
+    for r in (r for r in evaluation.results if not r.control):
+        c = controls[(r.trait, r.kind, r.fraction)]
+        rep, lab = r.representation, r.labels
+        name = f"{r.trait} {r.kind}" + (f" {r.fraction:.0%}" if r.kind == "boost" else "")
         print(
-            f"  {name:<16} {rep['tsr']:.2f}/{c['representation']['tsr']:.2f} "
-            f"({rep['tsr_baseline']:.2f}) | {lab['tsr']:.2f}/{c['labels']['tsr']:.2f} "
-            f"({lab['tsr_baseline']:.2f}) | {lab['delta_p_target']['mean']:+.3f}/"
-            f"{c['labels']['delta_p_target']['mean']:+.3f} | {rep['retention']:.2f} | "
-            f"{r['cost']['perplexity_ratio']:.2f}/{c['cost']['perplexity_ratio']:.2f}"
+            f"  {name:<16} {rep.tsr:.2f}/{c.representation.tsr:.2f} "
+            f"({rep.tsr_baseline:.2f}) | {lab.tsr:.2f}/{c.labels.tsr:.2f} "
+            f"({lab.tsr_baseline:.2f}) | {lab.delta_p_target.mean:+.3f}/"
+            f"{c.labels.delta_p_target.mean:+.3f} | {rep.retention:.2f} | "
+            f"{r.cost.perplexity_ratio:.2f}/{c.cost.perplexity_ratio:.2f}"
         )
 
 

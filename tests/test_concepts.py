@@ -551,43 +551,43 @@ def test_concept_effect_hand_computed() -> None:
         25.0,
     )
     effect = concept_effect(baseline, steered, items, traits, "C", seed=0)
-    rep = effect["representation"]
+    rep = effect.representation
     # other domains' items: O1, O2, E1, E2; steered argmax C on O1 and E2, baseline on E2
-    assert rep["tsr"] == pytest.approx(0.5)
-    assert rep["tsr_baseline"] == pytest.approx(0.25)
-    assert rep["retention"] == pytest.approx(1.0)  # C1, C2 both read as C
-    assert rep["retention_baseline"] == pytest.approx(0.5)  # C2 read as O
-    assert rep["shares"] == pytest.approx([0.25, 0.5, 0.25])
-    assert rep["shares_baseline"] == pytest.approx([0.5, 0.25, 0.25])
-    assert rep["n_items"] == 4
+    assert rep.tsr == pytest.approx(0.5)
+    assert rep.tsr_baseline == pytest.approx(0.25)
+    assert rep.retention == pytest.approx(1.0)  # C1, C2 both read as C
+    assert rep.retention_baseline == pytest.approx(0.5)  # C2 read as O
+    assert rep.shares == pytest.approx([0.25, 0.5, 0.25])
+    assert rep.shares_baseline == pytest.approx([0.5, 0.25, 0.25])
+    assert rep.n_items == 4
 
     def logit(p: float) -> float:
         return math.log(p / (1 - p))
 
     shifts = [logit(0.6) - logit(0.2), logit(0.4) - logit(0.3), logit(0.2) - logit(0.3)]
     shifts.append(logit(0.8) - logit(0.4))
-    shift = rep["log_odds_shift"]
-    assert shift["mean"] == pytest.approx(sum(shifts) / 4)
-    assert shift["low"] <= shift["mean"] <= shift["high"]
+    shift = rep.log_odds_shift
+    assert shift.mean == pytest.approx(sum(shifts) / 4)
+    assert shift.low <= shift.mean <= shift.high
 
-    labels = effect["labels"]
-    assert labels["tsr"] == pytest.approx(0.75)  # O1, O2, E2
-    assert labels["tsr_baseline"] == pytest.approx(0.25)  # O2
-    assert labels["accuracy"] == pytest.approx(3 / 6)  # C1, C2, E1
-    assert labels["accuracy_baseline"] == pytest.approx(4 / 6)  # O1, C1, E1, E2
-    assert labels["delta_p_target"]["mean"] == pytest.approx((0.3 + 0.2 + 0.1 + 0.2) / 4)
-    assert labels["delta_p"] == pytest.approx([-0.1, 0.2, -0.1])
-    assert labels["label_mass"] == pytest.approx(0.5)
-    assert labels["label_mass_baseline"] == pytest.approx(4.4 / 6)
+    labels = effect.labels
+    assert labels.tsr == pytest.approx(0.75)  # O1, O2, E2
+    assert labels.tsr_baseline == pytest.approx(0.25)  # O2
+    assert labels.accuracy == pytest.approx(3 / 6)  # C1, C2, E1
+    assert labels.accuracy_baseline == pytest.approx(4 / 6)  # O1, C1, E1, E2
+    assert labels.delta_p_target.mean == pytest.approx((0.3 + 0.2 + 0.1 + 0.2) / 4)
+    assert labels.delta_p == pytest.approx([-0.1, 0.2, -0.1])
+    assert labels.label_mass == pytest.approx(0.5)
+    assert labels.label_mass_baseline == pytest.approx(4.4 / 6)
 
     # per domain mean Likert change; E2's baseline is missing, so E is E1's alone
-    assert effect["likert"] == pytest.approx({"O": 0.5, "C": -1.0, "E": 1.0})
-    assert effect["cost"] == pytest.approx({"perplexity": 25.0, "perplexity_ratio": 1.25})
+    assert effect.likert == pytest.approx({"O": 0.5, "C": -1.0, "E": 1.0})
+    assert effect.cost.to_dict() == pytest.approx({"perplexity": 25.0, "perplexity_ratio": 1.25})
 
     # steering toward E instead reads the same rows from E's side
     toward_e = concept_effect(baseline, steered, items, traits, "E")
-    assert toward_e["representation"]["tsr"] == pytest.approx(0.0)
-    assert toward_e["representation"]["retention"] == pytest.approx(0.5)
+    assert toward_e.representation.tsr == pytest.approx(0.0)
+    assert toward_e.representation.retention == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------- label tokens

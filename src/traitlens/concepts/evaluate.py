@@ -30,6 +30,7 @@ from traitlens.concepts.capture import format_items
 from traitlens.concepts.items import ItemLike
 from traitlens.concepts.labels import LabelPrompt, label_probs
 from traitlens.concepts.probes import DomainProbes
+from traitlens.errors import ArtifactError
 from traitlens.evaluate.logprobs import LabelTokens
 from traitlens.evaluate.stats import bootstrap_ci
 from traitlens.models.loading import TraitModel
@@ -136,12 +137,137 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def _ci(values: np.ndarray, seed: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class Estimate(Record):
+    """A mean over items with its bootstrap CI (NaN ends with fewer than two items)."""
+
+    mean: float
+    low: float
+    high: float
+
+
+def _ci(values: np.ndarray, seed: int) -> Estimate:
     if values.size < 2:
         value = float(values.mean()) if values.size else float("nan")
-        return {"mean": value, "low": float("nan"), "high": float("nan")}
+        return Estimate(value, float("nan"), float("nan"))
     ci = bootstrap_ci(values, seed=seed)
-    return {"mean": float(ci.estimate), "low": float(ci.low), "high": float(ci.high)}
+    return Estimate(float(ci.estimate), float(ci.low), float(ci.high))
+
+
+@dataclass(frozen=True)
+class RepresentationEffect(Record):
+    """The probe level, on the other domains' held-out items (``retention``: the target's
+    own items still read as the target)."""
+
+    tsr: float
+    tsr_baseline: float
+    retention: float
+    retention_baseline: float
+    shares: list[float]
+    shares_baseline: list[float]
+    log_odds_shift: Estimate
+    n_items: int
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RepresentationEffect:
+        return cls(**{**data, "log_odds_shift": Estimate(**data["log_odds_shift"])})
+
+
+@dataclass(frozen=True)
+class LabelEffect(Record):
+    """The generated-label level: the same success rate on the domain name the model
+    gives, the change of P(target label), and how much mass the labels hold at all."""
+
+    tsr: float
+    tsr_baseline: float
+    accuracy: float
+    accuracy_baseline: float
+    delta_p_target: Estimate
+    delta_p: list[float]
+    label_mass: float
+    label_mass_baseline: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LabelEffect:
+        return cls(**{**data, "delta_p_target": Estimate(**data["delta_p_target"])})
+
+
+@dataclass(frozen=True)
+class ConceptCost(Record):
+    perplexity: float
+    perplexity_ratio: float
+
+
+@dataclass(frozen=True)
+class ConceptEffect(Record):
+    """One condition against the baseline, at both levels, with the self-report shift
+    per domain and the cost."""
+
+    representation: RepresentationEffect
+    labels: LabelEffect
+    likert: dict[str, float]
+    cost: ConceptCost
+
+
+@dataclass(frozen=True)
+class ConceptResult:
+    """One row of ``concepts/eval.json``: the condition (its configured size in ``size``),
+    its :class:`ConceptEffect` and the key it was measured under. ``to_dict`` is the flat
+    JSON the file has always held."""
+
+    name: str
+    trait: str
+    kind: str
+    control: bool
+    fraction: float | None
+    size: dict[str, Any]
+    effect: ConceptEffect
+    row_key: str
+
+    DESCRIPTIVE = ("name", "trait", "kind", "control", "fraction")
+    EFFECT = ("representation", "labels", "likert", "cost")
+
+    @property
+    def representation(self) -> RepresentationEffect:
+        return self.effect.representation
+
+    @property
+    def labels(self) -> LabelEffect:
+        return self.effect.labels
+
+    @property
+    def cost(self) -> ConceptCost:
+        return self.effect.cost
+
+    def to_dict(self) -> dict[str, Any]:
+        head = {k: getattr(self, k) for k in self.DESCRIPTIVE}
+        return {**head, **self.size, **self.effect.to_dict(), "row_key": self.row_key}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConceptResult:
+        missing = [k for k in (*cls.DESCRIPTIVE, *cls.EFFECT, "row_key") if k not in data]
+        if missing:
+            raise ArtifactError(
+                f"a concept evaluation row lacks {', '.join(missing)}: it was written by "
+                "another version; rerun `traitlens study` (measured rows are reused)"
+            )
+        effect = ConceptEffect(
+            RepresentationEffect.from_dict(data["representation"]),
+            LabelEffect.from_dict(data["labels"]),
+            dict(data["likert"]),
+            ConceptCost(**data["cost"]),
+        )
+        skip = {*cls.DESCRIPTIVE, *cls.EFFECT, "row_key"}
+        return cls(
+            name=data["name"],
+            trait=data["trait"],
+            kind=data["kind"],
+            control=bool(data["control"]),
+            fraction=data["fraction"],
+            size={k: v for k, v in data.items() if k not in skip},
+            effect=effect,
+            row_key=data["row_key"],
+        )
 
 
 def _shares(probs: np.ndarray) -> list[float]:
@@ -162,7 +288,7 @@ def concept_effect(
     target: str,
     *,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> ConceptEffect:
     """The row's numbers for an edit toward ``target`` (see module docstring).
 
     ``other``: held-out items of the other domains (where success is judged);
@@ -178,37 +304,37 @@ def concept_effect(
     shift = _logit(new_p[other, t]) - _logit(base_p[other, t])
     label_shift = new_l[other, t] - base_l[other, t]
     base_likert, new_likert = np.asarray(baseline.likert), np.asarray(steered.likert)
-    return {
-        "representation": {
-            "tsr": float((new_p[other].argmax(1) == t).mean()),
-            "tsr_baseline": float((base_p[other].argmax(1) == t).mean()),
-            "retention": float((new_p[own].argmax(1) == t).mean()) if own.any() else float("nan"),
-            "retention_baseline": float((base_p[own].argmax(1) == t).mean())
+    return ConceptEffect(
+        representation=RepresentationEffect(
+            tsr=float((new_p[other].argmax(1) == t).mean()),
+            tsr_baseline=float((base_p[other].argmax(1) == t).mean()),
+            retention=float((new_p[own].argmax(1) == t).mean()) if own.any() else float("nan"),
+            retention_baseline=float((base_p[own].argmax(1) == t).mean())
             if own.any()
             else float("nan"),
-            "shares": _shares(new_p[other]),
-            "shares_baseline": _shares(base_p[other]),
-            "log_odds_shift": _ci(shift, seed),
-            "n_items": int(other.sum()),
-        },
-        "labels": {
-            "tsr": float((new_l[other].argmax(1) == t).mean()),
-            "tsr_baseline": float((base_l[other].argmax(1) == t).mean()),
-            "accuracy": float((new_l.argmax(1) == truth).mean()),
-            "accuracy_baseline": float((base_l.argmax(1) == truth).mean()),
-            "delta_p_target": _ci(label_shift, seed + 1),
-            "delta_p": (new_l[other] - base_l[other]).mean(0).tolist(),
-            "label_mass": float(np.mean(steered.label_mass)),
-            "label_mass_baseline": float(np.mean(baseline.label_mass)),
-        },
-        "likert": {
+            shares=_shares(new_p[other]),
+            shares_baseline=_shares(base_p[other]),
+            log_odds_shift=_ci(shift, seed),
+            n_items=int(other.sum()),
+        ),
+        labels=LabelEffect(
+            tsr=float((new_l[other].argmax(1) == t).mean()),
+            tsr_baseline=float((base_l[other].argmax(1) == t).mean()),
+            accuracy=float((new_l.argmax(1) == truth).mean()),
+            accuracy_baseline=float((base_l.argmax(1) == truth).mean()),
+            delta_p_target=_ci(label_shift, seed + 1),
+            delta_p=(new_l[other] - base_l[other]).mean(0).tolist(),
+            label_mass=float(np.mean(steered.label_mass)),
+            label_mass_baseline=float(np.mean(baseline.label_mass)),
+        ),
+        likert={
             trait: float(np.nanmean(new_likert[truth == k] - base_likert[truth == k]))
             if (truth == k).any() and np.isfinite(new_likert[truth == k]).any()
             else float("nan")
             for k, trait in enumerate(traits)
         },
-        "cost": {
-            "perplexity": steered.perplexity,
-            "perplexity_ratio": steered.perplexity / baseline.perplexity,
-        },
-    }
+        cost=ConceptCost(
+            perplexity=steered.perplexity,
+            perplexity_ratio=steered.perplexity / baseline.perplexity,
+        ),
+    )

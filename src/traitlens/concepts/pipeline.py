@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from traitlens.artifact_io import fields_of, read_json, write_json
+from traitlens.artifact_io import Record, read_json, write_json
 from traitlens.concepts.capture import ItemActivations, capture_items
 from traitlens.concepts.config import ConceptConfig
 from traitlens.concepts.evaluate import (
+    ConceptEffect,
     ConceptMeasurement,
+    ConceptResult,
     ConceptSets,
     concept_effect,
     measure_condition,
@@ -285,9 +287,18 @@ class ConceptCondition:
     size: dict[str, Any]
     interventions: tuple[Any, ...]
 
-    def describe(self) -> dict[str, Any]:
-        """The row's descriptive columns in eval.json."""
-        return {**fields_of(self, ("name", "trait", "kind", "control", "fraction")), **self.size}
+    def result(self, effect: ConceptEffect, key: str) -> ConceptResult:
+        """This condition's row of ``concepts/eval.json``."""
+        return ConceptResult(
+            self.name,
+            self.trait,
+            self.kind,
+            self.control,
+            self.fraction,
+            dict(self.size),
+            effect,
+            key,
+        )
 
 
 def neuron_rule(neurons: NeuronSet, trait: str, band: list[int], config: ConceptConfig) -> str:
@@ -391,6 +402,17 @@ def _sets(ctx: StageContext, readout: int) -> ConceptSets:
     )
 
 
+@dataclass(frozen=True)
+class ConceptBaseline(Record):
+    """The unsteered model on the held-out items: both levels' accuracy, label mass, cost."""
+
+    probe_accuracy: float
+    label_accuracy: float
+    label_mass: float
+    perplexity: float
+    n_items: int
+
+
 @dataclass
 class ConceptEvaluation:
     """Every measured condition's numbers, the baseline and where they were read."""
@@ -400,17 +422,27 @@ class ConceptEvaluation:
     neuron_layers: list[int]
     readout_layer: int
     k_shot: int
-    baseline: dict[str, Any]
-    results: list[dict[str, Any]]
+    baseline: ConceptBaseline
+    results: list[ConceptResult]
     provenance: dict[str, Any]
 
-    def save(self, path: Path) -> None:
-        write_json(path, {"kind": "concept_evaluation", **self.__dict__}, allow_nan=True)
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "concept_evaluation",
+            **self.__dict__,
+            "baseline": self.baseline.to_dict(),
+            "results": [r.to_dict() for r in self.results],
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_json(Path(path), self.to_dict(), allow_nan=True)
 
     @classmethod
-    def load(cls, path: Path) -> ConceptEvaluation:
-        data = read_json(path)
+    def load(cls, path: str | Path) -> ConceptEvaluation:
+        data = read_json(Path(path), missing="run `traitlens study --design concept` first")
         data.pop("kind", None)
+        data["baseline"] = ConceptBaseline(**data["baseline"])
+        data["results"] = [ConceptResult.from_dict(r) for r in data["results"]]
         return cls(**data)
 
 
@@ -497,7 +529,7 @@ def stage_evaluation(ctx: StageContext) -> ConceptEvaluation:
             seed=config.seed,
         )
         keys[condition.name] = prov.key
-        results.append(condition.describe() | summary | {"row_key": prov.key})
+        results.append(condition.result(summary, prov.key))
     return _save_evaluation(ctx, read, baseline, results, keys)
 
 
@@ -505,7 +537,7 @@ def _save_evaluation(
     ctx: StageContext,
     read: _Readout,
     baseline: ConceptMeasurement,
-    results: list[dict[str, Any]],
+    results: list[ConceptResult],
     keys: dict[str, str],
 ) -> ConceptEvaluation:
     from traitlens.evaluate.tables import write_csv
@@ -526,19 +558,19 @@ def _save_evaluation(
         read.neuron_band,
         read.sets.readout_layer,
         read.sets.label_prompt.k,
-        {
-            "probe_accuracy": float((np.asarray(baseline.probe_probs).argmax(1) == truth).mean()),
-            "label_accuracy": float((np.asarray(baseline.label_probs).argmax(1) == truth).mean()),
-            "label_mass": float(np.mean(baseline.label_mass)),
-            "perplexity": baseline.perplexity,
-            "n_items": len(read.sets.items),
-        },
+        ConceptBaseline(
+            probe_accuracy=float((np.asarray(baseline.probe_probs).argmax(1) == truth).mean()),
+            label_accuracy=float((np.asarray(baseline.label_probs).argmax(1) == truth).mean()),
+            label_mass=float(np.mean(baseline.label_mass)),
+            perplexity=baseline.perplexity,
+            n_items=len(read.sets.items),
+        ),
         results,
         {"rows": keys, "upstream": upstream, "key": eval_prov.key},
     )
     evaluation.save(ctx.run / CONCEPT_DIR / "eval.json")
     record(ctx.run, "concepts.evaluation", eval_prov)
-    write_csv([flat_row(r) for r in results], ctx.run / CONCEPT_DIR / "eval.csv")
+    write_csv([flat_row(r.to_dict()) for r in results], ctx.run / CONCEPT_DIR / "eval.csv")
     return evaluation
 
 
@@ -574,14 +606,14 @@ def summarize(evaluation: ConceptEvaluation) -> dict[str, Any]:
     """Per domain and condition kind: real vs control TSR (both levels) and cost."""
     out: dict[str, Any] = {}
     for row in evaluation.results:
-        key = f"{row['trait']}|{row['kind']}|{row['fraction']}"
-        side = "control" if row["control"] else "real"
+        key = f"{row.trait}|{row.kind}|{row.fraction}"
+        side = "control" if row.control else "real"
         out.setdefault(key, {})[side] = {
-            "tsr": row["representation"]["tsr"],
-            "tsr_baseline": row["representation"]["tsr_baseline"],
-            "label_tsr": row["labels"]["tsr"],
-            "delta_p_target": row["labels"]["delta_p_target"]["mean"],
-            "ppl_ratio": row["cost"]["perplexity_ratio"],
+            "tsr": row.representation.tsr,
+            "tsr_baseline": row.representation.tsr_baseline,
+            "label_tsr": row.labels.tsr,
+            "delta_p_target": row.labels.delta_p_target.mean,
+            "ppl_ratio": row.cost.perplexity_ratio,
         }
     return out
 

@@ -161,18 +161,16 @@ def _rows(
     evaluation: Any, kind: str, control: bool, fraction: float | None = None
 ) -> dict[str, Any]:
     return {
-        r["trait"]: r
+        r.trait: r
         for r in evaluation.results
-        if r["kind"] == kind
-        and r["control"] == control
-        and (fraction is None or r["fraction"] == fraction)
+        if r.kind == kind and r.control == control and (fraction is None or r.fraction == fraction)
     }
 
 
 def plot_concept_tsr(evaluation: Any, directory: Path) -> Path:
     """Targeted success rate of the probe read-out: each edit next to its matched control."""
     traits = evaluation.traits
-    fractions = sorted({r["fraction"] for r in evaluation.results if r["kind"] == "boost"})
+    fractions = sorted({r.fraction for r in evaluation.results if r.kind == "boost"})
     conditions = [("boost", f) for f in fractions] + [("direction", None)]
     fig = Figure(figsize=(1.6 * len(traits) + 3, 3.6), layout="constrained")
     ax = fig.subplots()
@@ -182,7 +180,7 @@ def plot_concept_tsr(evaluation: Any, directory: Path) -> Path:
         label = f"boost {fraction:.0%}" if kind == "boost" else "direction"
         for side, control in enumerate((False, True)):
             rows = _rows(evaluation, kind, control, fraction)
-            values = [rows[t]["representation"]["tsr"] if t in rows else np.nan for t in traits]
+            values = [rows[t].representation.tsr if t in rows else np.nan for t in traits]
             offset = (2 * k + side - len(conditions) + 0.5) * width
             ax.bar(
                 x + offset,
@@ -195,7 +193,7 @@ def plot_concept_tsr(evaluation: Any, directory: Path) -> Path:
     base = _rows(evaluation, "boost", False, fractions[0] if fractions else None)
     for i, t in enumerate(traits):
         if t in base:
-            value = base[t]["representation"]["tsr_baseline"]
+            value = base[t].representation.tsr_baseline
             ax.hlines(value, i - 0.45, i + 0.45, color="black", linestyle=":", linewidth=1)
     ax.set_xticks(x, traits)
     ax.set(
@@ -211,7 +209,7 @@ def plot_concept_gap(evaluation: Any, directory: Path) -> Path:
     """The finding in one figure: representation TSR gain vs label TSR gain, real vs control
     (largest-fraction boost and the direction), plus the label-level ΔP(target)."""
     traits = evaluation.traits
-    fractions = sorted({r["fraction"] for r in evaluation.results if r["kind"] == "boost"})
+    fractions = sorted({r.fraction for r in evaluation.results if r.kind == "boost"})
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2)
     for kind, fraction, marker in (
@@ -224,8 +222,8 @@ def plot_concept_gap(evaluation: Any, directory: Path) -> Path:
                 if t not in rows:
                     continue
                 r = rows[t]
-                rep = r["representation"]["tsr"] - r["representation"]["tsr_baseline"]
-                lab = r["labels"]["tsr"] - r["labels"]["tsr_baseline"]
+                rep = r.representation.tsr - r.representation.tsr_baseline
+                lab = r.labels.tsr - r.labels.tsr_baseline
                 left.scatter(
                     rep,
                     lab,
@@ -254,13 +252,9 @@ def plot_concept_gap(evaluation: Any, directory: Path) -> Path:
     x = np.arange(len(traits))
     for side, control in enumerate((False, True)):
         rows = _rows(evaluation, "boost", control, fractions[-1] if fractions else None)
-        means = [
-            rows[t]["labels"]["delta_p_target"]["mean"] if t in rows else np.nan for t in traits
-        ]
-        lows = [rows[t]["labels"]["delta_p_target"]["low"] if t in rows else np.nan for t in traits]
-        highs = [
-            rows[t]["labels"]["delta_p_target"]["high"] if t in rows else np.nan for t in traits
-        ]
+        means = [rows[t].labels.delta_p_target.mean if t in rows else np.nan for t in traits]
+        lows = [rows[t].labels.delta_p_target.low if t in rows else np.nan for t in traits]
+        highs = [rows[t].labels.delta_p_target.high if t in rows else np.nan for t in traits]
         err = np.abs(np.array([np.subtract(means, lows), np.subtract(highs, means)], dtype=float))
         right.bar(
             x + (side - 0.5) * 0.38,
@@ -284,13 +278,13 @@ def plot_concept_spillover(evaluation: Any, directory: Path) -> Path:
     """5×5: rows = boosted domain, columns = share of other domains' items the probe
     assigns to each domain (real boost at the largest fraction minus unsteered)."""
     traits = evaluation.traits
-    fractions = sorted({r["fraction"] for r in evaluation.results if r["kind"] == "boost"})
+    fractions = sorted({r.fraction for r in evaluation.results if r.kind == "boost"})
     rows = _rows(evaluation, "boost", False, fractions[-1] if fractions else None)
     matrix = np.full((len(traits), len(traits)), np.nan)
     for i, t in enumerate(traits):
         if t in rows:
-            rep = rows[t]["representation"]
-            matrix[i] = np.subtract(rep["shares"], rep["shares_baseline"])
+            rep = rows[t].representation
+            matrix[i] = np.subtract(rep.shares, rep.shares_baseline)
     fig = Figure(figsize=(4.2, 3.6), layout="constrained")
     ax = fig.subplots()
     limit = max(0.05, float(np.nanmax(np.abs(matrix))) if np.isfinite(matrix).any() else 0.05)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from traitlens.report.html import Section, Table
+
+if TYPE_CHECKING:
+    from traitlens.concepts.evaluate import ConceptResult, Estimate
+    from traitlens.concepts.pipeline import ConceptEvaluation
 
 CONCEPT_SECTION_IDS = ("concept-decodability", "concept-neurons", "concept-steering", "concept-gap")
 
@@ -22,12 +26,8 @@ def _fig(path: Path, caption: str) -> list[tuple[Path, str]]:
     return [(path, caption)] if path.exists() else []
 
 
-def _ci(entry: dict[str, Any]) -> str:
-    mean, low, high = (
-        entry.get("mean", math.nan),
-        entry.get("low", math.nan),
-        entry.get("high", math.nan),
-    )
+def _ci(entry: Estimate) -> str:
+    mean, low, high = entry.mean, entry.low, entry.high
     if mean is None or not np.isfinite(mean):
         return "–"
     if low is None or not np.isfinite(low):
@@ -35,26 +35,23 @@ def _ci(entry: dict[str, Any]) -> str:
     return f"{mean:+.3f} [{low:+.2f}, {high:+.2f}]"
 
 
-def _pairs(evaluation: Any) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+def _pairs(evaluation: ConceptEvaluation) -> list[tuple[ConceptResult, ConceptResult | None]]:
     """Each real row with its matched control (same domain, kind and fraction)."""
-    controls = {
-        (r["trait"], r["kind"], r["fraction"]): r for r in evaluation.results if r["control"]
-    }
+    controls = {(r.trait, r.kind, r.fraction): r for r in evaluation.results if r.control}
     return [
-        (r, controls.get((r["trait"], r["kind"], r["fraction"])))
+        (r, controls.get((r.trait, r.kind, r.fraction)))
         for r in evaluation.results
-        if not r["control"]
+        if not r.control
     ]
 
 
-def _label(row: dict[str, Any]) -> str:
-    if row["kind"] == "boost":
-        return (
-            f"boost {row['fraction']:.0%} ({row.get('n_neurons', 0)} neurons, γ {row['gamma']:g})"
-        )
-    if row["kind"] == "suppress":
-        return f"suppress ({row.get('n_neurons', 0)} neurons, {row.get('mode')})"
-    return f"direction (strength {row.get('strength', math.nan):g})"
+def _label(row: ConceptResult) -> str:
+    size = row.size
+    if row.kind == "boost":
+        return f"boost {row.fraction:.0%} ({size.get('n_neurons', 0)} neurons, γ {size['gamma']:g})"
+    if row.kind == "suppress":
+        return f"suppress ({size.get('n_neurons', 0)} neurons, {size.get('mode')})"
+    return f"direction (strength {size.get('strength', math.nan):g})"
 
 
 def concept_headline(run: Path) -> tuple[list[str], list[str]]:
@@ -78,10 +75,10 @@ def concept_headline(run: Path) -> tuple[list[str], list[str]]:
     for real, control in _pairs(evaluation):
         if control is None:
             continue
-        rep = real["representation"]["tsr"] - control["representation"]["tsr"]
-        lab = real["labels"]["tsr"] - control["labels"]["tsr"]
-        gains.setdefault(real["kind"], []).append(rep)
-        gains.setdefault(real["kind"] + "_label", []).append(lab)
+        rep = real.representation.tsr - control.representation.tsr
+        lab = real.labels.tsr - control.labels.tsr
+        gains.setdefault(real.kind, []).append(rep)
+        gains.setdefault(real.kind + "_label", []).append(lab)
     for kind in ("boost", "suppress", "direction"):
         if kind in gains:
             paragraphs.append(
@@ -94,9 +91,9 @@ def concept_headline(run: Path) -> tuple[list[str], list[str]]:
             "Concept-neuron boosts barely move the probe readout beyond random neurons of the "
             "same size — the effect is weak or absent at this γ on this model."
         )
-    if evaluation.baseline.get("label_mass", 1.0) < 0.1:
+    if evaluation.baseline.label_mass < 0.1:
         notes.append(
-            f"The model puts only {evaluation.baseline['label_mass']:.1%} of its next-token "
+            f"The model puts only {evaluation.baseline.label_mass:.1%} of its next-token "
             f"probability on the five domain names ({evaluation.k_shot}-shot); label shifts are "
             "read from the renormalized distribution over the names."
         )
@@ -204,24 +201,24 @@ def _neurons(neurons: Any, figures: Path) -> Section:
     )
 
 
-def _steering(evaluation: Any, figures: Path) -> Section:
+def _steering(evaluation: ConceptEvaluation, figures: Path) -> Section:
     steer_rows = []
     for real, control in _pairs(evaluation):
-        rep, lab = real["representation"], real["labels"]
+        rep, lab = real.representation, real.labels
         steer_rows.append(
             {
-                "domain": real["trait"],
+                "domain": real.trait,
                 "edit": _label(real),
-                "rule": real.get("neuron_rule", "–"),
-                "TSR (probe)": rep["tsr"],
-                "control": control["representation"]["tsr"] if control else math.nan,
-                "unsteered": rep["tsr_baseline"],
-                "log-odds Δ": _ci(rep["log_odds_shift"]),
-                "label TSR": lab["tsr"],
-                "label control": control["labels"]["tsr"] if control else math.nan,
-                "ΔP(target label)": _ci(lab["delta_p_target"]),
-                "own-domain kept": rep["retention"],
-                "perplexity ×": real["cost"]["perplexity_ratio"],
+                "rule": real.size.get("neuron_rule", "–"),
+                "TSR (probe)": rep.tsr,
+                "control": control.representation.tsr if control else math.nan,
+                "unsteered": rep.tsr_baseline,
+                "log-odds Δ": _ci(rep.log_odds_shift),
+                "label TSR": lab.tsr,
+                "label control": control.labels.tsr if control else math.nan,
+                "ΔP(target label)": _ci(lab.delta_p_target),
+                "own-domain kept": rep.retention,
+                "perplexity ×": real.cost.perplexity_ratio,
             }
         )
     b = evaluation.baseline
@@ -236,10 +233,10 @@ def _steering(evaluation: Any, figures: Path) -> Section:
             f"{evaluation.steer_layers[-1]}. Each is next to its matched control (random "
             "neurons with the same per-layer counts and δ; a random direction with the same "
             f"spread). Read at layer {evaluation.readout_layer}, downstream of every edit, on "
-            f"{b['n_items']} held-out items: TSR = share of the other domains' items the probe "
+            f"{b.n_items} held-out items: TSR = share of the other domains' items the probe "
             "now assigns to the target; 'own-domain kept' = share of the target's own items "
             "still assigned to it. Unsteered probe accuracy on these items "
-            f"{b['probe_accuracy']:.2f}.",
+            f"{b.probe_accuracy:.2f}.",
         ],
         figures=_fig(figures / "concept_tsr.png", "Targeted success rate vs control")
         + _fig(figures / "concept_spillover.png", "Spillover of a full boost (5×5)"),
@@ -247,7 +244,7 @@ def _steering(evaluation: Any, figures: Path) -> Section:
     )
 
 
-def _gap(evaluation: Any, figures: Path) -> Section:
+def _gap(evaluation: ConceptEvaluation, figures: Path) -> Section:
     b = evaluation.baseline
     return Section(
         "concept-gap",
@@ -257,8 +254,8 @@ def _gap(evaluation: Any, figures: Path) -> Section:
             f"({evaluation.k_shot}-shot, examples from training items); the answer is read "
             "from "
             "the next-token distribution over the five domain names. Unsteered label accuracy "
-            f"{b['label_accuracy']:.2f} (chance {1 / len(evaluation.traits):.2f}), label mass "
-            f"{b['label_mass']:.3f}. Points right of the diagonal moved the probe more than "
+            f"{b.label_accuracy:.2f} (chance {1 / len(evaluation.traits):.2f}), label mass "
+            f"{b.label_mass:.3f}. Points right of the diagonal moved the probe more than "
             "the label: the representation–behaviour gap.",
         ],
         figures=_fig(figures / "concept_gap.png", "Probe readout vs generated label"),
