@@ -54,6 +54,17 @@ def _raw_shift(run: Path, result: dict[str, Any], baseline: dict[str, Any], trai
     return float(np.mean(diffs)) if diffs else math.nan
 
 
+def _capability(result: dict[str, Any]) -> str:
+    """Steered − unsteered multiple-choice accuracy with its paired CI ("—": not
+    measured, e.g. persona-prompt rows, which leave the weights alone)."""
+    change = result.get("capability_change")
+    if not change:
+        return "—"
+    ci = change["ci"]
+    low, high = _f(ci["low"], 2, sign=True), _f(ci["high"], 2, sign=True)
+    return f"{_f(change['shift'], 3, sign=True)} [{low}, {high}]"
+
+
 def main(run_dir: str) -> None:
     from traitlens.neurons import NeuronSet
     from traitlens.probe import ProbeSet
@@ -120,6 +131,7 @@ def main(run_dir: str) -> None:
                 _f(_raw_shift(run, r, baseline, t), 3, sign=True),
                 _f(r["forced_choice_shift"][t]["shift"], 3, sign=True),
                 _f(r["perplexity_ratio"]),
+                _capability(r),
             ]
         )
     print(
@@ -135,6 +147,7 @@ def main(run_dir: str) -> None:
                 "raw answer Δ",
                 "forced-choice Δ",
                 "ppl ×",
+                "capability Δ [95% CI]",
             ],
             rows,
         )
@@ -177,7 +190,7 @@ def main(run_dir: str) -> None:
     base = evaluation["baseline"]
     print(
         f"\nUnsteered: perplexity {base['perplexity']:.2f}, label mass "
-        f"{_f(base.get('label_mass'))}; questionnaire "
+        f"{_f(base.get('label_mass'))}, capability {_f(base.get('capability'), 3)}; questionnaire "
         + ", ".join(f"{t} {base['questionnaire'][t]:.2f}" for t in traits)
     )
 

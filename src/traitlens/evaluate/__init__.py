@@ -52,6 +52,15 @@ from traitlens.evaluate.questionnaire import (
     run_questionnaire,
 )
 from traitlens.evaluate.reference import NEUTRAL_TEXT
+from traitlens.evaluate.results import (
+    Effect,
+    EvalBaseline,
+    Interval,
+    Measurement,
+    PersonaResult,
+    Shift,
+    Success,
+)
 from traitlens.evaluate.stats import (
     ConfidenceInterval,
     bootstrap_ci,
@@ -63,6 +72,13 @@ from traitlens.evaluate.stats import (
 
 __all__ = [
     "NEUTRAL_TEXT",
+    "Effect",
+    "EvalBaseline",
+    "Interval",
+    "Measurement",
+    "PersonaResult",
+    "Shift",
+    "Success",
     "ORDERS",
     "TEMPLATES",
     "ChoiceResponse",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,29 +64,6 @@ def _stats(per_fold: list[list[float]]) -> tuple[list[float], list[float]]:
     return means, sds
 
 
-class _FoldStat:
-    """A read-only per-layer summary of one fold-score field of :class:`CurveScores`.
-
-    The four summaries (``mean``/``sd`` of ``per_fold``, ``control_mean``/``control_sd``
-    of ``control_per_fold``) differ only in field and statistic, so one descriptor
-    serves them all; each read computes :func:`_stats` afresh.
-    """
-
-    def __init__(self, folds: str, stat: str) -> None:
-        self.folds, self.index = folds, ("mean", "sd").index(stat)
-
-    @overload
-    def __get__(self, obj: None, owner: type[Any]) -> _FoldStat: ...
-
-    @overload
-    def __get__(self, obj: CurveScores, owner: type[Any]) -> list[float]: ...
-
-    def __get__(self, obj: CurveScores | None, owner: type[Any]) -> _FoldStat | list[float]:
-        if obj is None:
-            return self
-        return _stats(getattr(obj, self.folds))[self.index]
-
-
 @dataclass(frozen=True)
 class CurveScores:
     """Held-out scores of one probe task for one trait, per layer.
@@ -103,10 +80,21 @@ class CurveScores:
     per_fold: list[list[float]]
     control_per_fold: list[list[float]]
 
-    mean = _FoldStat("per_fold", "mean")
-    sd = _FoldStat("per_fold", "sd")
-    control_mean = _FoldStat("control_per_fold", "mean")
-    control_sd = _FoldStat("control_per_fold", "sd")
+    @property
+    def mean(self) -> list[float]:
+        return _stats(self.per_fold)[0]
+
+    @property
+    def sd(self) -> list[float]:
+        return _stats(self.per_fold)[1]
+
+    @property
+    def control_mean(self) -> list[float]:
+        return _stats(self.control_per_fold)[0]
+
+    @property
+    def control_sd(self) -> list[float]:
+        return _stats(self.control_per_fold)[1]
 
     @property
     def selectivity(self) -> list[float]:

@@ -2,6 +2,19 @@
 interventions → evaluation → report.html, resumable at every step."""
 
 from traitlens.study.config import PROFILES, StudyConfig, resolve_config
+from traitlens.study.persona import PERSONA_STAGES, PersonaEvaluation
 from traitlens.study.pipeline import run_study
+from traitlens.study.stages import Plan, Stage, StageContext, run_plan
 
-__all__ = ["PROFILES", "StudyConfig", "resolve_config", "run_study"]
+__all__ = [
+    "PERSONA_STAGES",
+    "PROFILES",
+    "PersonaEvaluation",
+    "Plan",
+    "Stage",
+    "StageContext",
+    "StudyConfig",
+    "resolve_config",
+    "run_plan",
+    "run_study",
+]
