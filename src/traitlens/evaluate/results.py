@@ -61,8 +61,12 @@ class Shift:
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(
-            {"shift": self.shift, "ci": self.ci.to_dict(), "effect_size": self.effect_size}
-            | {"n": self.n}
+            {
+                "shift": self.shift,
+                "ci": self.ci.to_dict(),
+                "effect_size": self.effect_size,
+                "n": self.n,
+            }
         )
 
     @classmethod

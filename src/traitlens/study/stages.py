@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from traitlens.artifact_io import check_writable
 from traitlens.models.loading import TraitModel
 
 Log = Callable[[str], None]
@@ -48,8 +49,6 @@ class StageContext:
     ) -> StageContext:
         """A context for a run into ``out``, refusing an unwritable folder before any
         stage loads or computes anything."""
-        from traitlens.artifact_io import check_writable
-
         run = Path(out)
         check_writable(run)
         return cls(tm, run, config, log, progress=progress, force=force)
