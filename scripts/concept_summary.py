@@ -3,10 +3,11 @@
     python scripts/concept_summary.py RUN
 
 Domain probe (best layer, accuracy, control, first layer at 90 %, item-grouped
-accuracy), concept neurons by depth third and their overlap, then per domain the
-targeted success rate (probe read-out) of every edit next to its matched control, the
-generated-label shift, and the perplexity cost. These are the numbers quoted in the
-README and the closing note.
+accuracy), concept neurons by depth third (against the label-permutation null) and
+their overlap, then every edit's success rate at the best probe layer and the last
+layer against its random control draws (gain, CI, p), the generated-label shift
+beyond the controls, the perplexity cost, and the study's four claims with verdicts.
+These are the numbers quoted in the README and the closing note.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import numpy as np
 
 
 def main(run: Path) -> None:
+    from traitlens.concepts.claims import edited_rule, study_claims
     from traitlens.concepts.neurons import depth_thirds, overlap
     from traitlens.concepts.pipeline import ConceptEvaluation
     from traitlens.concepts.probes import DomainProbes
     from traitlens.neurons.artifact import NeuronSet
+    from traitlens.steer.layers import layer_text
 
     base = run / "concepts"
     probes = DomainProbes.load(base)
@@ -39,38 +42,61 @@ def main(run: Path) -> None:
             f"{probes.layers[k]} (facet-grouped there {probes.accuracy[k]:.3f})"
         )
     neurons = NeuronSet.load(base)
-    print("concept neurons (fire more for the domain; q ≤ fdr | |δ| rule alone | by thirds):")
+    evaluation = ConceptEvaluation.load(base / "eval.json")
+    rule = edited_rule(evaluation)
+    null = neurons.config.get("null") or {}
+    print(
+        f"concept neurons (fire more for the domain; q ≤ fdr | |δ| rule alone | {rule} set by "
+        "thirds"
+        + (f" | null mean by thirds, {null['permutations']} permutations)" if null else ")")
+    )
     for t in neurons.traits:
         fdr, npti = int(neurons.mask(t, "high").sum()), int(neurons.npti_mask(t, "high").sum())
-        print(f"  {t}: {fdr} | {npti} | early/middle/late {depth_thirds(neurons, t)}")
-    jac = overlap(neurons)
+        extra = f" | {null['null_mean'][t]}" if null else ""
+        print(f"  {t}: {fdr} | {npti} | {depth_thirds(neurons, t, rule=rule)}{extra}")
+    jac = overlap(neurons, rule=rule)
     off = jac[~np.eye(len(neurons.traits), dtype=bool)]
-    print(f"  mean Jaccard overlap between domains {np.nanmean(off):.3f}")
-    evaluation = ConceptEvaluation.load(base / "eval.json")
+    print(f"  mean Jaccard overlap between domains ({rule} set) {np.nanmean(off):.3f}")
     b = evaluation.baseline
     print(
-        f"read at layer {evaluation.readout_layer}; neurons edited in layers "
-        f"{evaluation.neuron_layers[0]}-{evaluation.neuron_layers[-1]}, directions in "
-        f"{evaluation.steer_layers[0]}-{evaluation.steer_layers[-1]}; {b.n_items} held-out "
-        f"items; unsteered probe accuracy {b.probe_accuracy:.2f}, label accuracy "
-        f"{b.label_accuracy:.2f} ({evaluation.k_shot}-shot), label mass {b.label_mass:.3f}"
+        f"{b.n_items} held-out items; headline layer {evaluation.headline_layer} (best probe "
+        f"layer), last layer {evaluation.readout_layers[-1]}; edit bands "
+        + ", ".join(f"{k} {layer_text(v)}" for k, v in evaluation.edit_bands.items())
+        + f"; directions in {layer_text(evaluation.steer_layers)}; "
+        f"{evaluation.control_draws} control draws"
     )
-    controls = {(r.trait, r.kind, r.fraction): r for r in evaluation.results if r.control}
     print(
-        "edit | TSR real/control (unsteered) | label TSR real/control (unsteered) | "
-        "ΔP(target label) real/control | own-domain kept | ppl× real/control"
+        f"unsteered probe accuracy {b.probe_accuracy:.2f}; label accuracy "
+        f"{b.label_accuracy:.2f} [{b.label_accuracy_ci[0]:.2f}, {b.label_accuracy_ci[1]:.2f}] "
+        f"(chance {b.chance:.2f}, {evaluation.k_shot}-shot), label mass {b.label_mass:.3f} "
+        f"[{b.label_mass_ci[0]:.3f}, {b.label_mass_ci[1]:.3f}]"
+        + ("" if b.labels_interpretable else " — label shifts NOT interpretable on this model")
     )
-    for r in (r for r in evaluation.results if not r.control):
-        c = controls[(r.trait, r.kind, r.fraction)]
-        rep, lab = r.representation, r.labels
+    print(
+        "edit | success best layer [Wilson] | controls mean [2.5-97.5 %] | gain [95 % CI] p | "
+        "success last layer | ΔP(target label) − controls [CI] p | ppl×"
+    )
+    for r in evaluation.real:
+        vs = r.vs_controls
+        if vs is None:
+            continue
+        band = f" {r.size['band']}" if r.size.get("band") else ""
+        gamma = f" γ{r.size['gamma']:g}" if r.size.get("gamma") else ""
         name = f"{r.trait} {r.kind}" + (f" {r.fraction:.0%}" if r.kind == "boost" else "")
         print(
-            f"  {name:<16} {rep.tsr:.2f}/{c.representation.tsr:.2f} "
-            f"({rep.tsr_baseline:.2f}) | {lab.tsr:.2f}/{c.labels.tsr:.2f} "
-            f"({lab.tsr_baseline:.2f}) | {lab.delta_p_target.mean:+.3f}/"
-            f"{c.labels.delta_p_target.mean:+.3f} | {rep.retention:.2f} | "
-            f"{r.cost.perplexity_ratio:.2f}/{c.cost.perplexity_ratio:.2f}"
+            f"  {name + band + gamma:<22} {vs.success.mean:.2f} [{vs.success.low:.2f}, "
+            f"{vs.success.high:.2f}] | {vs.control.mean:.2f} [{vs.control.low:.2f}, "
+            f"{vs.control.high:.2f}] | {vs.gain.mean:+.2f} [{vs.gain.low:+.2f}, "
+            f"{vs.gain.high:+.2f}] p={vs.p_value:.3f} | {vs.success_last.mean:.2f} | "
+            f"{vs.delta_p_gain.mean:+.3f} [{vs.delta_p_gain.low:+.3f}, "
+            f"{vs.delta_p_gain.high:+.3f}] p={vs.delta_p_p_value:.3f} | "
+            f"{r.cost.perplexity_ratio:.2f}"
         )
+    print("the study's claims:")
+    for c in study_claims(probes, neurons, evaluation, rule):
+        print(f"  ({c.name}) {c.statement}: {c.verdict.upper()}")
+        print(f"      measured {c.measured}; interval {c.interval}")
+        print(f"      {c.detail}")
 
 
 if __name__ == "__main__":

@@ -298,6 +298,7 @@ ANSWERS = ["evaluate", "answers", f"{I}/answers.csv", *TINY, "--out", f"{I}/eval
 ANSWERS_FILE = write("answers.csv", "id,answer\na1,I went to a party and danced.\n")
 FINGERPRINT = ["fingerprint", *TINY, "--out", f"{I}/fp"]
 STUDY = ["study", *TINY, "--out", f"{I}/study", "--profile", "quick"]
+CONCEPTS = ["concepts", "evaluate", *TINY, "--out", f"{I}/concepts", "--profile", "quick"]
 CAPTURE = ["capture", *TINY, "--out", f"{I}/new-run"]
 BAKE = ["vectors", "bake", "--run", R, "--mix", "E=+1", "--out", f"{I}/baked", *TINY]
 LMEVAL = ["vectors", "lmeval", "--run", R, "--mix", "E=+1", "--out", f"{I}/lm", *TINY]
@@ -1069,6 +1070,20 @@ CLI_CASES = [
         ["study", *TINY, "--profile", "quick", "--out", f"{R}/prompts.jsonl"],
         "a file is in the way",
     ),
+    # --- the concept design's settings (refused before any stage runs)
+    case(
+        "concepts-edit-band-unknown",
+        [*CONCEPTS, "--edit-band", "sideways"],
+        "neither one of all, early, middle, late",
+    ),
+    case("concepts-edit-band-empty", [*CONCEPTS, "--edit-band", " "], "edit band is empty"),
+    case(
+        "concepts-edit-band-outside-model",
+        [*CONCEPTS, "--edit-band", "0-99"],
+        "outside this model's layers",
+    ),
+    case("concepts-gamma-zero", [*CONCEPTS, "--gammas", "0"], "gammas [0.0] are outside"),
+    case("concepts-one-control-draw", [*CONCEPTS, "--control-draws", "1"], "control_draws"),
     # --- report (no model at all)
     case("report-eval-truncated", ["report", R], "not valid JSON", cut("eval.json")),
     case("report-config-truncated", ["report", R], "not valid JSON", cut("study_config.json")),

@@ -46,6 +46,24 @@ def test_streaming_quantile_close_to_exact() -> None:
     assert (q.quantile(0.95) - exact).abs().max() <= width * 1.5
 
 
+def test_exact_quantile_equals_torch_quantile_over_the_whole_stream() -> None:
+    from traitlens.capture.reducers import ExactQuantile
+
+    torch.manual_seed(0)
+    for n in (1, 2, 19, 20, 21, 1000, 1003):
+        data = torch.randn(n, 6) * torch.linspace(0.5, 3, 6)
+        q = ExactQuantile(6, n, 0.95)
+        for chunk in data.split(37):
+            q.update(chunk)
+        assert q.top.shape[0] <= max(2, n - int((n - 1) * 0.95))  # never the whole stream
+        exact = torch.quantile(data.double(), 0.95, dim=0)
+        torch.testing.assert_close(q.quantile(), exact, atol=1e-6, rtol=1e-6)
+    short = ExactQuantile(2, 10)
+    short.update(torch.zeros(9, 2))
+    with pytest.raises(ValueError, match="saw 9 values per neuron, expected 10"):
+        short.quantile()
+
+
 def test_streaming_quantile_handles_values_beyond_first_batch_range() -> None:
     q = StreamingQuantile(1, bins=64)
     q.update(torch.zeros(10, 1))  # degenerate first batch
@@ -222,3 +240,45 @@ def test_embedded_model_batched_generation_matches_single(smol) -> None:
     assert act.get().shape == (3, 30, 576)
     stats = act.neuron_stats
     assert stats is not None and (stats.a95 > 0).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_shared_prefix_pooling_equals_full_passes_also_under_steering(family: str) -> None:
+    """``share_prefix`` (the evaluation's probe pass) gives the states of full forward
+    passes — with a steering hook active too, which must edit the prefix pass alike."""
+    from traitlens.capture.capture import ItemFiring, pool_formatted
+    from traitlens.steer import AddDirection, TraitVector, steering
+
+    tm = build_tiny(family)
+    system = "You read one statement at a time and think about the person who wrote it."
+    texts = ["I love big parties.", "I keep my desk tidy and neat.", "Storms scare me.", "Hi"]
+    formatted = [tm.format(system, f"Statement: {t}", marks={"item": t}) for t in texts]
+    vector = TraitVector.from_directions(
+        tm.identity,
+        {1: torch.randn(tm.identity.d_model, generator=torch.Generator().manual_seed(0))},
+    )
+    n_span = sum(b - a for a, b in (f.span("item") for f in formatted))
+    for edits in ([], [AddDirection(vector, 3.0)]):
+        with steering(tm, edits):
+            results = []
+            for share in (False, True):
+                firing = ItemFiring(len(texts), tm.n_layers, tm.identity.d_mlp, "cpu", n_span)
+                pooled = pool_formatted(
+                    tm,
+                    formatted,
+                    span="item",
+                    poolings=("mean", "last"),
+                    batch_size=3,
+                    neurons=firing,
+                    share_prefix=share,
+                )
+                results.append((pooled, firing.result()))
+        (full, full_firing), (shared, shared_firing) = results
+        for key in full:
+            torch.testing.assert_close(shared[key], full[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(shared_firing["a95"], full_firing["a95"], rtol=1e-4, atol=1e-5)
+        assert torch.equal(shared_firing["rates"], full_firing["rates"])
+    # the shortcut was taken: the prompts share more than the minimum prefix
+    from traitlens.capture.capture import _span_free_prefix
+
+    assert _span_free_prefix(formatted, ("item",)) >= 8

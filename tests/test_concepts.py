@@ -38,6 +38,7 @@ from traitlens.concepts import (
     run_concepts,
     select_concept_neurons,
     strongest,
+    study_claims,
 )
 from traitlens.concepts.labels import check_labels
 from traitlens.concepts.pipeline import domain_direction
@@ -235,11 +236,13 @@ def test_capture_pools_and_counts_over_the_statement_tokens_only(tiny_llama: Any
     assert acts.templates == ["bare"] * len(items) + ["statement"] * len(items)
     assert acts.pooled["mean"].shape == (2 * len(items), tiny_llama.n_layers, 32)
     assert acts.rates.shape == (2 * len(items), tiny_llama.n_layers, 64)
+    span_acts = []
     for row, (item_id, template) in enumerate(zip(acts.item_ids, acts.templates, strict=True)):
         formatted = format_items(tiny_llama, [by_id[item_id]], template)[0]
         start, end = formatted.span("item")
         assert acts.n_tokens[row] == end - start
         states, mlp = _manual_states(tiny_llama, formatted.input_ids)
+        span_acts.append(mlp[:, start:end])
         torch.testing.assert_close(
             acts.pooled["mean"][row], states[:, start:end].mean(1), atol=1e-4, rtol=0
         )
@@ -251,6 +254,11 @@ def test_capture_pools_and_counts_over_the_statement_tokens_only(tiny_llama: Any
             q_start, q_end = formatted.span("question")
             whole = states[:, q_start:q_end].mean(1)
             assert (acts.pooled["mean"][row] - whole).abs().max() > 1e-3
+    # a95 is each neuron's exact 95th percentile over every statement token
+    every = torch.cat(span_acts, dim=1).double()  # [L, tokens, d_mlp]
+    torch.testing.assert_close(
+        acts.a95.double(), torch.quantile(every, 0.95, dim=1), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_capture_is_batch_size_invariant(tiny_llama: Any) -> None:
@@ -343,8 +351,13 @@ def test_planted_concept_neurons_are_recovered_and_controls_match() -> None:
         assert not any(
             bool(union[int(a), int(b)]) for a, b in zip(drawn.layers, drawn.indices, strict=True)
         )
-    order = torch.argsort(top.layers, stable=True)
-    torch.testing.assert_close(control.delta, top.delta[order])
+    # δ travels layer by layer (matched within a95 bins, so the order inside a layer may
+    # differ); each control neuron keeps its own a95
+    for layer in (1, 2):
+        torch.testing.assert_close(
+            control.delta[control.layers == layer].sort().values,
+            top.delta[top.layers == layer].sort().values,
+        )
     torch.testing.assert_close(control.a95, neurons.a95[control.layers, control.indices])
     again = matched_random(neurons, top, seed=0, name="E|0.4")
     assert torch.equal(again.indices, control.indices)
@@ -771,10 +784,12 @@ SMALL: dict[str, Any] = dict(
     folds=2,
     fractions=[1.0],
     eval_items_per_domain=2,
-    k_shot=0,
+    shots_per_domain=0,
     likert_templates=0,
     held_out=0.25,
     neuron_rule="npti",
+    control_draws=2,
+    null_permutations=2,
 )
 
 
@@ -798,8 +813,8 @@ def test_concept_run_resumes_and_recomputes_exactly_what_changed(tmp_path: Path)
     run_concepts(tm, run, config, log=lambda _: None, progress=False)
     rows_dir = run / "concepts" / "eval" / "rows"
     first_rows = {p.name for p in rows_dir.iterdir()}
-    # baseline + per domain: boost and its control per fraction, suppress ±, direction ±
-    n = 1 + len(TRAITS) * (2 * len(config.fractions) + 4)
+    # baseline + per domain: boost per fraction, suppress and direction, each with its draws
+    n = 1 + len(TRAITS) * (len(config.fractions) + 2) * (1 + config.control_draws)
     assert len(first_rows) == n
     stamps = _stamps(run)
     assert {"items.json", "probes.json", "neurons.json", "item_activations.json"} <= {
@@ -811,12 +826,25 @@ def test_concept_run_resumes_and_recomputes_exactly_what_changed(tmp_path: Path)
     assert f"  {n} of {n} rows reused (same inputs)" in log
     assert not [line for line in log if "row(s) to measure" in line]
     assert _stamps(run) == stamps  # nothing new, nothing rewritten
-    assert len(context["evaluation"].results) == n - 1
+    evaluation = context["evaluation"]
+    assert len(evaluation.results) == n - 1
+    # every real edit is compared with its own draws; the claims read the finished run
+    assert all(r.vs_controls.n_draws == config.control_draws for r in evaluation.real)
+    claims = study_claims(context["probes"], context["neurons"], evaluation)
+    assert [c.name for c in claims] == ["a", "b", "c", "d"]
+    assert {c.verdict for c in claims} <= {
+        "reproduced",
+        "not reproduced",
+        "not testable on this model",
+    }
+    label_claim = claims[3].verdict == "not testable on this model"
+    assert label_claim == (not evaluation.baseline.labels_interpretable)
 
     log.clear()
-    regamma = ConceptConfig(items_file=bank, gamma=3.0, **SMALL)
+    regamma = ConceptConfig(items_file=bank, gammas=[3.0], **SMALL)
     run_concepts(tm, run, regamma, log=log.append, progress=False)
-    boost = 2 * len(TRAITS) * len(config.fractions)  # real + control per domain, fraction
+    # real + control draws per domain and fraction
+    boost = (1 + config.control_draws) * len(TRAITS) * len(config.fractions)
     assert f"  {boost} row(s) to measure: gamma 2.0 → 3.0" in log
     assert f"  {n - boost} of {n} rows reused (same inputs)" in log
     now = _stamps(run)
@@ -872,3 +900,304 @@ def test_cli_loads_an_ipip_layout_bank_without_editing(tmp_path: Path) -> None:
     probes = json.loads((out / "concepts" / "probes.json").read_text())
     assert probes["fold_unit"] == "facet"
     assert not (out / "concepts" / "eval.json").exists()  # stopped after the probe stage
+
+
+# --------------------------------------------------------------------------- the study's setup
+
+
+def test_held_out_items_cover_every_facet() -> None:
+    """The shipped bank (6 facets per domain): 24 items per domain, a quarter held out
+    — the 6 held-out items of each domain come from 6 different facets."""
+    from traitlens.concepts.items import choose_items
+
+    bank = load_items()
+    for seed in range(5):
+        items, split = choose_items(bank, TRAITS, per_domain=24, held_out=0.25, seed=seed)
+        by_id = {i.id: i for i in items}
+        for trait in TRAITS:
+            facets = {i.facet for i in items if i.trait == trait}
+            held = [by_id[i] for i in split.held_out if by_id[i].trait == trait]
+            assert len(held) == 6 == len(facets)
+            assert {i.facet for i in held} == facets, (seed, trait)
+    # more held-out items than facets: every facet, and no facet twice before all are used
+    items, split = choose_items(bank, TRAITS, per_domain=None, held_out=0.25, seed=0)
+    by_id = {i.id: i for i in items}
+    counts = Counter(by_id[i].facet for i in split.held_out if by_id[i].trait == "O")
+    assert len(counts) == 6 and max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_k_shot_examples_are_balanced_and_chat_turns() -> None:
+    from traitlens.concepts.labels import label_prompt, shots
+
+    items = synthetic_bank()
+    for per_domain in (1, 2):
+        chosen = shots(items, TRAITS, per_domain, seed=3)
+        assert Counter(i.trait for i in chosen) == {t: per_domain for t in TRAITS}
+        assert len({i.id for i in chosen}) == 5 * per_domain
+    prompt = label_prompt(items, TRAITS, 1, seed=0)
+    turns = prompt.turns("my statement", rotation=2)
+    # the examples are earlier exchanges whose answers are the domain names
+    assert [a for _, a in turns[:-1]] == [label for _, label in prompt.examples]
+    assert turns[-1] == ('Statement: "my statement"', None)
+    assert turns[0][0].startswith("Which personality domain")
+    # option order rotates across items, so the first-listed name differs
+    firsts = {
+        prompt.question("x", prompt.rotation(n)).split(": ")[1].split(",")[0] for n in range(5)
+    }
+    assert len(firsts) == 5
+    fixed = label_prompt(items, TRAITS, 1, seed=0, counterbalance=False)
+    assert {fixed.rotation(n) for n in range(7)} == {0}
+
+
+def test_control_draws_are_distinct_disjoint_and_matched() -> None:
+    items = synthetic_bank()
+    acts = planted_neuron_acts(items)
+    neurons = select_concept_neurons(acts, items, [i.id for i in items], traits=TRAITS)
+    real = strongest(neurons.select("E", "high"), 1.0)
+    selectable = torch.zeros(neurons.delta.shape[1:], dtype=torch.bool)
+    for trait in TRAITS:
+        for pole in ("high", "low"):
+            selectable |= neurons.npti_mask(trait, pole)
+    draws = [matched_random(neurons, real, seed=0, name=f"E|1.0|all|{k}") for k in range(20)]
+    seen = set()
+    for drawn in draws:
+        pairs = frozenset(zip(drawn.layers.tolist(), drawn.indices.tolist(), strict=True))
+        assert pairs not in seen  # distinct draws
+        seen.add(pairs)
+        assert not pairs & set(zip(real.layers.tolist(), real.indices.tolist(), strict=True))
+        assert not any(bool(selectable[a, b]) for a, b in pairs)
+        assert torch.equal(torch.bincount(drawn.layers), torch.bincount(real.layers))
+        torch.testing.assert_close(drawn.delta.sort().values, real.delta.sort().values)
+    # a control for the silenced set never reuses the boosted control's neurons
+    other = matched_random(neurons, real, seed=0, name="x", avoid=draws[0])
+    taken = set(zip(draws[0].layers.tolist(), draws[0].indices.tolist(), strict=True))
+    assert not taken & set(zip(other.layers.tolist(), other.indices.tolist(), strict=True))
+
+
+def test_control_draws_match_the_a95_distribution() -> None:
+    """Real neurons with high a95 get controls with high a95 (quantile bins per layer)."""
+    items = synthetic_bank()
+    acts = planted_neuron_acts(items)
+    a95 = torch.linspace(0.1, 10.0, 64).repeat(3, 1)
+    acts = ItemActivations(
+        acts.identity,
+        acts.item_ids,
+        acts.templates,
+        acts.layers,
+        acts.pooled,
+        acts.rates,
+        a95,
+        acts.n_tokens,
+    )
+    neurons = select_concept_neurons(acts, items, [i.id for i in items], traits=TRAITS)
+    real = strongest(neurons.select("E", "high"), 1.0)
+    top_bin = float(torch.quantile(a95[1], 0.8))
+    for k in range(10):
+        drawn = matched_random(neurons, real, seed=k, name="E")
+        for layer in (1, 2):
+            high_real = int((real.a95[real.layers == layer] >= top_bin).sum())
+            high_drawn = int((drawn.a95[drawn.layers == layer] >= top_bin).sum())
+            assert high_real == high_drawn
+
+
+def _layer_measurement(layer_probs: list[list[list[float]]], labels: list[list[float]]) -> Any:
+    return ConceptMeasurement(
+        IDS,
+        layer_probs[-1],
+        labels,
+        [1.0] * len(IDS),
+        [float("nan")] * len(IDS),
+        10.0,
+        layers=[3, 7],
+        layer_probs=layer_probs,
+    )
+
+
+def test_tsr_per_layer_and_against_controls_hand_computed() -> None:
+    from traitlens.concepts.evaluate import compare_with_controls
+
+    traits = ["O", "C", "E"]
+    items = [ConceptItem(id=i, trait=i[0], facet="f", keyed="+", text=f"item {i}") for i in IDS]
+    o, c, e = [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]
+    # items O1 O2 C1 C2 E1 E2; target C → judged on O1, O2, E1, E2
+    baseline = _layer_measurement([[o, o, c, c, e, e], [o, o, c, c, e, e]], [o, o, c, c, e, e])
+    # layer 3: one of four moved to C; layer 7: three of four
+    real = _layer_measurement([[c, o, c, c, e, e], [c, c, c, c, c, e]], [c, o, c, c, e, e])
+    effect = concept_effect(baseline, real, items, traits, "C")
+    assert effect.representation.tsr_by_layer == pytest.approx([0.25, 0.75])
+    assert effect.representation.tsr_by_layer_baseline == pytest.approx([0.0, 0.0])
+    assert effect.representation.tsr_last == pytest.approx(0.75)
+    quiet = _layer_measurement([[o, o, c, c, e, e], [o, o, c, c, c, e]], [o, o, c, c, e, e])
+    noisy = _layer_measurement([[o, c, c, c, e, e], [o, o, c, c, e, e]], [o, c, c, c, e, e])
+    vs = compare_with_controls(
+        baseline, real, [quiet, noisy, quiet, quiet], items, traits, "C", "boost", 7
+    )
+    assert vs.success_by_layer == pytest.approx([0.25, 0.75])
+    # controls at layer 3: 0, .25, 0, 0; at layer 7: .25, 0, .25, .25
+    assert vs.control_by_layer == pytest.approx([1 / 16, 3 / 16])
+    assert vs.success.mean == pytest.approx(0.75) and vs.success_last.mean == pytest.approx(0.75)
+    assert vs.success.low < 0.75 < vs.success.high  # Wilson, n = 4
+    assert vs.control.mean == pytest.approx(3 / 16)
+    assert vs.gain.mean == pytest.approx(0.75 - 3 / 16)
+    # no draw reaches 0.75: p = (1 + 0) / (1 + 4)
+    assert vs.p_value == pytest.approx(0.2)
+    assert vs.p_last == vs.p_value and vs.gain_last == vs.gain  # the headline is the last layer
+    assert vs.p_by_layer == pytest.approx([0.4, 0.2])  # layer 3: one draw ties .25
+    assert vs.label_success.mean == pytest.approx(0.25)
+    assert vs.label_control.mean == pytest.approx(0.25 / 4)
+    # a suppression is judged on the target's own items: C1, C2 no longer read as C
+    gone = _layer_measurement([[o, o, o, c, e, e], [o, o, o, o, e, e]], [o, o, o, c, e, e])
+    vs = compare_with_controls(baseline, gone, [quiet, noisy], items, traits, "C", "suppress", 7)
+    assert vs.success_by_layer == pytest.approx([0.5, 1.0])
+    with pytest.raises(ValueError, match="≥ 2"):
+        compare_with_controls(baseline, real, [quiet], items, traits, "C", "boost", 7)
+
+
+def test_edit_band_reaches_a_planted_late_neuron_only_when_it_covers_that_layer() -> None:
+    """A neuron planted in the last layer: boosting the domain's set moves the last
+    layer's readout along that neuron's output direction only when the edit band
+    includes the last layer (never silently clipped to an earlier window)."""
+    from traitlens.neurons.selected import SelectedNeurons
+    from traitlens.steer import NeuronEdit, steering
+    from traitlens.steer.layers import edit_band_layers
+
+    tm = build_tiny("llama")
+    last = tm.n_layers - 1
+    planted = SelectedNeurons(
+        torch.tensor([last]), torch.tensor([3]), torch.tensor([0.6]), torch.tensor([2.0])
+    )
+    readout = tm.model.model.layers[last].mlp.down_proj.weight[:, 3].detach()
+    ids = tm.tokenizer("I love going to big parties.", return_tensors="pt").input_ids
+
+    def read() -> float:
+        with torch.inference_mode():
+            out = tm.model(ids, output_hidden_states=True)
+        return float(out.hidden_states[last + 1][0, -1] @ readout)
+
+    before = read()
+    moved = {}
+    for band in ("early", "middle", "late", "all", f"{last}"):
+        layers = edit_band_layers(tm.n_layers, band)
+        selected = planted.in_layers(layers)
+        if not len(selected):
+            moved[band] = 0.0
+            continue
+        with steering(tm, [NeuronEdit(selected, gamma=2.0)]):
+            moved[band] = read() - before
+    assert moved["early"] == 0.0 and moved["middle"] == 0.0
+    assert moved["late"] > 0 and moved["all"] > 0 and moved[f"{last}"] > 0
+    assert edit_band_layers(tm.n_layers, "all") == list(range(tm.n_layers))
+
+
+def test_boost_silences_the_opposite_neurons_in_the_hooked_activations() -> None:
+    """NPTI's boost holds the domain's opposite neurons at min(0, n) — visible at
+    ``mlp_act`` — and the concept plan passes them (``silence_opposite``) by default."""
+    from traitlens.concepts.pipeline import _neuron_plan
+    from traitlens.neurons.selected import SelectedNeurons
+    from traitlens.steer import NeuronEdit, steering
+    from traitlens.study.stages import StageContext
+
+    tm = build_tiny("llama")
+    ids = tm.tokenizer("I keep my desk neat.", return_tensors="pt").input_ids
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(acts: torch.Tensor, **_: Any) -> None:
+        seen["act"] = acts.detach().clone()
+
+    with torch.inference_mode(), hooks_installed(tm.adapter, [("mlp_act[1]", grab)]):
+        tm.model(ids)
+    plain = seen["act"][0]
+    firing = [int(n) for n in torch.nonzero(plain.max(0).values > 0).reshape(-1)[:4]]
+    opposite = SelectedNeurons(
+        torch.tensor([1] * len(firing)),
+        torch.tensor(firing),
+        torch.full((len(firing),), 0.5),
+        torch.ones(len(firing)),
+    )
+    spare = next(n for n in range(plain.shape[-1]) if n not in firing)
+    target = SelectedNeurons(
+        torch.tensor([1]), torch.tensor([spare]), torch.tensor([0.5]), torch.tensor([1.0])
+    )
+    with (
+        torch.inference_mode(),
+        steering(tm, [NeuronEdit(target, opposite, gamma=1.0)]),
+        hooks_installed(tm.adapter, [("mlp_act[1]", grab)]),
+    ):
+        tm.model(ids)
+    edited = seen["act"][0]
+    assert plain[:, firing].max() > 0
+    assert edited[:, firing].max() <= 0  # silenced where they fired
+    torch.testing.assert_close(edited[:, firing], plain[:, firing].clamp(max=0))
+    assert (edited[:, spare] > plain[:, spare]).all()  # the boosted one, in the same pass
+
+    # the concept plan: every boost carries the opposite set, every draw a matched one
+    items = synthetic_bank()
+    acts = planted_neuron_acts(items)
+    is_e = torch.tensor([i.startswith("E") for i in acts.item_ids])
+    acts.rates[is_e, 1, 10:14] -= 0.25  # four neurons that fire less on E's items
+    neurons = select_concept_neurons(acts, items, [i.id for i in items], traits=TRAITS)
+    config = ConceptConfig(fractions=[1.0], control_draws=3, neuron_rule="npti")
+    ctx = StageContext(tm, Path("."), config, lambda _: None, artifacts={"neurons": neurons})
+    plan = _neuron_plan(ctx, "E", "all", [0, 1, 2])
+    boosts = [c for c in plan if c.kind == "boost"]
+    assert len(boosts) == 4 and [c.draw for c in boosts] == [None, 0, 1, 2]
+    low = neurons.select("E", "low", "npti")
+    assert len(low) and all(len(c.interventions[0].opposite) == len(low) for c in boosts)
+    off = ConceptConfig(fractions=[1.0], control_draws=3, silence_opposite=False)
+    ctx = StageContext(tm, Path("."), off, lambda _: None, artifacts={"neurons": neurons})
+    assert all(
+        not len(c.interventions[0].opposite)
+        for c in _neuron_plan(ctx, "E", "all", [0, 1, 2])
+        if c.kind == "boost"
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"edit_bands": [""]}, "edit band is empty"),
+        ({"edit_bands": []}, "edit_bands is empty"),
+        ({"edit_bands": ["middle-ish"]}, "neither one of all, early, middle, late"),
+        ({"gammas": [0.0]}, "outside \\(0, 10\\]"),
+        ({"gammas": [-1.0, 1.0]}, "outside \\(0, 10\\]"),
+        ({"control_draws": 1}, "greater than or equal to 2"),
+        ({"shots_per_domain": -1}, "greater than or equal to 0"),
+        ({"label_draws": 1}, "greater than or equal to 2"),
+    ],
+)
+def test_concept_design_bad_settings_are_refused(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ConceptConfig(**settings)
+
+
+def test_a_listed_layer_outside_the_model_is_refused_not_clipped() -> None:
+    from traitlens.steer.layers import edit_band_layers
+
+    with pytest.raises(DataError, match="outside this model's layers 0..29"):
+        edit_band_layers(30, "10-30")
+    assert edit_band_layers(30, "0,29") == [0, 29]
+
+
+def test_selection_null_counts_what_permuted_labels_pass() -> None:
+    """The permutation null keeps facets whole: a planted domain signal passes the δ rule
+    far more often than under permuted labels; with no signal the two agree."""
+    from traitlens.concepts.neurons import selection_null
+
+    items = synthetic_bank(n_facets=4, per_facet=4)
+    ids = [i.id for i in items]
+    labels = np.array([i.trait for i in items])
+    facets = [i.facet for i in items]
+    for plant in (True, False):
+        acts = planted_neuron_acts(items, plant=plant)
+        null = selection_null(acts.item_rates(ids), labels, facets, TRAITS, 0.1, 20, seed=0)
+        assert null["permutations"] == 20 and null["unit"] == "facet"
+        totals = np.asarray(null["null_total"])
+        assert totals.shape == (20, 3)
+        observed_e = null["observed"]["E"]
+        if plant:  # PLANTED: 4 in layer 1 (the middle third of 3 layers), 3 in layer 2
+            assert observed_e[1] >= 4 and observed_e[2] >= 3
+            assert observed_e[1] > null["null_mean"]["E"][1] + 1
+        else:
+            assert sum(observed_e) <= np.percentile(totals.sum(1), 95) + 1
+    with pytest.raises(DataError, match="null_permutations must be ≥ 0"):
+        select_concept_neurons(acts, items, ids, traits=TRAITS, null_permutations=-1)

@@ -40,8 +40,10 @@ __all__ = [
     "fdr_bh",
     "finite_vector",
     "icc",
+    "null_p_value",
     "paired_bootstrap_ci",
     "separation_auc",
+    "wilson_ci",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -433,3 +435,21 @@ def icc(ratings: ArrayLike, kind: str = "2,1") -> float:
     if abs(denominator) < 1e-15:
         return float("nan")
     return float((ms_rows - ms_error) / denominator)
+
+
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (:meth:`scipy.stats.binomtest.proportion_ci`);
+    ``(nan, nan)`` with no trials."""
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return float("nan"), float("nan")
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def null_p_value(observed: float, null: ArrayLike) -> float:
+    """One-sided Monte Carlo p-value of ``observed`` against draws from the null:
+    ``(1 + #{null ≥ observed}) / (1 + n)`` (Phipson & Smyth 2010; never 0)."""
+    draws = np.asarray(null, dtype=float)
+    return float((1 + np.sum(draws >= observed - 1e-12)) / (1 + draws.size))

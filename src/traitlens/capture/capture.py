@@ -11,9 +11,21 @@ from typing import Any, Protocol
 import torch
 
 from traitlens.capture.artifacts import Activations, NeuronStats
-from traitlens.capture.reducers import POOLINGS, StreamingQuantile, pooling_weights
+from traitlens.capture.reducers import (
+    POOLINGS,
+    ExactQuantile,
+    StreamingQuantile,
+    pooling_weights,
+)
 from traitlens.errors import DataError
-from traitlens.models.batching import last_logits_kwargs, left_pad, length_sorted_batches
+from traitlens.models.batching import (
+    MIN_SHARED_PREFIX,
+    SharedPrefix,
+    common_prefix_length,
+    last_logits_kwargs,
+    left_pad,
+    length_sorted_batches,
+)
 from traitlens.models.chat import SPANS, FormattedPrompt
 from traitlens.models.hooks import HookFn, hooks_installed
 from traitlens.models.loading import TraitModel
@@ -229,6 +241,20 @@ def _capture(
     )
 
 
+def _span_free_prefix(formatted: Sequence[FormattedPrompt], spans: Sequence[str]) -> int:
+    """Leading tokens all prompts share before any of ``spans`` starts (0 when too few to
+    be worth a cache; ≥ 2 tokens stay per prompt, so each pass still reads as a prompt)."""
+    shared = common_prefix_length([f.input_ids for f in formatted])
+    starts = [f.span(name)[0] for f in formatted for name in spans]
+    shared = min(shared, *starts, min(len(f.input_ids) for f in formatted) - 2)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+def _without_prefix(prompt: FormattedPrompt, shared: int) -> FormattedPrompt:
+    spans = {k: (a - shared, b - shared) for k, (a, b) in prompt.spans.items() if a >= shared}
+    return FormattedPrompt(prompt.text, prompt.input_ids[shared:], spans)
+
+
 def _span_mask(items: list[FormattedPrompt], name: str, width: int) -> torch.Tensor:
     """[batch, seq] bool mask of each prompt's span, in left-padded coordinates."""
     mask = torch.zeros((len(items), width), dtype=torch.bool)
@@ -306,10 +332,19 @@ class ItemFiring:
     neurons is 83 MB.
     """
 
-    def __init__(self, n: int, n_layers: int, d_mlp: int, device: Any):
+    def __init__(
+        self, n: int, n_layers: int, d_mlp: int, device: Any, n_span_tokens: int | None = None
+    ):
         self.rates = torch.zeros((n, n_layers, d_mlp), dtype=torch.float16)
         self.device = device
-        self.quantiles = [StreamingQuantile(d_mlp, device=device) for _ in range(n_layers)]
+        # with the span's token count known, a95 is exact over every span token (NPTI's
+        # 95th percentile per neuron); without it, a histogram over sampled tokens
+        self.exact = n_span_tokens is not None
+        self.quantiles: list[ExactQuantile] | list[StreamingQuantile] = (
+            [ExactQuantile(d_mlp, n_span_tokens, 0.95, device) for _ in range(n_layers)]
+            if n_span_tokens is not None
+            else [StreamingQuantile(d_mlp, device=device) for _ in range(n_layers)]
+        )
         self._rows = torch.zeros(0, dtype=torch.long)
         self._weights = torch.zeros(0)
         self._sample = torch.zeros(0, dtype=torch.long)
@@ -318,7 +353,8 @@ class ItemFiring:
         device = self.device
         weights = span_mask.float() / span_mask.sum(1, keepdim=True).clamp(min=1)
         self._rows, self._weights = rows, weights.to(device=device, dtype=dtype)
-        self._sample = _quantile_rows(span_mask).to(device)
+        span_rows = span_mask.reshape(-1).nonzero().squeeze(-1)
+        self._sample = (span_rows if self.exact else _quantile_rows(span_mask)).to(device)
 
     def __call__(self, acts: torch.Tensor, *, column: int) -> None:
         fired = (acts > 0).to(acts.dtype)
@@ -348,6 +384,7 @@ def pool_formatted(
     progress: bool = False,
     neurons: NeuronReducer | None = None,
     neuron_span: str | None = None,
+    share_prefix: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The shared capture engine: pooled hidden states over one named span per prompt.
 
@@ -357,8 +394,16 @@ def pool_formatted(
     left-padded, LM head skipped) and hook cost are the same everywhere. With
     ``neurons`` (a :class:`GroupFiring` or :class:`ItemFiring`), ``mlp_act`` over
     ``neuron_span`` (default ``span``) is reduced into it as batches stream by.
+
+    ``share_prefix`` runs the tokens every prompt shares before its span (e.g. a chat
+    template's default system prompt) once and reuses their KV cache: the same states
+    up to float rounding, for a pass that is read many times (evaluation conditions).
     """
     layer_list = resolve_layers(tm, layers)
+    shared = _span_free_prefix(formatted, (span, neuron_span or span)) if share_prefix else 0
+    prefix_ids = formatted[0].input_ids[:shared] if shared else []
+    if shared:
+        formatted = [_without_prefix(f, shared) for f in formatted]
     n, d_model = len(formatted), tm.identity.d_model
     # layer-major buffers: each hook writes one contiguous [P, batch, d] block with a
     # single index_copy_ (advanced-index assignment into [n, L, d] cost ~3 ms a call)
@@ -366,11 +411,15 @@ def pool_formatted(
     state: dict[str, torch.Tensor] = {}
 
     def pool(hidden: torch.Tensor, *, kind: str, column: int) -> None:
+        if "prefix" in state:  # the shared prefix holds no span token
+            return
         vectors = torch.einsum("pbs,bsd->pbd", state["weights"], hidden)
         buffers[kind][:, column].index_copy_(1, state["rows"], vectors.float().cpu())
 
     def count(acts: torch.Tensor, *, column: int) -> None:
         assert neurons is not None
+        if "prefix" in state:
+            return
         neurons(acts, column=column)
 
     # one function per hook kind, told which point it is called at (as TransformerLens
@@ -385,6 +434,11 @@ def pool_formatted(
     batches = length_sorted_batches([len(f.input_ids) for f in formatted], batch_size)
     skip_logits = last_logits_kwargs(tm.model)
     with torch.inference_mode(), hooks_installed(tm.adapter, hooks):
+        prefix = None
+        if shared:
+            state["prefix"] = torch.ones(())
+            prefix = SharedPrefix(tm, prefix_ids, skip_logits)
+            del state["prefix"]
         for batch in track(batches, len(batches), "capturing", progress):
             items = [formatted[i] for i in batch]
             ids, attn, pos = left_pad(
@@ -399,9 +453,16 @@ def pool_formatted(
             if neurons is not None:
                 nmask = _span_mask(items, neuron_span or span, width)
                 neurons.begin(state["rows"], nmask, tm.dtype)
-            tm.model(
-                input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **skip_logits
-            )
+            if prefix is not None:
+                prefix.run(ids, attn, pos)
+            else:
+                tm.model(
+                    input_ids=ids,
+                    attention_mask=attn,
+                    position_ids=pos,
+                    use_cache=False,
+                    **skip_logits,
+                )
     return {
         f"{kind}.{pooling}": buffers[kind][index].permute(1, 0, 2).contiguous()
         for kind in kinds

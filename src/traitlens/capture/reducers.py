@@ -48,6 +48,45 @@ def pooling_weights(
     return torch.stack(rows)
 
 
+class ExactQuantile:
+    """Exact per-neuron ``q``-quantile of a stream whose length ``n`` is known up front.
+
+    Keeps only the ``n − ⌊(n − 1) q⌋`` largest values of each neuron (the two order
+    statistics numpy's "linear" quantile interpolates between are among them): for the
+    95th percentile that is 5 % of the tokens, merged per batch with ``torch.topk``, so
+    the result equals ``torch.quantile(all_values, q, dim=0)`` without storing them.
+    """
+
+    def __init__(self, width: int, n: int, q: float = 0.95, device: torch.device | str = "cpu"):
+        if n < 1:
+            raise ValueError(f"an exact quantile needs the stream length n ≥ 1, got {n}")
+        self.n, self.q = n, q
+        self.k = n - math.floor((n - 1) * q)
+        self.top = torch.empty((0, width), dtype=torch.float32, device=device)
+        self.seen = 0
+
+    def update(self, values: torch.Tensor) -> None:
+        """Add ``values`` of shape ``[n_tokens, width]``."""
+        self.seen += values.shape[0]
+        merged = torch.cat([self.top, values.detach().float()])
+        if merged.shape[0] > self.k:
+            merged = torch.topk(merged, self.k, dim=0, sorted=False).values
+        self.top = merged
+
+    def quantile(self, q: float | None = None) -> torch.Tensor:
+        """The ``q``-quantile per neuron (only the ``q`` given at construction is exact)."""
+        if q is not None and q != self.q:
+            raise ValueError(f"this reducer keeps what the {self.q} quantile needs, not {q}")
+        if self.seen != self.n:
+            raise ValueError(f"saw {self.seen} values per neuron, expected {self.n}")
+        ordered = torch.sort(self.top.double(), dim=0, descending=True).values
+        position = (self.n - 1) * self.q
+        low = math.floor(position)
+        lower = ordered[self.k - 1]  # ascending index ``low``
+        upper = ordered[self.k - 2] if self.k >= 2 else lower  # ascending ``low + 1``
+        return (lower + (position - low) * (upper - lower)).cpu()
+
+
 class StreamingQuantile:
     """Per-neuron quantile estimate from a fixed-size histogram with shared bin edges.
 

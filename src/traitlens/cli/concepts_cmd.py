@@ -131,9 +131,17 @@ def make(command: str, until: str, doc: str) -> None:
         traits: str | None = typer.Option(None, "--traits", "-t", help="e.g. O,C,E,A,N"),
         templates: str | None = typer.Option(None, help="e.g. bare,statement,self_report"),
         fractions: str | None = typer.Option(None, help="e.g. 0.1,0.25,0.5,1"),
-        gamma: float | None = typer.Option(None, help="NPTI boost γ (0, 10]"),
+        gammas: str | None = typer.Option(None, help="NPTI boost γ grid, e.g. 0.6,1,1.5"),
         strength: float | None = typer.Option(None, help="direction strength (spread units)"),
-        k_shot: int | None = typer.Option(None, "--k-shot", help="labelled examples"),
+        shots: int | None = typer.Option(
+            None, "--shots-per-domain", help="labelled examples per domain (chat turns)"
+        ),
+        bands: list[str] | None = typer.Option(
+            None,
+            "--edit-band",
+            help="where neuron edits act (repeatable): all, early, middle, late or '10-14,20'",
+        ),
+        draws: int | None = typer.Option(None, "--control-draws", help="random draws (≥ 2)"),
         seed: int | None = typer.Option(None),
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
@@ -141,14 +149,15 @@ def make(command: str, until: str, doc: str) -> None:
     ) -> None:
         from traitlens.concepts.pipeline import CONCEPT_STAGES, run_concepts
 
-        check_float("--gamma", gamma, 0.0, 10.0, low_open=True)
         check_float("--strength", strength, 0.0, 50.0, low_open=True)
         options = {
             "templates": None if templates is None else templates.split(","),
             "fractions": _floats("--fractions", fractions),
-            "gamma": gamma,
+            "gammas": _floats("--gammas", gammas),
             "direction_strength": strength,
-            "k_shot": k_shot,
+            "shots_per_domain": shots,
+            "edit_bands": bands or None,
+            "control_draws": draws,
         }
         cfg = concept_config(profile, config, items, traits, seed, options)
         check_model(model, device, dtype)

@@ -8,10 +8,13 @@ against matched controls, read at both levels → figures.
 """
 
 from traitlens.concepts.capture import ItemActivations, capture_items, format_items
+from traitlens.concepts.claims import Claim, study_claims
 from traitlens.concepts.config import CONCEPT_PROFILES, ITEM_TEMPLATES, ConceptConfig
 from traitlens.concepts.evaluate import (
     ConceptMeasurement,
     ConceptSets,
+    ControlComparison,
+    compare_with_controls,
     concept_effect,
     measure_condition,
 )
@@ -42,17 +45,20 @@ __all__ = [
     "CONCEPT_PROFILES",
     "CONCEPT_STAGES",
     "ITEM_TEMPLATES",
+    "Claim",
     "ConceptConfig",
     "ConceptEvaluation",
     "ConceptItems",
     "ConceptMeasurement",
     "ConceptSets",
+    "ControlComparison",
     "DomainProbes",
     "ItemActivations",
     "ItemSplit",
     "LabelPrompt",
     "capture_items",
     "choose_items",
+    "compare_with_controls",
     "concept_effect",
     "depth_thirds",
     "domain_labels",
@@ -67,5 +73,6 @@ __all__ = [
     "run_concepts",
     "select_concept_neurons",
     "strongest",
+    "study_claims",
     "summarize",
 ]

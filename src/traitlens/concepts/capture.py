@@ -140,6 +140,7 @@ def capture_provenance(
             "poolings": list(poolings),
             "layers": list(layers),
             "chat_format": tm.formatter.mode,
+            "a95": "exact",
         },
         data=[[i.id, i.trait, i.text] for i in items],
         upstream=upstream,
@@ -205,7 +206,14 @@ def _capture(
         formatted += format_items(tm, items, template)
         ids += [i.id for i in items]
         names += [template] * len(items)
-    firing = ItemFiring(len(formatted), len(layer_list), tm.identity.d_mlp, tm.device)
+    spans = [f.span("item") for f in formatted]
+    firing = ItemFiring(
+        len(formatted),
+        len(layer_list),
+        tm.identity.d_mlp,
+        tm.device,
+        n_span_tokens=sum(stop - start for start, stop in spans),
+    )
     pooled = pool_formatted(
         tm,
         formatted,

@@ -17,6 +17,10 @@ ITEM_TEMPLATES: dict[str, str] = {
 template changes the context the statement is read in, never what is pooled."""
 
 
+EditKind = Literal["boost", "suppress", "direction"]
+EDIT_KINDS: tuple[EditKind, ...] = ("boost", "suppress", "direction")
+
+
 class ConceptConfig(BaseModel):
     """Everything the concept design reads; each stage's key covers its own slice.
 
@@ -39,15 +43,36 @@ class ConceptConfig(BaseModel):
     layer_stride: int = Field(1, ge=1)
     threshold: float = Field(0.1, gt=0.0, lt=1.0)
     fdr: float = Field(0.05, gt=0.0, lt=1.0)
-    neuron_rule: Literal["auto", "fdr", "npti"] = "auto"
+    # NPTI and the concept study edit the neurons their δ rule selects; the FDR-controlled
+    # subset is reported beside it ("fdr" edits only that subset, "auto" falls back to δ
+    # when fewer than min_fdr_neurons survive FDR)
+    neuron_rule: Literal["npti", "fdr", "auto"] = "npti"
     min_fdr_neurons: int = Field(20, ge=1)
+    # permutations of the domain labels (whole facets) for the selection null; 0 = none
+    null_permutations: int = Field(20, ge=0, le=1000)
     steer_band: tuple[float, float] = (1 / 3, 1 / 2)
-    neuron_band: tuple[float, float] = (0.0, 2 / 3)
-    fractions: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
-    gamma: float = Field(2.0, gt=0.0, le=10.0)
-    suppress: Literal["zero", "clip"] = "zero"
+    # where neuron edits act: every layer by default, as NPTI and the study do; a list
+    # makes the band a factor of the design (each band is its own row, keyed)
+    edit_bands: list[str] = Field(default_factory=lambda: ["all"])
+    # which edits to run per domain (each with its control draws)
+    edits: list[EditKind] = Field(default_factory=lambda: list(EDIT_KINDS), min_length=1)
+    fractions: list[float] = Field(default_factory=lambda: [0.25, 1.0])
+    gammas: list[float] = Field(default_factory=lambda: [2.0])
+    # NPTI silences the domain's opposite neurons (those firing less for it) with
+    # min(0, n) while boosting; off only to separate the two halves of the edit
+    silence_opposite: bool = True
+    suppress: Literal["clip", "zero"] = "clip"
+    control_draws: int = Field(20, ge=2, le=200)
+    # the generated label is read on the real edit and on the first label_draws control
+    # draws (None: all of them); the probe readout is read on every draw. The label pass
+    # costs 3-4x the probe pass, so by default the label level has 5 draws (its p-value
+    # cannot go below 1/6) while the probe level has all of them; the report says so.
+    label_draws: int | None = Field(5, ge=2)
     direction_strength: float = Field(1.0, gt=0.0, le=50.0)
-    k_shot: int = Field(5, ge=0, le=40)
+    # labelled examples per domain, shown as earlier chat turns (balanced by construction)
+    shots_per_domain: int = Field(1, ge=0, le=8)
+    counterbalance_options: bool = True
+    label_calibration: bool = False
     eval_template: str = "bare"
     eval_items_per_domain: int | None = Field(None, ge=2)
     likert_templates: int = Field(1, ge=0, le=3)
@@ -87,7 +112,7 @@ class ConceptConfig(BaseModel):
             )
         return sorted(set(value))
 
-    @field_validator("steer_band", "neuron_band")
+    @field_validator("steer_band")
     @classmethod
     def _band(cls, value: tuple[float, float]) -> tuple[float, float]:
         if not 0.0 <= value[0] < value[1] <= 1.0:
@@ -95,6 +120,33 @@ class ConceptConfig(BaseModel):
                 "steer_band is (start, stop) as fractions of depth, 0 ≤ start < stop ≤ 1"
             )
         return value
+
+    @field_validator("edit_bands")
+    @classmethod
+    def _edit_bands(cls, value: list[str]) -> list[str]:
+        from traitlens.steer.layers import check_edit_band
+
+        if not value:
+            raise ValueError(
+                "edit_bands is empty: name at least one band (all, early, middle, late or "
+                "a layer list such as '10-14,20')"
+            )
+        for band in value:
+            check_edit_band(band)
+        return list(dict.fromkeys(b.strip() for b in value))
+
+    @field_validator("gammas")
+    @classmethod
+    def _gammas(cls, value: list[float]) -> list[float]:
+        from traitlens.steer.interventions import MAX_GAMMA
+
+        bad = [g for g in value if not 0.0 < g <= MAX_GAMMA]
+        if bad or not value:
+            raise ValueError(
+                f"gammas {bad} are outside (0, {MAX_GAMMA:g}]: γ multiplies each neuron's "
+                "95th-percentile activation (NPTI uses 0.6-1.5), e.g. [1.0, 2.0]"
+            )
+        return sorted(set(value))
 
     @model_validator(mode="after")
     def _consistent(self) -> ConceptConfig:
@@ -113,9 +165,7 @@ CONCEPT_PROFILES: dict[str, dict[str, object]] = {
         "poolings": ["mean", "last"],
         "layer_stride": 3,
         "folds": 4,
-        "fractions": [0.25, 1.0],
-        "eval_items_per_domain": 4,
-        "k_shot": 3,
+        "fractions": [1.0],
         "likert_templates": 1,
     },
     "default": {},

@@ -93,10 +93,12 @@ def choose_items(
                 f"domain {trait} has {len(dealt)} items: too few to hold out {n_eval} and still "
                 "train on 2; add items or lower held_out"
             )
-        # the held-out items are every k-th of the dealt order, so they span the facets
-        step = len(dealt) / n_eval
-        eval_positions = {int(k * step) for k in range(n_eval)}
-        for position, item in enumerate(dealt):
-            (evaluation if position in eval_positions else train).append(item.id)
+        # deal the chosen items again, facet by facet, and hold out the first n_eval: any
+        # prefix of a facet-by-facet deal spreads over the facets, so the held-out items
+        # cover min(n_eval, facets) facets (every k-th position of one deal does not:
+        # with 6 facets and k = 4 it only ever hits facets 0, 2 and 4)
+        held = {i.id for i in _round_robin(dealt, rng)[:n_eval]}
+        for item in dealt:
+            (evaluation if item.id in held else train).append(item.id)
         chosen += dealt
     return chosen, ItemSplit(tuple(traits), tuple(train), tuple(evaluation))

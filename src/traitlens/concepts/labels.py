@@ -4,10 +4,21 @@ next-token distribution over the five domain names.
 As for Likert options (:mod:`traitlens.evaluate.logprobs`) the label tokens are found
 by rendering each name as the assistant's reply, and only the first token that
 differs between the names is read, so multi-token names work on any tokenizer whose
-names start differently (refused with the token ids when they do not). A 135M model's
-zero-shot labels sit near chance, so ``k`` labelled examples drawn from *training*
-items can precede the statement (the same examples for every item, so their tokens are
-a shared prefix computed once).
+names start differently (refused with the token ids when they do not).
+
+The question is asked the way a chat model is used: ``k`` labelled examples from
+*training* items come first as earlier chat turns (user: the question and a
+statement, assistant: its domain name), balanced over the domains, and the answer
+is read at the start of the assistant turn that follows the held-out statement.
+(Examples written inside one user turn end in ``Domain: X`` lines while the answer
+is read at the assistant turn's first token, so the model answers a different
+question than the examples show: on SmolLM2-135M that put 1.5-4.6 % of the
+probability on the five names and gave one name for 97 % of items.) The order in
+which the options are listed is rotated across items (``counterbalance``), so a
+preference for the first-listed name cannot pass for a domain effect; items of one
+rotation share their prefix, whose KV cache is computed once. Contextual
+calibration (Zhao et al. 2021) divides each item's distribution by the one for a
+content-free statement under the same prompt and rotation, and renormalizes.
 """
 
 from __future__ import annotations
@@ -24,8 +35,16 @@ from traitlens.evaluate.logprobs import LabelTokens, label_distribution, resolve
 from traitlens.models.loading import TraitModel
 
 LABEL_QUESTION = (
-    "Which personality domain does the statement describe? Answer with one word: {options}."
+    "Which personality domain does this statement describe? Answer with one word: "
+    '{options}.\nStatement: "{text}"'
 )
+"""The first user turn of the conversation; later turns repeat only :data:`LABEL_FOLLOW_UP`
+(the task is set once, as in ordinary few-shot chat, which also keeps prompts short)."""
+
+LABEL_FOLLOW_UP = 'Statement: "{text}"'
+
+CONTENT_FREE = "N/A"
+"""The content-free statement of contextual calibration (Zhao et al. 2021)."""
 
 
 def domain_labels(traits: Sequence[str]) -> list[str]:
@@ -49,12 +68,16 @@ def resolve_domain_tokens(tm: TraitModel, labels: Sequence[str]) -> LabelTokens:
     return resolve_label_tokens(tm, list(labels))
 
 
-def shots(train: Sequence[ItemLike], traits: Sequence[str], k: int, seed: int) -> list[ItemLike]:
-    """``k`` labelled examples from training items, domains in turn, order shuffled (seeded)."""
-    if k == 0:
-        return []
+def shots(
+    train: Sequence[ItemLike], traits: Sequence[str], per_domain: int, seed: int
+) -> list[ItemLike]:
+    """``per_domain`` labelled examples of every domain from training items (so every
+    domain is shown equally often), order shuffled (seeded)."""
+    if per_domain < 0:
+        raise DataError(f"shots per domain must be ≥ 0, got {per_domain}")
+    k = per_domain * len(traits)
     rng = np.random.default_rng(seed)
-    pools = {t: [i for i in train if i.trait == t] for t in traits}
+    pools = {t: sorted((i for i in train if i.trait == t), key=lambda i: i.id) for t in traits}
     chosen: list[ItemLike] = []
     for n in range(k):
         pool = pools[traits[n % len(traits)]]
@@ -66,29 +89,53 @@ def shots(train: Sequence[ItemLike], traits: Sequence[str], k: int, seed: int) -
 
 @dataclass(frozen=True)
 class LabelPrompt:
-    """How the label question is asked: the label names and the k-shot examples."""
+    """How the label question is asked: the label names, the k-shot examples (earlier
+    chat turns), whether the option order rotates across items, and calibration."""
 
     labels: tuple[str, ...]
     examples: tuple[tuple[str, str], ...]  # (statement, label)
+    counterbalance: bool = True
+    calibrate: bool = False
 
     @property
     def k(self) -> int:
         return len(self.examples)
 
-    def render(self, text: str) -> str:
-        head = LABEL_QUESTION.format(options=", ".join(self.labels))
-        lines = [f'Statement: "{s}"\nDomain: {label}' for s, label in self.examples]
-        lines.append(f'Statement: "{text}"\nDomain:')
-        return head + "\n\n" + "\n\n".join(lines)
+    def rotation(self, position: int) -> int:
+        """The option order used for the item at ``position`` of the evaluated list."""
+        return position % len(self.labels) if self.counterbalance else 0
+
+    def question(self, text: str, rotation: int = 0) -> str:
+        options = self.labels[rotation:] + self.labels[:rotation]
+        return LABEL_QUESTION.format(options=", ".join(options), text=text)
+
+    def turns(self, text: str, rotation: int = 0) -> list[tuple[str, str | None]]:
+        """The conversation that asks for ``text``'s domain (last answer left open): the
+        question with the first example, then one short turn per example and the item."""
+        statements = [s for s, _ in self.examples] + [text]
+        answers: list[str | None] = [label for _, label in self.examples] + [None]
+        users = [self.question(statements[0], rotation)] + [
+            LABEL_FOLLOW_UP.format(text=s) for s in statements[1:]
+        ]
+        return list(zip(users, answers, strict=True))
 
 
 def label_prompt(
-    train: Sequence[ItemLike], traits: Sequence[str], k: int, seed: int
+    train: Sequence[ItemLike],
+    traits: Sequence[str],
+    per_domain: int,
+    seed: int,
+    *,
+    counterbalance: bool = True,
+    calibrate: bool = False,
 ) -> LabelPrompt:
     labels = domain_labels(traits)
     name = dict(zip(traits, labels, strict=True))
     return LabelPrompt(
-        tuple(labels), tuple((i.text, name[i.trait]) for i in shots(train, traits, k, seed))
+        tuple(labels),
+        tuple((i.text, name[i.trait]) for i in shots(train, traits, per_domain, seed)),
+        counterbalance,
+        calibrate,
     )
 
 
@@ -100,7 +147,31 @@ def label_probs(
     *,
     batch_size: int = 16,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(probs [n, T], label_mass [n])`` of the domain answer for each item."""
-    sequences = [tm.format(None, prompt.render(i.text)).input_ids for i in items]
-    dist = label_distribution(tm, sequences, tokens, batch_size=batch_size, description="labels")
-    return dist.probs, dist.label_mass
+    """``(probs [n, T], label_mass [n])`` of the domain answer for each item.
+
+    ``label_mass`` is the raw next-token probability on the names; ``probs`` is
+    renormalized over them (and contextually calibrated when the prompt says so).
+    """
+    probs = np.zeros((len(items), len(prompt.labels)))
+    mass = np.zeros(len(items))
+    by_rotation: dict[int, list[int]] = {}
+    for position in range(len(items)):
+        by_rotation.setdefault(prompt.rotation(position), []).append(position)
+    for rotation, positions in sorted(by_rotation.items()):
+        texts = [items[p].text for p in positions]
+        if prompt.calibrate:
+            texts.append(CONTENT_FREE)
+        sequences = [
+            tm.formatter.format_conversation(prompt.turns(text, rotation)).input_ids
+            for text in texts
+        ]
+        dist = label_distribution(
+            tm, sequences, tokens, batch_size=batch_size, description="labels"
+        )
+        found = dist.probs
+        if prompt.calibrate:
+            found = found[:-1] / np.clip(found[-1], 1e-9, None)
+            found = found / found.sum(1, keepdims=True)
+        probs[positions] = found[: len(positions)]
+        mass[positions] = dist.label_mass[: len(positions)]
+    return probs, mass

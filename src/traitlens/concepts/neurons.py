@@ -28,10 +28,9 @@ from traitlens.concepts.items import ItemLike
 from traitlens.errors import DataError
 from traitlens.neurons.artifact import NeuronSet
 from traitlens.neurons.selected import SelectedNeurons
-from traitlens.neurons.stats import jaccard_matrix, matched_random_neurons
+from traitlens.neurons.stats import jaccard_matrix
 from traitlens.provenance import Provenance, provenance
 from traitlens.stats import fdr_bh
-from traitlens.study.rows import matched_control
 
 
 def domain_tests(
@@ -61,11 +60,18 @@ def neurons_provenance(
     traits: Sequence[str],
     threshold: float,
     fdr: float,
+    null_permutations: int = 0,
 ) -> Provenance:
     return provenance(
         "concepts.neurons",
         model=acts.identity,
-        config={"threshold": threshold, "fdr": fdr, "traits": list(traits), "unit": "item"},
+        config={
+            "threshold": threshold,
+            "fdr": fdr,
+            "traits": list(traits),
+            "unit": "item",
+            "null_permutations": null_permutations,
+        },
         data=sorted(train_ids),
         upstream={"concepts.capture": acts.key},
     )
@@ -79,11 +85,17 @@ def select_concept_neurons(
     traits: Sequence[str],
     threshold: float = 0.1,
     fdr: float = 0.05,
+    null_permutations: int = 0,
+    seed: int = 0,
     out_dir: str | Path | None = None,
     run_dir: str | Path | None = None,
     force: bool = False,
 ) -> NeuronSet:
-    """One-vs-rest concept neurons of every domain from training items only."""
+    """One-vs-rest concept neurons of every domain from training items only.
+
+    With ``null_permutations`` > 0 the artifact's ``config["null"]`` also holds how many
+    neurons pass the δ rule when the domain labels are permuted (:func:`selection_null`).
+    """
     if not 0.0 < threshold < 1.0:
         raise DataError(f"threshold must lie in (0, 1) (NPTI uses 0.1), got {threshold}")
     if not 0.0 < fdr < 1.0:
@@ -97,13 +109,25 @@ def select_concept_neurons(
             raise DataError(
                 f"domain {trait} has {n} training items; neuron tests need ≥ 2 each side"
             )
-    prov = neurons_provenance(acts, train, traits, threshold, fdr)
+    if null_permutations < 0:
+        raise DataError(f"null_permutations must be ≥ 0 (e.g. 20), got {null_permutations}")
+    prov = neurons_provenance(acts, train, traits, threshold, fdr, null_permutations)
+    facets = [by_id[i].facet for i in train]
+
+    def compute() -> NeuronSet:
+        neuron_set = _concept_neurons(acts, train, labels, traits, threshold, fdr, prov)
+        if null_permutations:
+            rates = acts.item_rates(train)
+            neuron_set.config["null"] = selection_null(
+                rates, labels, facets, traits, threshold, null_permutations, seed
+            )
+        return neuron_set
 
     return NeuronSet.keyed(
         out_dir,
         "concepts.neurons",
         prov,
-        lambda: _concept_neurons(acts, train, labels, traits, threshold, fdr, prov),
+        compute,
         expect=acts.identity,
         run_dir=run_dir,
         force=force,
@@ -163,40 +187,131 @@ def strongest(neurons: SelectedNeurons, fraction: float) -> SelectedNeurons:
     )
 
 
+def thirds_of(n_columns: int) -> list[np.ndarray]:
+    """Column indices of the first, middle and last third of the captured layers."""
+    return np.array_split(np.arange(n_columns), 3)
+
+
+def selection_null(
+    rates: torch.Tensor,
+    labels: np.ndarray,
+    facets: Sequence[str],
+    traits: Sequence[str],
+    threshold: float,
+    permutations: int,
+    seed: int,
+) -> dict[str, object]:
+    """How many neurons pass NPTI's δ ≥ threshold by chance, per domain and depth third.
+
+    The null permutes whole facets across domains (each facet keeps its items and each
+    domain its number of facets; a bank without facets permutes items), so wording
+    shared within a facet is kept and only the domain label is broken. ``observed`` and
+    the null's mean and 95th percentile are counts ``[early, middle, late]``.
+    """
+    units = sorted({(lab, f) for lab, f in zip(labels, facets, strict=True)})
+    unit_of = np.array([units.index((lab, f)) for lab, f in zip(labels, facets, strict=True)])
+    unit_labels = np.array([u[0] for u in units])
+    parts = thirds_of(rates.shape[1])
+    x = rates.double()
+
+    def counts(item_labels: np.ndarray) -> dict[str, list[int]]:
+        out = {}
+        for trait in traits:
+            inside = torch.from_numpy(item_labels == trait)
+            if not inside.any() or inside.all():
+                out[trait] = [0, 0, 0]
+                continue
+            delta = x[inside].mean(0) - x[~inside].mean(0)
+            per_layer = (delta >= threshold).sum(-1)
+            out[trait] = [int(per_layer[torch.from_numpy(p)].sum()) for p in parts]
+        return out
+
+    rng = np.random.default_rng(seed)
+    null = [counts(rng.permutation(unit_labels)[unit_of]) for _ in range(permutations)]
+    stacked = {t: np.array([n[t] for n in null]) for t in traits}
+    return {
+        "permutations": permutations,
+        "unit": "facet" if len(units) < len(labels) else "item",
+        "threshold": threshold,
+        "observed": counts(labels),
+        "null_mean": {t: stacked[t].mean(0).round(1).tolist() for t in traits},
+        "null_p95": {t: np.percentile(stacked[t], 95, axis=0).round(1).tolist() for t in traits},
+        # all domains together, per permutation: the null of the summed counts
+        "null_total": np.sum([stacked[t] for t in traits], axis=0).tolist(),
+    }
+
+
 def matched_random(
-    neuron_set: NeuronSet, real: SelectedNeurons, seed: int, name: str
+    neuron_set: NeuronSet,
+    real: SelectedNeurons,
+    seed: int,
+    name: str,
+    *,
+    avoid: SelectedNeurons | None = None,
+    a95_bins: int = 5,
 ) -> SelectedNeurons:
-    """Random neurons, as many per layer as ``real``, none selectable for any domain, carrying
-    ``real``'s δ values (so an NPTI boost of the control has the same size) and their own
-    a95; seeded by ``name`` and ``seed``, so the same call returns the same set."""
-    columns = torch.tensor([neuron_set.layers.index(int(x)) for x in real.layers], dtype=torch.long)
-    counts = torch.bincount(columns, minlength=len(neuron_set.layers))
+    """Random neurons matched to ``real`` layer by layer in count, δ and a95.
+
+    In each layer the eligible neurons (selectable for no domain or pole under NPTI's
+    δ rule, a superset of the FDR-selected ones, so the control carries no known
+    domain signal and never overlaps ``real``; nor in ``avoid``) are split into
+    ``a95_bins`` quantile bins of their a95, and each real neuron is matched by a random
+    neuron of its bin, which takes its δ (so the NPTI gate f(δ) is the same and the
+    boost γ·a95·f(δ) has the same distribution). Seeded by ``name`` and ``seed``.
+    """
     generator = torch.Generator().manual_seed(zlib.crc32(f"{name}|{seed}".encode()))
-    # excluded: every neuron NPTI's δ rule selects for any domain or pole (a superset of
-    # the FDR-selected ones), so the control carries no known domain signal whichever
-    # rule chose the real set
     exclude = torch.zeros(neuron_set.delta.shape[1:], dtype=torch.bool)
     for trait in neuron_set.traits:
         for pole in ("high", "low"):
             exclude |= neuron_set.npti_mask(trait, pole)
-    picked, indices = matched_random_neurons(counts, exclude, generator)
-    layer_of = torch.tensor(neuron_set.layers, dtype=torch.long)
+    if avoid is not None and len(avoid):
+        columns = torch.tensor([neuron_set.layers.index(int(x)) for x in avoid.layers])
+        exclude[columns, avoid.indices] = True
+    layers, indices, deltas, a95s = [], [], [], []
+    for layer in sorted({int(x) for x in real.layers}):
+        column = neuron_set.layers.index(layer)
+        here = real.layers == layer
+        eligible = torch.nonzero(~exclude[column]).reshape(-1)
+        a95 = neuron_set.a95[column, eligible]
+        edges = torch.quantile(a95.float(), torch.linspace(0, 1, a95_bins + 1)[1:-1])
+        eligible_bin = torch.bucketize(a95.float(), edges)
+        real_bin = torch.bucketize(real.a95[here].float(), edges)
+        used = torch.zeros(eligible.numel(), dtype=torch.bool)
+        for k in range(a95_bins):
+            want = real.delta[here][real_bin == k]
+            pool = torch.nonzero((eligible_bin == k) & ~used).reshape(-1)
+            if pool.numel() < want.numel():  # a thin bin (toy widths): fill from the rest
+                pool = torch.cat([pool, torch.nonzero((eligible_bin != k) & ~used).reshape(-1)])
+            pick = pool[torch.randperm(pool.numel(), generator=generator)[: want.numel()]]
+            used[pick] = True
+            layers.append(torch.full((pick.numel(),), layer, dtype=torch.long))
+            indices.append(eligible[pick])
+            deltas.append(want[: pick.numel()])
+            a95s.append(neuron_set.a95[column, eligible[pick]])
+    if not layers:
+        return SelectedNeurons.empty()
     random = SelectedNeurons(
-        layer_of[picked] if picked.numel() else picked,
-        indices,
-        torch.zeros(len(indices)),
-        neuron_set.a95[picked, indices],
+        torch.cat(layers), torch.cat(indices), torch.cat(deltas).float(), torch.cat(a95s)
     )
-    return matched_control(real, random)
+    order = torch.argsort(random.layers * 10**7 + random.indices)
+    return SelectedNeurons(
+        random.layers[order], random.indices[order], random.delta[order], random.a95[order]
+    )
 
 
-def depth_thirds(neuron_set: NeuronSet, trait: str, pole: str = "high") -> list[int]:
+def rule_mask(neuron_set: NeuronSet, trait: str, rule: str, pole: str = "high") -> torch.Tensor:
+    """The neurons a rule selects, bool ``[L, d_mlp]`` (``npti``: δ alone; else δ + FDR)."""
+    return neuron_set.npti_mask(trait, pole) if rule == "npti" else neuron_set.mask(trait, pole)
+
+
+def depth_thirds(
+    neuron_set: NeuronSet, trait: str, pole: str = "high", rule: str = "fdr"
+) -> list[int]:
     """Selected neurons of one domain in the first, middle and last third of the layers."""
-    counts = neuron_set.mask(trait, pole).sum(-1).tolist()
-    thirds = np.array_split(np.arange(len(counts)), 3)
-    return [int(sum(counts[i] for i in part)) for part in thirds]
+    counts = rule_mask(neuron_set, trait, rule, pole).sum(-1).tolist()
+    return [int(sum(counts[i] for i in part)) for part in thirds_of(len(counts))]
 
 
-def overlap(neuron_set: NeuronSet, pole: str = "high") -> np.ndarray:
+def overlap(neuron_set: NeuronSet, pole: str = "high", rule: str = "fdr") -> np.ndarray:
     """5×5 Jaccard overlap of the domains' selected neurons."""
-    return jaccard_matrix([neuron_set.mask(t, pole) for t in neuron_set.traits])
+    return jaccard_matrix([rule_mask(neuron_set, t, rule, pole) for t in neuron_set.traits])

@@ -10,7 +10,7 @@ its inputs, so a rerun reuses exactly what is unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from traitlens.concepts.evaluate import (
     ConceptMeasurement,
     ConceptResult,
     ConceptSets,
+    ControlComparison,
+    compare_with_controls,
     concept_effect,
     measure_condition,
 )
@@ -39,6 +41,7 @@ from traitlens.concepts.neurons import (
     strongest,
 )
 from traitlens.concepts.probes import DomainProbes, fit_domain_probes
+from traitlens.errors import ArtifactError
 from traitlens.neurons.artifact import NeuronSet
 from traitlens.provenance import Provenance, RunManifest, keyed_stage, provenance, record
 from traitlens.study.rows import (
@@ -228,6 +231,8 @@ def stage_neurons(ctx: StageContext) -> NeuronSet:
         traits=config.traits,
         threshold=config.threshold,
         fdr=config.fdr,
+        null_permutations=config.null_permutations,
+        seed=config.seed,
         out_dir=ctx.run / CONCEPT_DIR,
         run_dir=ctx.run,
         force=ctx.force,
@@ -240,6 +245,13 @@ def stage_neurons(ctx: StageContext) -> NeuronSet:
         "  concept neurons that fire more for the domain (q ≤ fdr / |δ| rule alone): "
         + ", ".join(f"{t} {a}/{b}" for t, (a, b) in counts.items())
     )
+    null = neurons.config.get("null")
+    if null:
+        ctx.log(
+            f"  δ rule under {null['permutations']} label permutations (by {null['unit']}), "
+            "mean count early/middle/late vs observed: "
+            + "; ".join(f"{t} {null['null_mean'][t]} vs {null['observed'][t]}" for t in counts)
+        )
     return neurons
 
 
@@ -277,7 +289,7 @@ def domain_direction(
 
 @dataclass(frozen=True)
 class ConceptCondition:
-    """One planned row: an edit (or its control) toward ``trait``."""
+    """One planned row: an edit (or one of its random-control draws) toward ``trait``."""
 
     name: str
     trait: str
@@ -286,8 +298,15 @@ class ConceptCondition:
     fraction: float | None
     size: dict[str, Any]
     interventions: tuple[Any, ...]
+    draw: int | None = None  # the control draw's number (None for the real edit)
 
-    def result(self, effect: ConceptEffect, key: str) -> ConceptResult:
+    @property
+    def condition(self) -> tuple[Any, ...]:
+        return (self.trait, self.kind, self.fraction, self.size.get("band"), self.size.get("gamma"))
+
+    def result(
+        self, effect: ConceptEffect, key: str, vs_controls: ControlComparison | None = None
+    ) -> ConceptResult:
         """This condition's row of ``concepts/eval.json``."""
         return ConceptResult(
             self.name,
@@ -298,93 +317,179 @@ class ConceptCondition:
             dict(self.size),
             effect,
             key,
+            vs_controls,
         )
 
 
 def neuron_rule(neurons: NeuronSet, trait: str, band: list[int], config: ConceptConfig) -> str:
-    """``fdr`` when the FDR-controlled set has ≥ ``min_fdr_neurons`` neurons of the domain
-    inside the edited band, else NPTI's δ rule alone (``npti``) — with few training items
-    the item-level test is too weak for anything to survive; the row records which."""
+    """The configured rule; ``auto`` is ``fdr`` when the FDR-controlled set has ≥
+    ``min_fdr_neurons`` neurons of the domain inside the edited band, else NPTI's δ rule
+    alone (``npti``). The row records which."""
     if config.neuron_rule != "auto":
         return config.neuron_rule
     count = len(neurons.select(trait, "high", "fdr").in_layers(band))
     return "fdr" if count >= config.min_fdr_neurons else "npti"
 
 
-def _pair(
-    trait: str, kind: str, fraction: float | None, size: dict[str, Any], real: Any, control: Any
+def _with_controls(
+    parts: tuple[Any, ...],
+    trait: str,
+    kind: str,
+    fraction: float | None,
+    size: dict[str, Any],
+    real: Any,
+    controls: Sequence[Any],
 ) -> list[ConceptCondition]:
-    """An edit and its matched control as two planned rows (an empty edit is a no-op)."""
-    name_parts = (trait, kind) if fraction is None or kind != "boost" else (trait, kind, fraction)
-    return [
-        ConceptCondition(
-            row_name(*name_parts, tag),
-            trait,
-            kind,
-            is_control,
-            fraction,
-            size,
-            () if edit is None else (edit,),
-        )
-        for tag, is_control, edit in (("real", False, real), ("control", True, control))
+    """An edit and its random-control draws as planned rows (an empty edit is a no-op)."""
+    rows = [
+        ConceptCondition(row_name(*parts, "real"), trait, kind, False, fraction, size, _edit(real))
     ]
+    for draw, control in enumerate(controls):
+        rows.append(
+            ConceptCondition(
+                row_name(*parts, f"control{draw}"),
+                trait,
+                kind,
+                True,
+                fraction,
+                {**size, "draw": draw},
+                _edit(control),
+                draw,
+            )
+        )
+    return rows
 
 
-def plan_conditions(
-    ctx: StageContext, band: list[int], neuron_band: list[int]
+def _edit(intervention: Any) -> tuple[Any, ...]:
+    return () if intervention is None else (intervention,)
+
+
+def edit_bands(config: ConceptConfig, n_layers: int) -> dict[str, list[int]]:
+    """Each configured edit band and the model layers it covers (refused, never clipped,
+    when a listed layer does not exist)."""
+    from traitlens.steer.layers import edit_band_layers
+
+    return {band: edit_band_layers(n_layers, band) for band in config.edit_bands}
+
+
+def _neuron_plan(
+    ctx: StageContext, trait: str, band: str, layers: list[int]
 ) -> list[ConceptCondition]:
-    """Per domain: boost at each fraction, suppress, and the centroid direction — each
-    followed by its matched control (random neurons with the same per-layer counts and δ
-    profile; a random direction with the same per-layer spread)."""
+    """Boosts (each fraction × γ) and the suppression of one domain in one edit band.
+
+    A boost is NPTI's edit: the strongest ``fraction`` of the domain's neurons get
+    γ·a95·f(δ) and, with ``silence_opposite``, every neuron that fires *less* for the
+    domain is held at min(0, n). Each control draw replaces both sets by random
+    neurons matched layer by layer (count, δ, a95), disjoint from each other and from
+    every selectable neuron.
+    """
     from traitlens.neurons.selected import SelectedNeurons
-    from traitlens.steer import Ablate, AddDirection, NeuronEdit
+    from traitlens.steer import Ablate, NeuronEdit
 
     config: ConceptConfig = ctx.config
     neurons: NeuronSet = ctx["neurons"]
-    chosen: ConceptItems = ctx["items"]
     empty = SelectedNeurons.empty()
+    rule = neuron_rule(neurons, trait, layers, config)
+    pool = neurons.select(trait, "high", rule).in_layers(layers)
+    opposite = (
+        neurons.select(trait, "low", rule).in_layers(layers) if config.silence_opposite else empty
+    )
+    label = {"band": band, "neuron_rule": rule}
+    many = len(config.edit_bands) > 1
 
-    def boost(selected: SelectedNeurons) -> Any:
-        return NeuronEdit(selected, empty, gamma=config.gamma) if len(selected) else None
+    def boost(target: SelectedNeurons, silenced: SelectedNeurons, gamma: float) -> Any:
+        return NeuronEdit(target, silenced, gamma=gamma) if len(target) else None
+
+    def draws(real: SelectedNeurons, name: str) -> list[tuple[SelectedNeurons, SelectedNeurons]]:
+        out = []
+        for draw in range(config.control_draws):
+            tag = f"{trait}|{name}|{band}|{draw}"
+            target = matched_random(neurons, real, config.seed, tag)
+            silenced = (
+                matched_random(neurons, opposite, config.seed, tag + "|opposite", avoid=target)
+                if len(opposite)
+                else empty
+            )
+            out.append((target, silenced))
+        return out
+
+    plan: list[ConceptCondition] = []
+    for fraction in config.fractions if "boost" in config.edits else []:
+        real = strongest(pool, fraction)
+        drawn = draws(real, str(fraction))
+        for gamma in config.gammas:
+            size = {
+                "gamma": gamma,
+                "n_neurons": len(real),
+                "n_silenced": len(opposite),
+                **label,
+            }
+            parts = (trait, "boost", fraction) + ((band,) if many else ())
+            parts += (f"g{gamma:g}",) if len(config.gammas) > 1 else ()
+            controls = [boost(t, o, gamma) for t, o in drawn]
+            plan += _with_controls(
+                parts, trait, "boost", fraction, size, boost(real, opposite, gamma), controls
+            )
 
     def suppress(selected: SelectedNeurons) -> Any:
         if not len(selected):
             return None
         if config.suppress == "zero":
             return Ablate(selected, mode="zero")
-        return NeuronEdit(empty, selected, gamma=config.gamma)  # min(0, ·): silenced where firing
+        return NeuronEdit(empty, selected, gamma=1.0)  # NPTI's silencing: min(0, n)
+
+    if "suppress" not in config.edits:
+        return plan
+    real = strongest(pool, 1.0)
+    controls = [suppress(t) for t, _ in draws(real, "suppress")]
+    size = {"mode": config.suppress, "n_neurons": len(real), **label}
+    parts = (trait, "suppress") + ((band,) if many else ())
+    plan += _with_controls(parts, trait, "suppress", 1.0, size, suppress(real), controls)
+    return plan
+
+
+def plan_conditions(ctx: StageContext, band: list[int]) -> list[ConceptCondition]:
+    """Per domain: in every edit band, boost at each fraction and γ and suppress; then the
+    centroid direction in the steering band — each followed by its control draws
+    (random neurons matched in count, δ and a95 per layer; random directions with the
+    same per-layer spread)."""
+    from traitlens.steer import AddDirection
+
+    config: ConceptConfig = ctx.config
+    chosen: ConceptItems = ctx["items"]
+    bands = edit_bands(config, ctx.tm.n_layers)
 
     def direction(vector: Any) -> Any:
         return AddDirection(vector, config.direction_strength, layers=tuple(band))
 
     plan: list[ConceptCondition] = []
     for trait in config.traits:
-        rule = neuron_rule(neurons, trait, neuron_band, config)
-        pool = neurons.select(trait, "high", rule).in_layers(neuron_band)
-        for fraction in config.fractions:
-            real = strongest(pool, fraction)
-            control = matched_random(neurons, real, config.seed, f"{trait}|{fraction}")
-            size = {"gamma": config.gamma, "n_neurons": len(real), "neuron_rule": rule}
-            plan += _pair(trait, "boost", fraction, size, boost(real), boost(control))
-        real = strongest(pool, 1.0)
-        control = matched_random(neurons, real, config.seed, f"{trait}|suppress")
-        size = {"mode": config.suppress, "n_neurons": len(real), "neuron_rule": rule}
-        plan += _pair(trait, "suppress", 1.0, size, suppress(real), suppress(control))
+        for name, layers in bands.items():
+            plan += _neuron_plan(ctx, trait, name, layers)
+        if "direction" not in config.edits:
+            continue
         vector = domain_direction(
             ctx["capture"], chosen.items, chosen.split.train, trait, band, config.probe_pooling
         )
-        random = random_vector_like(vector, control_seed(config.seed, trait))
+        controls = [
+            direction(random_vector_like(vector, control_seed(config.seed, f"{trait}|{draw}")))
+            for draw in range(config.control_draws)
+        ]
         size = {"strength": config.direction_strength}
-        plan += _pair(trait, "direction", None, size, direction(vector), direction(random))
+        plan += _with_controls(
+            (trait, "direction"), trait, "direction", None, size, direction(vector), controls
+        )
     return plan
 
 
-def _sets(ctx: StageContext, readout: int) -> ConceptSets:
+def _sets(ctx: StageContext, layers: Sequence[int], headline: int) -> ConceptSets:
     from traitlens.evaluate.questionnaire import TEMPLATES
 
     config: ConceptConfig = ctx.config
     chosen: ConceptItems = ctx["items"]
-    held = chosen.held_out()
+    order = {item_id: n for n, item_id in enumerate(chosen.split.held_out)}
+    # the split's order is a facet-by-facet deal, so any prefix spreads over facets
+    held = sorted(chosen.held_out(), key=lambda i: order[i.id])
     if config.eval_items_per_domain is not None:
         held = [
             i
@@ -395,8 +500,16 @@ def _sets(ctx: StageContext, readout: int) -> ConceptSets:
         tuple(config.traits),
         tuple(held),
         config.eval_template,
-        readout,
-        label_prompt(chosen.train(), config.traits, config.k_shot, config.seed),
+        tuple(layers),
+        headline,
+        label_prompt(
+            chosen.train(),
+            config.traits,
+            config.shots_per_domain,
+            config.seed,
+            counterbalance=config.counterbalance_options,
+            calibrate=config.label_calibration,
+        ),
         tuple(list(TEMPLATES)[: config.likert_templates]),
         config.batch_size,
     )
@@ -404,13 +517,20 @@ def _sets(ctx: StageContext, readout: int) -> ConceptSets:
 
 @dataclass(frozen=True)
 class ConceptBaseline(Record):
-    """The unsteered model on the held-out items: both levels' accuracy, label mass, cost."""
+    """The unsteered model on the held-out items: both levels' accuracy (Wilson CIs),
+    label mass (bootstrap CI), perplexity, and whether label shifts can be read at all:
+    only when label accuracy is above chance (its CI's lower end above 1/T)."""
 
     probe_accuracy: float
     label_accuracy: float
     label_mass: float
     perplexity: float
     n_items: int
+    probe_accuracy_ci: list[float] = field(default_factory=list)
+    label_accuracy_ci: list[float] = field(default_factory=list)
+    label_mass_ci: list[float] = field(default_factory=list)
+    chance: float = float("nan")
+    labels_interpretable: bool = True
 
 
 @dataclass
@@ -419,9 +539,11 @@ class ConceptEvaluation:
 
     traits: list[str]
     steer_layers: list[int]
-    neuron_layers: list[int]
-    readout_layer: int
+    edit_bands: dict[str, list[int]]
+    readout_layers: list[int]
+    headline_layer: int
     k_shot: int
+    control_draws: int
     baseline: ConceptBaseline
     results: list[ConceptResult]
     provenance: dict[str, Any]
@@ -441,9 +563,25 @@ class ConceptEvaluation:
     def load(cls, path: str | Path) -> ConceptEvaluation:
         data = read_json(Path(path), missing="run `traitlens study --design concept` first")
         data.pop("kind", None)
+        if "edit_bands" not in data:
+            raise ArtifactError(
+                f"{path} was written by an earlier traitlens (one readout layer, one control "
+                "draw); rerun `traitlens study --design concept` into a new folder"
+            )
         data["baseline"] = ConceptBaseline(**data["baseline"])
         data["results"] = [ConceptResult.from_dict(r) for r in data["results"]]
         return cls(**data)
+
+    @property
+    def real(self) -> list[ConceptResult]:
+        """The real edits (each carries its comparison with its control draws)."""
+        return [r for r in self.results if not r.control]
+
+    def downstream_layers(self, result: ConceptResult) -> list[int]:
+        """Readout layers after every layer the edit touched (a shift there propagated,
+        rather than being read back where it was written)."""
+        touched = self.edit_bands.get(str(result.size.get("band")), self.steer_layers)
+        return [layer for layer in self.readout_layers if layer > max(touched)]
 
 
 @dataclass(frozen=True)
@@ -453,7 +591,7 @@ class _Readout:
     sets: ConceptSets
     tokens: Any
     band: list[int]
-    neuron_band: list[int]
+    edit_bands: dict[str, list[int]]
 
     def provenance(self, ctx: StageContext, name: str, condition: Any = None) -> Provenance:
         labels = (
@@ -469,68 +607,135 @@ class _Readout:
                 **labels,
                 "material": self.sets.describe(),
                 "steer_layers": self.band,
-                "neuron_layers": self.neuron_band,
+                "edit_layers": self.edit_bands.get(str(labels.get("band")), []),
+                "full": condition is None or not condition.draw,
+                "labels": self.reads_labels(condition),
             },
             data=[describe_intervention(i) for i in (condition.interventions if condition else ())],
             upstream={"concepts.probes": ctx["probes"].key},
         )
 
-    def measure(self, ctx: StageContext, interventions: Sequence[Any]) -> ConceptMeasurement:
+    label_draws: int
+
+    def reads_labels(self, condition: ConceptCondition | None) -> bool:
+        return condition is None or condition.draw is None or condition.draw < self.label_draws
+
+    def measure(self, ctx: StageContext, condition: ConceptCondition | None) -> ConceptMeasurement:
         from traitlens.steer import steering
 
-        with steering(ctx.tm, list(interventions)):
-            return measure_condition(ctx.tm, self.sets, ctx["probes"], self.tokens)
+        interventions = [] if condition is None else list(condition.interventions)
+        with steering(ctx.tm, interventions):
+            return measure_condition(
+                ctx.tm,
+                self.sets,
+                ctx["probes"],
+                self.tokens,
+                full=condition is None or not condition.draw,
+                labels=self.reads_labels(condition),
+            )
 
 
 def _readout(ctx: StageContext) -> _Readout:
     from traitlens.steer.layers import band_layers
 
     config: ConceptConfig = ctx.config
+    probes: DomainProbes = ctx["probes"]
     band = band_layers(ctx.tm.n_layers, config.steer_band)
-    neuron_band = band_layers(ctx.tm.n_layers, config.neuron_band)
-    # read downstream of every edited layer (+1 gap), so a shift is propagated, not read back
-    readout = ctx["probes"].best_layer(after=max(band[-1], neuron_band[-1]) + 1)
-    sets = _sets(ctx, readout)
+    # the probe is read at every layer it was fitted on; the headline is its best layer
+    sets = _sets(ctx, probes.layers, probes.best_layer())
     tokens = resolve_domain_tokens(ctx.tm, sets.label_prompt.labels)
-    return _Readout(sets, tokens, band, neuron_band)
+    label_draws = min(config.label_draws or config.control_draws, config.control_draws)
+    return _Readout(sets, tokens, band, edit_bands(config, ctx.tm.n_layers), label_draws)
 
 
 @CONCEPT.stage("evaluation", "boost / suppress / direction vs matched controls, both levels")
 def stage_evaluation(ctx: StageContext) -> ConceptEvaluation:
     """Measure the baseline and every planned condition (reusing rows of the same key),
-    then summarize each against the baseline."""
-    config: ConceptConfig = ctx.config
+    then summarize each against the baseline and each real edit against its draws."""
     read = _readout(ctx)
     rows_dir = ctx.run / CONCEPT_DIR / "eval" / "rows"
     base_prov = read.provenance(ctx, "baseline")
-    plan = plan_conditions(ctx, read.band, read.neuron_band)
+    plan = plan_conditions(ctx, read.band)
     provs = {c.name: read.provenance(ctx, c.name, c) for c in plan}
     log_plan(rows_dir, [("baseline", base_prov), *provs.items()], ctx.log)
     baseline = measured_row(
-        rows_dir, "baseline", base_prov, lambda: read.measure(ctx, []), ConceptMeasurement
+        rows_dir, "baseline", base_prov, lambda: read.measure(ctx, None), ConceptMeasurement
     )
-    results, keys = [], {"baseline": base_prov.key}
+    measured: dict[str, ConceptMeasurement] = {}
+    keys = {"baseline": base_prov.key}
     for number, condition in enumerate(plan, start=1):
-        ctx.log(f"  [{number}/{len(plan)}] {condition.name}")
+        if condition.draw is None or number == len(plan) or condition.draw % 10 == 0:
+            ctx.log(f"  [{number}/{len(plan)}] {condition.name}")
         prov = provs[condition.name]
-        data = measured_row(
+        measured[condition.name] = measured_row(
             rows_dir,
             condition.name,
             prov,
-            partial(read.measure, ctx, condition.interventions),
+            partial(read.measure, ctx, condition),
             ConceptMeasurement,
         )
-        summary = concept_effect(
-            baseline,
-            data,
-            read.sets.items,
-            config.traits,
-            condition.trait,
-            seed=config.seed,
-        )
         keys[condition.name] = prov.key
-        results.append(condition.result(summary, prov.key))
+    results = _results(ctx, read, baseline, plan, measured, keys)
     return _save_evaluation(ctx, read, baseline, results, keys)
+
+
+def _results(
+    ctx: StageContext,
+    read: _Readout,
+    baseline: ConceptMeasurement,
+    plan: list[ConceptCondition],
+    measured: dict[str, ConceptMeasurement],
+    keys: dict[str, str],
+) -> list[ConceptResult]:
+    config: ConceptConfig = ctx.config
+    draws: dict[tuple[Any, ...], list[ConceptMeasurement]] = {}
+    for condition in plan:
+        if condition.control:
+            draws.setdefault(condition.condition, []).append(measured[condition.name])
+    results = []
+    for condition in plan:
+        data = measured[condition.name]
+        effect = concept_effect(
+            baseline, data, read.sets.items, config.traits, condition.trait, seed=config.seed
+        )
+        comparison = None
+        if not condition.control:
+            comparison = compare_with_controls(
+                baseline,
+                data,
+                draws[condition.condition],
+                read.sets.items,
+                config.traits,
+                condition.trait,
+                condition.kind,
+                read.sets.headline_layer,
+                seed=config.seed,
+            )
+        results.append(condition.result(effect, keys[condition.name], comparison))
+    return results
+
+
+def _baseline(read: _Readout, baseline: ConceptMeasurement, traits: list[str]) -> ConceptBaseline:
+    from traitlens.stats import bootstrap_ci, wilson_ci
+
+    truth = np.array([traits.index(i.trait) for i in read.sets.items])
+    probe_hits = np.asarray(baseline.probe_probs).argmax(1) == truth
+    label_hits = np.asarray(baseline.label_probs).argmax(1) == truth
+    label_ci = wilson_ci(int(label_hits.sum()), len(truth))
+    mass = bootstrap_ci(np.asarray(baseline.label_mass), seed=0)
+    chance = 1.0 / len(traits)
+    return ConceptBaseline(
+        probe_accuracy=float(probe_hits.mean()),
+        label_accuracy=float(label_hits.mean()),
+        label_mass=float(np.mean(baseline.label_mass)),
+        perplexity=baseline.perplexity,
+        n_items=len(truth),
+        probe_accuracy_ci=list(wilson_ci(int(probe_hits.sum()), len(truth))),
+        label_accuracy_ci=list(label_ci),
+        label_mass_ci=[mass.low, mass.high],
+        chance=chance,
+        labels_interpretable=bool(label_ci[0] > chance),
+    )
 
 
 def _save_evaluation(
@@ -543,7 +748,6 @@ def _save_evaluation(
     from traitlens.evaluate.tables import write_csv
 
     config: ConceptConfig = ctx.config
-    truth = np.array([config.traits.index(i.trait) for i in read.sets.items])
     upstream = {
         s: p.key
         for s, p in RunManifest(ctx.run).stages.items()
@@ -555,16 +759,12 @@ def _save_evaluation(
     evaluation = ConceptEvaluation(
         list(config.traits),
         read.band,
-        read.neuron_band,
-        read.sets.readout_layer,
+        read.edit_bands,
+        list(read.sets.readout_layers),
+        read.sets.headline_layer,
         read.sets.label_prompt.k,
-        ConceptBaseline(
-            probe_accuracy=float((np.asarray(baseline.probe_probs).argmax(1) == truth).mean()),
-            label_accuracy=float((np.asarray(baseline.label_probs).argmax(1) == truth).mean()),
-            label_mass=float(np.mean(baseline.label_mass)),
-            perplexity=baseline.perplexity,
-            n_items=len(read.sets.items),
-        ),
+        config.control_draws,
+        _baseline(read, baseline, list(config.traits)),
         results,
         {"rows": keys, "upstream": upstream, "key": eval_prov.key},
     )
@@ -598,21 +798,27 @@ def run_concepts(
 ) -> StageContext:
     """Run (or resume) the concept design into ``out``; returns the stage context
     (``context["probes"]``, ``context["evaluation"]``, …)."""
+    edit_bands(config, tm.n_layers)  # a listed layer the model lacks: refused before any stage
     context = StageContext.open(tm, out, config, log, progress=progress, force=force)
     return run_plan(stages, context, prefix="concept ")
 
 
 def summarize(evaluation: ConceptEvaluation) -> dict[str, Any]:
-    """Per domain and condition kind: real vs control TSR (both levels) and cost."""
+    """Per real edit (``domain|kind|fraction|band|γ``): its success at the best probe layer
+    and the last layer, the controls' mean, the gain with its CI and p, the label-level
+    gain, and the perplexity ratio."""
     out: dict[str, Any] = {}
-    for row in evaluation.results:
-        key = f"{row.trait}|{row.kind}|{row.fraction}"
-        side = "control" if row.control else "real"
-        out.setdefault(key, {})[side] = {
-            "tsr": row.representation.tsr,
-            "tsr_baseline": row.representation.tsr_baseline,
-            "label_tsr": row.labels.tsr,
-            "delta_p_target": row.labels.delta_p_target.mean,
+    for row in evaluation.real:
+        vs = row.vs_controls
+        if vs is None:
+            continue
+        out["|".join(str(part) for part in row.condition)] = {
+            "success": vs.success.mean,
+            "success_last": vs.success_last.mean,
+            "control": vs.control.mean,
+            "gain": [vs.gain.mean, vs.gain.low, vs.gain.high],
+            "p": vs.p_value,
+            "delta_p_gain": [vs.delta_p_gain.mean, vs.delta_p_gain.low, vs.delta_p_gain.high],
             "ppl_ratio": row.cost.perplexity_ratio,
         }
     return out

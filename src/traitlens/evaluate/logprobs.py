@@ -22,26 +22,23 @@ Everything here calls ``tm.model(...)`` plainly, so an intervention context
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from traitlens.errors import DataError, ModelError
 from traitlens.models.batching import (
-    forward_accepts,
+    MIN_SHARED_PREFIX,
+    SharedPrefix,
+    common_prefix_length,
     last_logits_kwargs,
     left_pad,
     length_sorted_batches,
 )
 from traitlens.models.loading import TraitModel
 from traitlens.progress import track
-
-# Below this many shared tokens, the cache bookkeeping costs more than it saves.
-_MIN_SHARED_PREFIX = 8
 
 
 @dataclass(frozen=True)
@@ -85,24 +82,6 @@ def resolve_label_tokens(tm: TraitModel, labels: Sequence[str]) -> LabelTokens:
     )
 
 
-def _returned_cache(output: Any) -> Any:
-    for name in ("cache", "past_key_values"):
-        value = output.get(name) if hasattr(output, "get") else getattr(output, name, None)
-        if value is not None:
-            return value
-    raise ModelError("the model returned no KV cache; call with share_prefix=False")
-
-
-def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    first = sequences[0]
-    length = min(len(s) for s in sequences)
-    for position in range(length):
-        token = first[position]
-        if any(s[position] != token for s in sequences):
-            return position
-    return length
-
-
 @dataclass(frozen=True)
 class LabelDistribution:
     """Per-prompt label probabilities ``probs [n, k]`` (softmax over the k label
@@ -139,45 +118,31 @@ def label_distribution(
     lead = list(label_tokens.lead)
     full = [list(s) + lead for s in sequences]
     label_index = torch.tensor(label_tokens.ids)
-    shared = _common_prefix_length(full) if share_prefix else 0
+    shared = common_prefix_length(full) if share_prefix else 0
     # keep >= 2 tokens per suffix: interventions that act only on "prompt" or only on
     # "generated" positions tell the two apart by sequence length (1 = a decoding step),
     # so every pass here must look like a prompt pass, as the full forward would
     shared = min(shared, min(len(s) for s in full) - 2)
-    use_cache = shared >= _MIN_SHARED_PREFIX
+    use_cache = shared >= MIN_SHARED_PREFIX
     suffixes = [s[shared:] for s in full] if use_cache else full
     pad_id = tm.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tm.tokenizer.eos_token_id or 0
     extra = last_logits_kwargs(tm.model)
-    # transformers 5.x renamed past_key_values to cache (the old name warns)
-    cache_name = "cache" if forward_accepts(tm.model, "cache") else "past_key_values"
     device = tm.device
     probs = np.zeros((len(full), len(label_tokens.ids)))
     mass = np.zeros(len(full))
     batches = length_sorted_batches([len(s) for s in suffixes], batch_size)
     with torch.inference_mode():
-        prefix_cache = None
-        if use_cache:
-            prefix = torch.tensor([full[0][:shared]], device=device)
-            out = tm.model(
-                input_ids=prefix,
-                attention_mask=torch.ones_like(prefix),
-                position_ids=torch.arange(shared, device=device)[None],
-                use_cache=True,
-                **extra,
-            )
-            prefix_cache = _returned_cache(out)
+        prefix = SharedPrefix(tm, full[0][:shared], extra) if use_cache else None
         for batch in track(batches, len(batches), description, progress):
             ids, attn, pos = left_pad([suffixes[i] for i in batch], pad_id, device)
-            kwargs: dict[str, Any] = {"use_cache": False}
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(batch))
-                attn = torch.cat([attn.new_ones((len(batch), shared)), attn], dim=1)
-                pos = pos + shared
-                kwargs = {cache_name: cache, "use_cache": True}
-            out = tm.model(input_ids=ids, attention_mask=attn, position_ids=pos, **kwargs, **extra)
+            if prefix is not None:
+                out = prefix.run(ids, attn, pos)
+            else:
+                out = tm.model(
+                    input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **extra
+                )
             logits = out.logits[:, -1].float().cpu()
             log_probs = torch.log_softmax(logits, dim=-1)[:, label_index]
             probs[batch] = torch.softmax(log_probs, dim=-1).double().numpy()

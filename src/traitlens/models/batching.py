@@ -53,3 +53,70 @@ def last_logits_kwargs(model: Any) -> dict[str, Any]:
         if forward_accepts(model, name):
             return {name: 1}
     return {}
+
+
+MIN_SHARED_PREFIX = 8
+"""Below this many shared tokens, the cache bookkeeping costs more than it saves."""
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares."""
+    first = sequences[0]
+    length = min(len(s) for s in sequences)
+    for position in range(length):
+        token = first[position]
+        if any(s[position] != token for s in sequences):
+            return position
+    return length
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward pass returned (its attribute name varies by version)."""
+    from traitlens.errors import ModelError
+
+    for name in ("cache", "past_key_values"):
+        value = output.get(name) if hasattr(output, "get") else getattr(output, name, None)
+        if value is not None:
+            return value
+    raise ModelError("the model returned no KV cache; call with share_prefix=False")
+
+
+class SharedPrefix:
+    """The KV cache of a prefix every prompt of a pass shares, computed once.
+
+    ``run(ids, attn, pos)`` runs a left-padded batch of *suffixes* after the prefix:
+    each row gets its own copy of the cache, the mask covers prefix + suffix (the
+    suffix's left padding stays masked between the two) and positions continue
+    from the prefix. Hooks see the prefix pass like any other forward pass of
+    several tokens, so an intervention acting on every (or every prompt) position
+    edits the prefix exactly as a full pass would.
+    """
+
+    def __init__(self, tm: Any, prefix: Sequence[int], extra: dict[str, Any]):
+        self.tm, self.length, self.extra = tm, len(prefix), extra
+        # transformers 5.x renamed past_key_values to cache (the old name warns)
+        self.cache_name = "cache" if forward_accepts(tm.model, "cache") else "past_key_values"
+        ids = torch.tensor([list(prefix)], device=tm.device)
+        out = tm.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            position_ids=torch.arange(self.length, device=tm.device)[None],
+            use_cache=True,
+            **extra,
+        )
+        self.cache = returned_cache(out)
+
+    def run(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> Any:
+        import copy
+
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(len(ids))
+        attn = torch.cat([attn.new_ones((len(ids), self.length)), attn], dim=1)
+        return self.tm.model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos + self.length,
+            use_cache=True,
+            **{self.cache_name: cache},
+            **self.extra,
+        )

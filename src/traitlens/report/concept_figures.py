@@ -108,9 +108,12 @@ def concept_rule(neurons: NeuronSet, minimum: int = 20) -> str:
     return "fdr" if min(fdr) >= minimum else "npti"
 
 
-def plot_concept_neurons(neurons: NeuronSet, directory: Path) -> Path | None:
-    """Selected neurons per layer and domain, and the 5×5 overlap (Jaccard)."""
-    rule = concept_rule(neurons)
+def plot_concept_neurons(
+    neurons: NeuronSet, directory: Path, rule: str | None = None
+) -> Path | None:
+    """Selected neurons per layer and domain, and the 5×5 overlap (Jaccard), of the set
+    the edits used (``rule``; default: FDR when every domain has enough, else δ alone)."""
+    rule = rule or concept_rule(neurons)
     masks = [
         neurons.mask(t, "high") if rule == "fdr" else neurons.npti_mask(t, "high")
         for t in neurons.traits
@@ -121,7 +124,7 @@ def plot_concept_neurons(neurons: NeuronSet, directory: Path) -> Path | None:
     described = (
         f"|δ| ≥ {neurons.threshold:g}, q ≤ {neurons.fdr:g}"
         if rule == "fdr"
-        else f"|δ| ≥ {neurons.threshold:g} alone: too few pass q ≤ {neurons.fdr:g}"
+        else f"|δ| ≥ {neurons.threshold:g}, NPTI's rule (the edited set)"
     )
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1.6, 1])
@@ -157,120 +160,171 @@ def plot_concept_neurons(neurons: NeuronSet, directory: Path) -> Path | None:
     return _save(fig, directory, "concept_neurons")
 
 
-def _rows(
-    evaluation: Any, kind: str, control: bool, fraction: float | None = None
-) -> dict[str, Any]:
-    return {
-        r.trait: r
-        for r in evaluation.results
-        if r.kind == kind and r.control == control and (fraction is None or r.fraction == fraction)
-    }
+def headline_row(evaluation: Any, trait: str, kind: str, band: str | None = None) -> Any:
+    """The real row a figure shows for a domain and edit kind: the largest fraction, in
+    ``band`` (default: the first configured), at the largest γ."""
+    bands = list(evaluation.edit_bands)
+    band = band if band is not None else (bands[0] if bands else None)
+    rows = [
+        r
+        for r in evaluation.real
+        if r.trait == trait
+        and r.kind == kind
+        and (kind == "direction" or r.size.get("band") == band)
+    ]
+    if not rows:
+        return None
+    return max(rows, key=lambda r: (r.fraction or 0.0, r.size.get("gamma") or 0.0))
 
 
 def plot_concept_tsr(evaluation: Any, directory: Path) -> Path:
-    """Targeted success rate of the probe read-out: each edit next to its matched control."""
+    """TSR by readout layer, one panel per domain: the boost (all of the domain's neurons,
+    first edit band) and the centroid direction, each with the band its control draws
+    span (mean and 97.5th percentile); layers downstream of every edit are shaded."""
     traits = evaluation.traits
-    fractions = sorted({r.fraction for r in evaluation.results if r.kind == "boost"})
-    conditions = [("boost", f) for f in fractions] + [("direction", None)]
-    fig = Figure(figsize=(1.6 * len(traits) + 3, 3.6), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / (2 * len(conditions))
-    x = np.arange(len(traits))
-    for k, (kind, fraction) in enumerate(conditions):
-        label = f"boost {fraction:.0%}" if kind == "boost" else "direction"
-        for side, control in enumerate((False, True)):
-            rows = _rows(evaluation, kind, control, fraction)
-            values = [rows[t].representation.tsr if t in rows else np.nan for t in traits]
-            offset = (2 * k + side - len(conditions) + 0.5) * width
-            ax.bar(
-                x + offset,
-                values,
-                width,
-                color=f"C{k}",
-                alpha=0.35 if control else 1.0,
-                label=f"{label}{' (control)' if control else ''}",
+    fig = Figure(figsize=(2.4 * len(traits), 3.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(traits), sharey=True))
+    layers = np.asarray(evaluation.readout_layers)
+    for ax, trait in zip(axes, traits, strict=True):
+        for kind, color, style in (("boost", "black", "-"), ("direction", "C0", "--")):
+            row = headline_row(evaluation, trait, kind)
+            if row is None or row.vs_controls is None:
+                continue
+            vs = row.vs_controls
+            ax.fill_between(
+                layers, vs.control_by_layer, vs.control_by_layer_high, color=color, alpha=0.15
             )
-    base = _rows(evaluation, "boost", False, fractions[0] if fractions else None)
-    for i, t in enumerate(traits):
-        if t in base:
-            value = base[t].representation.tsr_baseline
-            ax.hlines(value, i - 0.45, i + 0.45, color="black", linestyle=":", linewidth=1)
-    ax.set_xticks(x, traits)
-    ax.set(
-        ylim=(0, 1),
-        ylabel="share of other domains' items → target",
-        title="Representation: targeted success rate (dotted: unsteered)",
+            ax.plot(layers, vs.success_by_layer, style, color=color, label=kind, marker=".")
+            downstream = evaluation.downstream_layers(row)
+            if downstream and kind == "boost":
+                ax.axvspan(downstream[0] - 0.5, layers[-1] + 0.5, color="grey", alpha=0.1)
+        ax.axvline(evaluation.headline_layer, color="grey", linestyle=":", linewidth=1)
+        ax.set(title=trait, xlabel="readout layer", ylim=(0, 1))
+    axes[0].set_ylabel("targeted success rate")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(
+        f"TSR read at every layer (shaded: {evaluation.control_draws} random draws, mean to "
+        "97.5 %; dotted: best probe layer)",
+        fontsize=9,
     )
-    ax.legend(fontsize=6, ncol=2, loc="upper left")
     return _save(fig, directory, "concept_tsr")
 
 
-def plot_concept_gap(evaluation: Any, directory: Path) -> Path:
-    """The finding in one figure: representation TSR gain vs label TSR gain, real vs control
-    (largest-fraction boost and the direction), plus the label-level ΔP(target)."""
+def plot_concept_bands(evaluation: Any, directory: Path) -> Path | None:
+    """TSR at the headline layer by edit band (boost of all neurons), real vs the controls'
+    mean with their 2.5-97.5 % range; drawn only when the run has several bands."""
+    bands = list(evaluation.edit_bands)
+    if len(bands) < 2:
+        return None
     traits = evaluation.traits
-    fractions = sorted({r.fraction for r in evaluation.results if r.kind == "boost"})
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    for kind, fraction, marker in (
-        ("boost", fractions[-1] if fractions else None, "o"),
-        ("direction", None, "s"),
-    ):
-        for control in (False, True):
-            rows = _rows(evaluation, kind, control, fraction)
-            for t in traits:
-                if t not in rows:
-                    continue
-                r = rows[t]
-                rep = r.representation.tsr - r.representation.tsr_baseline
-                lab = r.labels.tsr - r.labels.tsr_baseline
-                left.scatter(
-                    rep,
-                    lab,
-                    marker=marker,
-                    s=40,
-                    color=COLORS.get(t),
-                    alpha=0.35 if control else 1.0,
-                    edgecolor="black" if not control else "none",
-                )
-                if not control:
-                    left.annotate(
-                        f"{t} {kind}",
-                        (rep, lab),
-                        fontsize=6,
-                        xytext=(3, 3),
-                        textcoords="offset points",
-                    )
-    left.axline((0, 0), slope=1, color="grey", linestyle=":", linewidth=1)
-    left.axhline(0, color="grey", linewidth=0.5)
-    left.axvline(0, color="grey", linewidth=0.5)
-    left.set(
-        xlabel="probe read-out: Δ share → target",
-        ylabel="generated label: Δ share → target",
-        title="Representation vs label (faint: matched controls)",
-    )
+    fig = Figure(figsize=(1.6 * len(traits) + 3, 3.4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(bands)
     x = np.arange(len(traits))
-    for side, control in enumerate((False, True)):
-        rows = _rows(evaluation, "boost", control, fractions[-1] if fractions else None)
-        means = [rows[t].labels.delta_p_target.mean if t in rows else np.nan for t in traits]
-        lows = [rows[t].labels.delta_p_target.low if t in rows else np.nan for t in traits]
-        highs = [rows[t].labels.delta_p_target.high if t in rows else np.nan for t in traits]
-        err = np.abs(np.array([np.subtract(means, lows), np.subtract(highs, means)], dtype=float))
-        right.bar(
-            x + (side - 0.5) * 0.38,
-            means,
-            0.38,
-            yerr=np.nan_to_num(err),
+    for k, band in enumerate(bands):
+        rows = [headline_row(evaluation, t, "boost", band) for t in traits]
+        real = [r.vs_controls.success.mean if r else np.nan for r in rows]
+        mean = [r.vs_controls.control.mean if r else np.nan for r in rows]
+        high = [r.vs_controls.control.high if r else np.nan for r in rows]
+        offset = (k - (len(bands) - 1) / 2) * width
+        ax.bar(x + offset, real, width, color=f"C{k}", label=band)
+        ax.errorbar(
+            x + offset,
+            mean,
+            yerr=np.nan_to_num(np.subtract(high, mean)),
+            fmt="_",
+            color="black",
             capsize=2,
-            color="black" if not control else "lightgrey",
-            label="boost (all neurons)" if not control else "matched random neurons",
+            lolims=True,
         )
-    right.axhline(0, color="grey", linewidth=0.5)
-    right.set_xticks(x, traits)
-    right.set(
-        ylabel="ΔP(target label) [95 % CI]", title=f"Label generation ({evaluation.k_shot}-shot)"
+    ax.set_xticks(x, traits)
+    ax.set(ylim=(0, 1), ylabel="TSR (marks: control mean → 97.5 %)", title="TSR by edit band")
+    ax.legend(fontsize=7)
+    return _save(fig, directory, "concept_bands")
+
+
+def plot_concept_dose(evaluation: Any, directory: Path) -> Path | None:
+    """Fraction × γ dose map of the boost (first edit band): success at the best probe
+    layer minus the controls' mean, one panel per domain; drawn when the run has more
+    than one fraction or γ."""
+    band = next(iter(evaluation.edit_bands), None)
+    boosts = [r for r in evaluation.real if r.kind == "boost" and r.size.get("band") == band]
+    fractions = sorted({r.fraction for r in boosts})
+    gammas = sorted({r.size.get("gamma") for r in boosts})
+    if len(fractions) * len(gammas) < 2:
+        return None
+    traits = evaluation.traits
+    fig = Figure(figsize=(2.2 * len(traits) + 1, 2.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(traits), sharey=True))
+    image = None
+    for ax, trait in zip(axes, traits, strict=True):
+        grid = np.full((len(fractions), len(gammas)), np.nan)
+        for r in boosts:
+            if r.trait == trait and r.vs_controls is not None:
+                grid[fractions.index(r.fraction), gammas.index(r.size.get("gamma"))] = (
+                    r.vs_controls.gain.mean
+                )
+        image = ax.imshow(grid, cmap="Greys", vmin=0, vmax=1, aspect="auto", origin="lower")
+        for i in range(len(fractions)):
+            for j in range(len(gammas)):
+                if np.isfinite(grid[i, j]):
+                    color = "white" if grid[i, j] > 0.5 else "black"
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:+.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color=color,
+                    )
+        ax.set_xticks(range(len(gammas)), [f"{g:g}" for g in gammas])
+        ax.set(title=trait, xlabel="γ")
+    axes[0].set_yticks(range(len(fractions)), [f"{f:.0%}" for f in fractions])
+    axes[0].set_ylabel("fraction boosted")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.8, label="TSR − controls")
+    return _save(fig, directory, "concept_dose")
+
+
+def plot_concept_gap(evaluation: Any, directory: Path) -> Path:
+    """The finding in one figure: gain over the controls at the probe readout against the
+    gain of P(target label), for the boost and the direction of every domain, with CIs."""
+    traits = evaluation.traits
+    fig = Figure(figsize=(5.2, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for kind, marker in (("boost", "o"), ("direction", "s")):
+        for t in traits:
+            row = headline_row(evaluation, t, kind)
+            if row is None or row.vs_controls is None:
+                continue
+            gain, label = row.vs_controls.gain, row.vs_controls.delta_p_gain
+            ax.errorbar(
+                gain.mean,
+                label.mean,
+                xerr=[[max(gain.mean - gain.low, 0)], [max(gain.high - gain.mean, 0)]],
+                yerr=[[max(label.mean - label.low, 0)], [max(label.high - label.mean, 0)]],
+                fmt=marker,
+                color=COLORS.get(t),
+                markeredgecolor="black",
+                capsize=2,
+            )
+            ax.annotate(
+                f"{t} {kind}",
+                (gain.mean, label.mean),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.axvline(0, color="grey", linewidth=0.5)
+    interpretable = evaluation.baseline.labels_interpretable
+    ax.set(
+        xlabel="probe readout: TSR − controls' mean [95 % CI]",
+        ylabel="ΔP(target label) − controls' [95 % CI]",
+        title="Representation vs generated label"
+        + ("" if interpretable else "\n(label readout at chance: not interpretable)"),
     )
-    right.legend(fontsize=7)
     return _save(fig, directory, "concept_gap")
 
 
@@ -278,12 +332,11 @@ def plot_concept_spillover(evaluation: Any, directory: Path) -> Path:
     """5×5: rows = boosted domain, columns = share of other domains' items the probe
     assigns to each domain (real boost at the largest fraction minus unsteered)."""
     traits = evaluation.traits
-    fractions = sorted({r.fraction for r in evaluation.results if r.kind == "boost"})
-    rows = _rows(evaluation, "boost", False, fractions[-1] if fractions else None)
     matrix = np.full((len(traits), len(traits)), np.nan)
     for i, t in enumerate(traits):
-        if t in rows:
-            rep = rows[t].representation
+        row = headline_row(evaluation, t, "boost")
+        if row is not None:
+            rep = row.representation
             matrix[i] = np.subtract(rep.shares, rep.shares_baseline)
     fig = Figure(figsize=(4.2, 3.6), layout="constrained")
     ax = fig.subplots()
@@ -304,6 +357,12 @@ def plot_concept_spillover(evaluation: Any, directory: Path) -> Path:
     return _save(fig, directory, "concept_spillover")
 
 
+def edited_rule(evaluation: Any) -> str:
+    from traitlens.concepts.claims import edited_rule as rule
+
+    return rule(evaluation)
+
+
 def draw_concept_figures(
     run: Path, chosen: Any, acts: Any, probes: Any, neurons: NeuronSet, evaluation: Any
 ) -> list[Path]:
@@ -312,12 +371,15 @@ def draw_concept_figures(
     drawn = [
         plot_domain_depth(probes, directory),
         plot_item_map(list(chosen.items), acts, probes, directory),
-        plot_concept_neurons(neurons, directory),
+        plot_concept_neurons(neurons, directory, edited_rule(evaluation)),
         plot_concept_tsr(evaluation, directory),
+        plot_concept_bands(evaluation, directory),
         plot_concept_gap(evaluation, directory),
+        plot_concept_dose(evaluation, directory),
         plot_concept_spillover(evaluation, directory),
     ]
-    stale = directory / "concept_neurons.png"
-    if drawn[2] is None and stale.exists():
-        stale.unlink()  # an old figure must not stand in for "nothing selected"
+    for index, stem in ((2, "concept_neurons"), (4, "concept_bands"), (6, "concept_dose")):
+        stale = directory / f"{stem}.png"
+        if drawn[index] is None and stale.exists():
+            stale.unlink()  # an old figure must not stand in for "nothing drawn"
     return [p for p in drawn if p is not None]

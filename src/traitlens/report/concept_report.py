@@ -14,12 +14,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from traitlens.report.html import Section, Table
+from traitlens.steer.layers import layer_text
 
 if TYPE_CHECKING:
     from traitlens.concepts.evaluate import ConceptResult, Estimate
     from traitlens.concepts.pipeline import ConceptEvaluation
 
-CONCEPT_SECTION_IDS = ("concept-decodability", "concept-neurons", "concept-steering", "concept-gap")
+CONCEPT_SECTION_IDS = (
+    "concept-claims",
+    "concept-decodability",
+    "concept-neurons",
+    "concept-steering",
+    "concept-gap",
+)
 
 
 def _fig(path: Path, caption: str) -> list[tuple[Path, str]]:
@@ -35,88 +42,107 @@ def _ci(entry: Estimate) -> str:
     return f"{mean:+.3f} [{low:+.2f}, {high:+.2f}]"
 
 
-def _pairs(evaluation: ConceptEvaluation) -> list[tuple[ConceptResult, ConceptResult | None]]:
-    """Each real row with its matched control (same domain, kind and fraction)."""
-    controls = {(r.trait, r.kind, r.fraction): r for r in evaluation.results if r.control}
-    return [
-        (r, controls.get((r.trait, r.kind, r.fraction)))
-        for r in evaluation.results
-        if not r.control
-    ]
+def _rate(entry: Estimate) -> str:
+    if entry.mean is None or not np.isfinite(entry.mean):
+        return "–"
+    return f"{entry.mean:.2f} [{entry.low:.2f}, {entry.high:.2f}]"
 
 
 def _label(row: ConceptResult) -> str:
     size = row.size
+    band = f", band {size['band']}" if size.get("band") else ""
     if row.kind == "boost":
-        return f"boost {row.fraction:.0%} ({size.get('n_neurons', 0)} neurons, γ {size['gamma']:g})"
+        silenced = f", {size['n_silenced']} silenced" if size.get("n_silenced") else ""
+        return (
+            f"boost {row.fraction:.0%} ({size.get('n_neurons', 0)} neurons{silenced}, "
+            f"γ {size['gamma']:g}{band})"
+        )
     if row.kind == "suppress":
-        return f"suppress ({size.get('n_neurons', 0)} neurons, {size.get('mode')})"
+        return f"suppress ({size.get('n_neurons', 0)} neurons, {size.get('mode')}{band})"
     return f"direction (strength {size.get('strength', math.nan):g})"
+
+
+def _load(run: Path) -> tuple[Any, Any, ConceptEvaluation] | None:
+    from traitlens.concepts.pipeline import ConceptEvaluation
+    from traitlens.concepts.probes import DomainProbes
+    from traitlens.neurons.artifact import NeuronSet
+
+    base = run / "concepts"
+    if not (base / "eval.json").exists():
+        return None
+    return DomainProbes.load(base), NeuronSet.load(base), ConceptEvaluation.load(base / "eval.json")
 
 
 def concept_headline(run: Path) -> tuple[list[str], list[str]]:
     """Summary paragraphs and caveat notes for the concept design (empty when absent)."""
-    from traitlens.concepts.pipeline import ConceptEvaluation
-    from traitlens.concepts.probes import DomainProbes
+    from traitlens.concepts.claims import edited_rule, study_claims
 
-    base = run / "concepts"
-    if not (base / "eval.json").exists():
+    loaded = _load(run)
+    if loaded is None:
         return [], []
-    probes = DomainProbes.load(base)
-    evaluation = ConceptEvaluation.load(base / "eval.json")
-    s = probes.summary()
+    probes, neurons, evaluation = loaded
+    claims = study_claims(probes, neurons, evaluation, edited_rule(evaluation))
     paragraphs = [
-        f"Concept design: the 5-way domain probe reaches {s['best_accuracy']:.2f} at layer "
-        f"{s['best_layer']} (control task {s['control_at_best']:.2f}, chance {s['chance']:.2f}; "
-        f"folds by {s['fold_unit']}); 90 % of that from layer {s['first_layer_90']}."
+        "Concept design, the study's four claims on this model: "
+        + "; ".join(f"({c.name}) {c.verdict}" for c in claims)
+        + "."
     ]
     notes = []
-    gains: dict[str, list[float]] = {}
-    for real, control in _pairs(evaluation):
-        if control is None:
-            continue
-        rep = real.representation.tsr - control.representation.tsr
-        lab = real.labels.tsr - control.labels.tsr
-        gains.setdefault(real.kind, []).append(rep)
-        gains.setdefault(real.kind + "_label", []).append(lab)
-    for kind in ("boost", "suppress", "direction"):
-        if kind in gains:
-            paragraphs.append(
-                f"{kind}: probe-readout success exceeds its matched control by "
-                f"{np.mean(gains[kind]):+.2f} on average; the generated label by "
-                f"{np.mean(gains[kind + '_label']):+.2f}."
-            )
-    if "boost" in gains and np.mean(gains["boost"]) < 0.1:
+    b = evaluation.baseline
+    if not b.labels_interpretable:
+        low, high = b.label_accuracy_ci
         notes.append(
-            "Concept-neuron boosts barely move the probe readout beyond random neurons of the "
-            "same size — the effect is weak or absent at this γ on this model."
-        )
-    if evaluation.baseline.label_mass < 0.1:
-        notes.append(
-            f"The model puts only {evaluation.baseline.label_mass:.1%} of its next-token "
-            f"probability on the five domain names ({evaluation.k_shot}-shot); label shifts are "
-            "read from the renormalized distribution over the names."
+            f"The generated-label readout is at chance on this model (accuracy "
+            f"{b.label_accuracy:.2f} [{low:.2f}, {high:.2f}], chance {b.chance:.2f}; "
+            f"{b.label_mass:.0%} of the next-token probability on the five names): label "
+            "shifts below are not interpretable as the model relabelling items."
         )
     return paragraphs, notes
 
 
 def concept_sections(run: Path) -> list[Section]:
     """The concept design's sections (none when the run has no concept evaluation)."""
-    from traitlens.concepts.pipeline import ConceptEvaluation
-    from traitlens.concepts.probes import DomainProbes
-    from traitlens.neurons.artifact import NeuronSet
-
-    base, figures = run / "concepts", run / "figures"
-    if not (base / "eval.json").exists():
+    loaded = _load(run)
+    if loaded is None:
         return []
-    probes = DomainProbes.load(base)
-    evaluation = ConceptEvaluation.load(base / "eval.json")
+    probes, neurons, evaluation = loaded
+    figures = run / "figures"
     return [
+        _claims(probes, neurons, evaluation, figures),
         _decodability(probes, figures),
-        _neurons(NeuronSet.load(base), figures),
+        _neurons(neurons, figures, evaluation),
         _steering(evaluation, figures),
         _gap(evaluation, figures),
     ]
+
+
+def _claims(probes: Any, neurons: Any, evaluation: ConceptEvaluation, figures: Path) -> Section:
+    from traitlens.concepts.claims import edited_rule, study_claims
+
+    claims = study_claims(probes, neurons, evaluation, edited_rule(evaluation))
+    rows = [
+        {
+            "claim": f"({c.name}) {c.statement}",
+            "measured": c.measured,
+            "interval": c.interval,
+            "verdict": c.verdict,
+            "how": c.detail,
+        }
+        for c in claims
+    ]
+    return Section(
+        "concept-claims",
+        "Concept design: the study's four claims on this model",
+        [
+            "Each claim of the concept study, measured on this run's held-out items and "
+            f"artifacts. Edits are judged against {evaluation.control_draws} random draws of "
+            "the same size (neurons matched per layer in count, δ and a95; random directions "
+            "with the same spread); p-values are Monte Carlo p against the draws, intervals "
+            "Wilson (rates) or bootstrap over items (gains).",
+        ],
+        figures=_fig(figures / "concept_tsr.png", "TSR read at every layer, real vs controls"),
+        tables=[Table("The study's claims", rows)],
+    )
 
 
 def _decodability(probes: Any, figures: Path) -> Section:
@@ -155,10 +181,13 @@ def _decodability(probes: Any, figures: Path) -> Section:
     )
 
 
-def _neurons(neurons: Any, figures: Path) -> Section:
+def _neurons(neurons: Any, figures: Path, evaluation: ConceptEvaluation) -> Section:
+    from traitlens.concepts.claims import edited_rule
     from traitlens.concepts.neurons import depth_thirds, overlap
 
-    jac = overlap(neurons)
+    rule = edited_rule(evaluation)
+    null = neurons.config.get("null") or {}
+    jac = overlap(neurons, rule=rule)
     off = jac[~np.eye(len(neurons.traits), dtype=bool)]
     mean_overlap = float(np.nanmean(off)) if np.isfinite(off).any() else math.nan
     neuron_rows = [
@@ -170,9 +199,14 @@ def _neurons(neurons: Any, figures: Path) -> Section:
             **dict(
                 zip(
                     ("early third", "middle third", "late third"),
-                    depth_thirds(neurons, t),
+                    depth_thirds(neurons, t, rule=rule),
                     strict=True,
                 )
+            ),
+            **(
+                {"null mean early/middle/late": "/".join(f"{v:.0f}" for v in null["null_mean"][t])}
+                if null
+                else {}
             ),
         }
         for t in neurons.traits
@@ -185,8 +219,16 @@ def _neurons(neurons: Any, figures: Path) -> Section:
             "One-vs-rest δ = P(act > 0 | domain items) − P(act > 0 | other items), with "
             "P(act > 0 | item) the share of the statement's tokens on which the neuron "
             f"fires; |δ| ≥ {neurons.threshold:g}, then a Mann–Whitney test over items with "
-            f"BH-FDR (q ≤ {neurons.fdr:g}) within each domain. Training items only. Mean "
-            f"Jaccard overlap between domains: {mean_overlap:.3f}.",
+            f"BH-FDR (q ≤ {neurons.fdr:g}) within each domain. Training items only. Depth "
+            f"thirds and overlap describe the edited set ({rule}: "
+            + ("NPTI's δ rule" if rule == "npti" else "δ rule and FDR")
+            + f"); mean Jaccard overlap between domains {mean_overlap:.3f}."
+            + (
+                f" The null column: the same δ rule after permuting the domain labels by "
+                f"{null['unit']} ({null['permutations']} permutations)."
+                if null
+                else ""
+            ),
         ],
         figures=_fig(
             figures / "concept_neurons.png", "Concept neurons by layer, and their overlap"
@@ -203,60 +245,77 @@ def _neurons(neurons: Any, figures: Path) -> Section:
 
 def _steering(evaluation: ConceptEvaluation, figures: Path) -> Section:
     steer_rows = []
-    for real, control in _pairs(evaluation):
-        rep, lab = real.representation, real.labels
+    for real in evaluation.real:
+        vs = real.vs_controls
+        if vs is None:
+            continue
         steer_rows.append(
             {
                 "domain": real.trait,
                 "edit": _label(real),
                 "rule": real.size.get("neuron_rule", "–"),
-                "TSR (probe)": rep.tsr,
-                "control": control.representation.tsr if control else math.nan,
-                "unsteered": rep.tsr_baseline,
-                "log-odds Δ": _ci(rep.log_odds_shift),
-                "label TSR": lab.tsr,
-                "label control": control.labels.tsr if control else math.nan,
-                "ΔP(target label)": _ci(lab.delta_p_target),
-                "own-domain kept": rep.retention,
+                "success (best layer)": _rate(vs.success),
+                "controls": _rate(vs.control),
+                "gain": _ci(vs.gain),
+                "p": vs.p_value,
+                "success (last layer)": _rate(vs.success_last),
+                "unsteered TSR": real.representation.tsr_baseline,
+                "ΔP(target label) − controls": _ci(vs.delta_p_gain),
+                "label p": vs.delta_p_p_value,
                 "perplexity ×": real.cost.perplexity_ratio,
             }
         )
     b = evaluation.baseline
+    bands = "; ".join(
+        f"{name}: layers {layer_text(layers)}" for name, layers in evaluation.edit_bands.items()
+    )
     return Section(
         "concept-steering",
         "Concept design: do edits move the representation toward the target domain?",
         [
-            "Edits: boost the domain's neurons (NPTI γ·a95·f(δ), strongest-first "
-            f"fractions) in layers {evaluation.neuron_layers[0]}–"
-            f"{evaluation.neuron_layers[-1]}; suppress them; "
-            f"or add the domain's centroid direction in layers {evaluation.steer_layers[0]}–"
-            f"{evaluation.steer_layers[-1]}. Each is next to its matched control (random "
-            "neurons with the same per-layer counts and δ; a random direction with the same "
-            f"spread). Read at layer {evaluation.readout_layer}, downstream of every edit, on "
-            f"{b.n_items} held-out items: TSR = share of the other domains' items the probe "
-            "now assigns to the target; 'own-domain kept' = share of the target's own items "
-            "still assigned to it. Unsteered probe accuracy on these items "
-            f"{b.probe_accuracy:.2f}.",
+            "Edits: boost the domain's neurons (NPTI: γ·a95·f(δ) on the strongest fraction, "
+            "the neurons that fire less for the domain held at min(0, n)) in each edit band "
+            f"({bands}); suppress them; or add the domain's centroid direction in layers "
+            f"{layer_text(evaluation.steer_layers)}. Success: for a boost or a direction, an "
+            "item of another domain now read as the target; for a suppression, an item of "
+            "the target's own domain no longer read as it. Read with the probe fitted at "
+            f"each layer, on {b.n_items} held-out items; the headline layer is the best probe "
+            f"layer ({evaluation.headline_layer}), and the last layer is beside it. Each edit "
+            f"is compared with {evaluation.control_draws} random draws of the same size (the "
+            f"generated label with the first {_label_draws(evaluation)} of them). "
+            f"Unsteered probe accuracy on these items {b.probe_accuracy:.2f}.",
         ],
-        figures=_fig(figures / "concept_tsr.png", "Targeted success rate vs control")
+        figures=_fig(figures / "concept_bands.png", "TSR by edit band")
+        + _fig(figures / "concept_dose.png", "Dose map: fraction × γ")
         + _fig(figures / "concept_spillover.png", "Spillover of a full boost (5×5)"),
-        tables=[Table("Edits, both levels, against matched controls", steer_rows)],
+        tables=[Table("Edits, both levels, against their control draws", steer_rows)],
     )
+
+
+def _label_draws(evaluation: ConceptEvaluation) -> int:
+    counts = [r.vs_controls.n_label_draws for r in evaluation.real if r.vs_controls is not None]
+    return min(counts) if counts else 0
 
 
 def _gap(evaluation: ConceptEvaluation, figures: Path) -> Section:
     b = evaluation.baseline
+    low, high = (b.label_accuracy_ci or [math.nan, math.nan])[:2]
+    verdict = (
+        "Label shifts can be read on this model."
+        if b.labels_interpretable
+        else "Label accuracy is not above chance, so label shifts are not interpretable on "
+        "this model: they are shown, not read as findings."
+    )
     return Section(
         "concept-gap",
         "Concept design: representation vs generated label",
         [
-            "The model is asked which domain the statement measures "
-            f"({evaluation.k_shot}-shot, examples from training items); the answer is read "
-            "from "
-            "the next-token distribution over the five domain names. Unsteered label accuracy "
-            f"{b.label_accuracy:.2f} (chance {1 / len(evaluation.traits):.2f}), label mass "
-            f"{b.label_mass:.3f}. Points right of the diagonal moved the probe more than "
-            "the label: the representation–behaviour gap.",
+            "The model is asked which domain the statement describes "
+            f"({evaluation.k_shot}-shot, labelled training items as earlier chat turns, "
+            "balanced over the domains, option order rotated across items); the answer is "
+            "read from the next-token distribution over the five domain names. Unsteered "
+            f"label accuracy {b.label_accuracy:.2f} [{low:.2f}, {high:.2f}] (chance "
+            f"{b.chance:.2f}), label mass {b.label_mass:.3f}. " + verdict,
         ],
         figures=_fig(figures / "concept_gap.png", "Probe readout vs generated label"),
     )

@@ -23,6 +23,7 @@ from traitlens.report.html import Section, Table, write_page
 
 SECTION_IDS = (
     "summary",
+    *CONCEPT_SECTION_IDS,
     "decodability",
     "neurons",
     "success",
@@ -32,7 +33,6 @@ SECTION_IDS = (
     "cost",
     "gap",
     "controls",
-    *CONCEPT_SECTION_IDS,
     "provenance",
 )
 
@@ -602,13 +602,8 @@ def build_report(run_dir: str | Path, *, allow_inconsistent: bool = False) -> Pa
         f"'{config.get('design', 'persona')}'."
     ]
     notes = [f"INCONSISTENT RUN: {p}" for p in problems]
-    sections: list[Section] = []
-    evaluation: dict[str, Any] = {}
-    if (run / "eval.json").exists():
-        lines, caveats, persona_sections, evaluation = _persona_part(run)
-        summary += lines
-        notes += caveats
-        sections += persona_sections
+    # the concept design (the study the project implements) first: its claims table and
+    # TSR-by-depth figure open the page, the persona design follows
     concept_doc = (
         _load_json(run / "concepts" / "eval.json")
         if (run / "concepts" / "eval.json").exists()
@@ -617,7 +612,13 @@ def build_report(run_dir: str | Path, *, allow_inconsistent: bool = False) -> Pa
     concept_lines, concept_notes = concept_headline(run)
     summary += concept_lines
     notes += concept_notes
-    sections += concept_sections(run)
+    sections: list[Section] = concept_sections(run)
+    evaluation: dict[str, Any] = {}
+    if (run / "eval.json").exists():
+        lines, caveats, persona_sections, evaluation = _persona_part(run)
+        summary += lines
+        notes += caveats
+        sections += persona_sections
     sections.insert(0, Section("summary", "Summary", summary, notes=notes))
     fingerprint = _fingerprint_section(run)
     if fingerprint is not None:

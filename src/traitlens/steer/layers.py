@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from traitlens.errors import DataError
@@ -85,3 +86,47 @@ def layer_text(layers: Sequence[int]) -> str:
     if list(layers) == list(range(layers[0], layers[-1] + 1)):
         return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
     return ",".join(str(layer) for layer in layers)
+
+
+EDIT_BANDS: tuple[str, ...] = ("all", "early", "middle", "late")
+"""Named bands for neuron edits: every layer, or one third of the depth."""
+
+
+def check_edit_band(band: str) -> None:
+    """Refuse a band that cannot name layers on any model (checked before a model loads)."""
+    text = band.strip() if isinstance(band, str) else ""
+    if not text:
+        raise DataError(
+            "an edit band is empty: use all, early, middle, late or a layer list such as '10-14,20'"
+        )
+    if text in EDIT_BANDS:
+        return
+    # syntax only (the model's depth is checked once it loads): '10-14', '8,10,12', '-1'
+    if not re.fullmatch(r"-?\d+(-\d+)?(,\s*-?\d+(-\d+)?)*", text):
+        raise DataError(
+            f"edit band {band!r} is neither one of {', '.join(EDIT_BANDS)} nor a layer list "
+            "such as '10-14,20'"
+        )
+
+
+def edit_band_layers(n_layers: int, band: str) -> list[int]:
+    """The layers a named band (or a layer list) covers on a model of ``n_layers``.
+
+    ``all`` is every layer 0 … n_layers − 1 (NPTI edits every selected neuron at any
+    depth); ``early``/``middle``/``late`` are the thirds of the depth, split as evenly as
+    possible. A layer list is taken as written and refused if a layer does not exist,
+    never clipped.
+    """
+    check_edit_band(band)
+    text = band.strip()
+    if text == "all":
+        return list(range(n_layers))
+    if text in EDIT_BANDS:
+        thirds = [
+            list(range(n_layers))[k * n_layers // 3 : (k + 1) * n_layers // 3] for k in range(3)
+        ]
+        layers = thirds[EDIT_BANDS.index(text) - 1]
+        if not layers:
+            raise DataError(f"a {n_layers}-layer model has no {text} third; use 'all'")
+        return layers
+    return parse_layers(text, n_layers)
