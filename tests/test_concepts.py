@@ -1201,3 +1201,21 @@ def test_selection_null_counts_what_permuted_labels_pass() -> None:
             assert sum(observed_e) <= np.percentile(totals.sum(1), 95) + 1
     with pytest.raises(DataError, match="null_permutations must be ≥ 0"):
         select_concept_neurons(acts, items, ids, traits=TRAITS, null_permutations=-1)
+
+
+def test_npti_top_rule_keeps_the_strongest_2000_then_the_delta_rule() -> None:
+    from traitlens.concepts.neurons import rule_mask
+    from traitlens.steer.neuron_rules import NPTI_TOP
+
+    items = synthetic_bank()
+    neurons = select_concept_neurons(
+        planted_neuron_acts(items), items, [i.id for i in items], traits=TRAITS
+    )
+    e = neurons.delta[TRAITS.index("E")]
+    top = rule_mask(neurons, "E", "npti_top")
+    # fewer than NPTI_TOP neurons here: every neuron with δ toward the pole, plus δ rule
+    assert e.numel() < NPTI_TOP
+    assert torch.equal(top, (e > 0) | neurons.npti_mask("E", "high"))
+    assert torch.equal(rule_mask(neurons, "E", "npti"), neurons.npti_mask("E", "high"))
+    low = rule_mask(neurons, "E", "npti_top", "low")
+    assert torch.equal(low, (e < 0) | neurons.npti_mask("E", "low"))

@@ -46,7 +46,7 @@ class ConceptConfig(BaseModel):
     # NPTI and the concept study edit the neurons their δ rule selects; the FDR-controlled
     # subset is reported beside it ("fdr" edits only that subset, "auto" falls back to δ
     # when fewer than min_fdr_neurons survive FDR)
-    neuron_rule: Literal["npti", "fdr", "auto"] = "npti"
+    neuron_rule: Literal["npti", "npti_top", "fdr", "auto"] = "npti"
     min_fdr_neurons: int = Field(20, ge=1)
     # permutations of the domain labels (whole facets) for the selection null; 0 = none
     null_permutations: int = Field(20, ge=0, le=1000)

@@ -300,8 +300,11 @@ def matched_random(
 
 
 def rule_mask(neuron_set: NeuronSet, trait: str, rule: str, pole: str = "high") -> torch.Tensor:
-    """The neurons a rule selects, bool ``[L, d_mlp]`` (``npti``: δ alone; else δ + FDR)."""
-    return neuron_set.npti_mask(trait, pole) if rule == "npti" else neuron_set.mask(trait, pole)
+    """The neurons a registered rule selects, bool ``[L, d_mlp]`` (``npti``: δ alone;
+    ``fdr``: δ + FDR; ``npti_top``: NPTI's top 2000 ∪ δ; or a user's rule)."""
+    from traitlens.steer.neuron_rules import get_rule  # registers the built-in rules
+
+    return get_rule(rule).mask(neuron_set, trait, pole)
 
 
 def depth_thirds(

@@ -114,17 +114,16 @@ def plot_concept_neurons(
     """Selected neurons per layer and domain, and the 5×5 overlap (Jaccard), of the set
     the edits used (``rule``; default: FDR when every domain has enough, else δ alone)."""
     rule = rule or concept_rule(neurons)
-    masks = [
-        neurons.mask(t, "high") if rule == "fdr" else neurons.npti_mask(t, "high")
-        for t in neurons.traits
-    ]
+    from traitlens.concepts.neurons import rule_mask
+
+    masks = [rule_mask(neurons, t, rule) for t in neurons.traits]
     counts = np.stack([m.sum(-1).numpy() for m in masks])
     if counts.sum() == 0:
         return None
     described = (
         f"|δ| ≥ {neurons.threshold:g}, q ≤ {neurons.fdr:g}"
         if rule == "fdr"
-        else f"|δ| ≥ {neurons.threshold:g}, NPTI's rule (the edited set)"
+        else f"rule {rule}: the edited set"
     )
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1.6, 1])

@@ -4,7 +4,9 @@
   the set's own rule, and NPTI's rule alone when the set was selected without FDR;
 - ``npti``: NPTI's δ rule alone (|δ| ≥ threshold on the pole's side; Deng et al.
   2024), what the NPTI paper edits — with few answers per persona group nothing
-  survives the FDR test, and this is the fallback.
+  survives the FDR test, and this is the fallback;
+- ``npti_top``: as NPTI's released code selects: the top 2000 neurons by δ, then
+  onward while δ ≥ threshold (a superset of ``npti`` when fewer than 2000 pass).
 
 A new rule is a function ``(neurons, trait, pole) -> bool [n_layers, d_mlp]``
 registered with :func:`~traitlens.steer.registry.register_rule`;
@@ -33,6 +35,26 @@ def fdr_rule(neurons: NeuronSet, trait: str, pole: str) -> torch.Tensor:
 @register_rule("npti", doc="NPTI's δ rule alone (|δ| ≥ threshold on the pole's side)")
 def npti_rule(neurons: NeuronSet, trait: str, pole: str) -> torch.Tensor:
     return neurons.npti_mask(trait, pole)
+
+
+NPTI_TOP = 2000
+"""How many of the strongest neurons NPTI's code keeps whatever their δ."""
+
+
+@register_rule(
+    "npti_top",
+    doc=f"NPTI's selection as its code does it: the top {NPTI_TOP} by δ, then onward while "
+    "δ ≥ threshold",
+)
+def npti_top_rule(neurons: NeuronSet, trait: str, pole: str) -> torch.Tensor:
+    """The ``NPTI_TOP`` neurons with the largest δ on the pole's side (whatever their δ,
+    as long as it points to the pole) together with every neuron the δ rule selects."""
+    delta = neurons.delta[neurons.traits.index(trait.strip().upper())]
+    signed = (delta if pole == "high" else -delta).reshape(-1)
+    top = torch.zeros_like(signed, dtype=torch.bool)
+    order = torch.argsort(signed, descending=True, stable=True)[:NPTI_TOP]
+    top[order[signed[order] > 0]] = True
+    return top.reshape(delta.shape) | neurons.npti_mask(trait, pole)
 
 
 def select_by_rule(neurons: NeuronSet, trait: str, pole: str, rule: str = "fdr") -> SelectedNeurons:
