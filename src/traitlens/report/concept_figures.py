@@ -243,9 +243,9 @@ def plot_concept_bands(evaluation: Any, directory: Path) -> Path | None:
 
 
 def plot_concept_dose(evaluation: Any, directory: Path) -> Path | None:
-    """Fraction × γ dose map of the boost (first edit band): success at the best probe
-    layer minus the controls' mean, one panel per domain; drawn when the run has more
-    than one fraction or γ."""
+    """Fraction × γ dose map of the boost (first edit band): success at the last layer
+    (downstream of every edited neuron but the last layer's own) minus the controls'
+    mean, one panel per domain; drawn when the run has more than one fraction or γ."""
     band = next(iter(evaluation.edit_bands), None)
     boosts = [r for r in evaluation.real if r.kind == "boost" and r.size.get("band") == band]
     fractions = sorted({r.fraction for r in boosts})
@@ -261,7 +261,7 @@ def plot_concept_dose(evaluation: Any, directory: Path) -> Path | None:
         for r in boosts:
             if r.trait == trait and r.vs_controls is not None:
                 grid[fractions.index(r.fraction), gammas.index(r.size.get("gamma"))] = (
-                    r.vs_controls.gain.mean
+                    r.vs_controls.gain_last.mean
                 )
         image = ax.imshow(grid, cmap="Greys", vmin=0, vmax=1, aspect="auto", origin="lower")
         for i in range(len(fractions)):
@@ -282,7 +282,7 @@ def plot_concept_dose(evaluation: Any, directory: Path) -> Path | None:
     axes[0].set_yticks(range(len(fractions)), [f"{f:.0%}" for f in fractions])
     axes[0].set_ylabel("fraction boosted")
     if image is not None:
-        fig.colorbar(image, ax=list(axes), shrink=0.8, label="TSR − controls")
+        fig.colorbar(image, ax=list(axes), shrink=0.8, label="TSR − controls, last layer")
     return _save(fig, directory, "concept_dose")
 
 

@@ -286,8 +286,11 @@ def _steering(evaluation: ConceptEvaluation, figures: Path) -> Section:
             f"Unsteered probe accuracy on these items {b.probe_accuracy:.2f}.",
         ],
         figures=_fig(figures / "concept_bands.png", "TSR by edit band")
-        + _fig(figures / "concept_dose.png", "Dose map: fraction × γ")
-        + _fig(figures / "concept_spillover.png", "Spillover of a full boost (5×5)"),
+        + _fig(figures / "concept_dose.png", "Dose map: fraction × γ (last layer)")
+        + _fig(
+            figures / "concept_spillover.png",
+            f"Spillover of a full boost (5×5), read at layer {evaluation.headline_layer}",
+        ),
         tables=[Table("Edits, both levels, against their control draws", steer_rows)],
     )
 
