@@ -1027,6 +1027,9 @@ def test_tsr_per_layer_and_against_controls_hand_computed() -> None:
     assert effect.representation.tsr_by_layer == pytest.approx([0.25, 0.75])
     assert effect.representation.tsr_by_layer_baseline == pytest.approx([0.0, 0.0])
     assert effect.representation.tsr_last == pytest.approx(0.75)
+    # spillover at the last layer: O1, O2, E1 → C, E2 stays E (baseline O, O, E, E)
+    assert effect.representation.shares_last == pytest.approx([0.0, 0.75, 0.25])
+    assert effect.representation.shares_last_baseline == pytest.approx([0.5, 0.0, 0.5])
     quiet = _layer_measurement([[o, o, c, c, e, e], [o, o, c, c, c, e]], [o, o, c, c, e, e])
     noisy = _layer_measurement([[o, c, c, c, e, e], [o, o, c, c, e, e]], [o, c, c, c, e, e])
     vs = compare_with_controls(
@@ -1219,3 +1222,32 @@ def test_npti_top_rule_keeps_the_strongest_2000_then_the_delta_rule() -> None:
     assert torch.equal(rule_mask(neurons, "E", "npti"), neurons.npti_mask("E", "high"))
     low = rule_mask(neurons, "E", "npti_top", "low")
     assert torch.equal(low, (e < 0) | neurons.npti_mask("E", "low"))
+
+
+def test_whole_facet_hold_out_keeps_every_held_out_facet_out_of_training() -> None:
+    from traitlens.concepts.items import choose_items
+
+    bank = load_items()
+    items, split = choose_items(bank, TRAITS, per_domain=24, held_out=0.25, seed=0, unit="facet")
+    by_id = {i.id: i for i in items}
+    for trait in TRAITS:
+        held = {by_id[i].facet for i in split.held_out if by_id[i].trait == trait}
+        trained = {by_id[i].facet for i in split.train if by_id[i].trait == trait}
+        assert held and trained and not held & trained
+        assert len(held) == round(0.25 * 6)  # of six facets
+    # two facets of 1 and 5 items: whichever is held out, one side has a single item
+    lopsided = [
+        ConceptItem(id=f"{t}{k}", trait=t, facet="a" if k == 0 else "b", keyed="+", text=f"{t} {k}")
+        for t in TRAITS
+        for k in range(6)
+    ]
+    with pytest.raises(DataError, match="each side needs ≥ 2"):
+        choose_items(lopsided, TRAITS, per_domain=None, held_out=0.25, seed=0, unit="facet")
+    one = [
+        ConceptItem(id=f"{i.id}", trait=i.trait, facet="all", keyed=i.keyed, text=i.text)
+        for i in bank_items()
+    ]
+    with pytest.raises(DataError, match="whole-facet hold-out needs ≥ 2"):
+        choose_items(one, TRAITS, per_domain=None, held_out=0.25, seed=0, unit="facet")
+    with pytest.raises(ValidationError, match="held_out_unit"):
+        ConceptConfig(held_out_unit="domain")

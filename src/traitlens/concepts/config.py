@@ -38,6 +38,8 @@ class ConceptConfig(BaseModel):
     poolings: list[str] = Field(default_factory=lambda: ["mean", "last", "decay"])
     probe_pooling: str = "mean"
     held_out: float = Field(0.25, gt=0.0, lt=0.9)
+    # "item": held-out items spread over every facet; "facet": whole facets held out
+    held_out_unit: Literal["item", "facet"] = "item"
     folds: int = Field(5, ge=2, le=20)
     probe_c: float = Field(0.05, gt=0.0)
     layer_stride: int = Field(1, ge=1)

@@ -205,6 +205,8 @@ class RepresentationEffect(Record):
     tsr_last: float = float("nan")
     tsr_by_layer: list[float] = field(default_factory=list)
     tsr_by_layer_baseline: list[float] = field(default_factory=list)
+    shares_last: list[float] = field(default_factory=list)
+    shares_last_baseline: list[float] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RepresentationEffect:
@@ -557,6 +559,8 @@ def concept_effect(
             else float("nan"),
             tsr_by_layer=[float((p[other].argmax(1) == t).mean()) for p in new_layers],
             tsr_by_layer_baseline=[float((p[other].argmax(1) == t).mean()) for p in base_layers],
+            shares_last=_shares(new_layers[-1][other]) if new_layers.size else [],
+            shares_last_baseline=_shares(base_layers[-1][other]) if base_layers.size else [],
         ),
         labels=_label_effect(base_l, new_l, baseline, steered, other, truth, t, seed)
         if np.isfinite(new_l).all()

@@ -69,6 +69,20 @@ class ItemSplit:
         return cls(tuple(data["traits"]), tuple(data["train"]), tuple(data["held_out"]))
 
 
+def _held_out_facets(
+    dealt: Sequence[ItemLike], trait: str, share: float, rng: np.random.Generator
+) -> set[str]:
+    facets = sorted({i.facet for i in dealt})
+    if len(facets) < 2:
+        raise DataError(
+            f"domain {trait} has {len(facets)} facet: whole-facet hold-out needs ≥ 2; use "
+            "held_out_unit 'item' or a bank with facets"
+        )
+    n_facets = min(len(facets) - 1, max(1, round(share * len(facets))))
+    chosen = {facets[k] for k in rng.permutation(len(facets))[:n_facets]}
+    return {i.id for i in dealt if i.facet in chosen}
+
+
 def choose_items(
     items: Sequence[ItemLike],
     traits: Sequence[str],
@@ -76,9 +90,17 @@ def choose_items(
     per_domain: int | None,
     held_out: float,
     seed: int,
+    unit: str = "item",
 ) -> tuple[list[ItemLike], ItemSplit]:
     """The items to use (at most ``per_domain`` per domain, spread over facets) and the
-    held-out split (``held_out`` share per domain, at least 2 items each side)."""
+    held-out split (``held_out`` share per domain, at least 2 items each side).
+
+    ``unit="item"`` holds out items spread over every facet; ``unit="facet"`` holds out
+    whole facets (``held_out`` of a domain's facets, at least one), so no held-out item
+    has a facet-mate in training — the stricter test of generalization.
+    """
+    if unit not in ("item", "facet"):
+        raise DataError(f"held-out unit {unit!r} is not 'item' or 'facet'")
     rng = np.random.default_rng(seed)
     chosen: list[ItemLike] = []
     train: list[str] = []
@@ -97,7 +119,16 @@ def choose_items(
         # prefix of a facet-by-facet deal spreads over the facets, so the held-out items
         # cover min(n_eval, facets) facets (every k-th position of one deal does not:
         # with 6 facets and k = 4 it only ever hits facets 0, 2 and 4)
-        held = {i.id for i in _round_robin(dealt, rng)[:n_eval]}
+        held = (
+            {i.id for i in _round_robin(dealt, rng)[:n_eval]}
+            if unit == "item"
+            else _held_out_facets(dealt, trait, held_out, rng)
+        )
+        if len(held) < 2 or len(dealt) - len(held) < 2:
+            raise DataError(
+                f"domain {trait}: holding out whole facets leaves {len(held)} held-out and "
+                f"{len(dealt) - len(held)} training items; each side needs ≥ 2 (add items)"
+            )
         for item in dealt:
             (evaluation if item.id in held else train).append(item.id)
         chosen += dealt

@@ -97,12 +97,14 @@ def stage_items(ctx: StageContext) -> ConceptItems:
         per_domain=config.items_per_domain,
         held_out=config.held_out,
         seed=config.seed,
+        unit=config.held_out_unit,
     )
     prov = provenance(
         "concepts.items",
         config={
             "per_domain": config.items_per_domain,
             "held_out": config.held_out,
+            **({"held_out_unit": "facet"} if config.held_out_unit == "facet" else {}),
             "seed": config.seed,
             "traits": config.traits,
         },

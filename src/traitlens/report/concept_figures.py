@@ -329,14 +329,15 @@ def plot_concept_gap(evaluation: Any, directory: Path) -> Path:
 
 def plot_concept_spillover(evaluation: Any, directory: Path) -> Path:
     """5×5: rows = boosted domain, columns = share of other domains' items the probe
-    assigns to each domain (real boost at the largest fraction minus unsteered)."""
+    assigns to each domain at the last layer (real boost at the largest fraction minus
+    unsteered)."""
     traits = evaluation.traits
     matrix = np.full((len(traits), len(traits)), np.nan)
     for i, t in enumerate(traits):
         row = headline_row(evaluation, t, "boost")
-        if row is not None:
+        if row is not None and row.representation.shares_last:
             rep = row.representation
-            matrix[i] = np.subtract(rep.shares, rep.shares_baseline)
+            matrix[i] = np.subtract(rep.shares_last, rep.shares_last_baseline)
     fig = Figure(figsize=(4.2, 3.6), layout="constrained")
     ax = fig.subplots()
     limit = max(0.05, float(np.nanmax(np.abs(matrix))) if np.isfinite(matrix).any() else 0.05)
@@ -350,7 +351,7 @@ def plot_concept_spillover(evaluation: Any, directory: Path) -> Path:
     ax.set(
         xlabel="predicted domain",
         ylabel="boosted domain",
-        title="Spillover: Δ predicted-domain share",
+        title="Spillover: Δ predicted-domain share (last layer)",
     )
     fig.colorbar(image, ax=ax, shrink=0.8)
     return _save(fig, directory, "concept_spillover")

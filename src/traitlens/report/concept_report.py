@@ -289,7 +289,7 @@ def _steering(evaluation: ConceptEvaluation, figures: Path) -> Section:
         + _fig(figures / "concept_dose.png", "Dose map: fraction × γ (last layer)")
         + _fig(
             figures / "concept_spillover.png",
-            f"Spillover of a full boost (5×5), read at layer {evaluation.headline_layer}",
+            "Spillover of a full boost (5×5), read at the last layer",
         ),
         tables=[Table("Edits, both levels, against their control draws", steer_rows)],
     )
