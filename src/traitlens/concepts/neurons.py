@@ -61,6 +61,7 @@ def neurons_provenance(
     threshold: float,
     fdr: float,
     null_permutations: int = 0,
+    seed: int = 0,
 ) -> Provenance:
     return provenance(
         "concepts.neurons",
@@ -71,6 +72,8 @@ def neurons_provenance(
             "traits": list(traits),
             "unit": "item",
             "null_permutations": null_permutations,
+            # the permutations are seeded: a null of another seed is another artifact
+            **({"null_seed": seed} if null_permutations else {}),
         },
         data=sorted(train_ids),
         upstream={"concepts.capture": acts.key},
@@ -111,7 +114,7 @@ def select_concept_neurons(
             )
     if null_permutations < 0:
         raise DataError(f"null_permutations must be ≥ 0 (e.g. 20), got {null_permutations}")
-    prov = neurons_provenance(acts, train, traits, threshold, fdr, null_permutations)
+    prov = neurons_provenance(acts, train, traits, threshold, fdr, null_permutations, seed)
     facets = [by_id[i].facet for i in train]
 
     def compute() -> NeuronSet:
