@@ -1,13 +1,15 @@
 """Print the concept design's headline figures from a run (no model needed).
 
-    python scripts/concept_summary.py RUN
+    python scripts/concept_summary.py RUN [RUN ...]
 
 Domain probe (best layer, accuracy, control, first layer at 90 %, item-grouped
 accuracy), concept neurons by depth third (against the label-permutation null) and
 their overlap, then every edit's success rate at the best probe layer and the last
 layer against its random control draws (gain, CI, p), the generated-label shift
 beyond the controls, the perplexity cost, and the study's four claims with verdicts.
-These are the numbers quoted in the README and the closing note.
+These are the numbers quoted in the README and the closing note. Given several runs
+(e.g. the bare and the instructed context on one bank), each is printed, then their
+claims and per-domain gains side by side.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 
 def main(run: Path) -> None:
+    """Print one run's figures."""
     from traitlens.concepts.claims import edited_rule, study_claims
     from traitlens.concepts.neurons import depth_thirds, overlap
     from traitlens.concepts.pipeline import ConceptEvaluation
@@ -92,12 +95,50 @@ def main(run: Path) -> None:
             f"{vs.delta_p_gain.high:+.3f}] p={vs.delta_p_p_value:.3f} | "
             f"{r.cost.perplexity_ratio:.2f}"
         )
-    print("the study's claims:")
+    print(f"the study's claims ({evaluation.context} context):")
     for c in study_claims(probes, neurons, evaluation, rule):
         print(f"  ({c.name}) {c.statement}: {c.verdict.upper()}")
         print(f"      measured {c.measured}; interval {c.interval}")
         print(f"      {c.detail}")
 
 
+def side_by_side(runs: list[Path]) -> None:
+    """The claims' verdicts and each domain's best boost gain, one column per run."""
+    from traitlens.concepts.claims import edited_rule, study_claims
+    from traitlens.concepts.pipeline import ConceptEvaluation
+    from traitlens.concepts.probes import DomainProbes
+    from traitlens.neurons.artifact import NeuronSet
+
+    columns = []
+    for run in runs:
+        base = run / "concepts"
+        evaluation = ConceptEvaluation.load(base / "eval.json")
+        probes, neurons = DomainProbes.load(base), NeuronSet.load(base)
+        claims = study_claims(probes, neurons, evaluation, edited_rule(evaluation))
+        gains: dict[str, str] = {}
+        for r in evaluation.real:
+            vs = r.vs_controls
+            if r.kind != "boost" or vs is None:
+                continue
+            text = f"{vs.gain.mean:+.2f} p={vs.p_value:.3f}"
+            if r.trait not in gains or vs.gain.mean > float(gains[r.trait].split()[0]):
+                gains[r.trait] = text
+        acc = evaluation.baseline.label_accuracy
+        columns.append((f"{run.name} ({evaluation.context})", claims, gains, acc))
+    print("\nside by side: " + " | ".join(name for name, *_ in columns))
+    for n, claim in enumerate(columns[0][1]):
+        cells = [f"{c[1][n].verdict} ({c[1][n].measured})" for c in columns]
+        print(f"  ({claim.name}) " + " | ".join(cells))
+    for trait in columns[0][2]:
+        print(f"  {trait} best boost gain " + " | ".join(c[2].get(trait, "-") for c in columns))
+    print("  unsteered label accuracy " + " | ".join(f"{c[3]:.2f}" for c in columns))
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/demo"))
+    paths = [Path(a) for a in sys.argv[1:]] or [Path("runs/demo")]
+    for path in paths:
+        if len(paths) > 1:
+            print(f"== {path}")
+        main(path)
+    if len(paths) > 1:
+        side_by_side(paths)

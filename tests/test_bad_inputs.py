@@ -1084,6 +1084,20 @@ CLI_CASES = [
     ),
     case("concepts-gamma-zero", [*CONCEPTS, "--gammas", "0"], "gammas [0.0] are outside"),
     case("concepts-one-control-draw", [*CONCEPTS, "--control-draws", "1"], "control_draws"),
+    case("concepts-context-unknown", [*CONCEPTS, "--context", "both"], "unknown --context"),
+    case(
+        "concepts-instruction-without-item",
+        [*CONCEPTS, "--config", f"{I}/instr.yaml"],
+        "must contain the item as {text}",
+        write(
+            "instr.yaml", "concept:\n  context: instructed\n  instruction: 'Which: {options}?'\n"
+        ),
+    ),
+    case(
+        "concepts-instructed-with-templates",
+        [*CONCEPTS, "--context", "instructed", "--templates", "bare"],
+        "context 'instructed' reads every item inside the label question",
+    ),
     # --- report (no model at all)
     case("report-eval-truncated", ["report", R], "not valid JSON", cut("eval.json")),
     case("report-config-truncated", ["report", R], "not valid JSON", cut("study_config.json")),

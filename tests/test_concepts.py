@@ -1166,6 +1166,13 @@ def test_boost_silences_the_opposite_neurons_in_the_hooked_activations() -> None
         ({"control_draws": 1}, "greater than or equal to 2"),
         ({"shots_per_domain": -1}, "greater than or equal to 0"),
         ({"label_draws": 1}, "greater than or equal to 2"),
+        ({"instruction": "Which domain? {options}"}, "must contain the item as \\{text\\}"),
+        ({"instruction": 'Describe "{text}"'}, "must contain the item as \\{text\\}"),
+        ({"instruction": "{text} {text} {options}"}, "once each"),
+        ({"instruction": "{options} {text} {extra}"}, "once each"),
+        ({"instruction": "{options} {text"}, "not a valid template"),
+        ({"context": "instructed", "templates": ["bare"]}, "does not apply"),
+        ({"templates": ["instructed"], "eval_template": "instructed"}, "set context"),
     ],
 )
 def test_concept_design_bad_settings_are_refused(settings: dict[str, Any], message: str) -> None:
@@ -1251,3 +1258,75 @@ def test_whole_facet_hold_out_keeps_every_held_out_facet_out_of_training() -> No
         choose_items(one, TRAITS, per_domain=None, held_out=0.25, seed=0, unit="facet")
     with pytest.raises(ValidationError, match="held_out_unit"):
         ConceptConfig(held_out_unit="domain")
+
+
+# --------------------------------------------------------------------------- instructed context
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_instructed_pass_reads_states_and_label_from_one_pass_as_separate_reads_do(
+    tiny_llama: Any, calibrate: bool
+) -> None:
+    """The instructed context reads the probe's states and the label from one forward pass
+    per option rotation (k-shot turns shared as a cached prefix). Both must equal what a
+    full, separate pass gives: the states over the statement inside the label question,
+    and the label distribution :func:`label_probs` reads."""
+    from traitlens.capture.capture import pool_formatted
+    from traitlens.concepts.evaluate import ConceptSets, instructed_pass
+    from traitlens.concepts.labels import label_probs, label_prompt
+
+    bank = synthetic_bank()
+    items = bank[1::4]
+    prompt = label_prompt(bank[::4], TRAITS, 1, seed=0, calibrate=calibrate)
+    tokens = resolve_domain_tokens(tiny_llama, prompt.labels)
+    sets = ConceptSets(tuple(TRAITS), tuple(items), "instructed", (0, 1), 1, prompt, (), 4)
+    states, read = instructed_pass(tiny_llama, sets, "mean", tokens)
+    assert read is not None
+    probs, mass = read
+    want_probs, want_mass = label_probs(tiny_llama, items, prompt, tokens, batch_size=3)
+    np.testing.assert_allclose(probs, want_probs, atol=1e-5)
+    np.testing.assert_allclose(mass, want_mass, rtol=1e-4)
+    formatted = [
+        prompt.formatted(tiny_llama, i.text, prompt.rotation(n)) for n, i in enumerate(items)
+    ]
+    for f, item in zip(formatted, items, strict=True):
+        start, end = f.span("item")
+        # the statement asked about, in the last user turn (after every k-shot example)
+        assert tiny_llama.tokenizer.decode(f.input_ids[start:end]).strip() == item.text
+        last_answer = f.text.rfind(prompt.examples[-1][1])
+        assert len(tiny_llama.tokenizer(f.text[:last_answer])["input_ids"]) <= start
+    full = pool_formatted(tiny_llama, formatted, span="item", layers=[0, 1], batch_size=1)
+    torch.testing.assert_close(states, full["resid.mean"], atol=1e-4, rtol=1e-4)
+    no_labels, nothing = instructed_pass(tiny_llama, sets, "mean", tokens, labels=False)
+    assert nothing is None
+    torch.testing.assert_close(no_labels, states, atol=1e-5, rtol=1e-5)
+
+
+def test_instructed_context_leaves_k_shot_examples_out_of_what_probes_learn() -> None:
+    from traitlens.concepts.items import choose_items
+    from traitlens.concepts.labels import shots
+    from traitlens.concepts.pipeline import ConceptItems
+
+    bank = synthetic_bank()
+    items, split = choose_items(bank, TRAITS, per_domain=None, held_out=0.25, seed=0)
+    chosen = ConceptItems(tuple(items), split, "synthetic", "k")
+    bare = ConceptConfig()
+    instructed = ConceptConfig(context="instructed", shots_per_domain=2)
+    assert instructed.templates == ["instructed"] and instructed.eval_template == "instructed"
+    assert chosen.fit_ids(bare) == list(split.train)
+    shown = {i.id for i in shots(chosen.train(), TRAITS, 2, 0)}
+    assert len(shown) == 10
+    assert chosen.fit_ids(instructed) == [i for i in split.train if i not in shown]
+    prompt = chosen.label_prompt(instructed)
+    assert {text for text, _ in prompt.examples} == {i.text for i in items if i.id in shown}
+
+
+def test_instructed_context_replaces_only_a_profiles_templates() -> None:
+    from traitlens.errors import DataError
+    from traitlens.study import resolve_config
+
+    quick = resolve_config("quick", None, {}, {"context": "instructed"}).concept_config()
+    assert quick.templates == ["instructed"] and quick.context == "instructed"
+    assert resolve_config("quick").concept_config().templates == ["bare", "statement"]
+    with pytest.raises(DataError, match="does not apply"):
+        resolve_config("quick", None, {}, {"context": "instructed", "templates": ["bare"]})

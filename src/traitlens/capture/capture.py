@@ -385,6 +385,7 @@ def pool_formatted(
     neurons: NeuronReducer | None = None,
     neuron_span: str | None = None,
     share_prefix: bool = False,
+    next_token_ids: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The shared capture engine: pooled hidden states over one named span per prompt.
 
@@ -398,6 +399,10 @@ def pool_formatted(
     ``share_prefix`` runs the tokens every prompt shares before its span (e.g. a chat
     template's default system prompt) once and reuses their KV cache: the same states
     up to float rounding, for a pass that is read many times (evaluation conditions).
+
+    ``next_token_ids``: also return ``"next.logprobs"`` ``[n, len(ids)]``, the log-probs
+    of those tokens after each prompt's last token, from the same forward pass (a label
+    read in the context the states were pooled in, at no extra pass).
     """
     layer_list = resolve_layers(tm, layers)
     shared = _span_free_prefix(formatted, (span, neuron_span or span)) if share_prefix else 0
@@ -433,6 +438,8 @@ def pool_formatted(
 
     batches = length_sorted_batches([len(f.input_ids) for f in formatted], batch_size)
     skip_logits = last_logits_kwargs(tm.model)
+    read = None if next_token_ids is None else torch.tensor(list(next_token_ids))
+    next_logprobs = torch.zeros((n, 0 if read is None else len(read)))
     with torch.inference_mode(), hooks_installed(tm.adapter, hooks):
         prefix = None
         if shared:
@@ -454,17 +461,23 @@ def pool_formatted(
                 nmask = _span_mask(items, neuron_span or span, width)
                 neurons.begin(state["rows"], nmask, tm.dtype)
             if prefix is not None:
-                prefix.run(ids, attn, pos)
+                out = prefix.run(ids, attn, pos)
             else:
-                tm.model(
+                out = tm.model(
                     input_ids=ids,
                     attention_mask=attn,
                     position_ids=pos,
                     use_cache=False,
                     **skip_logits,
                 )
-    return {
+            if read is not None:
+                logits = out.logits[:, -1].float().cpu()
+                next_logprobs[batch] = torch.log_softmax(logits, dim=-1)[:, read]
+    pooled = {
         f"{kind}.{pooling}": buffers[kind][index].permute(1, 0, 2).contiguous()
         for kind in kinds
         for index, pooling in enumerate(poolings)
     }
+    if read is not None:
+        pooled["next.logprobs"] = next_logprobs
+    return pooled

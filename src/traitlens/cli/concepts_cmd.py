@@ -18,6 +18,7 @@ from traitlens.cli.common import (
     DTYPE_OPTION,
     FORCE_OPTION,
     MODEL_OPTION,
+    check_choice,
     check_float,
     check_input_file,
     check_model,
@@ -142,6 +143,12 @@ def make(command: str, until: str, doc: str) -> None:
             help="where neuron edits act (repeatable): all, early, middle, late or '10-14,20'",
         ),
         draws: int | None = typer.Option(None, "--control-draws", help="random draws (≥ 2)"),
+        context: str | None = typer.Option(
+            None,
+            "--context",
+            help="bare (items on their own) or instructed (every stage reads items inside "
+            "the label question; probe and label from one pass)",
+        ),
         seed: int | None = typer.Option(None),
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
@@ -150,7 +157,10 @@ def make(command: str, until: str, doc: str) -> None:
         from traitlens.concepts.pipeline import CONCEPT_STAGES, run_concepts
 
         check_float("--strength", strength, 0.0, 50.0, low_open=True)
+        if context is not None:
+            check_choice("--context", context, ("bare", "instructed"))
         options = {
+            "context": context,
             "templates": None if templates is None else templates.split(","),
             "fractions": _floats("--fractions", fractions),
             "gammas": _floats("--gammas", gammas),

@@ -18,16 +18,33 @@ import torch
 
 from traitlens.artifact_io import Artifact, Saved, fields_of
 from traitlens.capture.capture import ItemFiring, pool_formatted, resolve_layers
-from traitlens.concepts.config import ITEM_TEMPLATES
+from traitlens.concepts.config import INSTRUCTED, ITEM_TEMPLATES
 from traitlens.concepts.items import ItemLike
+from traitlens.concepts.labels import LabelPrompt
 from traitlens.errors import DataError
 from traitlens.models.chat import FormattedPrompt
 from traitlens.models.loading import ModelIdentity, TraitModel
 from traitlens.provenance import Provenance, provenance
 
 
-def format_items(tm: TraitModel, items: Sequence[ItemLike], template: str) -> list[FormattedPrompt]:
-    """Each item as the user turn under ``template``, with span ``item`` on the statement."""
+def format_items(
+    tm: TraitModel,
+    items: Sequence[ItemLike],
+    template: str,
+    label_prompt: LabelPrompt | None = None,
+) -> list[FormattedPrompt]:
+    """Each item as the user turn under ``template``, with span ``item`` on the statement.
+
+    ``instructed``: each item inside ``label_prompt``'s conversation (k-shot turns, the
+    question with the options rotated by the item's position), as the label readout asks it.
+    """
+    if template == INSTRUCTED:
+        if label_prompt is None:
+            raise DataError("the instructed context needs the label prompt to place items in")
+        return [
+            label_prompt.formatted(tm, item.text, label_prompt.rotation(n))
+            for n, item in enumerate(items)
+        ]
     if template not in ITEM_TEMPLATES:
         raise DataError(
             f"unknown item template {template!r}; use one of {', '.join(ITEM_TEMPLATES)}"
@@ -131,12 +148,15 @@ def capture_provenance(
     poolings: Sequence[str],
     layers: Sequence[int],
     upstream: Mapping[str, str | None] | None = None,
+    label_prompt: LabelPrompt | None = None,
 ) -> Provenance:
+    context = {} if label_prompt is None else {"instructed": label_prompt.describe()}
     return provenance(
         "concepts.capture",
         model=tm.identity,
         config={
-            "templates": {t: ITEM_TEMPLATES[t] for t in templates},
+            "templates": {t: ITEM_TEMPLATES.get(t, INSTRUCTED) for t in templates},
+            **context,
             "poolings": list(poolings),
             "layers": list(layers),
             "chat_format": tm.formatter.mode,
@@ -160,8 +180,12 @@ def capture_items(
     upstream: Mapping[str, str | None] | None = None,
     force: bool = False,
     progress: bool = True,
+    label_prompt: LabelPrompt | None = None,
 ) -> ItemActivations:
     """Pool every item's statement tokens under each template and count neuron firing.
+
+    Template ``instructed`` (with ``label_prompt``) reads each item inside the label
+    question, the context the label readout uses.
 
     With ``out_dir`` a capture of the same inputs is reused and one of other inputs
     is never replaced unless ``force`` (:func:`traitlens.provenance.keyed_stage`;
@@ -169,19 +193,32 @@ def capture_items(
     """
     if not items:
         raise DataError("capture_items got no items; load an item bank first")
-    bad = [t for t in templates if t not in ITEM_TEMPLATES]
+    bad = [t for t in templates if t not in ITEM_TEMPLATES and t != INSTRUCTED]
     if bad or not templates:
         raise DataError(f"unknown item templates {bad}; use some of {', '.join(ITEM_TEMPLATES)}")
+    if (INSTRUCTED in templates) != (label_prompt is not None):
+        raise DataError(
+            "template 'instructed' and label_prompt go together: pass the label prompt the "
+            "items are read in, with templates=('instructed',)"
+        )
     layer_list = resolve_layers(tm, layers)
     prov = capture_provenance(
-        tm, items, templates=templates, poolings=poolings, layers=layer_list, upstream=upstream
+        tm,
+        items,
+        templates=templates,
+        poolings=poolings,
+        layers=layer_list,
+        upstream=upstream,
+        label_prompt=label_prompt,
     )
 
     return ItemActivations.keyed(
         out_dir,
         "concepts.capture",
         prov,
-        lambda: _capture(tm, items, templates, poolings, layer_list, batch_size, progress, prov),
+        lambda: _capture(
+            tm, items, templates, poolings, layer_list, batch_size, progress, prov, label_prompt
+        ),
         expect=tm.identity,
         run_dir=run_dir,
         force=force,
@@ -198,12 +235,13 @@ def _capture(
     batch_size: int,
     progress: bool,
     prov: Provenance,
+    label_prompt: LabelPrompt | None = None,
 ) -> ItemActivations:
     formatted: list[FormattedPrompt] = []
     ids: list[str] = []
     names: list[str] = []
     for template in templates:
-        formatted += format_items(tm, items, template)
+        formatted += format_items(tm, items, template, label_prompt)
         ids += [i.id for i in items]
         names += [template] * len(items)
     spans = [f.span("item") for f in formatted]

@@ -17,6 +17,44 @@ ITEM_TEMPLATES: dict[str, str] = {
 template changes the context the statement is read in, never what is pooled."""
 
 
+INSTRUCTED = "instructed"
+"""The capture/evaluation template of the instructed context: each item inside the label
+question (after the k-shot turns), so probe, neurons, edits and label share one context."""
+
+LABEL_INSTRUCTION = (
+    "Which personality domain does this statement describe? Answer with one word: "
+    '{options}.\nStatement: "{text}"'
+)
+"""The label question (first user turn of the label conversation): ``{options}`` is the
+domain names in this item's order, ``{text}`` the statement. Override it with
+``instruction``; it must contain both fields."""
+
+
+def check_instruction(value: str) -> str:
+    """Refuse an instruction the label question cannot be built from (before the model
+    loads): it must name ``{options}`` and contain the item as ``{text}``, once each."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as exc:
+        raise ValueError(
+            f"instruction {value[:60]!r} is not a valid template ({exc}); write literal braces "
+            "as {{ and }}"
+        ) from None
+    if (
+        fields.count("text") != 1
+        or fields.count("options") != 1
+        or set(fields) - {"text", "options"}
+    ):
+        raise ValueError(
+            f"instruction {value[:60]!r} must contain the item as {{text}} and the domain names "
+            f"as {{options}}, once each (found fields {fields}); e.g. "
+            "'Which domain does this describe? {options}\\n\"{text}\"'"
+        )
+    return value
+
+
 EditKind = Literal["boost", "suppress", "direction"]
 EDIT_KINDS: tuple[EditKind, ...] = ("boost", "suppress", "direction")
 
@@ -76,6 +114,11 @@ class ConceptConfig(BaseModel):
     counterbalance_options: bool = True
     label_calibration: bool = False
     eval_template: str = "bare"
+    # "bare": items read on their own (templates above) and the label asked separately;
+    # "instructed": every stage reads each item inside the label question (k-shot turns,
+    # rotated options), so the probe and the label come from one forward pass
+    context: Literal["bare", "instructed"] = "bare"
+    instruction: str = LABEL_INSTRUCTION
     eval_items_per_domain: int | None = Field(None, ge=2)
     likert_templates: int = Field(1, ge=0, le=3)
     seed: int = Field(0, ge=0)
@@ -91,9 +134,33 @@ class ConceptConfig(BaseModel):
             raise ValueError("the concept design decodes which domain an item is about: use ≥ 2")
         return traits
 
+    @model_validator(mode="before")
+    @classmethod
+    def _instructed(cls, data: object) -> object:
+        """The instructed context has one template, the label question itself."""
+        if not isinstance(data, dict) or data.get("context") != INSTRUCTED:
+            return data
+        for name, single in (("templates", [INSTRUCTED]), ("eval_template", INSTRUCTED)):
+            given = data.get(name)
+            if given not in (None, single, INSTRUCTED):
+                raise ValueError(
+                    f"context 'instructed' reads every item inside the label question, so "
+                    f"{name}={given!r} does not apply: leave {name} out (or use "
+                    "context: bare to compare item templates)"
+                )
+            data = {**data, name: single}
+        return data
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction(cls, value: str) -> str:
+        return check_instruction(value)
+
     @field_validator("templates", "poolings")
     @classmethod
     def _known(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.field_name == "templates" and value == [INSTRUCTED]:
+            return value
         allowed = {"templates": list(ITEM_TEMPLATES), "poolings": list(POOLINGS)}[
             str(info.field_name)
         ]
@@ -154,6 +221,11 @@ class ConceptConfig(BaseModel):
     def _consistent(self) -> ConceptConfig:
         if self.probe_pooling not in self.poolings:
             raise ValueError(f"probe_pooling {self.probe_pooling!r} is not among poolings")
+        if (self.context == INSTRUCTED) != (self.templates == [INSTRUCTED]):
+            raise ValueError(
+                "template 'instructed' is the instructed context: set context: instructed "
+                "instead of naming the template"
+            )
         if self.eval_template not in self.templates:
             raise ValueError(f"eval_template {self.eval_template!r} is not among templates")
         return self

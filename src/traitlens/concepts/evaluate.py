@@ -24,7 +24,7 @@ headline layer, the last layer and every layer, for both levels.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,8 +32,15 @@ import numpy as np
 from traitlens.artifact_io import Record
 from traitlens.capture.capture import pool_formatted
 from traitlens.concepts.capture import format_items
+from traitlens.concepts.config import INSTRUCTED
 from traitlens.concepts.items import ItemLike
-from traitlens.concepts.labels import LabelPrompt, label_probs
+from traitlens.concepts.labels import (
+    CONTENT_FREE,
+    LabelPrompt,
+    by_rotation,
+    label_probs,
+    normalized,
+)
 from traitlens.concepts.probes import DomainProbes
 from traitlens.errors import ArtifactError
 from traitlens.evaluate.logprobs import LabelTokens
@@ -63,7 +70,7 @@ class ConceptSets:
             "template": self.template,
             "readout_layers": list(self.readout_layers),
             "headline_layer": self.headline_layer,
-            "label_prompt": asdict(self.label_prompt),
+            "label_prompt": self.label_prompt.describe(),
             "likert_templates": list(self.likert_templates),
         }
 
@@ -123,25 +130,29 @@ def measure_condition(
 
     items = list(sets.items)
     layers = list(sets.readout_layers)
-    pooled = pool_formatted(
-        tm,
-        format_items(tm, items, sets.template),
-        span="item",
-        poolings=(probes.pooling,),
-        layers=layers,
-        batch_size=sets.batch_size,
-        share_prefix=True,
-    )
-    states = pooled[f"resid.{probes.pooling}"]
+    label_p = np.full((len(items), len(sets.traits)), np.nan)
+    mass = np.full(len(items), np.nan)
+    if sets.template == INSTRUCTED:
+        states, read = instructed_pass(tm, sets, probes.pooling, tokens, labels=labels)
+        if read is not None:
+            label_p, mass = read
+    else:
+        pooled = pool_formatted(
+            tm,
+            format_items(tm, items, sets.template),
+            span="item",
+            poolings=(probes.pooling,),
+            layers=layers,
+            batch_size=sets.batch_size,
+            share_prefix=True,
+        )
+        states = pooled[f"resid.{probes.pooling}"]
+        if labels:
+            label_p, mass = label_probs(
+                tm, items, sets.label_prompt, tokens, batch_size=sets.batch_size
+            )
     layer_probs = [probes.probs(layer, states[:, k]) for k, layer in enumerate(layers)]
     probs = layer_probs[layers.index(sets.headline_layer)]
-    if labels:
-        label_p, mass = label_probs(
-            tm, items, sets.label_prompt, tokens, batch_size=sets.batch_size
-        )
-    else:
-        label_p = np.full((len(items), len(sets.traits)), np.nan)
-        mass = np.full(len(items), np.nan)
     likert = [float("nan")] * len(items)
     if sets.likert_templates and full:
         result = run_questionnaire(
@@ -165,6 +176,46 @@ def measure_condition(
         layers=layers,
         layer_probs=[np.round(p, 6).tolist() for p in layer_probs],
     )
+
+
+def instructed_pass(
+    tm: TraitModel, sets: ConceptSets, pooling: str, tokens: LabelTokens, *, labels: bool = True
+) -> tuple[Any, tuple[np.ndarray, np.ndarray] | None]:
+    """The instructed context: each held-out item inside the label conversation, its
+    statement pooled at every readout layer and (``labels``) the answer's first token read,
+    from one forward pass per option rotation (the k-shot turns are a prefix shared by the
+    rotation's items, computed once). Returns ``(states [n, L, d], (probs, mass) | None)``.
+    """
+    import torch
+
+    prompt, items = sets.label_prompt, list(sets.items)
+    states = torch.zeros((len(items), len(sets.readout_layers), tm.identity.d_model))
+    probs = np.zeros((len(items), len(prompt.labels)))
+    mass = np.zeros(len(items))
+    for rotation, positions in by_rotation(prompt, len(items)).items():
+        texts = [items[p].text for p in positions]
+        if labels and prompt.calibrate:
+            texts.append(CONTENT_FREE)
+        formatted = []
+        for text in texts:
+            asked = prompt.formatted(tm, text, rotation)
+            formatted.append(replace(asked, input_ids=asked.input_ids + list(tokens.lead)))
+        pooled = pool_formatted(
+            tm,
+            formatted,
+            span="item",
+            poolings=(pooling,),
+            layers=list(sets.readout_layers),
+            batch_size=sets.batch_size,
+            share_prefix=True,
+            next_token_ids=tokens.ids if labels else None,
+        )
+        states[positions] = pooled[f"resid.{pooling}"][: len(positions)]
+        if labels:
+            read = pooled["next.logprobs"].double()
+            probs[positions] = normalized(torch.softmax(read, -1).numpy(), prompt.calibrate)
+            mass[positions] = torch.logsumexp(read, -1).exp().numpy()[: len(positions)]
+    return states, ((probs, mass) if labels else None)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -24,20 +24,19 @@ content-free statement under the same prompt and rotation, and renormalizes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from traitlens.concepts.config import LABEL_INSTRUCTION
 from traitlens.concepts.items import ItemLike
 from traitlens.data.schema import TRAIT_NAMES
 from traitlens.errors import DataError
 from traitlens.evaluate.logprobs import LabelTokens, label_distribution, resolve_label_tokens
+from traitlens.models.chat import FormattedPrompt
 from traitlens.models.loading import TraitModel
 
-LABEL_QUESTION = (
-    "Which personality domain does this statement describe? Answer with one word: "
-    '{options}.\nStatement: "{text}"'
-)
+LABEL_QUESTION = LABEL_INSTRUCTION
 """The first user turn of the conversation; later turns repeat only :data:`LABEL_FOLLOW_UP`
 (the task is set once, as in ordinary few-shot chat, which also keeps prompts short)."""
 
@@ -96,6 +95,7 @@ class LabelPrompt:
     examples: tuple[tuple[str, str], ...]  # (statement, label)
     counterbalance: bool = True
     calibrate: bool = False
+    instruction: str = LABEL_INSTRUCTION
 
     @property
     def k(self) -> int:
@@ -107,7 +107,7 @@ class LabelPrompt:
 
     def question(self, text: str, rotation: int = 0) -> str:
         options = self.labels[rotation:] + self.labels[:rotation]
-        return LABEL_QUESTION.format(options=", ".join(options), text=text)
+        return self.instruction.format(options=", ".join(options), text=text)
 
     def turns(self, text: str, rotation: int = 0) -> list[tuple[str, str | None]]:
         """The conversation that asks for ``text``'s domain (last answer left open): the
@@ -119,6 +119,19 @@ class LabelPrompt:
         ]
         return list(zip(users, answers, strict=True))
 
+    def formatted(self, tm: TraitModel, text: str, rotation: int = 0) -> FormattedPrompt:
+        """The conversation tokenized, with span ``item`` on the asked statement (in the
+        last user turn): the instructed context pools exactly these tokens."""
+        return tm.formatter.format_conversation(self.turns(text, rotation), marks={"item": text})
+
+    def describe(self) -> dict[str, object]:
+        """What a key covers: the whole prompt (the instruction only when not the default,
+        so keys of the default prompt stay those of earlier runs)."""
+        described = asdict(self)
+        if self.instruction == LABEL_INSTRUCTION:
+            del described["instruction"]
+        return described
+
 
 def label_prompt(
     train: Sequence[ItemLike],
@@ -128,6 +141,7 @@ def label_prompt(
     *,
     counterbalance: bool = True,
     calibrate: bool = False,
+    instruction: str = LABEL_INSTRUCTION,
 ) -> LabelPrompt:
     labels = domain_labels(traits)
     name = dict(zip(traits, labels, strict=True))
@@ -136,7 +150,26 @@ def label_prompt(
         tuple((i.text, name[i.trait]) for i in shots(train, traits, per_domain, seed)),
         counterbalance,
         calibrate,
+        instruction,
     )
+
+
+def by_rotation(prompt: LabelPrompt, n: int) -> dict[int, list[int]]:
+    """Positions ``0..n-1`` grouped by the option order each is asked with."""
+    groups: dict[int, list[int]] = {}
+    for position in range(n):
+        groups.setdefault(prompt.rotation(position), []).append(position)
+    return dict(sorted(groups.items()))
+
+
+def normalized(found: np.ndarray, calibrate: bool) -> np.ndarray:
+    """Label probabilities of one rotation group, renormalized over the names; with
+    ``calibrate`` the group's last row is the content-free statement, divided out
+    (contextual calibration) and dropped."""
+    if not calibrate:
+        return found
+    found = found[:-1] / np.clip(found[-1], 1e-9, None)
+    return found / found.sum(1, keepdims=True)
 
 
 def label_probs(
@@ -154,10 +187,7 @@ def label_probs(
     """
     probs = np.zeros((len(items), len(prompt.labels)))
     mass = np.zeros(len(items))
-    by_rotation: dict[int, list[int]] = {}
-    for position in range(len(items)):
-        by_rotation.setdefault(prompt.rotation(position), []).append(position)
-    for rotation, positions in sorted(by_rotation.items()):
+    for rotation, positions in by_rotation(prompt, len(items)).items():
         texts = [items[p].text for p in positions]
         if prompt.calibrate:
             texts.append(CONTENT_FREE)
@@ -168,10 +198,6 @@ def label_probs(
         dist = label_distribution(
             tm, sequences, tokens, batch_size=batch_size, description="labels"
         )
-        found = dist.probs
-        if prompt.calibrate:
-            found = found[:-1] / np.clip(found[-1], 1e-9, None)
-            found = found / found.sum(1, keepdims=True)
-        probs[positions] = found[: len(positions)]
+        probs[positions] = normalized(dist.probs, prompt.calibrate)
         mass[positions] = dist.label_mass[: len(positions)]
     return probs, mass

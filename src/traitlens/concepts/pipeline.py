@@ -20,7 +20,7 @@ import torch
 
 from traitlens.artifact_io import Record, read_json, write_json
 from traitlens.concepts.capture import ItemActivations, capture_items
-from traitlens.concepts.config import ConceptConfig
+from traitlens.concepts.config import INSTRUCTED, ConceptConfig
 from traitlens.concepts.evaluate import (
     ConceptEffect,
     ConceptMeasurement,
@@ -32,7 +32,7 @@ from traitlens.concepts.evaluate import (
     measure_condition,
 )
 from traitlens.concepts.items import ItemLike, ItemSplit, choose_items
-from traitlens.concepts.labels import label_prompt, resolve_domain_tokens
+from traitlens.concepts.labels import LabelPrompt, label_prompt, resolve_domain_tokens, shots
 from traitlens.concepts.neurons import (
     depth_thirds,
     matched_random,
@@ -76,6 +76,29 @@ class ConceptItems:
     def held_out(self) -> list[ItemLike]:
         ids = set(self.split.held_out)
         return [i for i in self.items if i.id in ids]
+
+    def label_prompt(self, config: ConceptConfig) -> LabelPrompt:
+        """How the label is asked: balanced k-shot examples from training items."""
+        return label_prompt(
+            self.train(),
+            config.traits,
+            config.shots_per_domain,
+            config.seed,
+            counterbalance=config.counterbalance_options,
+            calibrate=config.label_calibration,
+            instruction=config.instruction,
+        )
+
+    def fit_ids(self, config: ConceptConfig) -> list[str]:
+        """Training items that probes and neurons learn from. In the instructed context
+        an item used as a k-shot example is left out: read inside a conversation that
+        shows it with its own label, it would carry the answer into its own row."""
+        if config.context != INSTRUCTED:
+            return list(self.split.train)
+        shown = {
+            i.id for i in shots(self.train(), config.traits, config.shots_per_domain, config.seed)
+        }
+        return [i for i in self.split.train if i not in shown]
 
 
 def load_bank(config: ConceptConfig) -> tuple[list[Any], str]:
@@ -143,9 +166,11 @@ def stage_items(ctx: StageContext) -> ConceptItems:
 def stage_capture(ctx: StageContext) -> ItemActivations:
     config: ConceptConfig = ctx.config
     chosen: ConceptItems = ctx["items"]
+    instructed = config.context == INSTRUCTED
     return capture_items(
         ctx.tm,
         chosen.items,
+        label_prompt=chosen.label_prompt(config) if instructed else None,
         templates=config.templates,
         poolings=config.poolings,
         batch_size=config.batch_size,
@@ -175,6 +200,7 @@ def stage_probes(ctx: StageContext) -> DomainProbes:
             "layers": layers,
             "seed": config.seed,
             "traits": config.traits,
+            **({"fit": chosen.fit_ids(config)} if config.context == INSTRUCTED else {}),
         },
         upstream={"concepts.capture": acts.key, "concepts.items": chosen.key},
     )
@@ -209,7 +235,7 @@ def _fit_probes(
     probes = fit_domain_probes(
         acts,
         chosen.items,
-        chosen.split.train,
+        chosen.fit_ids(config),
         traits=config.traits,
         pooling=config.probe_pooling,
         layers=layers,
@@ -229,7 +255,7 @@ def stage_neurons(ctx: StageContext) -> NeuronSet:
     neurons = select_concept_neurons(
         ctx["capture"],
         chosen.items,
-        chosen.split.train,
+        chosen.fit_ids(config),
         traits=config.traits,
         threshold=config.threshold,
         fdr=config.fdr,
@@ -471,7 +497,7 @@ def plan_conditions(ctx: StageContext, band: list[int]) -> list[ConceptCondition
         if "direction" not in config.edits:
             continue
         vector = domain_direction(
-            ctx["capture"], chosen.items, chosen.split.train, trait, band, config.probe_pooling
+            ctx["capture"], chosen.items, chosen.fit_ids(config), trait, band, config.probe_pooling
         )
         controls = [
             direction(random_vector_like(vector, control_seed(config.seed, f"{trait}|{draw}")))
@@ -504,14 +530,7 @@ def _sets(ctx: StageContext, layers: Sequence[int], headline: int) -> ConceptSet
         config.eval_template,
         tuple(layers),
         headline,
-        label_prompt(
-            chosen.train(),
-            config.traits,
-            config.shots_per_domain,
-            config.seed,
-            counterbalance=config.counterbalance_options,
-            calibrate=config.label_calibration,
-        ),
+        chosen.label_prompt(config),
         tuple(list(TEMPLATES)[: config.likert_templates]),
         config.batch_size,
     )
@@ -549,6 +568,9 @@ class ConceptEvaluation:
     baseline: ConceptBaseline
     results: list[ConceptResult]
     provenance: dict[str, Any]
+    # "bare" (items on their own, the label asked separately) or "instructed" (every
+    # stage reads items inside the label question; probe and label from one pass)
+    context: str = "bare"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -769,6 +791,7 @@ def _save_evaluation(
         _baseline(read, baseline, list(config.traits)),
         results,
         {"rows": keys, "upstream": upstream, "key": eval_prov.key},
+        config.context,
     )
     evaluation.save(ctx.run / CONCEPT_DIR / "eval.json")
     record(ctx.run, "concepts.evaluation", eval_prov)

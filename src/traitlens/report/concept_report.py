@@ -300,6 +300,20 @@ def _label_draws(evaluation: ConceptEvaluation) -> int:
     return min(counts) if counts else 0
 
 
+def _context_line(evaluation: ConceptEvaluation) -> str:
+    if evaluation.context == "instructed":
+        return (
+            "Context: instructed. Every stage (capture, probes, neurons, edits) read each "
+            "item inside this label question, so the probe and the label come from one "
+            "forward pass and differ only in what is read out."
+        )
+    return (
+        "Context: bare. Probes, neurons and edits read each item on its own, while the "
+        "label is asked in the conversation above; run with context: instructed to read "
+        "both in one context (scripts/concept_summary.py RUN_A RUN_B sets them side by side)."
+    )
+
+
 def _gap(evaluation: ConceptEvaluation, figures: Path) -> Section:
     b = evaluation.baseline
     low, high = (b.label_accuracy_ci or [math.nan, math.nan])[:2]
@@ -319,6 +333,7 @@ def _gap(evaluation: ConceptEvaluation, figures: Path) -> Section:
             "read from the next-token distribution over the five domain names. Unsteered "
             f"label accuracy {b.label_accuracy:.2f} [{low:.2f}, {high:.2f}] (chance "
             f"{b.chance:.2f}), label mass {b.label_mass:.3f}. " + verdict,
+            _context_line(evaluation),
         ],
         figures=_fig(figures / "concept_gap.png", "Probe readout vs generated label"),
     )

@@ -162,10 +162,22 @@ def resolve_config(
     concept = {k: v for k, v in (concept_overrides or {}).items() if v is not None}
     if concept:
         values["concept"] = {**values.get("concept", {}), **concept}
+    _drop_profile_templates(values, PROFILES[profile].get("concept") or {})
     try:
         return StudyConfig(**values)
     except ValidationError as exc:
         raise config_error(exc, "study configuration") from exc
+
+
+def _drop_profile_templates(values: dict[str, Any], profile_concept: Any) -> None:
+    """The instructed context has one template (the label question): a profile's item
+    templates give way to it, while templates a user named still conflict (refused)."""
+    concept = values.get("concept")
+    if not isinstance(concept, dict) or concept.get("context") != "instructed":
+        return
+    for name in ("templates", "eval_template"):
+        if name in concept and concept[name] is profile_concept.get(name):
+            values["concept"] = concept = {k: v for k, v in concept.items() if k != name}
 
 
 def config_error(exc: ValidationError, what: str) -> DataError:
