@@ -1330,3 +1330,52 @@ def test_instructed_context_replaces_only_a_profiles_templates() -> None:
     assert resolve_config("quick").concept_config().templates == ["bare", "statement"]
     with pytest.raises(DataError, match="does not apply"):
         resolve_config("quick", None, {}, {"context": "instructed", "templates": ["bare"]})
+
+
+def test_npti_random_mask_boosts_a_fresh_seeded_share_of_neurons_each_pass() -> None:
+    """``keep`` < 1 (NPTI: 0.9) boosts a random share of the target neurons on each
+    forward pass: about ``keep`` of them, a different draw per pass, the same draws on a
+    rerun with the same seed, and every one of them with ``keep`` = 1."""
+    from traitlens.errors import InterventionError
+    from traitlens.neurons.selected import SelectedNeurons
+    from traitlens.steer import NeuronEdit, steering
+
+    tm = build_tiny("llama")
+    ids = tm.tokenizer("I keep my desk neat.", return_tensors="pt").input_ids
+    d_mlp = tm.identity.d_mlp
+    target = SelectedNeurons(
+        torch.ones(d_mlp, dtype=torch.long),
+        torch.arange(d_mlp),
+        torch.full((d_mlp,), 0.5),
+        torch.ones(d_mlp),
+    )
+    seen: list[torch.Tensor] = []
+
+    def grab(acts: torch.Tensor, **_: Any) -> None:
+        seen.append(acts.detach().clone())
+
+    def boosted(edit: NeuronEdit, passes: int) -> list[torch.Tensor]:
+        seen.clear()
+        with torch.inference_mode():
+            with hooks_installed(tm.adapter, [("mlp_act[1]", grab)]):
+                tm.model(ids)
+            # installed after the edit, the grab sees the edited activation
+            with steering(tm, [edit]), hooks_installed(tm.adapter, [("mlp_act[1]", grab)]):
+                for _ in range(passes):
+                    tm.model(ids)
+        plain = seen[0]
+        return [(s - plain)[0, 0] > 1e-3 for s in seen[1:]]
+
+    full = boosted(NeuronEdit(target, gamma=1.0), 1)
+    assert bool(full[0].all())
+    masked = boosted(NeuronEdit(target, gamma=1.0, keep=0.5, mask_seed=3), 2)
+    shares = [float(m.float().mean()) for m in masked]
+    assert all(0.35 < s < 0.65 for s in shares)
+    assert not torch.equal(masked[0], masked[1])  # drawn afresh on every pass
+    again = boosted(NeuronEdit(target, gamma=1.0, keep=0.5, mask_seed=3), 2)
+    assert all(torch.equal(a, b) for a, b in zip(masked, again, strict=True))
+    for keep in (0.0, 1.5, float("nan")):
+        with pytest.raises(InterventionError, match="must be a share in"):
+            NeuronEdit(target, gamma=1.0, keep=keep)
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        ConceptConfig(edit_keep=1.5)

@@ -101,6 +101,9 @@ class ConceptConfig(BaseModel):
     # NPTI silences the domain's opposite neurons (those firing less for it) with
     # min(0, n) while boosting; off only to separate the two halves of the edit
     silence_opposite: bool = True
+    # NPTI's random mask: the share of boosted neurons kept on each forward pass (NPTI
+    # 0.9, drawn afresh per pass, seeded); 1.0 boosts every selected neuron every pass
+    edit_keep: float = Field(1.0, gt=0.0, le=1.0)
     suppress: Literal["clip", "zero"] = "clip"
     control_draws: int = Field(20, ge=2, le=200)
     # the generated label is read on the real edit and on the first label_draws control

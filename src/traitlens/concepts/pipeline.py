@@ -426,7 +426,10 @@ def _neuron_plan(
     many = len(config.edit_bands) > 1
 
     def boost(target: SelectedNeurons, silenced: SelectedNeurons, gamma: float) -> Any:
-        return NeuronEdit(target, silenced, gamma=gamma) if len(target) else None
+        if not len(target):
+            return None
+        keep = config.edit_keep
+        return NeuronEdit(target, silenced, gamma=gamma, keep=keep, mask_seed=config.seed)
 
     def draws(real: SelectedNeurons, name: str) -> list[tuple[SelectedNeurons, SelectedNeurons]]:
         out = []
@@ -451,6 +454,7 @@ def _neuron_plan(
                 "n_neurons": len(real),
                 "n_silenced": len(opposite),
                 **label,
+                **({"keep": config.edit_keep} if config.edit_keep < 1.0 else {}),
             }
             parts = (trait, "boost", fraction) + ((band,) if many else ())
             parts += (f"g{gamma:g}",) if len(config.gammas) > 1 else ()

@@ -135,7 +135,8 @@ def _add_neuron_ops(plan: _Plan, item: NeuronEdit | Ablate | Clamp) -> None:
             cap = torch.full((d_mlp,), float("inf"), dtype=torch.float64)
             caps[point] = cap.index_fill_(0, opposite.indices[rows], 0.0)
         for point in sorted(set(boosts) | set(caps)):
-            plan.push(point, item.positions, "npti", (boosts.get(point), caps.get(point)))
+            mask = (item.keep, item.mask_seed + point.layer) if item.keep < 1.0 else None
+            plan.push(point, item.positions, "npti", (boosts.get(point), caps.get(point), mask))
         return
     name = type(item).__name__
     values = item.values()
@@ -167,12 +168,20 @@ def _op(kind: str, payload: Any, device: torch.device, dtype: torch.dtype, inpla
 
         return project
     if kind == "npti":
-        boost, cap = (_to(t, device, dtype) for t in payload)
+        boost, cap = (_to(t, device, dtype) for t in payload[:2])
+        keep = payload[2]
+        draws = None
+        if keep is not None and boost is not None:
+            draws = torch.Generator().manual_seed(int(keep[1]))
 
         def npti(a: torch.Tensor) -> torch.Tensor:
             in_place = inplace and not a.requires_grad
             if boost is not None:
-                a = a.add_(boost) if in_place else a + boost
+                step = boost
+                if draws is not None:  # NPTI's random mask, drawn afresh for every pass
+                    kept = torch.rand(boost.shape, generator=draws) < keep[0]
+                    step = boost * kept.to(device=boost.device, dtype=boost.dtype)
+                a = a.add_(step) if in_place else a + step
             if cap is not None:
                 a = a.clamp_(max=cap) if in_place else torch.minimum(a, cap)
             return a

@@ -174,16 +174,30 @@ class NeuronEdit:
     ``n ← min(0, n)``; every other neuron is untouched. For the matched
     random-neuron control pass a random set (``NeuronSet.random_control``) as
     ``target``.
+
+    ``keep`` < 1 is NPTI's random mask: on every forward pass only a random ``keep``
+    share of the boosted neurons (NPTI: 0.9) gets its boost, drawn afresh per pass
+    from a generator seeded with ``mask_seed`` (so a rerun draws the same masks);
+    silencing is not masked. The default (1.0) boosts every target neuron every pass.
     """
 
     target: SelectedNeurons
     opposite: SelectedNeurons = field(default_factory=SelectedNeurons.empty)
     gamma: float = 1.0
     positions: Positions = "all"
+    keep: float = 1.0
+    mask_seed: int = 0
 
     def __post_init__(self) -> None:
         _check_neurons("target", self.target)
         _check_neurons("opposite", self.opposite)
+        keep = self.keep
+        if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0.0 < keep <= 1.0:
+            raise InterventionError(
+                f"keep={keep!r} must be a share in (0, 1]: the share of boosted neurons kept "
+                "on each forward pass (1.0 = all, NPTI's random mask = 0.9)"
+            )
+        object.__setattr__(self, "keep", float(keep))
         gamma = _check_finite_number(
             "gamma",
             self.gamma,
