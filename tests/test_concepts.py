@@ -13,6 +13,7 @@ import csv
 import math
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -1379,3 +1380,161 @@ def test_npti_random_mask_boosts_a_fresh_seeded_share_of_neurons_each_pass() -> 
             NeuronEdit(target, gamma=1.0, keep=keep)
     with pytest.raises(ValidationError, match="less than or equal to 1"):
         ConceptConfig(edit_keep=1.5)
+
+
+# --------------------------------------------------------------------------- DPN-LE
+
+
+def dpn_acts(items: list[ConceptItem], seed: int = 0) -> ItemActivations:
+    """Per-item mean activations N(0, 1) with, on E's items: neuron (1, 7) shifted by +3
+    (large d, large Δ), neuron (1, 9) by −3, and neuron (2, 5) shifted by +3 on half of
+    E's items and −… never (large Δ in mean but a small d: its spread is large too)."""
+    rng = np.random.default_rng(seed)
+    base = planted_neuron_acts(items, plant=False)
+    means = rng.normal(0.0, 1.0, (len(base.item_ids), 3, 64))
+    is_e = np.array([i.startswith("E") for i in base.item_ids])
+    means[is_e, 1, 7] += 3.0
+    means[is_e, 1, 9] -= 3.0
+    # (2, 5): a huge spread everywhere and a mean gap that is large in Δ but small in d
+    means[:, 2, 5] = rng.normal(0.0, 20.0, len(base.item_ids))
+    means[is_e, 2, 5] += 4.0
+    return replace(base, means=torch.from_numpy(means).half())
+
+
+def test_dpn_statistics_hand_computed() -> None:
+    from traitlens.concepts.neurons import dpn_statistics
+
+    values = torch.tensor([[1.0, 2.0, 3.0, 10.0, 12.0]]).T[:, :, None].repeat(1, 1, 2)
+    values[:, 0, 1] = 5.0  # a neuron that never varies: d = 0, Δ = 0
+    members = np.array([False, False, False, True, True])
+    d, diff = dpn_statistics(values, members)
+    pooled = math.sqrt(((3 - 1) * 1.0 + (2 - 1) * 2.0) / 3)  # variances 1 and 2 (n − 1)
+    assert float(diff[0, 0]) == pytest.approx(11.0 - 2.0)
+    assert float(d[0, 0]) == pytest.approx(9.0 / pooled, rel=1e-5)
+    assert float(d[0, 1]) == 0.0 and float(diff[0, 1]) == 0.0
+    with pytest.raises(DataError, match="≥ 2 items on each side"):
+        dpn_statistics(values, np.array([True, False, False, False, False]))
+
+
+def test_dpn_rule_keeps_large_d_and_large_difference_on_each_side() -> None:
+    from traitlens.concepts.neurons import dpn_neurons
+    from traitlens.steer.neuron_rules import dpn_mask
+
+    items = synthetic_bank(per_facet=8)
+    acts = dpn_acts(items)
+    # 64 neurons per toy layer: the top 5 % (3 neurons) stands in for DPN-LE's top 0.5 %
+    # of a real layer's thousands
+    neurons = select_concept_neurons(
+        acts, items, [i.id for i in items], traits=TRAITS, dpn_percentile=95.0
+    )
+    assert neurons.effect is not None and neurons.config["dpn"]["percentile"] == 95.0
+    top = select_concept_neurons(acts, items, [i.id for i in items], traits=TRAITS)
+    assert int(dpn_mask(top, "E", "high").sum() + dpn_mask(top, "E", "low").sum()) <= 3
+    high, low = dpn_mask(neurons, "E", "high"), dpn_mask(neurons, "E", "low")
+    assert {tuple(x) for x in torch.nonzero(high).tolist()} == {(1, 7)}
+    assert {tuple(x) for x in torch.nonzero(low).tolist()} == {(1, 9)}
+    e = TRAITS.index("E")
+    # (2, 5) has the largest Δ of its layer but its d is small: not selected
+    assert int(neurons.mean_diff[e, 2].abs().argmax()) == 5
+    assert abs(float(neurons.effect[e, 2, 5])) < 0.8 and not bool(high[2, 5])
+    both = dpn_neurons(neurons, "E", [0, 1, 2])
+    assert sorted(zip(both.layers.tolist(), both.indices.tolist(), strict=True)) == [
+        (1, 7),
+        (1, 9),
+    ]
+    assert both.delta.sign().tolist() == [1.0, -1.0]  # each carries its signed Δ
+    assert len(dpn_neurons(neurons, "E", [0, 2])) == 0
+    assert len(neurons.select("E", "high", "dpn")) == 1  # registered as a rule
+    # the statistics survive a save and load, and a capture without them is refused
+    # with the fix, not a traceback
+    old = replace(acts, means=None)
+    plain = select_concept_neurons(old, items, [i.id for i in items], traits=TRAITS)
+    assert plain.effect is None
+    with pytest.raises(DataError, match="rerun the concept capture"):
+        dpn_mask(plain, "E", "high")
+    with pytest.raises(DataError, match="rerun the capture stage"):
+        old.item_means(old.item_ids)
+
+
+def test_dpn_statistics_are_saved_and_loaded(tmp_path: Path) -> None:
+    from traitlens.neurons.artifact import NeuronSet
+
+    items = synthetic_bank(per_facet=8)
+    neurons = select_concept_neurons(
+        dpn_acts(items),
+        items,
+        [i.id for i in items],
+        traits=TRAITS,
+        dpn_percentile=95.0,
+        out_dir=tmp_path,
+    )
+    loaded = NeuronSet.load(tmp_path)
+    assert loaded.effect is not None and loaded.mean_diff is not None
+    torch.testing.assert_close(loaded.effect, neurons.effect)
+    torch.testing.assert_close(loaded.mean_diff, neurons.mean_diff)
+    assert torch.equal(loaded.select("E", "low", "dpn").indices, torch.tensor([9]))
+
+
+def test_shift_neurons_adds_gamma_times_its_amounts_in_the_hooked_activations() -> None:
+    from traitlens.errors import InterventionError
+    from traitlens.neurons.selected import SelectedNeurons
+    from traitlens.steer import ShiftNeurons, steering
+
+    tm = build_tiny("llama")
+    ids = tm.tokenizer("I keep my desk neat.", return_tensors="pt").input_ids
+    seen: list[torch.Tensor] = []
+
+    def grab(acts: torch.Tensor, **_: Any) -> None:
+        seen.append(acts.detach().clone())
+
+    chosen = SelectedNeurons(
+        torch.tensor([1, 1]), torch.tensor([3, 8]), torch.zeros(2), torch.ones(2)
+    )
+    edit = ShiftNeurons(chosen, torch.tensor([0.5, -2.0]), gamma=1.5)
+    with torch.inference_mode():
+        with hooks_installed(tm.adapter, [("mlp_act[1]", grab)]):
+            tm.model(ids)
+        with steering(tm, [edit]), hooks_installed(tm.adapter, [("mlp_act[1]", grab)]):
+            tm.model(ids)
+    change = seen[1] - seen[0]
+    torch.testing.assert_close(change[..., 3], torch.full_like(change[..., 3], 0.75))
+    torch.testing.assert_close(change[..., 8], torch.full_like(change[..., 8], -3.0))
+    others = [n for n in range(change.shape[-1]) if n not in (3, 8)]
+    assert float(change[..., others].abs().max()) == 0.0
+    with pytest.raises(InterventionError, match="one amount per neuron"):
+        ShiftNeurons(chosen, torch.tensor([1.0]))
+    with pytest.raises(InterventionError, match="NaN or inf"):
+        ShiftNeurons(chosen, torch.tensor([1.0, float("nan")]))
+    with pytest.raises(InterventionError, match="outside the allowed range"):
+        ShiftNeurons(chosen, torch.tensor([1.0, 1.0]), gamma=11.0)
+
+
+def test_dpn_plan_draws_move_the_same_amounts_onto_other_neurons() -> None:
+    from traitlens.concepts.neurons import dpn_neurons
+    from traitlens.concepts.pipeline import _neuron_plan
+    from traitlens.study.stages import StageContext
+
+    items = synthetic_bank(per_facet=8)
+    neurons = select_concept_neurons(
+        dpn_acts(items), items, [i.id for i in items], traits=TRAITS, dpn_percentile=95.0
+    )
+    config = ConceptConfig(edits=["dpn"], gammas=[1.0, 2.0], control_draws=4)
+    tm = build_tiny("llama")
+    ctx = StageContext(tm, Path("."), config, lambda _: None, artifacts={"neurons": neurons})
+    plan = _neuron_plan(ctx, "E", "all", [0, 1, 2])
+    assert [c.kind for c in plan] == ["dpn"] * 10
+    assert [c.draw for c in plan[:5]] == [None, 0, 1, 2, 3]
+    real = plan[0].interventions[0]
+    target = dpn_neurons(neurons, "E", [0, 1, 2])
+    assert torch.equal(real.neurons.indices, target.indices) and real.gamma == 1.0
+    taken = set()
+    for t in TRAITS:
+        found = dpn_neurons(neurons, t, [0, 1, 2])
+        taken |= set(zip(found.layers.tolist(), found.indices.tolist(), strict=True))
+    for condition in plan[1:5]:
+        drawn = condition.interventions[0]
+        pairs = set(zip(drawn.neurons.layers.tolist(), drawn.neurons.indices.tolist(), strict=True))
+        assert not pairs & taken  # never a DPN-LE neuron of any domain
+        assert torch.equal(torch.bincount(drawn.neurons.layers), torch.bincount(target.layers))
+        torch.testing.assert_close(drawn.shift.sort().values, real.shift.sort().values)
+    assert plan[5].interventions[0].gamma == 2.0 and plan[5].size["neuron_rule"] == "dpn"

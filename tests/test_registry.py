@@ -47,7 +47,7 @@ def _median_diff(x_high, x_low, context):
 
 def test_built_ins_are_registered_in_order() -> None:
     assert tuple(METHODS) == ("mean_diff", "pca", "regression", "probe")
-    assert tuple(RULES) == ("fdr", "npti", "npti_top")
+    assert tuple(RULES) == ("fdr", "npti", "npti_top", "dpn")
     assert get_method("pca").needs == {"pairs"}
     assert get_method("regression").params == ("ridge_alpha",)
 
@@ -254,7 +254,7 @@ def test_registered_rule_and_bad_rules(clean_registry) -> None:
     assert chosen.delta.tolist() == pytest.approx([0.3, 0.3, 0.9])
     assert chosen.a95.tolist() == [1.0, 2.0, 6.0]
     with pytest.raises(
-        DataError, match="unknown neuron selection rule 'top'.*fdr, npti, npti_top, strongest"
+        DataError, match="unknown neuron selection rule 'top'.*fdr, npti, npti_top, dpn, strongest"
     ):
         select_by_rule(neurons, "A", "high", "top")
     register_rule("floats")(lambda neurons, trait, pole: neurons.delta[0])

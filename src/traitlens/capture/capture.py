@@ -329,13 +329,16 @@ class ItemFiring:
     neuron's δ and its test are computed over items, not over tokens, so a long
     item does not count more than a short one). ``rates[n, L, d_mlp]`` is kept
     in float16 (a share in [0, 1] needs no more): 900 items × 30 layers × 1536
-    neurons is 83 MB.
+    neurons is 83 MB. ``means[n, L, d_mlp]`` is each neuron's mean activation over the
+    prompt's span tokens (what DPN-LE's mean differences and Cohen's d use), float16 too:
+    three significant digits are far finer than the differences it selects on.
     """
 
     def __init__(
         self, n: int, n_layers: int, d_mlp: int, device: Any, n_span_tokens: int | None = None
     ):
         self.rates = torch.zeros((n, n_layers, d_mlp), dtype=torch.float16)
+        self.means = torch.zeros((n, n_layers, d_mlp), dtype=torch.float16)
         self.device = device
         # with the span's token count known, a95 is exact over every span token (NPTI's
         # 95th percentile per neuron); without it, a histogram over sampled tokens
@@ -360,12 +363,14 @@ class ItemFiring:
         fired = (acts > 0).to(acts.dtype)
         share = torch.einsum("bs,bsd->bd", self._weights, fired)
         self.rates[:, column].index_copy_(0, self._rows, share.half().cpu())
+        mean = torch.einsum("bs,bsd->bd", self._weights, acts)
+        self.means[:, column].index_copy_(0, self._rows, mean.half().cpu())
         flat = acts.reshape(-1, acts.shape[-1])
         self.quantiles[column].update(flat.index_select(0, self._sample).float())
 
     def result(self) -> dict[str, torch.Tensor]:
         a95 = torch.stack([q.quantile(0.95) for q in self.quantiles])
-        return {"rates": self.rates, "a95": a95}
+        return {"rates": self.rates, "a95": a95, "means": self.means}
 
 
 NeuronReducer = GroupFiring | ItemFiring

@@ -76,6 +76,9 @@ class ItemActivations(
     a95: torch.Tensor
     n_tokens: list[int]
     provenance: dict[str, Any] = field(default_factory=dict)
+    # [R, L, d_mlp] mean mlp_act over the statement's tokens (DPN-LE's statistic); None in
+    # captures written before it existed
+    means: torch.Tensor | None = None
 
     @property
     def key(self) -> str | None:
@@ -101,12 +104,24 @@ class ItemActivations(
     def item_rates(self, item_ids: Sequence[str]) -> torch.Tensor:
         """``[len(item_ids), L, d_mlp]`` firing shares averaged over templates (one value
         per item, so an item shown under three templates still counts once)."""
+        return self._per_item(self.rates, item_ids)
+
+    def item_means(self, item_ids: Sequence[str]) -> torch.Tensor:
+        """``[len(item_ids), L, d_mlp]`` mean activations averaged over templates."""
+        if self.means is None:
+            raise DataError(
+                "this capture has no per-item mean activations (written by an earlier "
+                "traitlens); rerun the capture stage (its key now covers them) to use DPN-LE"
+            )
+        return self._per_item(self.means, item_ids)
+
+    def _per_item(self, values: torch.Tensor, item_ids: Sequence[str]) -> torch.Tensor:
         order = {i: n for n, i in enumerate(item_ids)}
-        sums = torch.zeros((len(item_ids), *self.rates.shape[1:]), dtype=torch.float32)
+        sums = torch.zeros((len(item_ids), *values.shape[1:]), dtype=torch.float32)
         counts = torch.zeros(len(item_ids))
         for row, item in enumerate(self.item_ids):
             if item in order:
-                sums[order[item]] += self.rates[row].float()
+                sums[order[item]] += values[row].float()
                 counts[order[item]] += 1
         return sums / counts.clamp(min=1)[:, None, None]
 
@@ -122,6 +137,7 @@ class ItemActivations(
             **{f"pooled.{k}": v for k, v in self.pooled.items()},
             "rates": self.rates,
             "a95": self.a95,
+            **({} if self.means is None else {"means": self.means}),
         }
 
     @classmethod
@@ -137,6 +153,7 @@ class ItemActivations(
             tensors["a95"],
             list(meta["n_tokens"]),
             dict(meta.get("provenance") or {}),
+            tensors.get("means"),
         )
 
 
@@ -161,6 +178,7 @@ def capture_provenance(
             "layers": list(layers),
             "chat_format": tm.formatter.mode,
             "a95": "exact",
+            "means": "mean mlp_act over the statement's tokens",
         },
         data=[[i.id, i.trait, i.text] for i in items],
         upstream=upstream,
@@ -273,4 +291,5 @@ def _capture(
         stats["a95"],
         [f.span("item")[1] - f.span("item")[0] for f in formatted],
         prov.to_dict(),
+        stats["means"],
     )

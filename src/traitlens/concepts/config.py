@@ -55,8 +55,12 @@ def check_instruction(value: str) -> str:
     return value
 
 
-EditKind = Literal["boost", "suppress", "direction"]
-EDIT_KINDS: tuple[EditKind, ...] = ("boost", "suppress", "direction")
+EditKind = Literal["boost", "suppress", "direction", "dpn"]
+EDIT_KINDS: tuple[EditKind, ...] = ("boost", "suppress", "direction", "dpn")
+"""``boost``/``suppress``: NPTI's neuron edits; ``direction``: the domain's centroid
+direction; ``dpn``: DPN-LE's additive γ·Δ on its own neuron set (opt-in: it adds a
+row and its control draws per domain, band and γ)."""
+DEFAULT_EDITS: tuple[EditKind, ...] = ("boost", "suppress", "direction")
 
 
 class ConceptConfig(BaseModel):
@@ -86,7 +90,7 @@ class ConceptConfig(BaseModel):
     # NPTI and the concept study edit the neurons their δ rule selects; the FDR-controlled
     # subset is reported beside it ("fdr" edits only that subset, "auto" falls back to δ
     # when fewer than min_fdr_neurons survive FDR)
-    neuron_rule: Literal["npti", "npti_top", "fdr", "auto"] = "npti"
+    neuron_rule: Literal["npti", "npti_top", "fdr", "dpn", "auto"] = "npti"
     min_fdr_neurons: int = Field(20, ge=1)
     # permutations of the domain labels (whole facets) for the selection null; 0 = none
     null_permutations: int = Field(20, ge=0, le=1000)
@@ -95,12 +99,16 @@ class ConceptConfig(BaseModel):
     # makes the band a factor of the design (each band is its own row, keyed)
     edit_bands: list[str] = Field(default_factory=lambda: ["all"])
     # which edits to run per domain (each with its control draws)
-    edits: list[EditKind] = Field(default_factory=lambda: list(EDIT_KINDS), min_length=1)
+    edits: list[EditKind] = Field(default_factory=lambda: list(DEFAULT_EDITS), min_length=1)
     fractions: list[float] = Field(default_factory=lambda: [0.25, 1.0])
     gammas: list[float] = Field(default_factory=lambda: [2.0])
     # NPTI silences the domain's opposite neurons (those firing less for it) with
     # min(0, n) while boosting; off only to separate the two halves of the edit
     silence_opposite: bool = True
+    # DPN-LE's selection: |Cohen's d| ≥ dpn_min_d and |mean difference| above the layer's
+    # dpn_percentile-th percentile (the edit "dpn" and the rule "dpn" use it)
+    dpn_min_d: float = Field(0.8, gt=0.0, le=10.0)
+    dpn_percentile: float = Field(99.5, gt=0.0, lt=100.0)
     # NPTI's random mask: the share of boosted neurons kept on each forward pass (NPTI
     # 0.9, drawn afresh per pass, seeded); 1.0 boosts every selected neuron every pass
     edit_keep: float = Field(1.0, gt=0.0, le=1.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from traitlens.neurons.selected import SelectedNeurons
 from traitlens.neurons.stats import jaccard_matrix
 from traitlens.provenance import Provenance, provenance
 from traitlens.stats import fdr_bh
+from traitlens.steer.neuron_rules import dpn_mask
 
 
 def domain_tests(
@@ -54,6 +56,13 @@ def domain_tests(
     return delta.float(), torch.from_numpy(shaped).float(), torch.from_numpy(qvalue).float()
 
 
+DPN_MIN_D = 0.8
+"""DPN-LE's effect-size threshold on |Cohen's d| (a "large" effect by Cohen's convention)."""
+
+DPN_PERCENTILE = 99.5
+"""DPN-LE keeps neurons whose |mean difference| is above this percentile of their layer."""
+
+
 def neurons_provenance(
     acts: ItemActivations,
     train_ids: Sequence[str],
@@ -62,6 +71,7 @@ def neurons_provenance(
     fdr: float,
     null_permutations: int = 0,
     seed: int = 0,
+    dpn: dict[str, float] | None = None,
 ) -> Provenance:
     return provenance(
         "concepts.neurons",
@@ -74,6 +84,7 @@ def neurons_provenance(
             "null_permutations": null_permutations,
             # the permutations are seeded: a null of another seed is another artifact
             **({"null_seed": seed} if null_permutations else {}),
+            **({"dpn": dpn} if dpn else {}),
         },
         data=sorted(train_ids),
         upstream={"concepts.capture": acts.key},
@@ -90,6 +101,8 @@ def select_concept_neurons(
     fdr: float = 0.05,
     null_permutations: int = 0,
     seed: int = 0,
+    dpn_min_d: float = DPN_MIN_D,
+    dpn_percentile: float = DPN_PERCENTILE,
     out_dir: str | Path | None = None,
     run_dir: str | Path | None = None,
     force: bool = False,
@@ -98,7 +111,15 @@ def select_concept_neurons(
 
     With ``null_permutations`` > 0 the artifact's ``config["null"]`` also holds how many
     neurons pass the δ rule when the domain labels are permuted (:func:`selection_null`).
+    When the capture holds per-item mean activations, DPN-LE's statistics (Cohen's d and
+    the mean difference, :func:`dpn_statistics`) are stored beside δ, with the rule's
+    thresholds in ``config["dpn"]``.
     """
+    if not dpn_min_d > 0.0 or not 0.0 < dpn_percentile < 100.0:
+        raise DataError(
+            f"DPN-LE needs |d| > 0 and a percentile in (0, 100), got d {dpn_min_d} and "
+            f"percentile {dpn_percentile} (DPN-LE: 99.5)"
+        )
     if not 0.0 < threshold < 1.0:
         raise DataError(f"threshold must lie in (0, 1) (NPTI uses 0.1), got {threshold}")
     if not 0.0 < fdr < 1.0:
@@ -114,11 +135,27 @@ def select_concept_neurons(
             )
     if null_permutations < 0:
         raise DataError(f"null_permutations must be ≥ 0 (e.g. 20), got {null_permutations}")
-    prov = neurons_provenance(acts, train, traits, threshold, fdr, null_permutations, seed)
+    dpn = None
+    if acts.means is not None:
+        dpn = {"min_d": float(dpn_min_d), "percentile": float(dpn_percentile)}
+    prov = neurons_provenance(acts, train, traits, threshold, fdr, null_permutations, seed, dpn)
     facets = [by_id[i].facet for i in train]
 
     def compute() -> NeuronSet:
         neuron_set = _concept_neurons(acts, train, labels, traits, threshold, fdr, prov)
+        if dpn is not None:
+            means = acts.item_means(train)
+            stats = [dpn_statistics(means, labels == trait) for trait in traits]
+            neuron_set = replace(
+                neuron_set,
+                effect=torch.stack([d for d, _ in stats]),
+                mean_diff=torch.stack([diff for _, diff in stats]),
+            )
+            neuron_set.config["dpn"] = {
+                **dpn,
+                "statistic": "mean mlp_act per item; Cohen's d (pooled SD) and mean "
+                "difference, the domain's items minus the rest",
+            }
         if null_permutations:
             rates = acts.item_rates(train)
             neuron_set.config["null"] = selection_null(
@@ -171,6 +208,35 @@ def _concept_neurons(
             "provenance": prov.to_dict(),
         },
     )
+
+
+def dpn_statistics(means: torch.Tensor, members: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cohen's d and the mean difference of every neuron, ``[L, d_mlp]`` each, between the
+    items in ``members`` and the rest, from per-item mean activations ``[n, L, d_mlp]``
+    (DPN-LE's selection statistics; d uses the pooled SD with n − 1, and is 0 where a
+    neuron never varies)."""
+    inside = torch.as_tensor(members, dtype=torch.bool)
+    a, b = means[inside].double(), means[~inside].double()
+    if len(a) < 2 or len(b) < 2:
+        raise DataError("Cohen's d needs ≥ 2 items on each side of the comparison")
+    diff = a.mean(0) - b.mean(0)
+    pooled = ((len(a) - 1) * a.var(0) + (len(b) - 1) * b.var(0)) / (len(a) + len(b) - 2)
+    sd = pooled.sqrt()
+    d = torch.where(sd > 0, diff / sd.clamp(min=1e-12), torch.zeros_like(diff))
+    return d.float(), diff.float()
+
+
+def dpn_neurons(neuron_set: NeuronSet, trait: str, layers: Sequence[int]) -> SelectedNeurons:
+    """Both sides of a domain's DPN-LE set inside ``layers``, each neuron's ``delta``
+    holding its mean difference: the additive edit γ·Δ raises the neurons more active for
+    the domain and lowers the ones less active (DPN-LE's dual edit)."""
+    assert neuron_set.mean_diff is not None
+    t = neuron_set.traits.index(trait.strip().upper())
+    mask = dpn_mask(neuron_set, trait, "high") | dpn_mask(neuron_set, trait, "low")
+    chosen = SelectedNeurons.from_mask(
+        mask, neuron_set.layers, neuron_set.mean_diff[t], neuron_set.a95
+    )
+    return chosen.in_layers(layers)
 
 
 def strongest(neurons: SelectedNeurons, fraction: float) -> SelectedNeurons:

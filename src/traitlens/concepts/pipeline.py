@@ -35,6 +35,7 @@ from traitlens.concepts.items import ItemLike, ItemSplit, choose_items
 from traitlens.concepts.labels import LabelPrompt, label_prompt, resolve_domain_tokens, shots
 from traitlens.concepts.neurons import (
     depth_thirds,
+    dpn_neurons,
     matched_random,
     overlap,
     select_concept_neurons,
@@ -43,6 +44,7 @@ from traitlens.concepts.neurons import (
 from traitlens.concepts.probes import DomainProbes, fit_domain_probes
 from traitlens.errors import ArtifactError
 from traitlens.neurons.artifact import NeuronSet
+from traitlens.neurons.selected import SelectedNeurons
 from traitlens.provenance import Provenance, RunManifest, keyed_stage, provenance, record
 from traitlens.study.rows import (
     control_seed,
@@ -56,6 +58,8 @@ from traitlens.study.rows import (
 from traitlens.study.stages import Plan, Stage, StageContext, run_plan
 
 CONCEPT = Plan()
+
+FIELDS = ("layers", "indices", "delta", "a95")
 
 CONCEPT_DIR = "concepts"
 
@@ -261,6 +265,8 @@ def stage_neurons(ctx: StageContext) -> NeuronSet:
         fdr=config.fdr,
         null_permutations=config.null_permutations,
         seed=config.seed,
+        dpn_min_d=config.dpn_min_d,
+        dpn_percentile=config.dpn_percentile,
         out_dir=ctx.run / CONCEPT_DIR,
         run_dir=ctx.run,
         force=ctx.force,
@@ -449,7 +455,7 @@ def _neuron_plan(
         real = strongest(pool, fraction)
         drawn = draws(real, str(fraction))
         for gamma in config.gammas:
-            size = {
+            size: dict[str, Any] = {
                 "gamma": gamma,
                 "n_neurons": len(real),
                 "n_silenced": len(opposite),
@@ -470,13 +476,52 @@ def _neuron_plan(
             return Ablate(selected, mode="zero")
         return NeuronEdit(empty, selected, gamma=1.0)  # NPTI's silencing: min(0, n)
 
-    if "suppress" not in config.edits:
-        return plan
-    real = strongest(pool, 1.0)
-    controls = [suppress(t) for t, _ in draws(real, "suppress")]
-    size = {"mode": config.suppress, "n_neurons": len(real), **label}
-    parts = (trait, "suppress") + ((band,) if many else ())
-    plan += _with_controls(parts, trait, "suppress", 1.0, size, suppress(real), controls)
+    if "suppress" in config.edits:
+        real = strongest(pool, 1.0)
+        controls = [suppress(t) for t, _ in draws(real, "suppress")]
+        size = {"mode": config.suppress, "n_neurons": len(real), **label}
+        parts = (trait, "suppress") + ((band,) if many else ())
+        plan += _with_controls(parts, trait, "suppress", 1.0, size, suppress(real), controls)
+    if "dpn" in config.edits:
+        plan += _dpn_plan(ctx, trait, band, layers, many)
+    return plan
+
+
+def _dpn_plan(
+    ctx: StageContext, trait: str, band: str, layers: list[int], many: bool
+) -> list[ConceptCondition]:
+    """DPN-LE: its own neuron set (both sides, |d| and |Δ| rule) shifted by γ·Δ, at each γ;
+    each control draw moves the same amounts onto random neurons matched per layer in
+    count and a95, outside every domain's DPN-LE and δ-rule sets."""
+    from traitlens.steer import ShiftNeurons
+
+    config: ConceptConfig = ctx.config
+    neurons: NeuronSet = ctx["neurons"]
+    target = dpn_neurons(neurons, trait, layers)
+    every = [dpn_neurons(neurons, t, neurons.layers) for t in config.traits]
+    avoid = SelectedNeurons(*(torch.cat([getattr(s, f) for s in every]) for f in FIELDS))
+    drawn = [
+        matched_random(neurons, target, config.seed, f"{trait}|dpn|{band}|{draw}", avoid=avoid)
+        for draw in range(config.control_draws)
+    ]
+    plan: list[ConceptCondition] = []
+    for gamma in config.gammas:
+
+        def shift(chosen: SelectedNeurons, gamma: float = gamma) -> Any:
+            return ShiftNeurons(chosen, chosen.delta, gamma=gamma) if len(chosen) else None
+
+        size = {
+            "gamma": gamma,
+            "n_neurons": len(target),
+            "n_raised": int((target.delta > 0).sum()),
+            "band": band,
+            "neuron_rule": "dpn",
+        }
+        parts = (trait, "dpn") + ((band,) if many else ())
+        parts += (f"g{gamma:g}",) if len(config.gammas) > 1 else ()
+        plan += _with_controls(
+            parts, trait, "dpn", None, size, shift(target), [shift(c) for c in drawn]
+        )
     return plan
 
 

@@ -51,6 +51,11 @@ class NeuronSet(Artifact):
     qvalue: torch.Tensor
     a95: torch.Tensor
     config: dict[str, Any] = field(default_factory=dict)
+    # DPN-LE's statistics, [n_traits, n_layers, d_mlp] each (None where the design did not
+    # compute them): Cohen's d of the mean activation per item, and its mean difference
+    # (the trait's items minus the rest), which is also DPN-LE's edit
+    effect: torch.Tensor | None = None
+    mean_diff: torch.Tensor | None = None
 
     stem = "neurons"
     kind_name = "neurons"
@@ -247,6 +252,8 @@ class NeuronSet(Artifact):
             qvalue=tensors["qvalue"],
             a95=tensors["a95"],
             config=dict(meta.get("config", {})),
+            effect=tensors.get("effect"),
+            mean_diff=tensors.get("mean_diff"),
         )
         shape = (len(neurons.traits), len(neurons.layers))
         if tuple(neurons.delta.shape[:2]) != shape or neurons.a95.shape != neurons.delta.shape[1:]:
@@ -259,4 +266,11 @@ class NeuronSet(Artifact):
         return {**fields_of(self, names), "summary": self.summary(), "config": self.config}
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return {"delta": self.delta, "pvalue": self.pvalue, "qvalue": self.qvalue, "a95": self.a95}
+        dpn = {"effect": self.effect, "mean_diff": self.mean_diff}
+        return {
+            "delta": self.delta,
+            "pvalue": self.pvalue,
+            "qvalue": self.qvalue,
+            "a95": self.a95,
+            **{name: value for name, value in dpn.items() if value is not None},
+        }

@@ -185,7 +185,11 @@ def plot_concept_tsr(evaluation: Any, directory: Path) -> Path:
     axes = np.atleast_1d(fig.subplots(1, len(traits), sharey=True))
     layers = np.asarray(evaluation.readout_layers)
     for ax, trait in zip(axes, traits, strict=True):
-        for kind, color, style in (("boost", "black", "-"), ("direction", "C0", "--")):
+        for kind, color, style in (
+            ("boost", "black", "-"),
+            ("dpn", "C3", "-."),
+            ("direction", "C0", "--"),
+        ):
             row = headline_row(evaluation, trait, kind)
             if row is None or row.vs_controls is None:
                 continue
@@ -292,7 +296,7 @@ def plot_concept_gap(evaluation: Any, directory: Path) -> Path:
     traits = evaluation.traits
     fig = Figure(figsize=(5.2, 4.0), layout="constrained")
     ax = fig.subplots()
-    for kind, marker in (("boost", "o"), ("direction", "s")):
+    for kind, marker in (("boost", "o"), ("dpn", "^"), ("direction", "s")):
         for t in traits:
             row = headline_row(evaluation, t, kind)
             if row is None or row.vs_controls is None:

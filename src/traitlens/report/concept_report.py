@@ -59,6 +59,11 @@ def _label(row: ConceptResult) -> str:
         )
     if row.kind == "suppress":
         return f"suppress ({size.get('n_neurons', 0)} neurons, {size.get('mode')}{band})"
+    if row.kind == "dpn":
+        return (
+            f"DPN-LE γ·Δ ({size.get('n_neurons', 0)} neurons, {size.get('n_raised', 0)} "
+            f"raised, γ {size['gamma']:g}{band})"
+        )
     return f"direction (strength {size.get('strength', math.nan):g})"
 
 
@@ -275,7 +280,9 @@ def _steering(evaluation: ConceptEvaluation, figures: Path) -> Section:
         [
             "Edits: boost the domain's neurons (NPTI: γ·a95·f(δ) on the strongest fraction, "
             "the neurons that fire less for the domain held at min(0, n)) in each edit band "
-            f"({bands}); suppress them; or add the domain's centroid direction in layers "
+            f"({bands}); suppress them; DPN-LE (where run: γ·Δ on the neurons with a large "
+            "Cohen's d and a mean difference Δ in their layer's top 0.5 %); or add the "
+            "domain's centroid direction in layers "
             f"{layer_text(evaluation.steer_layers)}. Success: for a boost or a direction, an "
             "item of another domain now read as the target; for a suppression, an item of "
             "the target's own domain no longer read as it. Read with the probe fitted at "

@@ -33,6 +33,7 @@ from traitlens.steer.interventions import (
     Clamp,
     Intervention,
     NeuronEdit,
+    ShiftNeurons,
     npti_edit,
     npti_factor,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "DirectionContext",
     "Intervention",
     "NeuronEdit",
+    "ShiftNeurons",
     "TraitVector",
     "VectorSet",
     "band_layers",

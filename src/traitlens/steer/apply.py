@@ -41,6 +41,7 @@ from traitlens.steer.interventions import (
     Intervention,
     NeuronEdit,
     Positions,
+    ShiftNeurons,
     as_list,
     npti_factor,
 )
@@ -118,8 +119,15 @@ def _neuron_groups(
     return {point: torch.tensor(rows, dtype=torch.long) for point, rows in groups.items()}
 
 
-def _add_neuron_ops(plan: _Plan, item: NeuronEdit | Ablate | Clamp) -> None:
+def _add_neuron_ops(plan: _Plan, item: NeuronEdit | ShiftNeurons | Ablate | Clamp) -> None:
     d_mlp = plan.tm.identity.d_mlp
+    if isinstance(item, ShiftNeurons):
+        amount = item.gamma * item.shift.double()
+        for point, rows in _neuron_groups(plan, item.neurons, "ShiftNeurons").items():
+            step = torch.zeros(d_mlp, dtype=torch.float64)
+            step.index_add_(0, item.neurons.indices[rows], amount[rows])
+            plan.push(point, item.positions, "npti", (step, None, None))
+        return
     if isinstance(item, NeuronEdit):
         boosts: dict[HookPoint, torch.Tensor] = {}
         caps: dict[HookPoint, torch.Tensor] = {}

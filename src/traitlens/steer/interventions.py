@@ -11,6 +11,8 @@ layers and token positions).
 - :class:`AblateDirection` — project a direction out (directional ablation,
   Arditi et al. 2024), the "is it necessary?" counterpart;
 - :class:`NeuronEdit` — NPTI's neuron-level trait induction (Deng et al. 2024);
+- :class:`ShiftNeurons` — add a given amount to each of a neuron set (DPN-LE's
+  additive edit γ·Δ, Δ the neuron's mean activation difference);
 - :class:`Ablate` / :class:`Clamp` — zero- / mean-ablate or pin any neuron set
   (including the matched random-neuron control, which is just another set).
 
@@ -283,7 +285,38 @@ class Clamp:
         return value.expand(len(self.neurons)).clone() if value.ndim == 0 else value
 
 
-Intervention = AddDirection | AblateDirection | NeuronEdit | Ablate | Clamp
+@dataclass(frozen=True, eq=False)
+class ShiftNeurons:
+    """Add ``gamma · shift[k]`` to neuron k of ``neurons`` at its ``mlp_act`` hook point.
+
+    DPN-LE's edit: ``shift`` is each neuron's mean activation difference Δ (the trait's
+    inputs minus the rest), so neurons more active for the trait are raised and the ones
+    less active lowered, by γ times their own gap. Any per-neuron amount works (its
+    matched random control carries the same amounts on random neurons).
+    """
+
+    neurons: SelectedNeurons
+    shift: torch.Tensor
+    gamma: float = 1.0
+    positions: Positions = "all"
+
+    def __post_init__(self) -> None:
+        _check_neurons("neurons", self.neurons)
+        if not isinstance(self.shift, torch.Tensor) or self.shift.shape != (len(self.neurons),):
+            got = list(self.shift.shape) if isinstance(self.shift, torch.Tensor) else self.shift
+            raise InterventionError(
+                f"shift must be a tensor of one amount per neuron ({len(self.neurons)}), got {got}"
+            )
+        if not bool(torch.isfinite(self.shift).all()):
+            raise InterventionError("shift contains NaN or inf; recompute the neuron statistics")
+        gamma = _check_finite_number(
+            "gamma", self.gamma, MAX_GAMMA, "gamma multiplies each neuron's shift, e.g. 1.0"
+        )
+        object.__setattr__(self, "gamma", gamma)
+        object.__setattr__(self, "positions", _check_positions(self.positions))
+
+
+Intervention = AddDirection | AblateDirection | NeuronEdit | ShiftNeurons | Ablate | Clamp
 """Anything :func:`traitlens.steer.steering` accepts."""
 
 
@@ -311,13 +344,14 @@ def npti_edit(
 
 
 def as_list(interventions: Intervention | Sequence[Intervention]) -> list[Intervention]:
-    if isinstance(interventions, AddDirection | AblateDirection | NeuronEdit | Ablate | Clamp):
+    kinds = AddDirection | AblateDirection | NeuronEdit | ShiftNeurons | Ablate | Clamp
+    if isinstance(interventions, kinds):
         return [interventions]
     items = list(interventions)
     for item in items:
-        if not isinstance(item, AddDirection | AblateDirection | NeuronEdit | Ablate | Clamp):
+        if not isinstance(item, kinds):
             raise InterventionError(
                 f"not an intervention: {type(item).__name__}; use AddDirection, "
-                "AblateDirection, NeuronEdit, Ablate or Clamp"
+                "AblateDirection, NeuronEdit, ShiftNeurons, Ablate or Clamp"
             )
     return items

@@ -6,7 +6,10 @@
   2024), what the NPTI paper edits — with few answers per persona group nothing
   survives the FDR test, and this is the fallback;
 - ``npti_top``: as NPTI's released code selects: the top 2000 neurons by δ, then
-  onward while δ ≥ threshold (a superset of ``npti`` when fewer than 2000 pass).
+  onward while δ ≥ threshold (a superset of ``npti`` when fewer than 2000 pass);
+- ``dpn``: DPN-LE's selection (Dual Personality Neuron Localization and Editing):
+  |Cohen's d| of the mean activation ≥ a threshold and |mean difference| above the
+  layer's 99.5th percentile, for sets that carry those statistics (the concept design).
 
 A new rule is a function ``(neurons, trait, pole) -> bool [n_layers, d_mlp]``
 registered with :func:`~traitlens.steer.registry.register_rule`;
@@ -55,6 +58,32 @@ def npti_top_rule(neurons: NeuronSet, trait: str, pole: str) -> torch.Tensor:
     order = torch.argsort(signed, descending=True, stable=True)[:NPTI_TOP]
     top[order[signed[order] > 0]] = True
     return top.reshape(delta.shape) | neurons.npti_mask(trait, pole)
+
+
+@register_rule(
+    "dpn",
+    doc="DPN-LE: |Cohen's d| ≥ min_d and |mean difference| above the layer's 99.5th percentile",
+)
+def dpn_mask(neuron_set: NeuronSet, trait: str, pole: str) -> torch.Tensor:
+    """DPN-LE's selection, bool ``[L, d_mlp]``: |Cohen's d| ≥ ``min_d`` and |mean
+    difference| above the layer's ``percentile``-th percentile of |mean difference|, on
+    the pole's side (``high``: more active for the domain's items; ``low``: less)."""
+    if neuron_set.effect is None or neuron_set.mean_diff is None:
+        raise DataError(
+            "this neuron set has no DPN-LE statistics (its capture has no per-item mean "
+            "activations); rerun the concept capture and neuron stages with this traitlens"
+        )
+    settings = neuron_set.config.get("dpn") or {}
+    t = neuron_set.traits.index(trait.strip().upper())
+    d, diff = neuron_set.effect[t], neuron_set.mean_diff[t]
+    cut = torch.quantile(diff.abs().double(), float(settings["percentile"]) / 100.0, dim=-1)
+    large = diff.abs() > cut[:, None].float()
+    side = (
+        (d >= settings["min_d"]) & (diff > 0)
+        if pole == "high"
+        else ((d <= -settings["min_d"]) & (diff < 0))
+    )
+    return large & side
 
 
 def select_by_rule(neurons: NeuronSet, trait: str, pole: str, rule: str = "fdr") -> SelectedNeurons:
