@@ -109,6 +109,8 @@ def capture(
         "decay_half_life": decay_half_life,
         "neuron_stats": neuron_stats,
         "chat_format": tm.formatter.mode,
+        # a95 per neuron over every span token (top 5 % kept), not a shared histogram
+        **({"a95": "exact"} if neuron_stats else {}),
     }
     rows, prov = _capture_key(tm, prompts, answers, group_labels, settings, stage, upstream)
     config = {**settings, "cache_key": prov.key, "provenance": prov.to_dict()}
@@ -205,11 +207,16 @@ def _capture(
     progress: bool,
 ) -> Activations:
     layers = list(config["layers"])
-    reducer = (
-        GroupFiring(group_labels, len(layers), tm.identity.d_mlp, tm.device)
-        if config["neuron_stats"]
-        else None
-    )
+    reducer = None
+    if config["neuron_stats"]:
+        spans = [f.span(config["neuron_span"]) for f in formatted]
+        reducer = GroupFiring(
+            group_labels,
+            len(layers),
+            tm.identity.d_mlp,
+            tm.device,
+            n_span_tokens=sum(stop - start for start, stop in spans),
+        )
     pooled = pool_formatted(
         tm,
         formatted,
@@ -250,6 +257,16 @@ def _span_free_prefix(formatted: Sequence[FormattedPrompt], spans: Sequence[str]
     return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
+def _through_spans(prompt: FormattedPrompt, spans: Sequence[str]) -> FormattedPrompt:
+    """``prompt`` cut after the last token of ``spans`` (≥ 2 tokens kept, so a pass over
+    it still reads as a prompt pass to position-aware interventions)."""
+    cut = max(2, *(prompt.span(name)[1] for name in spans))
+    if cut >= len(prompt.input_ids):
+        return prompt
+    kept = {k: (a, min(b, cut)) for k, (a, b) in prompt.spans.items() if a < cut}
+    return FormattedPrompt(prompt.text, prompt.input_ids[:cut], kept)
+
+
 def _without_prefix(prompt: FormattedPrompt, shared: int) -> FormattedPrompt:
     spans = {k: (a - shared, b - shared) for k, (a, b) in prompt.spans.items() if a >= shared}
     return FormattedPrompt(prompt.text, prompt.input_ids[shared:], spans)
@@ -286,14 +303,28 @@ class GroupFiring:
     ``"E|high"``), so memory is groups × layers × d_mlp whatever the token count.
     """
 
-    def __init__(self, group_labels: Sequence[str], n_layers: int, d_mlp: int, device: Any):
+    def __init__(
+        self,
+        group_labels: Sequence[str],
+        n_layers: int,
+        d_mlp: int,
+        device: Any,
+        n_span_tokens: int | None = None,
+    ):
         self.names = sorted(set(group_labels))
         self.group_of = torch.tensor([self.names.index(g) for g in group_labels])
         shape = (len(self.names), n_layers, d_mlp)
         self.positive = torch.zeros(shape, dtype=torch.float64, device=device)
         self.total = torch.zeros_like(self.positive)
         self.tokens = torch.zeros(len(self.names), dtype=torch.float64, device=device)
-        self.quantiles = [StreamingQuantile(d_mlp, device=device) for _ in range(n_layers)]
+        # with the span's token count known (and ≥ 1), a95 is exact per neuron, as in
+        # ItemFiring; otherwise a histogram over sampled tokens
+        self.exact = bool(n_span_tokens)
+        self.quantiles: list[ExactQuantile] | list[StreamingQuantile] = (
+            [ExactQuantile(d_mlp, int(n_span_tokens or 0), 0.95, device) for _ in range(n_layers)]
+            if self.exact
+            else [StreamingQuantile(d_mlp, device=device) for _ in range(n_layers)]
+        )
         self._mask = torch.zeros(0)
         self._sample = torch.zeros(0, dtype=torch.long)
 
@@ -303,7 +334,8 @@ class GroupFiring:
         onehot = torch.nn.functional.one_hot(self.group_of[rows], len(self.names)).T.bool()
         group_mask = (onehot[:, :, None] & span_mask[None]).reshape(len(self.names), -1)
         self._mask = group_mask.to(device=device, dtype=dtype)
-        self._sample = _quantile_rows(span_mask).to(device)
+        span_rows = span_mask.reshape(-1).nonzero().squeeze(-1)
+        self._sample = (span_rows if self.exact else _quantile_rows(span_mask)).to(device)
         self.tokens += group_mask.sum(1).double().to(device)
 
     def __call__(self, acts: torch.Tensor, *, column: int) -> None:
@@ -410,6 +442,10 @@ def pool_formatted(
     read in the context the states were pooled in, at no extra pass).
     """
     layer_list = resolve_layers(tm, layers)
+    if next_token_ids is None:
+        # a causal model's states over a span never depend on the tokens after it: those
+        # (end of turn, assistant header, ...) are dropped instead of computed and ignored
+        formatted = [_through_spans(f, (span, neuron_span or span)) for f in formatted]
     shared = _span_free_prefix(formatted, (span, neuron_span or span)) if share_prefix else 0
     prefix_ids = formatted[0].input_ids[:shared] if shared else []
     if shared:
