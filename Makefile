@@ -2,6 +2,7 @@
 #   make demo   install, then the concept study on the embedded model (quick profile;
 #               DESIGN=both adds the persona design, DESIGN=persona runs it alone)
 #   make test   install, then lint, type-check and run the test suite
+#   make test-fast   lint, type-check and the model-free tests (the edit-test loop)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU build by default; for a GPU, install the CUDA torch you want into the venv first.
@@ -19,7 +20,7 @@ RUN ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint typecheck pytest clean
+.PHONY: install demo test test-fast lint typecheck pytest clean
 
 install: $(VENV)/.installed
 
@@ -41,10 +42,25 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+PYTEST := $(VENV)/bin/pytest -q -p no:cacheprovider
+REPORTS ?= .test-reports
+# Tests that load no model (or only tiny random-weight ones) run on both cores; those that
+# run the embedded model or need the whole machine (markers slow, serial) run alone after,
+# so parallel workers never slow them down or make them flaky.
+FAST_TESTS := -m "not slow and not serial"
+SLOW_TESTS := -m "slow or serial"
+
 pytest: install
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15
+	mkdir -p $(REPORTS)
+	$(PYTEST) $(FAST_TESTS) -n 2 --durations=15 --junitxml=$(REPORTS)/fast.xml
+	$(PYTEST) $(SLOW_TESTS) --durations=15 --junitxml=$(REPORTS)/slow.xml
+	$(PY) scripts/test_durations.py $(REPORTS)/fast.xml $(REPORTS)/slow.xml
+
+# the edit-test loop: lint, types and the model-free tests on both cores
+test-fast: lint typecheck
+	$(PYTEST) $(FAST_TESTS) -n 2 --durations=10
 
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(REPORTS)

@@ -117,15 +117,17 @@ def smol() -> Any:
 
 
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """``traitlens study --profile quick`` on the embedded model, run once per session in a
-    subprocess (the CLI users run); the tests of the report, baking, lm-eval and llama.cpp
-    read its artifacts. Returns ``(run_dir, log)``; a failed study fails every user."""
+def study_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``traitlens study --profile test`` on the embedded model (both designs, all five
+    traits, every stage and report section at the smallest useful size), run once per
+    session in a subprocess (the CLI users run); the tests of the report, baking, lm-eval
+    and llama.cpp read its artifacts. Returns ``(run_dir, log)``; a failed study fails
+    every user."""
     import os
     import subprocess
     import sys
 
-    out = tmp_path_factory.mktemp("quick") / "run"
+    out = tmp_path_factory.mktemp("study") / "run"
     done = subprocess.run(
         [
             sys.executable,
@@ -133,7 +135,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
             "traitlens.cli.main",
             "study",
             "--profile",
-            "quick",
+            "test",
             "--out",
             str(out),
         ],

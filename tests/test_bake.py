@@ -140,15 +140,15 @@ def test_a_folder_holding_files_is_refused_unless_forced(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_quick_study_mix_bakes_and_generates_like_hooks_without_traitlens(
-    quick_run, smol, tmp_path: Path
+def test_study_mix_bakes_and_generates_like_hooks_without_traitlens(
+    study_run, smol, tmp_path: Path
 ) -> None:
-    """The issue's check from a fresh clone: bake the E+1 mix of a quick study with the
+    """The issue's check from a fresh clone: bake the E+1 mix of a finished study with the
     CLI, load the folder with plain transformers in a process that never imports
     traitlens, generate greedily, and get hook steering's tokens."""
     from traitlens.steer.mix import mix_interventions
 
-    run, _ = quick_run
+    run, _ = study_run
     out = tmp_path / "baked"
     done = subprocess.run(
         [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,31 @@ def test_a_cached_build_is_reused_only_with_the_same_flags(tmp_path, monkeypatch
     assert llamacpp.cached() is None
 
 
+def test_a_second_build_waits_for_the_first_and_reuses_it(tmp_path, monkeypatch) -> None:
+    """CI starts the build in the background; a test that needs llama.cpp meanwhile waits
+    on the build lock and then uses that build instead of compiling a second one."""
+    import threading
+
+    monkeypatch.setenv("TRAITLENS_CACHE", str(tmp_path))
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    built: list[str] = []
+
+    def slow_build(version, target, jobs, log):  # the background build, holding the lock
+        time.sleep(0.5)
+        _fake_build(target, list(llamacpp.BUILD_FLAGS))
+        built.append(version)
+        return llamacpp.LlamaCpp(target, version)
+
+    monkeypatch.setattr(llamacpp, "_build", slow_build)
+    first = threading.Thread(target=llamacpp.build)
+    first.start()
+    time.sleep(0.1)  # the background build holds the lock now
+    found = llamacpp.build()  # waits, then finds the finished build
+    first.join()
+    assert built == [llamacpp.LLAMA_CPP_PYTHON_VERSION]  # compiled once
+    assert found == llamacpp.cached()
+
+
 def test_missing_build_tools_are_named(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("TRAITLENS_CACHE", str(tmp_path))
     monkeypatch.setattr(shutil, "which", lambda tool: None)
@@ -62,12 +88,12 @@ def _can_build() -> bool:
 @pytest.mark.slow
 @pytest.mark.llamacpp
 @pytest.mark.skipif(not _can_build(), reason="no llama.cpp build and no cmake/c++ to make one")
-def test_llamacpp_steers_like_traitlens(quick_run, smol, tmp_path: Path) -> None:
+def test_llamacpp_steers_like_traitlens(study_run, smol, tmp_path: Path) -> None:
     from traitlens.engines.llamacpp_check import check_llamacpp
     from traitlens.models.loading import embedded_gguf_path
     from traitlens.steer import VectorSet
 
-    run, _ = quick_run
+    run, _ = study_run
     vector = VectorSet.load(run).get("E", "mean_diff")
     built = llamacpp.build()
     check = check_llamacpp(

@@ -279,10 +279,10 @@ def test_lm_eval_cli_runs_the_steered_task_offline(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_capability_cli_on_the_quick_study(quick_run, tmp_path: Path) -> None:
-    """`traitlens evaluate capability` on the embedded model with the quick study's E
+def test_capability_cli_on_a_finished_study(study_run, tmp_path: Path) -> None:
+    """`traitlens evaluate capability` on the embedded model with the shared study's E
     vector: both engines give the same accuracies."""
-    run, _ = quick_run
+    run, _ = study_run
     results = {}
     for engine in ("traitlens", "lm-eval"):
         out = tmp_path / engine

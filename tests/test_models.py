@@ -312,3 +312,38 @@ def test_no_public_name_is_shadowed_by_a_subpackage() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "BAD []" in done.stdout, done.stdout
     assert importlib.import_module("traitlens.capture").capture is traitlens.capture
+
+
+def test_a_gguf_cache_finished_by_another_process_is_kept_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes converting the same GGUF at once (parallel test workers, two CLI
+    runs): the one that finishes second keeps the first one's complete copy instead of
+    deleting it under a reader's feet."""
+    import transformers
+
+    from traitlens.models import loading
+
+    monkeypatch.setenv("TRAITLENS_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    monkeypatch.setattr(loading, "check_gguf_file", lambda path: None)
+    tiny = build_tiny("llama")
+    target = loading._gguf_cache_target(gguf)
+
+    def other_process_finishes_first(*args: object, **kwargs: object) -> object:
+        target.mkdir(parents=True)
+        (target / "traitlens-complete").write_text("the other process")
+        (target / "theirs").write_text("in use")
+        return tiny.model
+
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", other_process_finishes_first
+    )
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tiny.tokenizer
+    )
+    assert loading._gguf_cached_dir(gguf) == target
+    assert (target / "theirs").read_text() == "in use"
+    assert (target / "traitlens-complete").read_text() == "the other process"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temp left

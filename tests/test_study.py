@@ -311,7 +311,7 @@ class _Sections(HTMLParser):
             self.images += 1
 
 
-def _study(out: Path, config: Path | None = None, profile: str = "quick") -> subprocess.Popen[str]:
+def _study(out: Path, config: Path | None = None, profile: str = "test") -> subprocess.Popen[str]:
     command = [
         sys.executable,
         "-m",
@@ -341,9 +341,10 @@ def _yaml(path: Path, values: dict) -> Path:
 
 
 @pytest.mark.slow
-def test_quick_study_produces_report_with_every_section(quick_run) -> None:
-    """The CI test of `traitlens study --profile quick` (all five traits)."""
-    out, _ = quick_run
+def test_study_produces_report_with_every_section(study_run) -> None:
+    """`traitlens study` end to end (the test profile: both designs, all five traits, every
+    report section)."""
+    out, _ = study_run
     parser = _Sections()
     parser.feed((out / "report.html").read_text())
     assert set(SECTION_IDS) <= set(parser.ids), parser.ids

@@ -183,6 +183,7 @@ def test_killed_sweep_finishes_only_the_missing_cells(tiny_dir, tmp_path) -> Non
     assert len(ok) == len({r["key"] for r in ok}) == total  # no cell measured twice
 
 
+@pytest.mark.serial
 def test_ray_backend_gives_the_local_rows(tiny_dir, tmp_path) -> None:
     """A 2-worker local Ray cluster measures the same cells to the same numbers."""
     pytest.importorskip("ray")

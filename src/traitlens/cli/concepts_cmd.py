@@ -126,7 +126,7 @@ def make(command: str, until: str, doc: str) -> None:
     def stage_cmd(
         out: Path = typer.Option(Path("runs/concepts"), "--out", "-o", help="run directory"),
         model: str | None = MODEL_OPTION,
-        profile: str = typer.Option("default", help="quick or default"),
+        profile: str = typer.Option("default", help="quick, default or test (smallest)"),
         config: Path | None = typer.Option(None, "--config", help="YAML (a study config)"),
         items: Path | None = typer.Option(None, "--items", help="your item bank"),
         traits: str | None = typer.Option(None, "--traits", "-t", help="e.g. O,C,E,A,N"),

@@ -59,7 +59,9 @@ def check_study_config(cfg: Any) -> Any:
 def study(
     out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="run directory"),
     model: str | None = MODEL_OPTION,
-    profile: str = typer.Option("default", help="quick (<10 min on 2 CPU cores) or default"),
+    profile: str = typer.Option(
+        "default", help="quick (<10 min on 2 CPU cores), default, or test (smallest)"
+    ),
     design: str | None = typer.Option(
         None, "--design", help="persona, concept or both (default: both)"
     ),

