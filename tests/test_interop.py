@@ -104,3 +104,85 @@ def test_a_repeng_file_for_another_model_is_refused_naming_both(tmp_path: Path) 
     other = wrap_model(tf.AutoModelForCausalLM.from_config(shallow).eval(), make_tokenizer(), "s")
     with pytest.raises(ArtifactError, match=r"layer\(s\) \[2\].*2 layers"):
         TraitVector.from_gguf(path, other)
+
+
+def test_the_readme_import_command_saves_a_repeng_file_that_steers_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: `traitlens vectors import FILE --run RUN --trait E --method repeng`, end to
+    end through the CLI (it used to end in a safetensors traceback when saving: the
+    imported spread and norms shared memory)."""
+    from traitlens.cli.main import main
+    from traitlens.steer.vectors import VectorSet
+
+    tm = build_tiny("llama")
+    _, _, path = _trained(tm, tmp_path)
+    model_dir = tmp_path / "tiny"
+    tm.model.save_pretrained(model_dir)
+    tm.tokenizer.save_pretrained(model_dir)
+    run = tmp_path / "run"
+    argv = ["vectors", "import", str(path), "--run", str(run), "--trait", "E"]
+    try:
+        main([*argv, "--method", "repeng", "--model", str(model_dir)])
+    except SystemExit as exit_:
+        assert not exit_.code, capsys.readouterr()
+    saved = VectorSet.load(run).get("E", "repeng")
+    direct = TraitVector.from_gguf(path, tm)
+    assert saved.layers == direct.layers
+    torch.testing.assert_close(saved.vectors, direct.vectors)
+    torch.testing.assert_close(saved.spread, direct.spread)
+    torch.testing.assert_close(saved.norms, direct.norms)
+
+
+def _control_gguf(path: Path, tensors: dict[str, np.ndarray], meta: str | None = None) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", "llama")
+    writer.add_uint32("controlvector.layer_count", len(tensors))
+    if meta is not None:
+        writer.add_string("traitlens.metadata", meta)
+    for name, values in tensors.items():
+        if values.dtype == np.uint8:  # raw bytes of a quantized block
+            writer.add_tensor(name, values, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("tensors", "meta", "message"),
+    [
+        ({"direction.1": np.zeros(34, dtype=np.uint8)}, None, "stored as Q8_0.*F32 or F16"),
+        ({"direction.1": np.ones((2, 32), dtype=np.float32)}, None, "shape \\[32, 2\\]"),
+        ({"direction.1": np.full(32, np.nan, dtype=np.float32)}, None, "NaN or inf"),
+        ({"direction.1": np.ones(32, dtype=np.float32)}, "{not json", "corrupt traitlens"),
+        ({"direction.1": np.ones(32, dtype=np.float32)}, '{"trait": "E"}', "KeyError"),
+        ({"direction.1": np.ones(32, dtype=np.float32)}, '{"model": 3}', "corrupt traitlens"),
+    ],
+)
+def test_a_malformed_control_vector_gets_one_clear_error(
+    tmp_path: Path, tensors: dict[str, np.ndarray], meta: str | None, message: str
+) -> None:
+    tm = build_tiny("llama")
+    path = _control_gguf(tmp_path / "bad.gguf", tensors, meta)
+    with pytest.raises(ArtifactError, match=message):
+        TraitVector.from_gguf(path, tm)
+
+
+def test_corrupt_recorded_spread_is_refused(tmp_path: Path) -> None:
+    import json
+
+    tm = build_tiny("llama")
+    meta = {"model": tm.identity.to_dict(), "layers": [1], "spread": "wide", "norms": [1.0]}
+    path = _control_gguf(
+        tmp_path / "bad.gguf", {"direction.1": np.ones(32, dtype=np.float32)}, json.dumps(meta)
+    )
+    with pytest.raises(ArtifactError, match="corrupt traitlens"):
+        TraitVector.from_gguf(path, tm)
+    f16 = _control_gguf(tmp_path / "half.gguf", {"direction.1": np.ones(32, dtype=np.float16)})
+    assert TraitVector.from_gguf(f16, tm).layers == (1,)  # F16 is read

@@ -32,6 +32,7 @@ model and recover the strength unit.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -160,11 +161,26 @@ def read_gguf(path: str | Path) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
             "llama.cpp's cvector-generator"
         )
     directions: dict[int, np.ndarray] = {}
+    readable = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
     for tensor in reader.tensors:
         match = _DIRECTION.match(tensor.name)
         if match is None:
             continue
+        if tensor.tensor_type not in readable:
+            kind = getattr(tensor.tensor_type, "name", tensor.tensor_type)
+            raise ArtifactError(
+                f"{source}: tensor {tensor.name} is stored as {kind}; a control vector's "
+                "directions must be F32 or F16 (a quantized block would be read as floats) — "
+                "export it again unquantized"
+            )
+        if int(np.prod(tensor.shape)) != int(max(tensor.shape, default=0)):
+            raise ArtifactError(
+                f"{source}: tensor {tensor.name} has shape {[int(n) for n in tensor.shape]}; "
+                "a direction is one vector per layer — this is not a control vector"
+            )
         values = np.array(tensor.data, dtype=np.float32).reshape(-1)
+        if not np.isfinite(values).all():
+            raise ArtifactError(f"{source}: tensor {tensor.name} holds NaN or inf")
         directions[int(match.group(1))] = values
     if not directions:
         raise ArtifactError(f"{source} holds no direction.N tensors; it is empty or corrupt")
@@ -204,17 +220,32 @@ def import_gguf(path: str | Path, model: TraitModel) -> TraitVector:
     if keys["metadata"]:
         try:
             meta = json.loads(str(keys["metadata"]))
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{source} has a corrupt {META_KEY} entry ({exc})") from exc
-        ModelIdentity.from_dict(meta["model"]).check_matches(identity, "control vector")
+            recorded = ModelIdentity.from_dict(meta["model"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(
+                f"{source} has a corrupt {META_KEY} entry ({type(exc).__name__}: {exc}); "
+                "export the vector again with `traitlens vectors export`"
+            ) from exc
+        recorded.check_matches(identity, "control vector")
     layers = tuple(sorted(directions))
     vectors = torch.from_numpy(np.stack([directions[layer] for layer in layers]))
-    strength = float(meta.get("strength", 1.0))
-    if meta.get("layers") == list(layers):
-        spread = torch.tensor(meta["spread"], dtype=torch.float32) * abs(strength)
-        norms = torch.tensor(meta["norms"], dtype=torch.float32) * abs(strength)
-    else:
-        spread = norms = vectors.double().norm(dim=1).float()
+    try:
+        strength = float(meta.get("strength", 1.0))
+        if meta.get("layers") == list(layers):
+            spread = torch.tensor(meta["spread"], dtype=torch.float32) * abs(strength)
+            norms = torch.tensor(meta["norms"], dtype=torch.float32) * abs(strength)
+            if spread.shape != (len(layers),) or norms.shape != (len(layers),):
+                raise ValueError(f"spread/norms hold {list(spread.shape)} values")
+        else:
+            norms = vectors.double().norm(dim=1).float()
+            spread = norms.clone()  # two tensors: safetensors refuses shared memory on save
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"{source} has a corrupt {META_KEY} entry ({type(exc).__name__}: {exc}); export "
+            "the vector again with `traitlens vectors export`"
+        ) from exc
+    if not (math.isfinite(strength) and strength != 0):
+        raise ArtifactError(f"{source} records strength {strength}; export it again")
     pole = str(meta.get("pole", "high"))
     if strength < 0:
         pole = {"high": "low", "low": "high"}.get(pole, pole)
