@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from conftest import make_tokenizer
+from conftest import build_tiny, make_tokenizer
 from traitlens.capture.pipeline import capture_run
 from traitlens.errors import ArtifactError
 from traitlens.neurons import prompts_per_group, select_neurons
@@ -238,3 +239,65 @@ def test_stage_commands_say_what_they_reused_and_what_they_wrote(
     assert "probes: written" in capsys.readouterr().err
     assert code(argv) == 0
     assert "probes: reused (same inputs" in capsys.readouterr().err
+
+
+def _hold_lock(run: Path) -> Any:
+    """Another process holding ``run``'s lock until its stdin closes."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from traitlens.provenance import acquire_run; "
+            f"acquire_run({str(run)!r}); print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_process_writing_into_a_run_is_refused_with_the_first_ones_pid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run.json is read, changed and rewritten whole: two processes recording stages at
+    once would lose one entry. The second one is refused, naming the first one's PID;
+    once the first ends, the run is free again (also within one process, re-entrantly)."""
+    from traitlens.cli.main import main
+    from traitlens.provenance import RunInUseError, keyed_stage, provenance, run_lock
+
+    run = tmp_path / "run"
+    holder = _hold_lock(run)
+    try:
+        prov = provenance("probes", config={"x": 1})
+        computed: list[int] = []
+        with pytest.raises(RunInUseError, match=f"in use by PID {holder.pid}"):
+            keyed_stage(
+                run,
+                "probes",
+                prov,
+                run / "probes.json",
+                load=lambda: None,
+                compute=lambda: computed.append(1),
+            )
+        assert not computed and not (run / "run.json").exists()  # nothing was touched
+        tiny = build_tiny("llama")
+        tiny.model.save_pretrained(tmp_path / "tiny")
+        tiny.tokenizer.save_pretrained(tmp_path / "tiny")
+        with pytest.raises(SystemExit) as exit_:
+            main(["evaluate", "perplexity", "--out", str(run), "--model", str(tmp_path / "tiny")])
+        assert exit_.value.code == 2
+        assert f"in use by PID {holder.pid}" in capsys.readouterr().err
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    with run_lock(run), run_lock(run):  # free again, and re-entrant in one process
+        keyed_stage(
+            run, "probes", prov, run / "probes.json", load=lambda: None, compute=lambda: None
+        )
+    assert "probes" in json.loads((run / "run.json").read_text())["stages"]

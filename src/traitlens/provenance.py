@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ __all__ = [
     "STAGE_VERSIONS",
     "Provenance",
     "RunConflictError",
+    "RunInUseError",
+    "acquire_run",
+    "release_run",
+    "run_lock",
     "RunManifest",
     "claim",
     "data_digest",
@@ -67,6 +72,90 @@ MANIFEST = "run.json"
 
 class RunConflictError(ArtifactError):
     """A run directory already holds this stage's artifact, made from other inputs."""
+
+
+class RunInUseError(ArtifactError):
+    """Another process is writing into the same run directory."""
+
+
+LOCK_FILE = ".traitlens.lock"
+_HELD: dict[Path, list[int]] = {}  # lock path -> [file descriptor, depth]
+
+
+def acquire_run(run_dir: str | Path) -> None:
+    """Take the run directory's lock for this process (re-entrant; released by
+    :func:`release_run`, or by the OS when the process ends).
+
+    Two processes writing into one run (``traitlens probe --run R`` and ``traitlens
+    neurons --run R`` at once) would each read ``run.json``, change it and write it back
+    whole, so one stage's entry would be lost: the second process is refused instead,
+    with the first one's PID. The lock file is opened without following a symlink.
+    """
+    import os
+
+    run = Path(run_dir)
+    path = run.resolve() / LOCK_FILE
+    held = _HELD.get(path)
+    if held is not None:
+        held[1] += 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no advisory locks (Windows): no guard
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot open the lock {path} ({exc.strerror}); is {run} writable and "
+            f"{LOCK_FILE} a plain file?"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunInUseError(
+            f"run {run} is in use by PID {owner} (another traitlens process is writing "
+            "into it); wait for it to finish, or write to another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD[path] = [fd, 1]
+
+
+def release_run(run_dir: str | Path, *, all_holds: bool = False) -> None:
+    """Give back one hold of the run's lock (every hold with ``all_holds``)."""
+    import os
+
+    path = Path(run_dir).resolve() / LOCK_FILE
+    held = _HELD.get(path)
+    if held is None:
+        return
+    held[1] = 0 if all_holds else held[1] - 1
+    if held[1] <= 0:
+        import fcntl
+
+        del _HELD[path]
+        fcntl.flock(held[0], fcntl.LOCK_UN)
+        os.close(held[0])
+
+
+def release_all_runs() -> None:
+    """Give back every run lock this process holds (the CLI does, when a command ends)."""
+    for path in list(_HELD):
+        release_run(path.parent, all_holds=True)
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run directory's lock for the block (see :func:`acquire_run`)."""
+    acquire_run(run_dir)
+    try:
+        yield
+    finally:
+        release_run(run_dir)
 
 
 def data_digest(data: Any = None, tensors: Iterable[Any] = ()) -> str:
@@ -379,12 +468,15 @@ def keyed_stage(
     """The one claim-or-compute step of every stage: reuse the artifact at ``json_path``
     when its key is ``prov.key`` (``load()``), else check it may be replaced
     (:func:`claim`), ``compute()`` (which writes it) and record ``prov`` in the manifest."""
-    exists, saved = saved_key(json_path)
-    if claim(run_dir, stage, prov, saved, exists=exists, force=force, what=what, log=log):
-        return load()
-    result = compute()
-    record(run_dir, stage, prov)
-    return result
+    # claim -> compute -> record under the run's lock: run.json is read and rewritten
+    # whole, so two processes interleaving here would lose one stage's entry
+    with run_lock(run_dir):
+        exists, saved = saved_key(json_path)
+        if claim(run_dir, stage, prov, saved, exists=exists, force=force, what=what, log=log):
+            return load()
+        result = compute()
+        record(run_dir, stage, prov)
+        return result
 
 
 def keyed_artifact(

@@ -63,11 +63,15 @@ _register(app, _COMMAND_MODULES)
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI, turning traitlens' own errors into one readable line (exit code 2)."""
+    from traitlens.provenance import release_all_runs
+
     try:
         app(args=argv)
     except TraitlensError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    finally:
+        release_all_runs()  # run locks end with the command, also when called in-process
 
 
 if __name__ == "__main__":
