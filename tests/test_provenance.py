@@ -301,3 +301,32 @@ def test_a_second_process_writing_into_a_run_is_refused_with_the_first_ones_pid(
             run, "probes", prov, run / "probes.json", load=lambda: None, compute=lambda: None
         )
     assert "probes" in json.loads((run / "run.json").read_text())["stages"]
+
+
+def test_tensors_and_json_of_different_writes_are_never_paired(tmp_path: Path) -> None:
+    """An artifact's tensors record the digest of the JSON they were written with: new
+    tensors beside an old JSON (a crash between the two renames, a concurrent --force) are
+    refused on load and count as absent for reuse, so the stage recomputes them."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from traitlens.artifact_io import load_tensors, read_artifact, write_artifact
+    from traitlens.provenance import saved_key
+
+    tm = build_tiny("llama")
+    meta = {"model": tm.identity.to_dict(), "provenance": {"key": "k-old"}}
+    old = write_artifact({"x": torch.zeros(3)}, meta, tmp_path / "a" / "probes")
+    new_meta = {**meta, "provenance": {"key": "k-new"}}
+    write_artifact({"x": torch.ones(3)}, new_meta, tmp_path / "b" / "probes")
+    assert read_artifact(tmp_path / "a" / "probes", "probes")[2]["x"].sum() == 0
+    assert saved_key(old) == (True, "k-old")
+    # the crash: the new tensors are in place, the old JSON is still beside them
+    shutil.copy(tmp_path / "b" / "probes.safetensors", tmp_path / "a" / "probes.safetensors")
+    with pytest.raises(ArtifactError, match="not written with probes.json"):
+        read_artifact(tmp_path / "a" / "probes", "probes")
+    assert saved_key(old) == (False, None)  # nothing to reuse: recomputed, not paired
+    # tensors written before the binding existed still load
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "a" / "probes.safetensors"))
+    assert saved_key(old) == (True, "k-old")
+    assert load_tensors(tmp_path / "a" / "probes.safetensors")["x"].sum() == 0

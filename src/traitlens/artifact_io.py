@@ -9,6 +9,7 @@ and the fix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -171,14 +172,52 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ArtifactError(f"{path} is unreadable ({exc}); delete it and recompute") from exc
 
 
+BINDING = "traitlens_json"
+"""The safetensors metadata entry that names the JSON its tensors were written with."""
+
+
+def json_digest(meta: Mapping[str, Any]) -> str:
+    """A digest of ``meta`` as its JSON file holds it (canonical: sorted keys)."""
+    canonical = json.dumps(jsonable(dict(meta)), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def tensor_binding(path: Path) -> str | None:
+    """The JSON digest recorded in a safetensors file (None: none recorded, or unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(BINDING)
+    except Exception:  # a missing or corrupt file is reported where it is loaded
+        return None
+
+
+def bound_to(json_path: Path, meta: Mapping[str, Any]) -> bool:
+    """Whether the tensors beside ``json_path`` were written with this JSON (True when
+    there are none, or they predate the binding)."""
+    recorded = tensor_binding(json_path.with_suffix(".safetensors"))
+    return recorded is None or recorded == json_digest(meta)
+
+
 def write_artifact(
     tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], stem: Path
 ) -> Path:
-    """Write ``stem.safetensors`` then ``stem.json``; returns the JSON path."""
+    """Write ``stem.safetensors`` then ``stem.json``; returns the JSON path.
+
+    The two files are renamed into place one after the other, so a crash (or another
+    process) between the renames could pair new tensors with an old JSON. The tensors
+    therefore record the digest of the JSON they belong to, and :func:`read_artifact`
+    refuses a pair that does not match (a stage then recomputes instead of reusing it).
+    """
     from safetensors.torch import save_file
 
     with atomic_path(stem.with_suffix(".safetensors")) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(tmp),
+            metadata={BINDING: json_digest(meta)},
+        )
     return write_json(stem.with_suffix(".json"), meta)
 
 
@@ -201,7 +240,14 @@ def read_artifact(
     identity = require_identity(meta, json_path)
     if expect is not None:
         identity.check_matches(expect, what)
-    return meta, identity, load_tensors(stem.with_suffix(".safetensors"))
+    tensors = load_tensors(stem.with_suffix(".safetensors"))
+    if not bound_to(json_path, meta):
+        raise ArtifactError(
+            f"{stem}.safetensors was not written with {json_path.name} (the two files come "
+            f"from different writes, e.g. an interrupted save); delete {stem.name}.* and "
+            "recompute"
+        )
+    return meta, identity, tensors
 
 
 ArtifactT = TypeVar("ArtifactT", bound="Artifact")

@@ -352,6 +352,10 @@ def saved_key(path: str | Path) -> tuple[bool, str | None]:
         meta = read_json(path)
     except ArtifactError:
         return False, None
+    from traitlens.artifact_io import bound_to
+
+    if not bound_to(path, meta):  # tensors of another write beside it: nothing to reuse
+        return False, None
     raw_config = meta.get("config")
     config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
     for holder in (meta.get("provenance"), config.get("provenance")):
