@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import FAMILIES, NO_SYSTEM, build_tiny
-from traitlens.errors import DataError, HookPointError, ModelError
+from traitlens.errors import ArtifactError, DataError, HookPointError, ModelError
 from traitlens.models import HookPoint, detect_adapter, hooks_installed, load_model
 from traitlens.models.batching import left_pad
 from traitlens.models.loading import cache_root
@@ -331,9 +331,11 @@ def test_a_gguf_cache_finished_by_another_process_is_kept_not_replaced(
     tiny = build_tiny("llama")
     target = loading._gguf_cache_target(gguf)
 
+    digest = loading.gguf_content_digest(gguf)
+
     def other_process_finishes_first(*args: object, **kwargs: object) -> object:
         target.mkdir(parents=True)
-        (target / "traitlens-complete").write_text("the other process")
+        (target / "traitlens-complete").write_text(f"{digest} the other process")
         (target / "theirs").write_text("in use")
         return tiny.model
 
@@ -345,5 +347,84 @@ def test_a_gguf_cache_finished_by_another_process_is_kept_not_replaced(
     )
     assert loading._gguf_cached_dir(gguf) == target
     assert (target / "theirs").read_text() == "in use"
-    assert (target / "traitlens-complete").read_text() == "the other process"
-    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temp left
+    assert (target / "traitlens-complete").read_text() == f"{digest} the other process"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(
+        [target.name, loading.GGUF_DIGESTS]
+    )  # no temporary folder left
+
+
+def test_the_model_digest_covers_every_weight_and_the_chat_template() -> None:
+    """Two checkpoints of one base that differ in a single down_proj weight (a LoRA merge,
+    frozen-embedding training) used to share a digest: it hashed only the config and
+    eight embedding rows, so a rerun into the same folder reused every stage."""
+    import copy
+
+    from traitlens.models.loading import wrap_model
+
+    base = build_tiny("llama")
+    tuned_model = copy.deepcopy(base.model)
+    with torch.no_grad():
+        tuned_model.model.layers[1].mlp.down_proj.weight[3, 5] += 0.25
+    tuned = wrap_model(tuned_model, base.tokenizer, "tuned")
+    assert tuned.identity.digest != base.identity.digest
+    assert tuned.identity.scheme == base.identity.scheme == 2
+    # the same weights in bf16: the same model (dtype recorded beside the digest)
+    half = wrap_model(copy.deepcopy(base.model).to(torch.bfloat16), base.tokenizer, "half")
+    assert half.identity.digest == base.identity.digest
+    assert (half.identity.dtype, base.identity.dtype) == ("bfloat16", "float32")
+    base.identity.check_matches(half.identity)
+    # another chat template is another model for every chat-formatted capture
+    other_tokenizer = copy.deepcopy(base.tokenizer)
+    other_tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    templated = wrap_model(copy.deepcopy(base.model), other_tokenizer, "templated")
+    assert templated.identity.digest != base.identity.digest
+    with pytest.raises(ArtifactError, match="digest"):
+        base.identity.check_matches(tuned.identity)
+
+
+def test_an_artifact_with_the_old_digest_scheme_is_refused_with_the_reason() -> None:
+    from traitlens.models.loading import ModelIdentity
+
+    tm = build_tiny("llama")
+    old = {k: v for k, v in tm.identity.to_dict().items() if k not in ("dtype", "scheme")}
+    old["digest"] = "0123456789abcdef"
+    recorded = ModelIdentity.from_dict(old)
+    assert recorded.scheme == 1
+    with pytest.raises(ArtifactError, match="earlier traitlens.*recompute"):
+        recorded.check_matches(tm.identity, "probe set")
+
+
+def test_the_gguf_cache_is_keyed_by_content_not_by_path_and_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GGUF re-exported in place with the same size used to load the old weights from
+    the cache (keyed on path and size). The key is now the file's sha256, memoized while
+    the file's size, mtime and inode are unchanged, and the completion marker names it."""
+    import os
+
+    from traitlens.models import loading
+
+    monkeypatch.setenv("TRAITLENS_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + b"\1" * 64)
+    first = loading._gguf_cache_target(gguf)
+    hashed: list[Path] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: object, **kwargs: object) -> object:
+        if self == gguf:
+            hashed.append(self)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    assert loading._gguf_cache_target(gguf) == first and not hashed  # memo: not re-read
+    stat = gguf.stat()
+    gguf.write_bytes(b"GGUF" + b"\2" * 64)  # re-exported: same path, same size
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    hashed.clear()
+    second = loading._gguf_cache_target(gguf)
+    assert second != first and hashed == [gguf]
+    # a copy whose marker names other content is not trusted
+    second.mkdir(parents=True)
+    (second / "traitlens-complete").write_text("0" * 64 + " elsewhere")
+    assert not loading._complete(second, loading.gguf_content_digest(gguf))

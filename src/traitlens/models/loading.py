@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +59,29 @@ class ModelIdentity(Record):
     d_model: int
     d_mlp: int
     digest: str
+    # recorded beside the digest, never part of it (a bf16/fp32 switch or a transformers
+    # upgrade loads the same weights): what the artifact was made with
+    dtype: str = field(default="", compare=False)
+    transformers: str = field(default="", compare=False)
+    # how the digest was computed: 1 = config + 8 embedding rows (before 0.x), 2 = every
+    # weight (bf16 bytes), the config without volatile fields and the chat template
+    scheme: int = field(default=1, compare=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def check_matches(self, other: ModelIdentity, what: str = "artifact") -> None:
         """Raise ArtifactError when ``other`` (the loaded model) is not this model."""
         if self.digest == other.digest:
             return
+        if self.scheme != other.scheme:
+            raise ArtifactError(
+                f"this {what} was made by an earlier traitlens, whose model digest covered "
+                "only the config and the first embedding rows (two fine-tunes of one base "
+                "could not be told apart); it cannot be checked against the loaded model — "
+                f"recompute the {what} (write to a new --out, or pass --force)"
+            )
         raise ArtifactError(
             f"this {what} was made for model {self.name!r} ({self.architecture}, "
             f"{self.n_layers} layers, d_model={self.d_model}, digest {self.digest}) but the "
@@ -131,18 +145,64 @@ def _text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
 
-def model_identity(model: Any, name: str, adapter: ArchitectureAdapter) -> ModelIdentity:
-    """Shapes plus a digest of config and a slice of the embedding: cheap, and it tells
-    apart two checkpoints of the same architecture."""
+DIGEST_SCHEME = 2
+FULL_DIGEST_VALUES = 1 << 28
+"""Up to this many parameter values (268M) every weight is hashed; a bigger model hashes
+every k-th value of every tensor (k chosen to stay under it), which still covers every
+tensor but can miss a change confined to a few weights."""
+
+VOLATILE_CONFIG = ("transformers_version", "torch_dtype", "dtype", "_name_or_path")
+"""Config fields that change with how a checkpoint is loaded, not with what it is."""
+
+
+def weights_digest(model: Any, hasher: Any) -> None:
+    """Feed every parameter (name, shape, values as bf16 bytes) to ``hasher``.
+
+    bf16 bytes make the digest the same whether the checkpoint is loaded in fp32 or bf16
+    (both round to the same bf16 values); tied weights count once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    params = sorted(model.named_parameters(), key=lambda item: item[0])
+    total = sum(p.numel() for _, p in params)
+    stride = max(1, -(-total // FULL_DIGEST_VALUES))
+    hasher.update(f"stride={stride}".encode())
+
+    def one(item: tuple[str, torch.Tensor]) -> bytes:
+        name, param = item
+        part = hashlib.sha256(f"{name}:{tuple(param.shape)}".encode())
+        if param.device.type != "meta":  # offloaded: its shape is all there is to hash
+            with torch.no_grad():
+                values = param.detach().reshape(-1)[::stride].to(torch.bfloat16)
+            part.update(values.view(torch.int16).cpu().numpy())  # hashlib frees the GIL
+        return part.digest()
+
+    # one digest per tensor, hashed in threads (sha256 of 270 MB is most of the cost)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for digest in pool.map(one, params):
+            hasher.update(digest)
+
+
+def model_identity(
+    model: Any, name: str, adapter: ArchitectureAdapter, tokenizer: Any = None
+) -> ModelIdentity:
+    """Shapes plus a digest of every weight, the config (without the fields that depend
+    on how it was loaded) and the tokenizer's chat template: two fine-tunes of one base
+    that share the config and the embedding still differ. The dtype and the
+    transformers version are recorded beside it, not in it."""
+    import transformers
+
     config = _text_config(model.config)
     d_model = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
     d_mlp = int(
         getattr(config, "intermediate_size", 0) or getattr(config, "n_inner", 0) or 4 * d_model
     )
-    embedding = model.get_input_embeddings().weight
+    settings = {k: v for k, v in config.to_diff_dict().items() if k not in VOLATILE_CONFIG}
     hasher = hashlib.sha256()
-    hasher.update(json.dumps(config.to_diff_dict(), sort_keys=True, default=str).encode())
-    hasher.update(embedding[:8].detach().float().cpu().numpy().tobytes())
+    hasher.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    template = getattr(tokenizer, "chat_template", None)
+    hasher.update(json.dumps(template, sort_keys=True, default=str).encode())
+    weights_digest(model, hasher)
+    dtype = next(model.parameters()).dtype
     return ModelIdentity(
         name=name,
         architecture=type(model).__name__,
@@ -150,6 +210,9 @@ def model_identity(model: Any, name: str, adapter: ArchitectureAdapter) -> Model
         d_model=d_model,
         d_mlp=d_mlp,
         digest=hasher.hexdigest()[:16],
+        dtype=str(dtype).replace("torch.", ""),
+        transformers=transformers.__version__,
+        scheme=DIGEST_SCHEME,
     )
 
 
@@ -181,17 +244,64 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return table[dtype]
 
 
-def _gguf_cache_target(gguf: Path) -> Path:
-    """Where :func:`_gguf_cached_dir` keeps (or will keep) the float copy of ``gguf``."""
+GGUF_DIGESTS = "gguf-digests.json"
+"""Memo of each GGUF's content digest by (path, size, mtime, inode): a file that did not
+change is not hashed again; one rewritten in place (even to the same size) is."""
+
+
+def gguf_content_digest(gguf: Path) -> str:
+    """sha256 of the file's bytes, streamed (memoized while its stat is unchanged)."""
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}".encode()).hexdigest()[:12]
-    return cache_root() / "models" / f"{gguf.stem}-{key}"
+    memo_path = cache_root() / "models" / GGUF_DIGESTS
+    where = str(gguf.resolve())
+    seen = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        entry = memo.get(where) if isinstance(memo, dict) else None
+    except (OSError, ValueError):
+        memo, entry = {}, None
+    if isinstance(entry, dict) and entry.get("stat") == seen and entry.get("sha256"):
+        return str(entry["sha256"])
+    hasher = hashlib.sha256()
+    with gguf.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            hasher.update(block)
+    digest = hasher.hexdigest()
+    memo = memo if isinstance(memo, dict) else {}
+    memo[where] = {"stat": seen, "sha256": digest}
+    try:  # a memo that cannot be written only costs a re-hash next time
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        handle_fd, tmp = tempfile.mkstemp(dir=memo_path.parent, prefix=".digests-")
+        with os.fdopen(handle_fd, "w", encoding="utf-8") as out:
+            json.dump(memo, out)
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass
+    return digest
+
+
+def _gguf_cache_target(gguf: Path, digest: str | None = None) -> Path:
+    """Where :func:`_gguf_cached_dir` keeps (or will keep) the float copy of ``gguf``:
+    keyed by the file's content, so a re-exported file (same path, same size) gets its
+    own copy instead of the old weights."""
+    digest = digest or gguf_content_digest(gguf)
+    return cache_root() / "models" / f"{gguf.stem}-{digest[:12]}"
+
+
+def _complete(target: Path, digest: str) -> bool:
+    """A finished copy of the GGUF whose content digest is ``digest``."""
+    marker = target / "traitlens-complete"
+    try:
+        return marker.read_text(encoding="utf-8").split()[0] == digest
+    except (OSError, IndexError):
+        return False
 
 
 def _gguf_cached_dir(gguf: Path) -> Path:
     """Dequantize a GGUF once and cache float weights + tokenizer as safetensors."""
-    target = _gguf_cache_target(gguf)
-    if (target / "traitlens-complete").exists():
+    digest = gguf_content_digest(gguf)
+    target = _gguf_cache_target(gguf, digest)
+    if _complete(target, digest):
         return target
     check_gguf_file(gguf)  # a clear message for a truncated or foreign file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -221,8 +331,9 @@ def _gguf_cached_dir(gguf: Path) -> Path:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "traitlens-complete").write_text(str(gguf))
-        if (target / "traitlens-complete").exists():
+        # the marker names the content it was made from (checked on every load)
+        (tmp / "traitlens-complete").write_text(f"{digest} {gguf}")
+        if _complete(target, digest):
             return target  # another process finished first: keep its copy, drop ours
         if target.exists():
             shutil.rmtree(target)  # an incomplete copy (no completion marker)
@@ -230,7 +341,7 @@ def _gguf_cached_dir(gguf: Path) -> Path:
             tmp.rename(target)
         except OSError:
             # another process renamed its complete copy into place meanwhile
-            if not (target / "traitlens-complete").exists():
+            if not _complete(target, digest):
                 raise
     finally:
         if tmp.exists():
@@ -304,7 +415,7 @@ def wrap_model(model: Any, tokenizer: Any, name: str, source: str = "in-memory")
         tokenizer=tokenizer,
         adapter=adapter,
         formatter=ChatFormatter(tokenizer),
-        identity=model_identity(model, name, adapter),
+        identity=model_identity(model, name, adapter, tokenizer),
         source=source,
     )
 
