@@ -4,6 +4,7 @@ the streaming a95, artifact round trips and reuse, and bad inputs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -283,3 +284,64 @@ def test_shared_prefix_pooling_equals_full_passes_also_under_steering(family: st
     from traitlens.capture.capture import _span_free_prefix
 
     assert _span_free_prefix(formatted, ("item",)) >= 8
+
+
+def test_resuming_answers_never_loses_the_finished_ones(tmp_path, monkeypatch) -> None:
+    """A resumed generation rewrites answers.jsonl without its torn last line. A kill
+    during that rewrite used to leave the file truncated (written in place); it is now
+    written beside it and renamed, so the finished answers survive."""
+    import json as json_module
+
+    from traitlens.capture.pipeline import generate_run_answers, load_answers
+    from traitlens.data.schema import ContrastivePrompt
+
+    tm = build_tiny("llama")
+    prompts = [
+        ContrastivePrompt(
+            id=f"p{i}",
+            trait="E",
+            pole="high",
+            intensity=5,
+            persona_id="x",
+            question_id=f"q{i}",
+            system="You are lively.",
+            user=f"Question {i}?",
+        )
+        for i in range(4)
+    ]
+    import importlib
+
+    pipeline = importlib.import_module("traitlens.capture.pipeline")
+
+    real_generate = pipeline.generate_answers
+    calls: list[int] = []
+
+    def killed_after_one_chunk(*args: object, **kwargs: object) -> list[str]:
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt("killed during generation")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate_answers", killed_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        generate_run_answers(tm, prompts, tmp_path, max_new_tokens=3, chunk_size=2, progress=False)
+    monkeypatch.undo()
+    path = tmp_path / "answers.jsonl"
+    with path.open("a") as handle:
+        handle.write('{"id": "p2", "answ')  # the torn line a kill leaves
+    before = load_answers(path)
+    assert set(before) == {"p0", "p1"}
+
+    real_write_text = Path.write_text
+
+    def killed_mid_write(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        real_write_text(self, data[: len(data) // 3], *args, **kwargs)
+        raise KeyboardInterrupt("killed while rewriting")
+
+    monkeypatch.setattr(Path, "write_text", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        generate_run_answers(tm, prompts, tmp_path, max_new_tokens=3, progress=False)
+    monkeypatch.undo()
+    assert load_answers(path) == before  # the finished answers are all still there
+    lines = [json_module.loads(line) for line in path.read_text().splitlines()[:2]]
+    assert [line["id"] for line in lines] == ["p0", "p1"]

@@ -317,3 +317,26 @@ def test_capability_cli_on_a_finished_study(study_run, tmp_path: Path) -> None:
     assert a["accuracy_steered"] == b["accuracy_steered"]
     # the embedded model answers these well above chance (the set measures something)
     assert a["accuracy_plain"] > a["chance"] + 0.1
+
+
+class _Payload:
+    """Stands for pickled code in a steering file someone hands you."""
+
+
+def test_a_steering_file_with_pickled_objects_is_refused_before_lm_eval_loads_it(
+    tmp_path: Path,
+) -> None:
+    from traitlens.engines.lmeval import check_steer_file
+    from traitlens.errors import EngineError
+
+    tm = build_tiny("llama")
+    ours = export_steer(tm, [AddDirection(_vector(tm), 1.0)], tmp_path / "steer.pt")
+    assert check_steer_file(ours) == ours  # what traitlens writes passes
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model.layers.1": {"steering_vector": torch.ones(3), "x": _Payload()}}, hostile)
+    with pytest.raises(EngineError, match="not a plain steering file"):
+        check_steer_file(hostile)
+    with pytest.raises(EngineError, match="not a plain steering file"):
+        lm_eval_samples(tm, tmp_path, hostile, limit=1)  # refused before lm-eval sees it
+    with pytest.raises(EngineError, match="not found"):
+        check_steer_file(tmp_path / "none.pt")

@@ -330,3 +330,29 @@ def test_tensors_and_json_of_different_writes_are_never_paired(tmp_path: Path) -
     save_file({"x": torch.zeros(3)}, str(tmp_path / "a" / "probes.safetensors"))
     assert saved_key(old) == (True, "k-old")
     assert load_tensors(tmp_path / "a" / "probes.safetensors")["x"].sum() == 0
+
+
+def test_writability_probes_and_locks_never_write_through_a_symlink(tmp_path: Path) -> None:
+    """A link planted where traitlens creates its probe or lock file used to make it
+    truncate whatever the link pointed to."""
+    import os
+
+    from traitlens.artifact_io import check_writable
+    from traitlens.errors import DataError
+    from traitlens.sweep.run import folder_lock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f".write-test-{os.getpid()}").symlink_to(victim)  # the old probe's name
+    check_writable(out)
+    (out / "sweep.lock").symlink_to(victim)
+    with pytest.raises(DataError, match="must be a plain file"), folder_lock(out):
+        pass
+    from traitlens.provenance import LOCK_FILE, acquire_run
+
+    (out / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(ArtifactError, match="plain file"):
+        acquire_run(out)
+    assert victim.read_text() == "precious"

@@ -90,8 +90,11 @@ def check_writable(directory: Path) -> None:
     """Fail now, before any work, when ``directory`` cannot be created or written."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
+        # a fresh name, created exclusively and never through a symlink: a planted
+        # ``.write-test-*`` link must not make us truncate what it points to
+        probe = directory / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        os.close(os.open(probe, flags, 0o600))
         probe.unlink()
     except FileExistsError as exc:
         raise ArtifactError(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from traitlens.artifact_io import read_json, write_json
+from traitlens.artifact_io import atomic_write, read_json, write_json
 from traitlens.capture.artifacts import Activations
 from traitlens.capture.capture import capture
 from traitlens.data import ContrastivePrompt, build_contrastive_set, load_prompts, save_prompts
@@ -164,13 +164,16 @@ def generate_run_answers(
         done = load_answers(path)
     else:
         done = {}
-        path.write_text("")
+        atomic_write(path, "")
         write_json(sidecar, {"key": prov.key, "provenance": prov.to_dict()})
         record(run_dir, "answers", prov)
     todo = [p for p in prompts if p.id not in done]
     if todo:
-        # rewrite the finished part cleanly (drops a truncated last line), then append
-        path.write_text("".join(json.dumps({"id": k, "answer": v}) + "\n" for k, v in done.items()))
+        # rewrite the finished part cleanly (drops a truncated last line), then append;
+        # atomically, so a kill during the rewrite cannot lose the answers already made
+        atomic_write(
+            path, "".join(json.dumps({"id": k, "answer": v}) + "\n" for k, v in done.items())
+        )
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start : start + chunk_size]
         if progress and len(todo) > chunk_size:

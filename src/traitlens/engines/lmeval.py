@@ -9,10 +9,12 @@ per-layer offsets :func:`traitlens.steer.bake.bake_offsets` folds into weights.
 
 The file holds only tensors, strings, floats and ``None``: lm-eval 0.4.x opens
 it with ``torch.load(weights_only=False)``, but nothing in it needs that —
-``torch.load(path, weights_only=True)`` reads it (tested), so handing it to
-someone is not handing them pickled code. A ``.safetensors`` twin with the same
-vectors and a JSON sidecar are written beside it for tools that avoid pickle
-entirely.
+``torch.load(path, weights_only=True)`` reads it (tested). A ``.pt`` file is still a
+pickle: one you receive could hold code that lm-eval's loader would run, so check it
+with :func:`check_steer_file` (``torch.load(weights_only=True)``, which refuses
+anything but tensors and plain values) before handing it to ``lm_eval`` — traitlens
+does so itself before every lm-eval run. The ``.safetensors`` twin and the JSON
+sidecar written beside it carry the same vectors without pickle.
 
 The task ``traitlens_mc`` (:func:`write_task`) is the project's own 200-item
 multiple-choice set, read from a local JSONL file with the ``json`` dataset
@@ -150,6 +152,27 @@ def require_lm_eval() -> Any:
     return lm_eval
 
 
+def check_steer_file(path: str | Path) -> Path:
+    """Refuse a steering ``.pt`` that holds anything but tensors and plain values.
+
+    lm-eval opens ``steer_path`` with ``torch.load(weights_only=False)``, which runs any
+    pickled code in it; ``weights_only=True`` reads our files and refuses the rest."""
+    source = Path(path)
+    try:
+        loaded = torch.load(source, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise EngineError(f"steering file {source} not found") from None
+    except Exception as exc:  # UnpicklingError and friends: not a plain tensor file
+        raise EngineError(
+            f"{source} is not a plain steering file (torch.load(weights_only=True) refused "
+            f"it: {str(exc).splitlines()[0][:200]}); lm-eval would unpickle it with code "
+            "execution allowed — use a file written by `traitlens vectors lmeval`"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise EngineError(f"{source} does not hold a hookpoint → steering mapping")
+    return source
+
+
 def lm_eval_samples(
     tm: TraitModel, task_dir: Path, steer_path: Path | None, limit: int | None = None
 ) -> list[dict[str, Any]]:
@@ -165,6 +188,7 @@ def lm_eval_samples(
     else:
         from lm_eval.models.hf_steered import SteeredModel
 
+        check_steer_file(steer_path)  # lm-eval unpickles it with code execution allowed
         model = SteeredModel(
             pretrained=tm.model, tokenizer=tm.tokenizer, steer_path=str(steer_path), batch_size=16
         )

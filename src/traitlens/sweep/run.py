@@ -231,7 +231,14 @@ def folder_lock(directory: Path) -> Iterator[None]:
     import os
 
     path = directory / "sweep.lock"
-    with path.open("a+", encoding="utf-8") as handle:
+    try:  # never through a symlink: opening it must not truncate what a link points to
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise DataError(
+            f"cannot open the sweep lock {path} ({exc.strerror}); it must be a plain file — "
+            "remove it, or pass another --out"
+        ) from None
+    with os.fdopen(fd, "a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
