@@ -712,3 +712,56 @@ def test_the_server_is_a_judge_for_judge_url(make_app: Any) -> None:
             assert HttpJudge(f"{url}/v1", model="tiny-llama")._post(body)["choices"]
         finally:
             del os.environ["TRAITLENS_JUDGE_API_KEY"]
+
+
+# ------------------------------------------------------------- hostile mixes and layers
+
+
+@pytest.mark.parametrize(
+    ("steering", "message"),
+    [
+        # the cap held per key, then aliases were summed: 4 × 3 = 12 applied
+        ({"traits": {"E": 3, "e": 3, " E": 3, "extraversion": 3}}, "named twice"),
+        ({"traits": {"N": 1, "neuroticism": -1}}, "named twice"),
+        ({"traits": {f"t{i}": 1 for i in range(40)}}, "at most 16"),
+        # a range that used to be expanded before it was checked: the server died
+        ({"traits": {"E": 1}, "layers": "0-2000000000"}, "outside this model's layers"),
+        ({"traits": {"E": 1}, "layers": "1," * 400}, "characters long"),
+    ],
+)
+def test_hostile_mixes_and_layer_specs_are_refused_at_once(
+    make_app: Any, steering: dict[str, Any], message: str
+) -> None:
+    import time
+
+    app = make_app(max_strength=3.0)
+    started = time.perf_counter()
+    response = request(app, "POST", "/v1/chat/completions", json=chat(steering=steering))
+    assert response.status_code == 400, response.text
+    assert message in response.text
+    assert time.perf_counter() - started < 5
+    assert request(app, "GET", "/health").status_code == 200
+
+
+def test_the_cli_mix_refuses_an_alias_as_the_server_does() -> None:
+    from traitlens.cli.common import parse_mix
+    from traitlens.errors import DataError
+
+    assert parse_mix("E=+1,N=-0.5") == {"E": 1.0, "N": -0.5}
+    with pytest.raises(DataError, match="names trait E twice"):
+        parse_mix("E=1,extraversion=1")
+
+
+def test_a_calibrated_vectors_own_strength_counts_toward_the_cap(tiny: Any, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from traitlens.serve.steering import SteeringError
+
+    base = make_vectors(tiny, tmp_path, traits="E").get("E", "mean_diff")
+    calibrated = replace(base * 4.0, method="calibrated", source={"calibration": {"strength": 4.0}})
+    vectors = VectorSet(tiny.identity)
+    vectors.add(calibrated)
+    catalog = SteeringCatalog(tiny, vectors, max_strength=3.0)
+    assert catalog.resolve({"E": 0.5}, "calibrated").active  # 0.5 × 4 = 2 σ
+    with pytest.raises(SteeringError, match="strength 1 is 4 .*so this is 8"):
+        catalog.resolve({"E": 2.0}, "calibrated")  # 2 × 4 = 8 σ > 3

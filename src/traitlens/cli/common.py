@@ -359,7 +359,10 @@ def parse_mix(spec: str) -> dict[str, float]:
         except ValueError as exc:
             raise DataError(f"--mix strength {value!r} for {name} is not a number") from exc
         check_strength(strength, f"--mix {name}")
-        mix[normalize_trait(name)] = strength
+        code = normalize_trait(name)
+        if code in mix:  # as the server: "E", "e" and "extraversion" are one trait
+            raise DataError(f"--mix names trait {code} twice; give each trait once")
+        mix[code] = strength
     if not mix or not any(mix.values()):
         raise DataError("--mix is empty or all zero; e.g. --mix 'E=+1,N=-0.5'")
     return mix

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -173,7 +173,8 @@ def weights_digest(model: Any, hasher: Any) -> None:
         if param.device.type != "meta":  # offloaded: its shape is all there is to hash
             with torch.no_grad():
                 values = param.detach().reshape(-1)[::stride].to(torch.bfloat16)
-            part.update(values.view(torch.int16).cpu().numpy())  # hashlib frees the GIL
+            # a view of the array (no copy); hashlib frees the GIL on large updates
+            part.update(cast(Any, values.view(torch.int16).cpu().numpy()))
         return part.digest()
 
     # one digest per tensor, hashed in threads (sha256 of 270 MB is most of the cost)

@@ -77,6 +77,11 @@ class AppliedSteering:
 UNSTEERED = AppliedSteering()
 
 
+MAX_MIX_TRAITS = 16
+"""Most keys a request's trait mix may have (the Big Five, aliases refused, plus room for
+vectors of other traits)."""
+
+
 class SteeringCatalog:
     """What the loaded vectors offer, and the validation of a request's mix against it."""
 
@@ -167,11 +172,24 @@ class SteeringCatalog:
                 "steering.method",
             )
         strengths: dict[str, float] = {}
+        named: dict[str, str] = {}
+        if traits and len(traits) > MAX_MIX_TRAITS:
+            raise SteeringError(
+                f"the mix names {len(traits)} traits; at most {MAX_MIX_TRAITS} are accepted",
+                "steering.traits",
+            )
         for name, strength in (traits or {}).items():
             try:
                 code = normalize_trait(name)
             except ValueError:
                 code = name
+            if code in named:  # "E", "e", " E" and "extraversion" are one trait
+                raise SteeringError(
+                    f"trait {code} is named twice in the mix ({named[code]!r} and {name!r}); "
+                    "give each trait once",
+                    f"steering.traits.{name}",
+                )
+            named[code] = name
             if (code, method) not in self.vectors:
                 offered = ", ".join(t for t in self.traits if (t, method) in self.vectors)
                 raise SteeringError(
@@ -180,13 +198,20 @@ class SteeringCatalog:
                     f"steering.traits.{name}",
                 )
             value = float(strength)
-            if not math.isfinite(value) or abs(value) > self.max_strength:
+            unit = self.unit(code, method)
+            if not math.isfinite(value) or abs(value * unit) > self.max_strength:
+                scaled = (
+                    f" (a {method} vector's strength 1 is {unit:g} {UNITS}, so this is "
+                    f"{value * unit:g})"
+                    if unit != 1.0 and math.isfinite(value)
+                    else ""
+                )
                 raise SteeringError(
                     f"strength {strength} for trait {code} is outside the safe range "
-                    f"-{self.max_strength:g}..+{self.max_strength:g} ({UNITS})",
+                    f"-{self.max_strength:g}..+{self.max_strength:g} ({UNITS}){scaled}",
                     f"steering.traits.{name}",
                 )
-            strengths[code] = strengths.get(code, 0.0) + value
+            strengths[code] = value
         strengths = {code: value for code, value in strengths.items() if value != 0.0}
         if not strengths:
             return UNSTEERED
@@ -200,6 +225,14 @@ class SteeringCatalog:
                 sums[point] = sums[point] + step if point in sums else step
         rows = {point: row.float() for point, row in sums.items()}
         return AppliedSteering(strengths, method, tuple(chosen), rows)
+
+    def unit(self, trait: str, method: str) -> float:
+        """Spread units per unit of request strength: 1, except for a calibrated vector,
+        whose strength 1 is the strength its sweep chose (bounded by the cap too)."""
+        vector = self.vectors.get(trait, method)
+        calibration = (vector.source or {}).get("calibration") or {}
+        chosen = calibration.get("strength") if isinstance(calibration, dict) else None
+        return abs(float(chosen)) if isinstance(chosen, int | float) and chosen else 1.0
 
     def select_layers(
         self, layers: str | Sequence[int] | None, method: str, traits: list[str]
