@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -24,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from traitlens.errors import DataError
 from traitlens.models.loading import TraitModel
 from traitlens.serve.engine import (
     DecodeJob,
@@ -44,6 +46,8 @@ from traitlens.serve.schema import (
 )
 from traitlens.serve.steering import SAFE_STRENGTH, AppliedSteering, SteeringCatalog, SteeringError
 from traitlens.steer.vectors import VectorSet
+
+_log = logging.getLogger("traitlens.serve")
 
 STEERING_HEADER = "X-Traitlens-Steering"
 
@@ -115,6 +119,11 @@ def create_app(
     strengths beyond ±``max_strength`` spread units are refused; bodies over
     ``max_body_bytes`` get 413.
     """
+    if api_key is not None and not api_key.strip():
+        raise DataError(
+            "the API key is empty: an empty key would let every request in while looking "
+            "protected; pass a real key, or none to serve without one"
+        )
     catalog = SteeringCatalog(tm, vectors, max_strength=max_strength)
     engine = Engine(tm, max_batch=max_batch, queue_limit=queue_limit, batch_wait=batch_wait)
     service = _Service(
@@ -171,8 +180,11 @@ def _install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        # the detail goes to the server's log, never to the client (it can hold paths,
+        # prompts of other requests or library internals)
+        _log.exception("unhandled error in a request")
         return ApiError(
-            500, f"internal error: {type(exc).__name__}: {exc}", "server_error"
+            500, "internal error (the server's log has the details)", "server_error"
         ).response()
 
 
@@ -235,7 +247,11 @@ class _Service:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.api_key):
+        # bytes, not str: compare_digest raises on non-ASCII text (that was a 500)
+        given = token.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            given, self.api_key.encode("utf-8")
+        ):
             raise ApiError(
                 401,
                 "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
@@ -390,8 +406,23 @@ class _Service:
 
     async def chat_completions(self, body: ChatRequest) -> Response:
         with self.lock:
-            prompt_ids = chat_prompt_ids(self.tm, body.messages)
+            prompt_ids = self.chat_ids(body.messages)
         return await self.generate(body, prompt_ids, chat=True)
+
+    def chat_ids(self, messages: Any) -> list[int]:
+        """The conversation's token ids; a conversation the chat template refuses (e.g.
+        roles that do not alternate) is the client's error (400), not the server's."""
+        from jinja2 import TemplateError
+
+        try:
+            return chat_prompt_ids(self.tm, messages)
+        except TemplateError as exc:
+            raise ApiError(
+                400,
+                f"the model's chat template refused this conversation: {exc}",
+                param="messages",
+                code="invalid_conversation",
+            ) from None
 
     async def completions(self, body: CompletionRequest) -> Response:
         with self.lock:
@@ -405,7 +436,7 @@ class _Service:
         tm = self.tm
         with self.lock:
             if body.messages:
-                prompt_ids = chat_prompt_ids(tm, body.messages)
+                prompt_ids = self.chat_ids(body.messages)
             else:
                 prompt_ids = completion_prompt_ids(tm, str(body.prompt))
             answer_ids = list(tm.tokenizer(body.answer, add_special_tokens=False)["input_ids"])

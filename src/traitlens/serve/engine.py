@@ -17,6 +17,7 @@ hooks.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from collections import deque
@@ -31,6 +32,8 @@ import torch
 from traitlens.models.batching import forward_accepts, last_logits_kwargs, left_pad
 from traitlens.models.loading import TraitModel
 from traitlens.serve.steering import UNSTEERED, AppliedSteering, RowTable
+
+_log = logging.getLogger("traitlens.serve")
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ class _Row:
     def push(self, token: int) -> bool:
         """Take the next token; True when the job is finished."""
         job = self.job
+        if job.finish_reason is not None:  # failed (or finished) while in the batch
+            return True
         if job.cancelled.is_set():
             job.finish("cancelled")
             return True
@@ -175,8 +180,12 @@ class _Row:
             self.job._send(Event("delta", delta))
 
 
+MIN_TEMPERATURE = 1e-5
+"""Below this, sampling is greedy: logits / 1e-39 overflow to inf and softmax gives NaN."""
+
+
 def _generator(job: DecodeJob, device: torch.device) -> torch.Generator | None:
-    if job.temperature <= 0:
+    if not job.temperature >= MIN_TEMPERATURE:  # also NaN
         return None
     seed = job.seed if job.seed is not None else secrets.randbits(63)
     return torch.Generator(device=device).manual_seed(int(seed))
@@ -195,6 +204,10 @@ def sample_rows(
         if generator is None:
             continue
         probs = torch.softmax(logits[row] / job.temperature, dim=-1)
+        if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+            # non-finite logits on this row: fail it alone, the batch decodes on
+            job.fail("sampling failed: this row's next-token probabilities are not finite")
+            continue
         if job.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
             # keep the smallest prefix whose mass reaches top_p (always the top token)
@@ -534,8 +547,12 @@ class Engine:
             try:
                 decode_batch(self.tm, live, self.eos, admit=self._admit, max_rows=self.max_batch)
             except Exception as exc:  # one bad batch must not take the server down
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                for job in live:
-                    job.fail(f"generation failed: {type(exc).__name__}: {exc}")
+                # /health is public: it names the error type, the log holds the detail
+                self.stats.last_error = type(exc).__name__
+                _log.exception("a decoding batch failed")
+                # every row of the batch, those that joined it mid-run included (they
+                # used to wait for their timeout); the detail stays in the server's log
+                for job in self._current:
+                    job.fail("generation failed on the server (the error is in its log)")
             self.stats.tokens += sum(len(job.token_ids) for job in self._current)
             self._current = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Steering(BaseModel):
@@ -26,6 +26,26 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+UNSUPPORTED_FIELDS: dict[str, tuple[Any, ...]] = {
+    # field: the values that ask for nothing (accepted, as clients often send them)
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "response_format": (None, {"type": "text"}),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "logit_bias": (None, {}),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+}
+"""Request fields traitlens does not implement, and the values of each that are harmless."""
+
+
 class SamplingRequest(BaseModel):
     # OpenAI clients send fields we do not use (user, logprobs, ...)
     model_config = ConfigDict(extra="ignore")
@@ -43,6 +63,24 @@ class SamplingRequest(BaseModel):
     # vLLM's extension: keep decoding past end-of-sequence (fixed-length benchmarks)
     ignore_eos: bool = False
     steering: Steering | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        """Fields that would change the answer but that traitlens does not implement get a
+        400 naming them (as vLLM does), instead of being silently ignored."""
+        if isinstance(data, dict):
+            used = [
+                name
+                for name, inert in UNSUPPORTED_FIELDS.items()
+                if name in data and data[name] not in inert
+            ]
+            if used:
+                raise ValueError(
+                    f"unsupported field(s) {', '.join(used)}: traitlens serve does not "
+                    "implement them; leave them out"
+                )
+        return data
 
     @field_validator("n")
     @classmethod
