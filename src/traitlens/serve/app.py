@@ -439,7 +439,12 @@ class _Service:
                 prompt_ids = self.chat_ids(body.messages)
             else:
                 prompt_ids = completion_prompt_ids(tm, str(body.prompt))
-            answer_ids = list(tm.tokenizer(body.answer, add_special_tokens=False)["input_ids"])
+            # the answer is text a client supplied: special-token text in it stays text
+            answer_ids = list(
+                tm.tokenizer(body.answer, add_special_tokens=False, split_special_tokens=True)[
+                    "input_ids"
+                ]
+            )
         if len(prompt_ids) + len(answer_ids) > self.context:
             raise ApiError(
                 400,
