@@ -410,3 +410,14 @@ def test_two_sweeps_never_share_a_folder(tiny_dir, tmp_path) -> None:
         release.set()
         holder.join(30)
     run_sweep(_config(tiny_dir, methods=["prompt"]), tmp_path, log=_quiet)  # free again
+
+
+def test_ray_workers_with_different_material_are_refused() -> None:
+    """Workers on several machines without shared storage each build their own material;
+    the driver compares the first cell's key (which covers the material) across workers."""
+    from traitlens.errors import DataError
+    from traitlens.sweep.run import check_same_material
+
+    check_same_material("m", ["k1", "k2"], [["k1"], ["k1"]])
+    with pytest.raises(DataError, match="worker 2 built different material.*same --out"):
+        check_same_material("m", ["k1", "k2"], [["k1"], ["other"]])

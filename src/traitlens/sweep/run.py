@@ -207,7 +207,8 @@ def _ray(
             # every worker prepares (and keeps) the model; the first computes, the rest load
             mine = [c.to_dict() for c in cells]
             first = ray.get(pool[0].keys.remote(model, mine))
-            ray.get([w.keys.remote(model, mine[:1]) for w in pool[1:]])
+            others = ray.get([w.keys.remote(model, mine[:1]) for w in pool[1:]])
+            check_same_material(model, list(first), [list(k) for k in others])
             return list(first)
 
         def run(cells: Sequence[tuple[Cell, str]]) -> Iterator[dict[str, Any]]:
@@ -221,6 +222,23 @@ def _ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def check_same_material(model: str, first: list[str], others: list[list[str]]) -> None:
+    """Refuse workers whose material differs from the first worker's.
+
+    A cell's key covers its material (capture, probes, vectors, neurons), so the key of
+    one cell compares the material. Workers on several machines without shared storage
+    each build their own, and nothing else would notice that one cell key was measured
+    with different vectors on different nodes."""
+    for number, keys in enumerate(others, start=1):
+        if keys[:1] != first[:1]:
+            raise DataError(
+                f"ray worker {number} built different material for {model} than worker 0 "
+                f"(cell key {keys[0][:12] if keys else 'none'} vs {first[0][:12]}): the workers "
+                "do not see the same --out folder. Put --out on storage every node mounts "
+                "(e.g. NFS), or run the sweep on one machine"
+            )
 
 
 @contextmanager
