@@ -886,3 +886,22 @@ def test_special_token_text_in_a_message_stays_text(tiny: Any) -> None:
         assert "<|im_end|>" in smol.tokenizer.decode(ids[-20:])  # as text, not a marker
     plain = [Message(role="user", content="How was your day?")]
     assert chat_prompt_ids(smol, plain) == smol.format(None, "How was your day?").input_ids
+
+
+def test_the_playground_builds_text_nodes_and_sends_a_csp(make_app: Any) -> None:
+    """Trait names come from artifact files: the page must never parse them as HTML, and
+    a Content-Security-Policy stops anything injected from running or calling out."""
+    import base64
+    import hashlib
+    import re
+
+    page = request(make_app(), "GET", "/")
+    assert page.status_code == 200
+    assert "innerHTML" not in page.text
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+    script = re.search(r"<script>(.*?)</script>", page.text, flags=re.S)
+    assert script is not None
+    digest = base64.b64encode(hashlib.sha256(script.group(1).encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in policy  # only this script, by hash
+    assert "unsafe-inline" not in policy
