@@ -905,3 +905,53 @@ def test_the_playground_builds_text_nodes_and_sends_a_csp(make_app: Any) -> None
     digest = base64.b64encode(hashlib.sha256(script.group(1).encode()).digest()).decode()
     assert f"script-src 'sha256-{digest}'" in policy  # only this script, by hash
     assert "unsafe-inline" not in policy
+
+
+def test_the_guard_checks_host_key_type_and_counts_the_body_as_it_arrives(
+    make_app: Any,
+) -> None:
+    from traitlens.cli.serve_cmd import served_hosts
+
+    app = make_app(api_key="sekret", max_body_bytes=2048, allowed_hosts=["serve.test"])
+    good = {"Authorization": "Bearer sekret"}
+    pulled: list[int] = []
+
+    async def chunks() -> Any:  # a chunked upload: no Content-Length to check
+        for n in range(200):
+            pulled.append(n)
+            yield b'{"model": "x", "pad": "' + b"a" * 1024 + b'"'
+
+    big = request(
+        app,
+        "POST",
+        "/v1/chat/completions",
+        content=chunks(),
+        headers={**good, "content-type": "application/json"},
+    )
+    assert big.status_code == 413 and "limit of 2048 bytes" in big.text
+    assert len(pulled) < 10  # cut off at the limit, never read whole
+    pulled.clear()
+    # no key: refused before a byte of the body is read
+    anon = request(
+        app,
+        "POST",
+        "/v1/chat/completions",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
+    assert anon.status_code == 401 and len(pulled) <= 1
+    form = request(
+        app,
+        "POST",
+        "/v1/chat/completions",
+        content=b"{}",
+        headers={**good, "content-type": "text/plain"},
+    )
+    assert form.status_code == 415  # a cross-site "simple" POST
+    rebound = request(app, "GET", "/health", headers={"host": "evil.example"})
+    assert rebound.status_code == 400 and "not served here" in rebound.text
+    assert request(app, "GET", "/health").status_code == 200
+    assert content(request(app, "POST", "/v1/chat/completions", json=chat(), headers=good))
+    assert served_hosts("127.0.0.1", []) == ["localhost", "127.0.0.1", "::1", "[::1]"]
+    assert served_hosts("0.0.0.0", []) is None
+    assert served_hosts("0.0.0.0", ["api.example"]) == ["api.example"]

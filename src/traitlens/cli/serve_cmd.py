@@ -79,6 +79,19 @@ def _served_vectors(tm: TraitModel, source: Path | None, calibrated: list[Path])
     return vector_set
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def served_hosts(host: str, allowed: list[str]) -> list[str] | None:
+    """The Host names served: the ones given, or for a loopback address only loopback
+    names (None: any, for a public address without --allowed-host)."""
+    if allowed:
+        return [h.strip().lower() for h in allowed if h.strip()]
+    if host in LOOPBACK:
+        return ["localhost", "127.0.0.1", "::1", "[::1]"]
+    return None
+
+
 def serve_cmd(
     vectors: Path | None = typer.Option(
         None, "--vectors", help="run directory with vectors.json, or one vector file"
@@ -92,6 +105,13 @@ def serve_cmd(
     model: str | None = MODEL_OPTION,
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     port: int = typer.Option(8000, "--port"),
+    allowed_hosts: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="a name the Host header may carry (repeatable); default on a loopback "
+        "--host: localhost, 127.0.0.1 and ::1 only (a page on another origin cannot "
+        "rebind its name to this server)",
+    ),
     api_key: str | None = typer.Option(
         None,
         "--api-key",
@@ -140,6 +160,7 @@ def serve_cmd(
         queue_limit=queue,
         request_timeout=timeout,
         max_strength=max_strength,
+        allowed_hosts=served_hosts(host, allowed_hosts),
     )
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         console.print(f"[yellow]warning:[/] listening on {host} without --api-key")

@@ -109,6 +109,7 @@ def create_app(
     max_strength: float = SAFE_STRENGTH,
     batch_wait: float = 0.005,
     max_body_bytes: int = 4_000_000,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """An app serving ``tm`` steered by ``vectors``; the engine thread starts now and
     stops at shutdown (or with ``app.state.engine.close()``).
@@ -117,7 +118,8 @@ def create_app(
     past ``queue_limit`` waiting requests the answer is 429; a request unfinished after
     ``request_timeout`` seconds gets 504; ``api_key`` requires ``Authorization: Bearer``;
     strengths beyond ±``max_strength`` spread units are refused; bodies over
-    ``max_body_bytes`` get 413.
+    ``max_body_bytes`` get 413 (counted as they arrive, after the key is checked);
+    ``allowed_hosts`` (names the ``Host`` header may carry) refuses every other host.
     """
     if api_key is not None and not api_key.strip():
         raise DataError(
@@ -145,24 +147,123 @@ def create_app(
     app.state.catalog = catalog
     _install_error_handlers(app, max_body_bytes)
     _install_routes(app, service)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=max_body_bytes,
+        key_ok=service.key_ok,
+        allowed_hosts=allowed_hosts,
+    )
     return app
 
 
-def _install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
-    """Every failure leaves as an OpenAI-shaped error body; oversized bodies are refused
-    before they are read."""
+class RequestGuard:
+    """ASGI middleware that checks what it can before the app reads a request body.
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        size = request.headers.get("content-length", "")
-        if size.isdigit() and int(size) > max_body_bytes:
-            return ApiError(
-                413,
-                f"the request body ({int(size)} bytes) is larger than this server's limit of "
-                f"{max_body_bytes} bytes",
-                code="body_too_large",
-            ).response()
-        return await call_next(request)
+    In order: the ``Host`` header (with ``allowed_hosts``: a web page on another origin
+    that rebinds its name to this address cannot drive a local server), the API key on
+    protected paths (a client without it never gets its body read), the content type of
+    a body (JSON only: a cross-site "simple" form POST is refused), then the body itself
+    counted as it arrives — a chunked upload past ``max_body_bytes`` is cut off at the
+    limit, not read whole (the ``Content-Length`` check alone missed it).
+    """
+
+    OPEN_PATHS = ("/health", "/")
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        max_body_bytes: int,
+        key_ok: Callable[[str], bool],
+        allowed_hosts: Sequence[str] | None,
+    ):
+        self.app, self.max_body_bytes, self.key_ok = app, max_body_bytes, key_ok
+        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._refusal(scope, headers)
+        if refusal is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            body, refusal = await self._read(receive, headers)
+            if refusal is None:
+                receive = _replay(body, receive)
+        if refusal is not None:
+            await refusal.response()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Any, headers: dict[str, str]) -> ApiError | None:
+        host = headers.get("host", "").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if self.allowed_hosts is not None and name not in self.allowed_hosts:
+            return ApiError(400, f"host {host!r} is not served here", code="invalid_host")
+        if scope["path"] not in self.OPEN_PATHS and not self.key_ok(
+            headers.get("authorization", "")
+        ):
+            return WRONG_KEY
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return ApiError(
+                    415,
+                    f"send the body as JSON (Content-Type: application/json), not {kind!r}",
+                    code="unsupported_media_type",
+                )
+        size = headers.get("content-length", "")
+        if size.isdigit() and int(size) > self.max_body_bytes:
+            return self._too_large(int(size))
+        return None
+
+    def _too_large(self, size: int | None) -> ApiError:
+        told = f" ({size} bytes)" if size is not None else ""
+        return ApiError(
+            413,
+            f"the request body{told} is larger than this server's limit of "
+            f"{self.max_body_bytes} bytes",
+            code="body_too_large",
+        )
+
+    async def _read(self, receive: Any, headers: dict[str, str]) -> tuple[bytes, ApiError | None]:
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return bytes(body), ApiError(400, "the client went away", code="disconnected")
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:  # stop reading at the limit
+                return b"", self._too_large(None)
+            if not message.get("more_body", False):
+                return bytes(body), None
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A ``receive`` that hands the app the body already read, then the real channel
+    (so a disconnect is still seen)."""
+    sent = False
+
+    async def replay() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+WRONG_KEY = ApiError(
+    401,
+    "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
+    param=None,
+    code="invalid_api_key",
+)
+
+
+def _install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
+    """Every failure leaves as an OpenAI-shaped error body."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -242,22 +343,20 @@ class _Service:
         self.model_name = tm.identity.name
         self.started = int(time.time())
 
-    async def authorized(self, request: Request) -> None:
+    def key_ok(self, header: str) -> bool:
+        """Whether an ``Authorization`` header carries the key (always, without one)."""
         if self.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
+            return True
         scheme, _, token = header.partition(" ")
         # bytes, not str: compare_digest raises on non-ASCII text (that was a 500)
         given = token.strip().encode("utf-8", "surrogateescape")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
+        return scheme.lower() == "bearer" and secrets.compare_digest(
             given, self.api_key.encode("utf-8")
-        ):
-            raise ApiError(
-                401,
-                "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
-                param=None,
-                code="invalid_api_key",
-            )
+        )
+
+    async def authorized(self, request: Request) -> None:
+        if not self.key_ok(request.headers.get("authorization", "")):
+            raise WRONG_KEY
 
     def steering_for(self, body: Any) -> AppliedSteering:
         spec = body.steering
