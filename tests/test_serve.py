@@ -955,3 +955,10 @@ def test_the_guard_checks_host_key_type_and_counts_the_body_as_it_arrives(
     assert served_hosts("127.0.0.1", []) == ["localhost", "127.0.0.1", "::1", "[::1]"]
     assert served_hosts("0.0.0.0", []) is None
     assert served_hosts("0.0.0.0", ["api.example"]) == ["api.example"]
+
+
+def test_a_huge_stop_string_is_refused(make_app: Any) -> None:
+    app = make_app()
+    refused = request(app, "POST", "/v1/chat/completions", json=chat(stop=["x" * 100_000]))
+    assert refused.status_code == 400 and "at most 128 characters" in refused.text
+    assert content(request(app, "POST", "/v1/chat/completions", json=chat(stop=["\n\n"])))

@@ -46,6 +46,10 @@ UNSUPPORTED_FIELDS: dict[str, tuple[Any, ...]] = {
 """Request fields traitlens does not implement, and the values of each that are harmless."""
 
 
+MAX_STOP_CHARS = 128
+"""Longest stop string accepted."""
+
+
 class SamplingRequest(BaseModel):
     # OpenAI clients send fields we do not use (user, logprobs, ...)
     model_config = ConfigDict(extra="ignore")
@@ -95,6 +99,9 @@ class SamplingRequest(BaseModel):
         stops = [value] if isinstance(value, str) else list(value or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("stop takes up to 4 non-empty strings")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            # each decoding step scans the text's tail as long as the longest stop
+            raise ValueError(f"a stop string may be at most {MAX_STOP_CHARS} characters")
         return value
 
     def stops(self) -> tuple[str, ...]:
