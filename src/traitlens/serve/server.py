@@ -9,14 +9,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+MAX_CONNECTIONS = 256
+"""Concurrent connections uvicorn accepts before it answers 503 (the engine's queue and
+timeouts bound the work; this bounds sockets and their buffers)."""
+
 
 def serve_forever(
-    app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    limit_concurrency: int = MAX_CONNECTIONS,
 ) -> None:
     """Serve ``app`` until interrupted (Ctrl-C); the engine stops at shutdown."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=limit_concurrency)
 
 
 @contextmanager
@@ -27,7 +35,14 @@ def running_server(
     (``port=0``: a free port picked by the OS)."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        limit_concurrency=MAX_CONNECTIONS,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="traitlens-uvicorn", daemon=True)
     thread.start()
