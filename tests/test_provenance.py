@@ -323,7 +323,7 @@ def test_tensors_and_json_of_different_writes_are_never_paired(tmp_path: Path) -
     assert saved_key(old) == (True, "k-old")
     # the crash: the new tensors are in place, the old JSON is still beside them
     shutil.copy(tmp_path / "b" / "probes.safetensors", tmp_path / "a" / "probes.safetensors")
-    with pytest.raises(ArtifactError, match="not written with probes.json"):
+    with pytest.raises(ArtifactError, match="does not match probes.json: it was not written"):
         read_artifact(tmp_path / "a" / "probes", "probes")
     assert saved_key(old) == (False, None)  # nothing to reuse: recomputed, not paired
     # tensors written before the binding existed still load

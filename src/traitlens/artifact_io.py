@@ -246,9 +246,9 @@ def read_artifact(
     tensors = load_tensors(stem.with_suffix(".safetensors"))
     if not bound_to(json_path, meta):
         raise ArtifactError(
-            f"{stem}.safetensors was not written with {json_path.name} (the two files come "
-            f"from different writes, e.g. an interrupted save); delete {stem.name}.* and "
-            "recompute"
+            f"{stem}.safetensors does not match {json_path.name}: it was not written with "
+            f"it (the two files come from different writes, e.g. an interrupted save); "
+            f"delete {stem.name}.* and recompute"
         )
     return meta, identity, tensors
 
