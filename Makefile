@@ -56,9 +56,10 @@ pytest: install
 	$(PYTEST) $(SLOW_TESTS) --durations=15 --junitxml=$(REPORTS)/slow.xml
 	$(PY) scripts/test_durations.py $(REPORTS)/fast.xml $(REPORTS)/slow.xml
 
-# the edit-test loop: lint, types and the model-free tests on both cores
+# the edit-test loop: lint, types and the quick model-free tests on both cores (the
+# heavy ones, sweeps and full resumes over tiny models, run in make test)
 test-fast: lint typecheck
-	$(PYTEST) $(FAST_TESTS) -n 2 --durations=10
+	$(PYTEST) -m "not slow and not serial and not heavy" -n 2 --durations=10
 
 test: lint typecheck pytest
 

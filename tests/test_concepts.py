@@ -804,6 +804,7 @@ def _stamps(run: Path) -> dict[Path, int]:
     }
 
 
+@pytest.mark.heavy
 def test_concept_run_resumes_and_recomputes_exactly_what_changed(tmp_path: Path) -> None:
     tm = build_tiny("llama")
     # the label read-out needs the five names to start with distinct tokens here

@@ -213,6 +213,7 @@ def test_task_folder_is_written_and_bad_items_leave_nothing(tmp_path: Path) -> N
     assert not (tmp_path / "other" / "traitlens_mc.yaml").exists()
 
 
+@pytest.mark.heavy
 def test_lm_eval_agrees_with_our_scorer_item_by_item(tmp_path: Path) -> None:
     """lm-eval's own multiple_choice scoring of traitlens_mc (in-process, offline) and
     :func:`score_mc` give the same log-likelihoods and verdicts, steered and not."""
@@ -236,6 +237,7 @@ def test_lm_eval_agrees_with_our_scorer_item_by_item(tmp_path: Path) -> None:
             assert (float(sample["acc_norm"]) == 1.0) == score.correct_norm
 
 
+@pytest.mark.heavy
 def test_lm_eval_cli_runs_the_steered_task_offline(tmp_path: Path) -> None:
     """What the README tells users to type: `lm_eval --model steered ... --tasks
     traitlens_mc --include_path DIR`, in a subprocess with the hub switched off."""

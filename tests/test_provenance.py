@@ -169,6 +169,7 @@ def _deep_llama(seed: int = 0):
     return wrap_model(model, make_tokenizer(), name="tiny-llama-8")
 
 
+@pytest.mark.heavy
 def test_changed_strength_measures_new_rows_and_never_relabels(tmp_path: Path) -> None:
     """The reproduction: a rerun with --strength 1 used to print '(cached)' for every row
     and label strength-2 measurements as strength 1."""

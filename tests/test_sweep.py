@@ -110,6 +110,7 @@ def test_unreachable_ray_address_fails_fast() -> None:
 # ---------------------------------------------------------------- running
 
 
+@pytest.mark.heavy
 def test_local_sweep_measures_every_cell_once(tiny_dir: Path, tmp_path: Path) -> None:
     config = _config(tiny_dir)
     rows = run_sweep(config, tmp_path, log=_quiet)
@@ -131,6 +132,7 @@ def test_local_sweep_measures_every_cell_once(tiny_dir: Path, tmp_path: Path) ->
     assert len(rows) == len(expand(bigger))
 
 
+@pytest.mark.heavy
 def test_a_failing_cell_is_recorded_and_retried(tiny_dir, tmp_path, monkeypatch) -> None:
     real = sweep_worker._measure_cell
 
@@ -153,6 +155,7 @@ def test_a_failing_cell_is_recorded_and_retried(tiny_dir, tmp_path, monkeypatch)
     assert any(f"{len(failed)} cell(s) measured" in line for line in log)
 
 
+@pytest.mark.heavy
 def test_killed_sweep_finishes_only_the_missing_cells(tiny_dir, tmp_path) -> None:
     import yaml
 
@@ -280,6 +283,7 @@ def test_calibrated_vector_round_trip_and_steering(tiny_dir, tmp_path) -> None:
     assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.heavy
 def test_calibrate_and_steer_cli_on_a_sweep(tiny_dir, tmp_path) -> None:
     from traitlens.cli.main import main
 
@@ -355,6 +359,7 @@ def test_a_torn_ledger_line_costs_nothing_but_itself(tiny_dir, tmp_path) -> None
     assert [r["key"] for r in read_ledger(tmp_path)] == ["a", "c"]
 
 
+@pytest.mark.heavy
 def test_calibration_reads_only_the_current_grid(tiny_dir, tmp_path) -> None:
     from traitlens.sweep.run import current_rows
 
@@ -388,6 +393,7 @@ def test_calibrated_file_names_may_hold_dots(tmp_path) -> None:
     assert CalibratedVector.load(b).calibration.strength == 1.5
 
 
+@pytest.mark.heavy
 def test_two_sweeps_never_share_a_folder(tiny_dir, tmp_path) -> None:
     import multiprocessing
 

@@ -69,15 +69,22 @@ def load(model: str | None, device: str = "auto", dtype: str = "auto") -> TraitM
 
 
 def load_into(
-    out: Path, model: str | None, device: str = "auto", dtype: str = "auto"
+    out: Path,
+    model: str | None,
+    device: str = "auto",
+    dtype: str = "auto",
+    *,
+    run: bool = True,
 ) -> TraitModel:
     """Check the output folder ``out`` (last of the checks: it creates the folder), take
-    its lock for the rest of the command (a second process writing into it is refused
-    with this one's PID), then load the model."""
+    its run lock for the rest of the command (a second process writing into it is refused
+    with this one's PID) when it is a traitlens run (``run``; not for a folder that must
+    hold only what is exported, such as a baked checkpoint), then load the model."""
     from traitlens.provenance import acquire_run
 
     check_out_dir(out)
-    acquire_run(out)
+    if run:
+        acquire_run(out)
     return load(model, device, dtype)
 
 

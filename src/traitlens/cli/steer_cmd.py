@@ -427,7 +427,7 @@ def vectors_bake(
     check_choice("--method", method, METHODS)
     interventions = mix_before_load(run, strengths, method, layers)
     check_model(model, device, "float32" if dtype == "auto" else dtype)
-    tm = load_into(out, model, device, "float32" if dtype == "auto" else dtype)
+    tm = load_into(out, model, device, "float32" if dtype == "auto" else dtype, run=False)
     path = bake(tm, interventions, out, force=force)
     console.print(
         f"load it anywhere: AutoModelForCausalLM.from_pretrained('{path}') — "
@@ -464,7 +464,7 @@ def vectors_lmeval(
         )
     interventions = mix_before_load(run, strengths, method, layers)
     check_model(model, device, dtype)
-    tm = load_into(out, model, device, dtype)
+    tm = load_into(out, model, device, dtype, run=False)
     steer_file = export_steer(tm, interventions, out / "steer.pt")
     task = write_task(out / "task")
     pretrained = tm.source if Path(str(tm.source)).is_dir() else tm.identity.name

@@ -139,8 +139,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # the test suite's shared study (tests/conftest.py::study_run): both designs, every
     # stage and report section, all five traits, at the smallest useful size
     "test": {
-        "n_questions": 4,
-        "n_personas": 1,
+        "n_questions": 3,
+        "n_personas": 2,  # grouped CV needs two personas per pole
         "max_new_tokens": 8,
         "folds": 2,
         "vector_methods": ["mean_diff"],
