@@ -266,6 +266,7 @@ CONCEPT_PROFILES: dict[str, dict[str, object]] = {
         "label_draws": 2,
         "likert_templates": 0,
         "null_permutations": 2,
+        "eval_items_per_domain": 2,
     },
     "default": {},
 }
