@@ -41,6 +41,8 @@ def _config(tiny_dir: Path, **kwargs) -> SweepConfig:
         "bands": ["1-1", "1-2"],
         "strengths": [1.0, 4.0],
         "gammas": [2.0],
+        # the test suite's study size (the quick profile's material took 75-90 s a test)
+        "profile": "test",
         **kwargs,
     }
     return SweepConfig(**values)
@@ -369,7 +371,7 @@ def test_calibration_reads_only_the_current_grid(tiny_dir, tmp_path) -> None:
     assert {r["strength"] for r in read_ledger(tmp_path)} == {1.0, 2.0, 4.0}  # kept, not shown
     # another study size is other material: a folder of its own, never a clash
     run_sweep(
-        _config(tiny_dir, methods=["mean_diff"], strengths=[2.0], study={"n_questions": 3}),
+        _config(tiny_dir, methods=["mean_diff"], strengths=[2.0], study={"n_questions": 4}),
         tmp_path,
         log=_quiet,
     )
