@@ -13,6 +13,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one torch thread per parallel worker (and per process it starts): two workers with
+    # two threads each on two cores spin against each other (OpenMP), which made the
+    # parallel part slower and its timings noisy
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
