@@ -16,7 +16,8 @@ evaluation stage of a design with ``--draws`` control draws, ``--conditions`` re
 per domain and ``--label-draws``.
 
     python benchmarks/concepts.py [--items-per-domain 72] [--templates 1] [--repeats 3]
-    python benchmarks/concepts.py --items-per-domain 24 --evaluation --conditions 8
+    python benchmarks/concepts.py --items-per-domain 24 --evaluation --conditions 9
+    python benchmarks/concepts.py --items-per-domain 24 --evaluation --conditions 9 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def main() -> None:
     parser.add_argument("--label-draws", type=int, default=5)
     parser.add_argument("--conditions", type=int, default=4, help="real edits per domain")
     parser.add_argument("--layer-stride", type=int, default=1)
+    parser.add_argument(
+        "--dtype", default="float32", help="float32 (the study's CPU default) or bfloat16"
+    )
     args = parser.parse_args()
 
     from traitlens.concepts import ITEM_TEMPLATES, capture_items, format_items
@@ -50,7 +54,8 @@ def main() -> None:
     from traitlens.data import TRAITS, load_items
     from traitlens.models import load_model
 
-    tm = load_model(device="cpu", dtype="float32")
+    tm = load_model(device="cpu", dtype=args.dtype)
+    print(f"model dtype {args.dtype}")
     items, split = choose_items(
         load_items(), TRAITS, per_domain=args.items_per_domain, held_out=0.25, seed=0
     )

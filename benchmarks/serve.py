@@ -17,9 +17,20 @@ one a 200.
     python benchmarks/serve.py [--model tiny|embedded] [--clients 8] [--tokens 64]
                                [--rounds 5] [--threads N]
     python benchmarks/serve.py --load [--requests 200] [--concurrency 16]
+    python benchmarks/serve.py --soak [--minutes 10] [--concurrency 4] [--model embedded]
+
+``--soak`` keeps ``--concurrency`` requests always in flight for ``--minutes``
+(greedy, ``--tokens`` each, half of them steered), and mixes in hostile ones: one
+in four is malformed (as ``--load``), clients that hang up mid-request, and
+readouts. The batch therefore never has to end. Every 10 s it samples the
+server's resident memory and its decoding statistics (``/health``); at the end
+it prints peak RSS, RSS at the end vs after the first minute, the per-row step
+time of the last minute vs the first (the drift) and the 5xx count.
 
 Last line: ``serve_steered_ratio=<mixed-batch tokens/s / all-unsteered tokens/s>``
-(with ``--load``: ``serve_load_5xx=<count>``).
+(with ``--load``: ``serve_load_5xx=<count>``; with ``--soak``: ``serve_soak_rss_ratio=``
+RSS at the end / after the first minute, ``serve_soak_drift=`` per-row step time of the
+last minute / the first, and ``serve_soak_5xx=<count>``).
 """
 
 from __future__ import annotations
@@ -204,6 +215,110 @@ async def _load(url: str, args: argparse.Namespace) -> None:
     print(f"serve_load_5xx={server_errors}")
 
 
+def _rss_mb() -> tuple[float, float]:
+    """(resident, peak resident) MiB of this process (the server runs in a thread here)."""
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            key, amount = line.split(":", 1)
+            values[key] = int(amount.split()[0]) / 1024
+    return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
+
+
+async def _soak(url: str, args: argparse.Namespace) -> None:
+    import httpx
+
+    end = time.perf_counter() + args.minutes * 60
+    codes: dict[str, list[int]] = {"good": [], "bad": [], "readout": []}
+    hung_up = [0]
+
+    async def client(http: Any, number: int) -> None:
+        index = number
+        while time.perf_counter() < end:
+            index += args.concurrency
+            kind = index % 8
+            if kind == 3:  # malformed
+                extra, _ = BAD[(index // 8) % len(BAD)]
+                if extra is None:
+                    response = await http.post(
+                        "/v1/chat/completions",
+                        content=b'{"messages": [',
+                        headers={"content-type": "application/json"},
+                    )
+                else:
+                    body = {**_body(index, args.tokens, None), **extra}
+                    response = await http.post("/v1/chat/completions", json=body)
+                codes["bad"].append(response.status_code)
+            elif kind == 5:  # a client that hangs up mid-request
+                try:
+                    await http.post(
+                        "/v1/chat/completions",
+                        json=_body(index, args.tokens, MIXES[0]),
+                        timeout=0.05,
+                    )
+                except httpx.TimeoutException:
+                    hung_up[0] += 1
+            elif kind == 7:  # a readout while the batch runs
+                readout = {"prompt": QUESTIONS[0], "answer": "I would go to a party."}
+                response = await http.post("/v1/traitlens/readout", json=readout)
+                codes["readout"].append(response.status_code)
+            else:
+                mix = MIXES[index % len(MIXES)] if index % 2 else None
+                response = await http.post(
+                    "/v1/chat/completions", json=_body(index, args.tokens, mix)
+                )
+                codes["good"].append(response.status_code)
+
+    samples: list[tuple[float, float, dict[str, Any]]] = []
+
+    async def sampler(http: Any) -> None:
+        started = time.perf_counter()
+        while time.perf_counter() < end:
+            health = (await http.get("/health")).json()
+            samples.append((time.perf_counter() - started, _rss_mb()[0], health))
+            await asyncio.sleep(10)
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        await asyncio.gather(sampler(http), *(client(http, n) for n in range(args.concurrency)))
+        health = (await http.get("/health")).json()
+    samples.append((args.minutes * 60, _rss_mb()[0], health))
+
+    def per_row_step(first: dict[str, Any], last: dict[str, Any]) -> float:
+        rows = last["decoded_rows"] - first["decoded_rows"]
+        return (last["decode_seconds"] - first["decode_seconds"]) / max(rows, 1)
+
+    minute = [s for s in samples if s[0] <= 60.5]
+    final = [s for s in samples if s[0] >= samples[-1][0] - 60.5]
+    first_step = per_row_step(minute[0][2], minute[-1][2])
+    last_step = per_row_step(final[0][2], final[-1][2])
+    rss_first, rss_end = minute[-1][1], samples[-1][1]
+    everything = codes["good"] + codes["bad"] + codes["readout"]
+    server_errors = sum(code >= 500 for code in everything)
+    print(
+        f"{len(everything) + hung_up[0]} requests in {args.minutes:g} min, "
+        f"{args.concurrency} always in flight: {len(codes['good'])} good, "
+        f"{len(codes['bad'])} malformed, {len(codes['readout'])} readouts, "
+        f"{hung_up[0]} hung up; status counts: "
+        + ", ".join(f"{c}×{everything.count(c)}" for c in sorted(set(everything)))
+    )
+    print(
+        f"engine: {health['batches']} batches, {health['joined_running_batch']} joined a "
+        f"running batch, {health['cancelled']} cancelled, widest mask "
+        f"{health['widest_batch_columns']} columns, {health['decode_steps']} steps"
+    )
+    print(
+        f"RSS {rss_first:.0f} MiB after the first minute, {rss_end:.0f} MiB at the end, "
+        f"peak {_rss_mb()[1]:.0f} MiB; per-row step {first_step * 1e3:.2f} ms in the first "
+        f"minute, {last_step * 1e3:.2f} ms in the last"
+    )
+    assert all(code == 200 for code in codes["good"] + codes["readout"]), "a good request failed"
+    assert all(400 <= code < 500 for code in codes["bad"]), codes["bad"]
+    print(
+        f"serve_soak_rss_ratio={rss_end / rss_first:.3f} "
+        f"serve_soak_drift={last_step / first_step:.3f} serve_soak_5xx={server_errors}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="tiny (default), embedded, or a path/id")
@@ -216,6 +331,8 @@ def main() -> None:
     parser.add_argument("--load", action="store_true", help="bounded load test instead")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--soak", action="store_true", help="bounded soak instead")
+    parser.add_argument("--minutes", type=float, default=10.0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,7 +351,10 @@ def main() -> None:
     )
     print(f"model {tm.identity.name} on {tm.device}, max batch {args.max_batch}", flush=True)
     with running_server(app) as url:
-        asyncio.run(_load(url, args) if args.load else _throughput(url, args))
+        if args.soak:
+            asyncio.run(_soak(url, args))
+        else:
+            asyncio.run(_load(url, args) if args.load else _throughput(url, args))
 
 
 if __name__ == "__main__":

@@ -345,3 +345,24 @@ def test_resuming_answers_never_loses_the_finished_ones(tmp_path, monkeypatch) -
     assert load_answers(path) == before  # the finished answers are all still there
     lines = [json_module.loads(line) for line in path.read_text().splitlines()[:2]]
     assert [line["id"] for line in lines] == ["p0", "p1"]
+
+
+def test_firing_counts_are_exact_for_a_bfloat16_model() -> None:
+    """Counts and shares are accumulated in float32 whatever the model's dtype: a
+    bfloat16 product rounded 601 firing tokens to 600 (8 bits of mantissa), which a GPU
+    (bfloat16 by default) would have fed into every neuron statistic."""
+    from traitlens.capture.capture import GroupFiring, ItemFiring
+
+    tokens = 601
+    span = torch.ones(1, tokens, dtype=torch.bool)
+    acts = torch.ones(1, tokens, 4, dtype=torch.bfloat16)
+    acts[0, :7] = -1.0  # 594 tokens fire
+    groups = GroupFiring(["E|high"], 1, 4, "cpu")
+    groups.begin(torch.tensor([0]), span, torch.bfloat16)
+    groups(acts, column=0)
+    assert groups.result()["positive"][0, 0].tolist() == [594.0] * 4
+    assert groups.result()["total"][0, 0].tolist() == [587.0] * 4
+    items = ItemFiring(1, 1, 4, "cpu")
+    items.begin(torch.tensor([0]), span, torch.bfloat16)
+    items(acts, column=0)
+    assert items.rates[0, 0].float().tolist() == pytest.approx([594 / 601] * 4, abs=5e-4)

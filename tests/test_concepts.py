@@ -940,8 +940,20 @@ def test_k_shot_examples_are_balanced_and_chat_turns() -> None:
     turns = prompt.turns("my statement", rotation=2)
     # the examples are earlier exchanges whose answers are the domain names
     assert [a for _, a in turns[:-1]] == [label for _, label in prompt.examples]
-    assert turns[-1] == ('Statement: "my statement"', None)
+    assert turns[-1] == (
+        "Options: Extraversion, Agreeableness, Neuroticism, Openness, Conscientiousness\n"
+        'Statement: "my statement"',
+        None,
+    )
     assert turns[0][0].startswith("Which personality domain")
+    # everything before the asked turn is one prefix whatever the item's option order,
+    # and the examples' own orders are balanced (the first turn lists them canonically)
+    assert prompt.turns("other", rotation=4)[:-1] == turns[:-1]
+    orders = [turns[0][0].split(": ")[1].split(",")[0]] + [
+        user.split(": ")[1].split(",")[0] for user, _ in turns[1:-1]
+    ]
+    assert sorted(orders) == sorted(prompt.labels)
+    assert label_prompt(items, TRAITS, 0, seed=0).turns("x", 3) == [(prompt.question("x", 3), None)]
     # option order rotates across items, so the first-listed name differs
     firsts = {
         prompt.question("x", prompt.rotation(n)).split(": ")[1].split(",")[0] for n in range(5)
@@ -1270,7 +1282,7 @@ def test_instructed_pass_reads_states_and_label_from_one_pass_as_separate_reads_
     tiny_llama: Any, calibrate: bool
 ) -> None:
     """The instructed context reads the probe's states and the label from one forward pass
-    per option rotation (k-shot turns shared as a cached prefix). Both must equal what a
+    (k-shot turns shared as a cached prefix by every option order). Both must equal what a
     full, separate pass gives: the states over the statement inside the label question,
     and the label distribution :func:`label_probs` reads."""
     from traitlens.capture.capture import pool_formatted

@@ -335,7 +335,8 @@ def test_a_gguf_cache_finished_by_another_process_is_kept_not_replaced(
 
     def other_process_finishes_first(*args: object, **kwargs: object) -> object:
         target.mkdir(parents=True)
-        (target / "traitlens-complete").write_text(f"{digest} the other process")
+        marker = f"{digest} the other process {loading.CACHE_LAYOUT}"
+        (target / "traitlens-complete").write_text(marker)
         (target / "theirs").write_text("in use")
         return tiny.model
 
@@ -347,7 +348,7 @@ def test_a_gguf_cache_finished_by_another_process_is_kept_not_replaced(
     )
     assert loading._gguf_cached_dir(gguf) == target
     assert (target / "theirs").read_text() == "in use"
-    assert (target / "traitlens-complete").read_text() == f"{digest} the other process"
+    assert (target / "traitlens-complete").read_text().startswith(f"{digest} the other process")
     assert sorted(p.name for p in target.parent.iterdir()) == sorted(
         [target.name, loading.GGUF_DIGESTS]
     )  # no temporary folder left
@@ -428,3 +429,49 @@ def test_the_gguf_cache_is_keyed_by_content_not_by_path_and_size(
     second.mkdir(parents=True)
     (second / "traitlens-complete").write_text("0" * 64 + " elsewhere")
     assert not loading._complete(second, loading.gguf_content_digest(gguf))
+    # nor one written in an earlier layout (no tied embedding under the name engines read)
+    (second / "traitlens-complete").write_text(f"{loading.gguf_content_digest(gguf)} x")
+    assert not loading._complete(second, loading.gguf_content_digest(gguf))
+
+
+def test_a_tied_embedding_is_written_under_the_name_engines_read(tmp_path: Path) -> None:
+    """The cached float copy of the embedded GGUF held ``lm_head.weight`` but no
+    ``model.embed_tokens.weight`` (safetensors keeps one name of tied tensors): vLLM then
+    loaded no embedding and decoded token 0 forever. The input embedding's name is kept,
+    untied tensors are all written, and transformers loads the file back identically."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from traitlens.models.loading import engine_state_dict
+
+    tiny = build_tiny("llama")
+    model = tiny.model
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    state = engine_state_dict(model)
+    assert "model.embed_tokens.weight" in state and "lm_head.weight" not in state
+    assert set(state) == set(model.state_dict()) - {"lm_head.weight"}
+    save_file(state, str(tmp_path / "model.safetensors"), {"format": "pt"})
+    model.config.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert set(load_file(str(tmp_path / "model.safetensors"))) == set(state)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], tensor)
+    untied = build_tiny("gpt2").model
+    untied.config.tie_word_embeddings = False
+    untied.lm_head.weight = nn.Parameter(untied.lm_head.weight.detach().clone())
+    assert set(engine_state_dict(untied)) == set(untied.state_dict())
+
+
+@pytest.mark.slow
+def test_the_cached_embedded_model_carries_its_input_embedding() -> None:
+    """What vLLM reads from the cache: the embedding under its own name."""
+    from safetensors import safe_open
+
+    from traitlens.models.loading import _gguf_cached_dir, embedded_gguf_path
+
+    cached = _gguf_cached_dir(embedded_gguf_path())
+    with safe_open(str(cached / "model.safetensors"), "pt") as handle:
+        names = set(handle.keys())
+    assert "model.embed_tokens.weight" in names

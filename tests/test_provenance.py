@@ -53,6 +53,23 @@ def test_key_changes_with_every_input() -> None:
     ]
 
 
+def test_a_result_computed_in_another_precision_has_another_key() -> None:
+    """The same weights in bfloat16 give other activations: a bf16 run resumed in a
+    float32 run's folder must not reuse its rows (float32 keys stay those of old runs)."""
+    from dataclasses import replace
+
+    tm = build_tiny("llama")
+    f32 = tm.identity
+    assert f32.dtype == "float32"
+    bf16 = replace(f32, dtype="bfloat16")
+    assert bf16 == f32  # the same model: artifacts still load across precisions
+    keys = {provenance("capture", model=i, config={"n": 1}).key for i in (f32, bf16)}
+    assert len(keys) == 2
+    assert provenance("capture", model=f32, config={"n": 1}).key == (
+        provenance("capture", model=f32.digest, config={"n": 1}).key
+    )
+
+
 def test_claim_reuses_refuses_and_recomputes_stale(tmp_path: Path) -> None:
     up1 = provenance("prompts", data=[1])
     record(tmp_path, "prompts", up1)

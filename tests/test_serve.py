@@ -962,3 +962,246 @@ def test_a_huge_stop_string_is_refused(make_app: Any) -> None:
     refused = request(app, "POST", "/v1/chat/completions", json=chat(stop=["x" * 100_000]))
     assert refused.status_code == 400 and "at most 128 characters" in refused.text
     assert content(request(app, "POST", "/v1/chat/completions", json=chat(stop=["\n\n"])))
+
+
+# --------------------------------------------------------------- bounded under load
+
+
+def test_a_batch_that_never_ends_stays_narrow_releases_its_jobs_and_decodes_right(
+    tiny: Any, vectors: VectorSet
+) -> None:
+    """Under steady load (a new request joins whenever a row is free) the batch never
+    ends. Its attention mask used to grow one column per step for as long as it ran and
+    every finished job stayed in its lists; now leading columns no live row attends to
+    are dropped, finished jobs are released, and each row still decodes exactly what it
+    decodes alone."""
+    import gc
+    import weakref
+    from functools import partial
+
+    from traitlens.serve.engine import EngineStats
+
+    catalog = SteeringCatalog(tiny, vectors)
+    texts = [QUESTION, "quiet evenings", "I like parties and people.", "Tell me more."]
+    mixes: list[dict[str, float] | None] = [None, {"E": 2.0}, {"N": -1.5}, None]
+
+    def job(n: int) -> DecodeJob:
+        made = _job(tiny, catalog, texts[n % 4], mixes[n % 4], max_tokens=5 + n % 8)
+        made.ignore_eos = True
+        return made
+
+    solo = []
+    for n in range(8):
+        alone = job(n)
+        decode_batch(tiny, [alone])
+        solo.append(alone.token_ids)
+    made: list[int] = [0]
+    finished_refs: list[Any] = []
+    checks: list[int] = []
+    results: dict[int, list[int]] = {}
+
+    def keep(n: int, ref: Any, event: Any) -> None:
+        if event.kind == "done":
+            results[n] = list(ref().token_ids)
+            finished_refs.append(ref)
+
+    def admit(free: int) -> list[DecodeJob]:
+        gc.collect()
+        # every finished job but the ones of this very step is gone from memory
+        checks.append(sum(ref() is not None for ref in finished_refs[:-4]))
+        offer = []
+        while free and made[0] < 120:
+            n = made[0]
+            new = job(n)
+            new.emit = partial(keep, n, weakref.ref(new))
+            offer.append(new)
+            made[0] += 1
+            free -= 1
+        return offer
+
+    stats = EngineStats()
+    first = [job(0)]
+    results_first = first[0]
+    made[0] = 1
+    decode_batch(tiny, first, admit=admit, max_rows=4, stats=stats)
+    assert made[0] == 120 and len(results) == 119
+    assert results_first.token_ids == solo[0]
+    assert all(results[n] == solo[n % 8] for n in results)
+    longest = max(len(j.prompt_ids) for j in map(job, range(8))) + 13
+    assert 0 < stats.widest <= longest + 1, f"the mask grew to {stats.widest} columns"
+    assert max(checks) == 0, "finished jobs were kept by the running batch"
+
+
+def test_a_client_that_leaves_frees_its_row_and_its_queue_slot(make_app: Any) -> None:
+    """A non-streamed request used to be decoded to the end after its client left, and
+    cancelled jobs kept their queue slots (abandoned requests made everyone else's 429)."""
+    import socket
+    import time
+
+    pytest.importorskip("uvicorn")
+    from traitlens.serve.server import running_server
+
+    app = make_app(queue_limit=2)
+    engine = app.state.engine
+    body = json.dumps(chat(max_tokens=40, ignore_eos=True)).encode()
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with running_server(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with engine.hold():  # nothing decodes: both requests wait in the queue
+            for _ in range(2):
+                with socket.create_connection(("127.0.0.1", port)) as raw:
+                    raw.sendall(head + body)
+                    deadline = time.time() + 10
+                    while engine.waiting < 1 and time.time() < deadline:
+                        time.sleep(0.01)
+            deadline = time.time() + 10
+            while engine.waiting and time.time() < deadline:
+                time.sleep(0.02)
+            assert engine.waiting == 0, "requests whose clients left still count as waiting"
+
+            async def two() -> list[Any]:
+                async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                    calls = [http.post("/v1/chat/completions", json=chat()) for _ in range(2)]
+                    return list(await asyncio.gather(*calls))
+
+            import threading
+
+            answers: list[Any] = []
+            sender = threading.Thread(target=lambda: answers.extend(asyncio.run(two())))
+            sender.start()
+            deadline = time.time() + 10
+            while engine.waiting < 2 and time.time() < deadline:
+                time.sleep(0.01)
+        sender.join(30)
+        assert [a.status_code for a in answers] == [200, 200]
+        assert engine.stats.cancelled == 2 and engine.stats.tokens == 20
+
+
+def test_incremental_detokenizing_gives_the_whole_decode(tiny: Any) -> None:
+    """The answer is detokenized incrementally (decoding it whole each step was O(n²));
+    the text must be what decoding every token at once gives, split characters included."""
+    from traitlens.serve.engine import _Row
+
+    generator = torch.Generator().manual_seed(3)
+    vocab = len(tiny.tokenizer)
+    for trial in range(20):
+        ids = torch.randint(0, vocab, (60,), generator=generator).tolist()
+        job = DecodeJob([1], max_tokens=60, ignore_eos=True)
+        row = _Row(job, tiny, set())
+        for token in ids:
+            row.push(token)
+        whole = tiny.tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        assert job.text == whole, trial
+    # a character split over tokens is held back until complete, never streamed half
+    pieces = tiny.tokenizer("é€😀", add_special_tokens=False)["input_ids"]
+    seen: list[str] = []
+    job = DecodeJob([1], max_tokens=99, emit=lambda e: seen.append(e.text))
+    row = _Row(job, tiny, set())
+    for token in pieces:
+        row.push(token)
+    assert "\ufffd" not in "".join(seen) and job.text == "é€😀"
+
+
+def test_huge_inputs_are_refused_before_tokenizing_and_never_block_the_loop(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 4 MB prompt used to be tokenized on the event loop under the engine's lock,
+    freezing every stream; now text longer than any prompt that fits is refused before
+    tokenizing, conversations are capped in messages, and tokenizing runs in a worker
+    thread with its own tokenizer."""
+    import time
+
+    from traitlens.serve import app as app_module
+
+    app = make_app(max_body_bytes=8_000_000)
+    huge = "word " * 800_000
+    started = time.perf_counter()
+    response = request(app, "POST", "/v1/chat/completions", json=chat(huge))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert time.perf_counter() - started < 5
+    for url, payload in (
+        ("/v1/completions", {"prompt": huge, "max_tokens": 2}),
+        ("/v1/traitlens/readout", {"prompt": "hi", "answer": huge}),
+    ):
+        response = request(app, "POST", url, json=payload)
+        assert response.status_code == 400 and "characters" in response.text, url
+    many = {"model": "tiny", "messages": [{"role": "user", "content": "x"}] * 10_000}
+    response = request(app, "POST", "/v1/chat/completions", json=many)
+    assert response.status_code == 400 and "messages" in response.text
+
+    original = app_module.chat_prompt_ids
+
+    def slow(*args: Any) -> list[int]:
+        time.sleep(1.0)
+        return original(*args)
+
+    monkeypatch.setattr(app_module, "chat_prompt_ids", slow)
+
+    async def both() -> tuple[float, Any]:
+        async with client(app) as http:
+            slow_call = asyncio.create_task(http.post("/v1/chat/completions", json=chat()))
+            await asyncio.sleep(0.1)
+            start = time.perf_counter()
+            health = await http.get("/health")
+            answered = time.perf_counter() - start
+            assert health.status_code == 200
+            return answered, await slow_call
+
+    answered, slow_answer = asyncio.run(both())
+    assert slow_answer.status_code == 200
+    assert answered < 0.5, f"/health waited {answered:.2f} s for a tokenization"
+
+
+def test_readout_stops_at_the_deepest_read_layer_and_runs_inside_a_long_batch(
+    tiny: Any, vectors: VectorSet
+) -> None:
+    """The readout computed every layer and full-vocabulary logits over the whole
+    sequence, and waited for the running batch to end (which, under load, it never
+    does). It now stops after its deepest hook point and runs between decoding steps,
+    with the batch's steering paused."""
+    import threading
+    import time
+
+    from traitlens.serve.engine import Engine
+    from traitlens.serve.readout import trait_readout
+
+    catalog = SteeringCatalog(tiny, vectors)
+    prompt = tiny.format(None, QUESTION).input_ids
+    answer = tiny.tokenizer("I would go dancing.", add_special_tokens=False)["input_ids"]
+    calls: list[int] = []
+    last = tiny.adapter.module(f"resid[{tiny.n_layers - 1}]")
+    counting = last.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        early = trait_readout(tiny, catalog, prompt, answer, layers=[0])
+    finally:
+        counting.remove()
+    assert calls == [], "the readout ran layers after the deepest one it reads"
+    full = trait_readout(tiny, catalog, prompt, answer, layers=[tiny.n_layers - 1])
+    assert early["layers"] == [0] and set(early["traits"]) == set(full["traits"]) == {"E", "N"}
+
+    alone = trait_readout(tiny, catalog, prompt, answer, layers=[1])
+    engine = Engine(tiny, max_batch=2)
+    slow = threading.Event()
+    try:
+        long = _job(tiny, catalog, QUESTION, {"E": 3.0}, max_tokens=400)
+        long.ignore_eos = True
+        long.emit = lambda _: time.sleep(0.005) if not slow.is_set() else None
+        engine.submit(long)
+        deadline = time.time() + 30
+        while len(long.token_ids) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        future = engine.call(lambda tm: trait_readout(tm, catalog, prompt, answer, layers=[1]))
+        inside = future.result(timeout=20)
+        assert not long.finished.is_set(), "the readout waited for the batch to end"
+        # read with the batch's steering (E +3) paused: what the plain model gives
+        assert inside["traits"] == pytest.approx(alone["traits"], rel=1e-5, abs=1e-6)
+        slow.set()
+        assert long.finished.wait(30)
+    finally:
+        engine.close()

@@ -199,7 +199,8 @@ def provenance(
 ) -> Provenance:
     """The :class:`Provenance` of a ``stage`` artifact computed from these inputs.
 
-    ``model``: a ``ModelIdentity`` (its digest is used) or a digest string;
+    ``model``: a ``ModelIdentity`` (its digest, and its dtype unless float32) or a digest
+    string;
     ``config``: the configuration fields the stage reads (recorded readably, so a
     refusal can say what changed); ``data``/``tensors``: the data it reads (only a
     digest is recorded); ``upstream``: ``{stage: key}`` of the artifacts it reads.
@@ -208,6 +209,11 @@ def provenance(
     if kind not in STAGE_VERSIONS:
         raise KeyError(f"unknown stage {stage!r}; add it to STAGE_VERSIONS")
     digest = getattr(model, "digest", model)
+    dtype = getattr(model, "dtype", "")
+    if dtype and dtype != "float32":
+        # the same weights run in another precision give other activations: a result
+        # computed in bfloat16 is not the float32 one (float32 keys are the keys of old runs)
+        digest = f"{digest}@{dtype}"
     inputs: dict[str, Any] = {
         "version": STAGE_VERSIONS[kind],
         "model": digest,

@@ -333,15 +333,17 @@ class GroupFiring:
         device = self.positive.device
         onehot = torch.nn.functional.one_hot(self.group_of[rows], len(self.names)).T.bool()
         group_mask = (onehot[:, :, None] & span_mask[None]).reshape(len(self.names), -1)
-        self._mask = group_mask.to(device=device, dtype=dtype)
+        # counts and sums in float32 whatever the model's dtype: a bfloat16 product rounds
+        # a count of 300 tokens to a multiple of 2 (8 bits of mantissa)
+        self._mask = group_mask.to(device=device, dtype=torch.float32)
         span_rows = span_mask.reshape(-1).nonzero().squeeze(-1)
         self._sample = (span_rows if self.exact else _quantile_rows(span_mask)).to(device)
         self.tokens += group_mask.sum(1).double().to(device)
 
     def __call__(self, acts: torch.Tensor, *, column: int) -> None:
         flat = acts.reshape(-1, acts.shape[-1])  # [batch*seq, d_mlp]
-        self.positive[:, column] += (self._mask @ (flat > 0).to(flat.dtype)).double()
-        self.total[:, column] += (self._mask @ flat).double()
+        self.positive[:, column] += (self._mask @ (flat > 0).float()).double()
+        self.total[:, column] += (self._mask @ flat.float()).double()
         self.quantiles[column].update(flat.index_select(0, self._sample).float())
 
     def result(self) -> dict[str, torch.Tensor]:
@@ -387,15 +389,16 @@ class ItemFiring:
     def begin(self, rows: torch.Tensor, span_mask: torch.Tensor, dtype: torch.dtype) -> None:
         device = self.device
         weights = span_mask.float() / span_mask.sum(1, keepdim=True).clamp(min=1)
-        self._rows, self._weights = rows, weights.to(device=device, dtype=dtype)
+        # float32 whatever the model's dtype (a bfloat16 share has 8 bits of mantissa)
+        self._rows, self._weights = rows, weights.to(device=device, dtype=torch.float32)
         span_rows = span_mask.reshape(-1).nonzero().squeeze(-1)
         self._sample = (span_rows if self.exact else _quantile_rows(span_mask)).to(device)
 
     def __call__(self, acts: torch.Tensor, *, column: int) -> None:
-        fired = (acts > 0).to(acts.dtype)
+        fired = (acts > 0).float()
         share = torch.einsum("bs,bsd->bd", self._weights, fired)
         self.rates[:, column].index_copy_(0, self._rows, share.half().cpu())
-        mean = torch.einsum("bs,bsd->bd", self._weights, acts)
+        mean = torch.einsum("bs,bsd->bd", self._weights, acts.float())
         self.means[:, column].index_copy_(0, self._rows, mean.half().cpu())
         flat = acts.reshape(-1, acts.shape[-1])
         self.quantiles[column].update(flat.index_select(0, self._sample).float())

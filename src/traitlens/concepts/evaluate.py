@@ -35,9 +35,8 @@ from traitlens.concepts.capture import format_items
 from traitlens.concepts.config import INSTRUCTED
 from traitlens.concepts.items import ItemLike
 from traitlens.concepts.labels import (
-    CONTENT_FREE,
     LabelPrompt,
-    by_rotation,
+    asked,
     label_probs,
     normalized,
 )
@@ -183,39 +182,34 @@ def instructed_pass(
 ) -> tuple[Any, tuple[np.ndarray, np.ndarray] | None]:
     """The instructed context: each held-out item inside the label conversation, its
     statement pooled at every readout layer and (``labels``) the answer's first token read,
-    from one forward pass per option rotation (the k-shot turns are a prefix shared by the
-    rotation's items, computed once). Returns ``(states [n, L, d], (probs, mass) | None)``.
+    from one forward pass (the k-shot turns are a prefix shared by every item whatever its
+    option order, computed once). Returns ``(states [n, L, d], (probs, mass) | None)``.
     """
     import torch
 
     prompt, items = sets.label_prompt, list(sets.items)
-    states = torch.zeros((len(items), len(sets.readout_layers), tm.identity.d_model))
-    probs = np.zeros((len(items), len(prompt.labels)))
-    mass = np.zeros(len(items))
-    for rotation, positions in by_rotation(prompt, len(items)).items():
-        texts = [items[p].text for p in positions]
-        if labels and prompt.calibrate:
-            texts.append(CONTENT_FREE)
-        formatted = []
-        for text in texts:
-            asked = prompt.formatted(tm, text, rotation)
-            formatted.append(replace(asked, input_ids=asked.input_ids + list(tokens.lead)))
-        pooled = pool_formatted(
-            tm,
-            formatted,
-            span="item",
-            poolings=(pooling,),
-            layers=list(sets.readout_layers),
-            batch_size=sets.batch_size,
-            share_prefix=True,
-            next_token_ids=tokens.ids if labels else None,
-        )
-        states[positions] = pooled[f"resid.{pooling}"][: len(positions)]
-        if labels:
-            read = pooled["next.logprobs"].double()
-            probs[positions] = normalized(torch.softmax(read, -1).numpy(), prompt.calibrate)
-            mass[positions] = torch.logsumexp(read, -1).exp().numpy()[: len(positions)]
-    return states, ((probs, mass) if labels else None)
+    rows = asked(prompt, [i.text for i in items])[: None if labels else len(items)]
+    formatted = []
+    for text, rotation in rows:
+        question = prompt.formatted(tm, text, rotation)
+        formatted.append(replace(question, input_ids=question.input_ids + list(tokens.lead)))
+    pooled = pool_formatted(
+        tm,
+        formatted,
+        span="item",
+        poolings=(pooling,),
+        layers=list(sets.readout_layers),
+        batch_size=sets.batch_size,
+        share_prefix=True,
+        next_token_ids=tokens.ids if labels else None,
+    )
+    states = pooled[f"resid.{pooling}"][: len(items)]
+    if not labels:
+        return states, None
+    read = pooled["next.logprobs"].double()
+    probs = normalized(torch.softmax(read, -1).numpy(), prompt, len(items))
+    mass = torch.logsumexp(read, -1).exp().numpy()[: len(items)]
+    return states, (probs, mass)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -15,9 +15,12 @@ is read at the assistant turn's first token, so the model answers a different
 question than the examples show: on SmolLM2-135M that put 1.5-4.6 % of the
 probability on the five names and gave one name for 97 % of items.) The order in
 which the options are listed is rotated across items (``counterbalance``), so a
-preference for the first-listed name cannot pass for a domain effect; items of one
-rotation share their prefix, whose KV cache is computed once. Contextual
-calibration (Zhao et al. 2021) divides each item's distribution by the one for a
+preference for the first-listed name cannot pass for a domain effect. Every turn after
+the first lists the options again (the examples in fixed, balanced orders, the asked
+statement in its own), so the k-shot turns are one prefix for *every* item whatever
+its order: its KV cache is computed once per measured row, not once per order (the
+prefix was 57 % of the label pass's cost when the order sat in the first turn).
+Contextual calibration (Zhao et al. 2021) divides each item's distribution by the one for a
 content-free statement under the same prompt and rotation, and renormalizes.
 """
 
@@ -37,10 +40,12 @@ from traitlens.models.chat import FormattedPrompt
 from traitlens.models.loading import TraitModel
 
 LABEL_QUESTION = LABEL_INSTRUCTION
-"""The first user turn of the conversation; later turns repeat only :data:`LABEL_FOLLOW_UP`
-(the task is set once, as in ordinary few-shot chat, which also keeps prompts short)."""
+"""The first user turn of the conversation (options in their canonical order); later turns
+are :data:`LABEL_FOLLOW_UP` (the task is set once, as in ordinary few-shot chat, which
+also keeps prompts short)."""
 
-LABEL_FOLLOW_UP = 'Statement: "{text}"'
+LABEL_FOLLOW_UP = 'Options: {options}\nStatement: "{text}"'
+"""A later turn: the options in that turn's order, then the statement."""
 
 CONTENT_FREE = "N/A"
 """The content-free statement of contextual calibration (Zhao et al. 2021)."""
@@ -105,17 +110,29 @@ class LabelPrompt:
         """The option order used for the item at ``position`` of the evaluated list."""
         return position % len(self.labels) if self.counterbalance else 0
 
+    def options(self, rotation: int = 0) -> str:
+        """The domain names listed in the order of ``rotation``."""
+        return ", ".join(self.labels[rotation:] + self.labels[:rotation])
+
     def question(self, text: str, rotation: int = 0) -> str:
-        options = self.labels[rotation:] + self.labels[:rotation]
-        return self.instruction.format(options=", ".join(options), text=text)
+        return self.instruction.format(options=self.options(rotation), text=text)
 
     def turns(self, text: str, rotation: int = 0) -> list[tuple[str, str | None]]:
-        """The conversation that asks for ``text``'s domain (last answer left open): the
-        question with the first example, then one short turn per example and the item."""
+        """The conversation that asks for ``text``'s domain (last answer left open).
+
+        With examples: the question with the first example (options in canonical order),
+        one short turn per further example (options in order ``j mod n``, balanced and
+        fixed), then the item's turn in its own order ``rotation``; so everything before
+        the item's turn is the same for every item. Without examples the item's turn is
+        the question itself, in its order."""
+        if not self.examples:
+            return [(self.question(text, rotation), None)]
         statements = [s for s, _ in self.examples] + [text]
         answers: list[str | None] = [label for _, label in self.examples] + [None]
-        users = [self.question(statements[0], rotation)] + [
-            LABEL_FOLLOW_UP.format(text=s) for s in statements[1:]
+        orders = [self.rotation(j) for j in range(1, self.k)] + [rotation]
+        users = [self.question(statements[0], 0)] + [
+            LABEL_FOLLOW_UP.format(options=self.options(order), text=s)
+            for order, s in zip(orders, statements[1:], strict=True)
         ]
         return list(zip(users, answers, strict=True))
 
@@ -130,6 +147,8 @@ class LabelPrompt:
         described = asdict(self)
         if self.instruction == LABEL_INSTRUCTION:
             del described["instruction"]
+        # the turn layout (rows measured with the order in the first turn are not these)
+        described["follow_up"] = LABEL_FOLLOW_UP
         return described
 
 
@@ -154,22 +173,26 @@ def label_prompt(
     )
 
 
-def by_rotation(prompt: LabelPrompt, n: int) -> dict[int, list[int]]:
-    """Positions ``0..n-1`` grouped by the option order each is asked with."""
-    groups: dict[int, list[int]] = {}
-    for position in range(n):
-        groups.setdefault(prompt.rotation(position), []).append(position)
-    return dict(sorted(groups.items()))
+def asked(prompt: LabelPrompt, texts: Sequence[str]) -> list[tuple[str, int]]:
+    """``(statement, option order)`` of every prompt one label read asks: the items in
+    their counterbalanced orders, then (with calibration) the content-free statement in
+    each order used. All of them share the k-shot turns as one prefix."""
+    rows = [(text, prompt.rotation(n)) for n, text in enumerate(texts)]
+    if prompt.calibrate:
+        rows += [(CONTENT_FREE, r) for r in sorted({r for _, r in rows})]
+    return rows
 
 
-def normalized(found: np.ndarray, calibrate: bool) -> np.ndarray:
-    """Label probabilities of one rotation group, renormalized over the names; with
-    ``calibrate`` the group's last row is the content-free statement, divided out
-    (contextual calibration) and dropped."""
-    if not calibrate:
-        return found
-    found = found[:-1] / np.clip(found[-1], 1e-9, None)
-    return found / found.sum(1, keepdims=True)
+def normalized(found: np.ndarray, prompt: LabelPrompt, n: int) -> np.ndarray:
+    """Label probabilities of the first ``n`` rows of :func:`asked`, renormalized over the
+    names; with calibration each row is divided by the content-free row of its option
+    order (contextual calibration) and renormalized."""
+    if not prompt.calibrate:
+        return found[:n]
+    orders = [prompt.rotation(p) for p in range(n)]
+    free = {r: found[n + k] for k, r in enumerate(sorted(set(orders)))}
+    divided = found[:n] / np.clip(np.stack([free[r] for r in orders]), 1e-9, None)
+    return divided / divided.sum(1, keepdims=True)
 
 
 def label_probs(
@@ -185,19 +208,9 @@ def label_probs(
     ``label_mass`` is the raw next-token probability on the names; ``probs`` is
     renormalized over them (and contextually calibrated when the prompt says so).
     """
-    probs = np.zeros((len(items), len(prompt.labels)))
-    mass = np.zeros(len(items))
-    for rotation, positions in by_rotation(prompt, len(items)).items():
-        texts = [items[p].text for p in positions]
-        if prompt.calibrate:
-            texts.append(CONTENT_FREE)
-        sequences = [
-            tm.formatter.format_conversation(prompt.turns(text, rotation)).input_ids
-            for text in texts
-        ]
-        dist = label_distribution(
-            tm, sequences, tokens, batch_size=batch_size, description="labels"
-        )
-        probs[positions] = normalized(dist.probs, prompt.calibrate)
-        mass[positions] = dist.label_mass[: len(positions)]
-    return probs, mass
+    sequences = [
+        tm.formatter.format_conversation(prompt.turns(text, rotation)).input_ids
+        for text, rotation in asked(prompt, [i.text for i in items])
+    ]
+    dist = label_distribution(tm, sequences, tokens, batch_size=batch_size, description="labels")
+    return normalized(dist.probs, prompt, len(items)), dist.label_mass[: len(items)]

@@ -289,13 +289,42 @@ def _gguf_cache_target(gguf: Path, digest: str | None = None) -> Path:
     return cache_root() / "models" / f"{gguf.stem}-{digest[:12]}"
 
 
+CACHE_LAYOUT = "layout=2"
+"""The cached copy's file layout: 2 writes a tied embedding under the input embedding's
+name (layout 1 kept only ``lm_head.weight``, which vLLM does not read: it then loaded no
+embedding and decoded token 0 forever). A copy of another layout is made again."""
+
+
 def _complete(target: Path, digest: str) -> bool:
-    """A finished copy of the GGUF whose content digest is ``digest``."""
+    """A finished copy, in the current layout, of the GGUF whose content digest is ``digest``."""
     marker = target / "traitlens-complete"
     try:
-        return marker.read_text(encoding="utf-8").split()[0] == digest
-    except (OSError, IndexError):
+        fields = marker.read_text(encoding="utf-8").split()
+    except OSError:
         return False
+    return bool(fields) and fields[0] == digest and fields[-1] == CACHE_LAYOUT
+
+
+def engine_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """Every tensor of ``model`` once, under the name inference engines read.
+
+    Tied weights share memory, which safetensors refuses to write twice; its
+    ``save_model`` keeps one name at random-ish (the cache kept ``lm_head.weight``).
+    Engines that tie the head themselves (vLLM, llama.cpp's converter) read the input
+    embedding, so of each group of tied tensors the non-head name is kept, as
+    ``save_pretrained`` does."""
+    output = model.get_output_embeddings()
+    heads = {f"{name}.weight" for name, module in model.named_modules() if module is output}
+    state: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    # heads last, so a tied head is the duplicate that is dropped
+    for name, tensor in sorted(model.state_dict().items(), key=lambda kv: kv[0] in heads):
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if where in seen:
+            continue
+        seen.add(where)
+        state[name] = tensor.detach().contiguous()
+    return state
 
 
 def _gguf_cached_dir(gguf: Path) -> Path:
@@ -322,9 +351,9 @@ def _gguf_cached_dir(gguf: Path) -> Path:
         # save_pretrained refuses GGUF-loaded models ("quantized ... not
         # serializable") although the weights are plain floats by now, so write
         # the tensors and the config ourselves.
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
-        save_model(model, str(tmp / "model.safetensors"))
+        save_file(engine_state_dict(model), str(tmp / "model.safetensors"), {"format": "pt"})
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -333,7 +362,7 @@ def _gguf_cached_dir(gguf: Path) -> Path:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         # the marker names the content it was made from (checked on every load)
-        (tmp / "traitlens-complete").write_text(f"{digest} {gguf}")
+        (tmp / "traitlens-complete").write_text(f"{digest} {gguf} {CACHE_LAYOUT}")
         if _complete(target, digest):
             return target  # another process finished first: keep its copy, drop ours
         if target.exists():

@@ -10,9 +10,11 @@ thread (:class:`traitlens.serve.engine.Engine`); handlers only wait for events.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from traitlens.errors import DataError
+from traitlens.models.chat import ChatFormatter
 from traitlens.models.loading import TraitModel
 from traitlens.serve.engine import (
     DecodeJob,
@@ -33,7 +36,6 @@ from traitlens.serve.engine import (
     EngineClosed,
     Event,
     QueueFull,
-    tokenizer_lock,
 )
 from traitlens.serve.prompts import chat_prompt_ids, completion_prompt_ids, context_length
 from traitlens.serve.readout import trait_readout
@@ -319,6 +321,22 @@ def _queued(submit: Callable[[], T]) -> T:
         raise ApiError(503, str(exc), "server_error", code="shutting_down") from None
 
 
+DISCONNECT_POLL = 0.25
+"""Seconds between checks that the client of a non-streamed request is still there."""
+
+
+class TextSide:
+    """The request side's own tokenizer (a copy of the model's) and chat formatter: the
+    prompt builders of :mod:`traitlens.serve.prompts` take it in place of the model."""
+
+    def __init__(self, tm: TraitModel):
+        self.tokenizer = copy.deepcopy(tm.tokenizer)
+        self.formatter = ChatFormatter(self.tokenizer)
+        vocab = self.tokenizer.get_vocab()
+        # byte-level spellings are at least as long as the text they decode to
+        self.longest_token = max((len(t) for t in vocab), default=1) or 1
+
+
 class _Service:
     """What the endpoints share: the model and its tokenizer lock, the steering catalog,
     the engine thread, and the server's limits. Handlers validate, then wait for the
@@ -339,7 +357,14 @@ class _Service:
         self.max_tokens_cap = max_tokens_cap
         self.request_timeout = request_timeout
         self.context = context_length(tm)
-        self.lock = tokenizer_lock(tm)
+        # requests are tokenized in worker threads with a copy of the tokenizer under its
+        # own lock: a huge prompt never blocks the event loop, nor the engine thread's
+        # detokenizer (which holds the model tokenizer's lock every step)
+        self.texts = TextSide(tm)
+        self.text_lock = threading.Lock()
+        # no text longer than this fits the context (each token is at most this many
+        # characters): refused before any tokenizing
+        self.max_chars = self.context * self.texts.longest_token
         self.model_name = tm.identity.name
         self.started = int(time.time())
 
@@ -400,7 +425,13 @@ class _Service:
             )
         return requested if requested is not None else min(cap, room)
 
-    async def generate(self, body: SamplingRequest, prompt_ids: list[int], chat: bool) -> Response:
+    async def generate(
+        self,
+        body: SamplingRequest,
+        prompt_ids: list[int],
+        chat: bool,
+        request: Request | None = None,
+    ) -> Response:
         """Queue one decode and answer with the finished completion, or stream it."""
         steering = self.steering_for(body)
         max_tokens = self.budget(body, prompt_ids)
@@ -442,7 +473,7 @@ class _Service:
                 len(prompt_ids),
             )
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        await self._finished(job, events, deadline)
+        await self._finished(job, events, deadline, request)
         content = {
             "id": ident,
             "object": "chat.completion" if chat else "text_completion",
@@ -455,13 +486,30 @@ class _Service:
         return JSONResponse(content, headers=headers)
 
     async def _finished(
-        self, job: DecodeJob, events: asyncio.Queue[Event], deadline: float
+        self,
+        job: DecodeJob,
+        events: asyncio.Queue[Event],
+        deadline: float,
+        request: Request | None = None,
     ) -> None:
-        """Wait for ``job``'s last event; a timeout cancels it (504), an error is a 500."""
+        """Wait for ``job``'s last event; a timeout cancels it (504), an error is a 500,
+        and a client that leaves cancels it (its row leaves the batch at the next step,
+        a queued job its queue slot), instead of decoding an answer nobody reads."""
         loop = asyncio.get_running_loop()
         try:
             while True:
-                event = await asyncio.wait_for(events.get(), timeout=deadline - loop.time())
+                wait = min(DISCONNECT_POLL, deadline - loop.time())
+                try:
+                    event = await asyncio.wait_for(events.get(), timeout=max(wait, 0.0))
+                except (asyncio.TimeoutError, TimeoutError):
+                    if loop.time() >= deadline:
+                        raise
+                    if request is not None and await request.is_disconnected():
+                        job.cancelled.set()
+                        raise ApiError(
+                            499, "the client went away", code="client_closed_request"
+                        ) from None
+                    continue
                 if event.kind != "delta":
                     break
         except (asyncio.TimeoutError, TimeoutError):
@@ -487,6 +535,11 @@ class _Service:
             "largest_batch": stats.largest_batch,
             "joined_running_batch": stats.joined,
             "generated_tokens": stats.tokens,
+            "cancelled": stats.cancelled,
+            "widest_batch_columns": stats.widest,
+            "decode_steps": stats.steps,
+            "decoded_rows": stats.row_steps,
+            "decode_seconds": round(stats.step_seconds, 6),
             "last_error": stats.last_error,
         }
         return JSONResponse(body, status_code=200 if engine.alive else 503)
@@ -503,10 +556,31 @@ class _Service:
     async def traits(self) -> dict[str, Any]:
         return self.catalog.describe()
 
-    async def chat_completions(self, body: ChatRequest) -> Response:
-        with self.lock:
-            prompt_ids = self.chat_ids(body.messages)
-        return await self.generate(body, prompt_ids, chat=True)
+    def check_length(self, param: str, *texts: str) -> None:
+        """Refuse text that cannot fit the context before spending time tokenizing it."""
+        total = sum(len(t) for t in texts)
+        if total > self.max_chars:
+            raise ApiError(
+                400,
+                f"{param} has {total} characters; no text over {self.max_chars} characters "
+                f"fits this model's context of {self.context} tokens",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    async def tokenized(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(texts, *args)`` in a worker thread, under the request tokenizer's lock."""
+
+        def run() -> T:
+            with self.text_lock:
+                return fn(*args)
+
+        return await asyncio.to_thread(run)
+
+    async def chat_completions(self, body: ChatRequest, request: Request) -> Response:
+        self.check_length("messages", *(m.text() for m in body.messages))
+        prompt_ids = await self.tokenized(self.chat_ids, body.messages)
+        return await self.generate(body, prompt_ids, chat=True, request=request)
 
     def chat_ids(self, messages: Any) -> list[int]:
         """The conversation's token ids; a conversation the chat template refuses (e.g.
@@ -514,7 +588,7 @@ class _Service:
         from jinja2 import TemplateError
 
         try:
-            return chat_prompt_ids(self.tm, messages)
+            return chat_prompt_ids(self.texts, messages)
         except TemplateError as exc:
             raise ApiError(
                 400,
@@ -523,27 +597,30 @@ class _Service:
                 code="invalid_conversation",
             ) from None
 
-    async def completions(self, body: CompletionRequest) -> Response:
-        with self.lock:
-            prompt_ids = completion_prompt_ids(self.tm, body.text())
-        return await self.generate(body, prompt_ids, chat=False)
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        self.check_length("prompt", body.text())
+        prompt_ids = await self.tokenized(completion_prompt_ids, self.texts, body.text())
+        return await self.generate(body, prompt_ids, chat=False, request=request)
 
     async def readout(self, body: ReadoutRequest) -> dict[str, Any]:
         """Trait readouts of an answer, computed on the engine's thread."""
         if not body.messages and body.prompt is None:
             raise ApiError(400, "send messages or prompt with the answer", param="messages")
-        tm = self.tm
-        with self.lock:
+        texts = [m.text() for m in body.messages or ()] + [str(body.prompt or "")]
+        self.check_length("answer", body.answer, *texts)
+
+        def tokenize() -> tuple[list[int], list[int]]:
             if body.messages:
                 prompt_ids = self.chat_ids(body.messages)
             else:
-                prompt_ids = completion_prompt_ids(tm, str(body.prompt))
+                prompt_ids = completion_prompt_ids(self.texts, str(body.prompt))
             # the answer is text a client supplied: special-token text in it stays text
-            answer_ids = list(
-                tm.tokenizer(body.answer, add_special_tokens=False, split_special_tokens=True)[
-                    "input_ids"
-                ]
+            answer = self.texts.tokenizer(
+                body.answer, add_special_tokens=False, split_special_tokens=True
             )
+            return prompt_ids, list(answer["input_ids"])
+
+        prompt_ids, answer_ids = await self.tokenized(tokenize)
         if len(prompt_ids) + len(answer_ids) > self.context:
             raise ApiError(
                 400,

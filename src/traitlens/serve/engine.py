@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -31,6 +32,7 @@ import torch
 
 from traitlens.models.batching import forward_accepts, last_logits_kwargs, left_pad
 from traitlens.models.loading import TraitModel
+from traitlens.serve.prompts import context_length
 from traitlens.serve.steering import UNSTEERED, AppliedSteering, RowTable
 
 _log = logging.getLogger("traitlens.serve")
@@ -119,12 +121,36 @@ def eos_token_ids(tm: TraitModel) -> set[int]:
 
 
 class _Row:
-    """Incremental detokenisation, stop strings and limits for one job."""
+    """Incremental detokenisation, stop strings and limits for one job.
+
+    Text is decoded incrementally (the window from ``prefix`` on, less the window's
+    already-read part, as text-generation-inference does), so a step costs the same at
+    token 10 and at token 10,000; decoding the whole answer every step was O(n²) per
+    row. The window keeps a few tokens of context, so a SentencePiece word boundary
+    still decodes to its space."""
 
     def __init__(self, job: DecodeJob, tm: TraitModel, eos: set[int]):
         self.job, self.tokenizer, self.eos = job, tm.tokenizer, eos
         self.lock = tokenizer_lock(tm)
         self.longest_stop = max((len(s) for s in job.stop), default=0)
+        self.prefix = 0  # first token of the decoding window
+        self.read = 0  # tokens whose text is already in job.text
+
+    def _decode(self, ids: list[int]) -> str:
+        # no clean-up of spaces: it could rewrite text already streamed to the client
+        return str(
+            self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        )
+
+    def _new_text(self, final: bool = False) -> str:
+        ids = self.job.token_ids
+        with self.lock:
+            before = self._decode(ids[self.prefix : self.read])
+            after = self._decode(ids[self.prefix :])
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.prefix, self.read = self.read, len(ids)
+            return after[len(before) :]
+        return ""  # a partial UTF-8 character: wait for the rest of its bytes
 
     def push(self, token: int) -> bool:
         """Take the next token; True when the job is finished."""
@@ -139,11 +165,7 @@ class _Row:
             job.finish("stop")
             return True
         job.token_ids.append(token)
-        with self.lock:
-            # no clean-up of spaces: it could rewrite text already streamed to the client
-            text = self.tokenizer.decode(
-                job.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-            )
+        text = job.text + self._new_text(final=len(job.token_ids) >= job.max_tokens)
         if job.stop:
             start = max(0, job._emitted - self.longest_stop)
             hits = [k for k in (text.find(s, start) for s in job.stop) if k >= 0]
@@ -231,6 +253,9 @@ def decode_batch(
     *,
     admit: Admit | None = None,
     max_rows: int | None = None,
+    max_width: int | None = None,
+    between: Callable[[], None] | None = None,
+    stats: EngineStats | None = None,
 ) -> None:
     """Decode ``jobs`` together; each job ends with its text, tokens and finish reason.
 
@@ -239,14 +264,20 @@ def decode_batch(
     ``admit``, requests that arrive meanwhile join the running batch between steps
     (up to ``max_rows`` rows): they are prefilled on their own, then their KV cache
     is left-padded to the batch's length and concatenated (models whose cache is not
-    plain full attention, e.g. sliding-window layers, finish the batch first).
+    plain full attention, e.g. sliding-window layers, finish the batch first). Leading
+    columns no live row attends to are dropped as rows leave, and nobody joins while
+    the mask is ``max_width`` (the model's context) wide, so a batch that never ends
+    keeps a bounded width and releases every finished job. ``between`` runs before
+    every step with the steering hooks paused (the engine runs waiting readouts there,
+    so they need not wait for a batch that may never end).
     """
     if not jobs:
         return
     eos = eos_token_ids(tm) if eos is None else eos
     table = RowTable([job.steering for job in jobs], tm)
     with torch.inference_mode(), table.installed():
-        _Batch(tm, table, eos).run(list(jobs), admit, max_rows or len(jobs))
+        batch = _Batch(tm, table, eos, max_width or context_length(tm), between, stats)
+        batch.run(list(jobs), admit, max_rows or len(jobs))
 
 
 def _cache_of(out: Any) -> Any:
@@ -271,19 +302,31 @@ def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 
 
 class _Batch:
-    """The state of a running batch: KV cache, attention mask, next positions, and which
-    job each row belongs to."""
+    """The state of a running batch: KV cache, attention mask, next positions, and the
+    job, detokenizer and generator of each live row (aligned with the batch's rows, so
+    a finished job is released when its row is, however long the batch runs)."""
 
-    def __init__(self, tm: TraitModel, table: RowTable, eos: set[int]):
+    def __init__(
+        self,
+        tm: TraitModel,
+        table: RowTable,
+        eos: set[int],
+        max_width: int,
+        between: Callable[[], None] | None = None,
+        stats: EngineStats | None = None,
+    ):
         self.tm, self.table, self.eos = tm, table, eos
+        self.between, self.stats = between, stats
         self.device = tm.device
         self.pad = tm.tokenizer.pad_token_id
+        self.max_width = max_width
         # transformers 5.2x renamed the cache argument; older releases know the old name
         self.cache_arg = "cache" if forward_accepts(tm.model, "cache") else "past_key_values"
         self.jobs: list[DecodeJob] = []
         self.rows: list[_Row] = []
         self.generators: list[torch.Generator | None] = []
         self.done: list[bool] = []
+        self.widest = 0  # the widest attention mask seen (tests and the soak read it)
 
     def _prefill(self, jobs: list[DecodeJob]) -> tuple[Any, torch.Tensor, torch.Tensor, Any]:
         """Add ``jobs`` and prefill them as one left-padded batch; returns their cache,
@@ -302,33 +345,47 @@ class _Batch:
         )
         return _cache_of(out), attention, positions[:, -1] + 1, out.logits[:, -1, :]
 
-    def _sample(self, alive: list[int], logits: torch.Tensor) -> torch.Tensor:
+    def _sample(self, first: int, logits: torch.Tensor) -> torch.Tensor:
+        """Sample rows ``first..`` (their logits) and push each token to its row."""
+        rows = range(first, first + logits.shape[0])
         tokens = sample_rows(
-            logits, [self.jobs[i] for i in alive], [self.generators[i] for i in alive]
+            logits, [self.jobs[i] for i in rows], [self.generators[i] for i in rows]
         )
         chosen = tokens.tolist()  # one device sync per step, not one per row
-        for row, index in enumerate(alive):
+        for offset, index in enumerate(rows):
             if not self.done[index]:
-                self.done[index] = self.rows[index].push(chosen[row])
+                self.done[index] = self.rows[index].push(chosen[offset])
         return tokens
+
+    def _release(self, keep: list[int]) -> None:
+        """Keep only batch rows ``keep``: finished jobs leave the batch's bookkeeping."""
+        for name in ("jobs", "rows", "generators", "done"):
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in keep])
 
     def run(self, jobs: list[DecodeJob], admit: Admit | None, max_rows: int) -> None:
         cache, attention, next_position, logits = self._prefill(jobs)
-        alive = list(range(len(jobs)))  # job index of each batch row
         can_retire = hasattr(cache, "batch_select_indices")
-        joinable = admit is not None and can_retire and _joinable(cache)
-        tokens = self._sample(alive, logits)
+        plain = _joinable(cache)
+        joinable = admit is not None and can_retire and plain
+        tokens = self._sample(0, logits)
         while True:
-            if joinable and admit is not None and len(alive) < max_rows:
-                joining = admit(max_rows - len(alive))
+            # a batch kept alive by joiners must stay narrower than the context: joiners
+            # wait (and start the next batch) while the mask is that wide
+            if (
+                joinable
+                and admit is not None
+                and len(self.jobs) < max_rows
+                and attention.shape[1] < self.max_width
+            ):
+                joining = admit(max_rows - len(self.jobs))
                 if joining:
                     start = len(self.jobs)
                     with self.table.admit([job.steering for job in joining]):
                         extra, extra_attention, extra_position, extra_logits = self._prefill(
                             joining
                         )
-                    added = list(range(start, start + len(joining)))
-                    extra_tokens = self._sample(added, extra_logits)
+                    extra_tokens = self._sample(start, extra_logits)
                     width = max(attention.shape[1], extra_attention.shape[1])
                     for layer, other in zip(cache.layers, extra.layers, strict=True):
                         layer.keys = torch.cat(
@@ -342,22 +399,30 @@ class _Batch:
                     )
                     next_position = torch.cat([next_position, extra_position])
                     tokens = torch.cat([tokens, extra_tokens])
-                    alive = alive + added
-            if all(self.done[i] for i in alive):
+            if all(self.done):
                 return
-            if can_retire and any(self.done[i] for i in alive):
-                keep = [row for row, index in enumerate(alive) if not self.done[index]]
+            if can_retire and any(self.done):
+                keep = [row for row, done in enumerate(self.done) if not done]
                 selected = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(selected)
                 attention, next_position = attention[selected], next_position[selected]
                 tokens = tokens[selected]
                 self.table.keep(selected)
-                alive = [alive[row] for row in keep]
+                self._release(keep)
+                if plain:
+                    attention = _drop_masked_columns(cache, attention)
             else:
                 # without retirement a finished row keeps decoding pads that nobody reads
-                finished = torch.tensor([self.done[i] for i in alive], device=tokens.device)
+                finished = torch.tensor(self.done, device=tokens.device)
                 tokens = tokens.masked_fill(finished, self.pad)
-            attention = torch.cat([attention, attention.new_ones((len(alive), 1))], dim=1)
+            attention = torch.cat([attention, attention.new_ones((len(self.jobs), 1))], dim=1)
+            self.widest = max(self.widest, attention.shape[1])
+            if self.stats is not None:
+                self.stats.widest = max(self.stats.widest, self.widest)
+            if self.between is not None:
+                with self.table.paused():
+                    self.between()
+            started = time.perf_counter()
             out = self.tm.model(
                 input_ids=tokens[:, None],
                 attention_mask=attention,
@@ -366,8 +431,33 @@ class _Batch:
                 **{self.cache_arg: cache},
             )
             cache, logits = _cache_of(out), out.logits[:, -1, :]
+            if self.stats is not None:
+                self.stats.steps += 1
+                self.stats.row_steps += len(self.jobs)
+                self.stats.step_seconds += time.perf_counter() - started
             next_position = next_position + 1
-            tokens = self._sample(alive, logits)
+            tokens = self._sample(0, logits)
+
+
+def _drop_masked_columns(cache: Any, attention: torch.Tensor) -> torch.Tensor:
+    """Drop the leading columns no live row attends to (the padding and the prompts of
+    rows that left), from the mask and every layer's keys and values. Positions are
+    explicit, so what each row sees is unchanged; under steady load the width then
+    follows the oldest live row instead of growing for as long as the batch runs."""
+    seen = attention.any(0)
+    lead = int(seen.int().argmax()) if bool(seen.any()) else 0
+    if lead == 0:
+        return attention
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., lead:, :]
+        layer.values = layer.values[..., lead:, :]
+    return attention[:, lead:]
+
+
+def _abandoned(item: DecodeJob | tuple[Callable[[TraitModel], Any], Future[Any]]) -> bool:
+    if isinstance(item, DecodeJob):
+        return item.cancelled.is_set()
+    return item[1].cancelled()
 
 
 class QueueFull(Exception):
@@ -385,6 +475,11 @@ class EngineStats:
     largest_batch: int = 0
     joined: int = 0  # requests that joined a batch already running
     tokens: int = 0
+    cancelled: int = 0  # requests whose client left (or timed out) before the end
+    widest: int = 0  # the widest attention mask a batch has had
+    steps: int = 0  # decoding steps (one forward pass of the running batch each)
+    row_steps: int = 0  # rows decoded over those steps
+    step_seconds: float = 0.0  # time spent in them
     last_error: str | None = None
 
 
@@ -423,7 +518,9 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return len(self._pending)
+        """Requests still wanted in the queue (cancelled ones no longer count)."""
+        with self._cond:
+            return sum(1 for item in self._pending if not _abandoned(item))
 
     @property
     def alive(self) -> bool:
@@ -442,12 +539,38 @@ class Engine:
             if self._closed:
                 raise EngineClosed("the server is shutting down")
             if len(self._pending) >= self.queue_limit:
+                self._purge()
+            if len(self._pending) >= self.queue_limit:
                 raise QueueFull(
                     f"the server's queue is full ({self.queue_limit} requests waiting); "
                     "retry shortly"
                 )
             self._pending.append(item)
             self._cond.notify_all()
+
+    def _purge(self) -> None:
+        """Drop queued work nobody waits for any more (clients that left or timed out),
+        so abandoned requests never hold queue slots (call with ``_cond`` held)."""
+        kept: deque[DecodeJob | tuple[Callable[[TraitModel], Any], Future[Any]]] = deque()
+        for item in self._pending:
+            if not _abandoned(item):
+                kept.append(item)
+            elif isinstance(item, DecodeJob):
+                item.finish("cancelled")
+                self.stats.cancelled += 1
+        self._pending = kept
+
+    def _release(self, joining: Sequence[DecodeJob] = ()) -> None:
+        """Forget the running batch's finished jobs (a batch that never ends must not
+        keep every request it served), counting their tokens; then add ``joining``."""
+        live = []
+        for job in self._current:
+            if job.finish_reason is None:
+                live.append(job)
+                continue
+            self.stats.tokens += len(job.token_ids)
+            self.stats.cancelled += job.finish_reason == "cancelled"
+        self._current = live + list(joining)
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -505,14 +628,12 @@ class Engine:
         with self._cond:
             if self._held or self._closed or not self._pending:
                 return []
+            self._purge()
             joining: list[DecodeJob] = []
             rest: deque[DecodeJob | tuple[Callable[[TraitModel], Any], Future[Any]]] = deque()
             for item in self._pending:
                 if isinstance(item, DecodeJob) and len(joining) < free:
-                    if item.cancelled.is_set():
-                        item.finish("cancelled")
-                    else:
-                        joining.append(item)
+                    joining.append(item)
                 else:
                     rest.append(item)
             self._pending = rest
@@ -520,8 +641,28 @@ class Engine:
         self.stats.joined += len(joining)
         running = self.max_batch - free + len(joining)
         self.stats.largest_batch = max(self.stats.largest_batch, running)
-        self._current.extend(joining)
+        self._release(joining)
         return joining
+
+    def _call(self, fn: Callable[[TraitModel], Any], future: Future[Any]) -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(self.tm))
+            except Exception as exc:  # reported to the caller, the engine lives on
+                future.set_exception(exc)
+
+    def _between(self) -> None:
+        """Between two decoding steps: run the model calls (readouts) waiting in the
+        queue, so a batch kept alive by joiners never starves them."""
+        with self._cond:
+            if self._held or self._closed:
+                return
+            calls = [item for item in self._pending if not isinstance(item, DecodeJob)]
+            if not calls:
+                return
+            self._pending = deque(i for i in self._pending if isinstance(i, DecodeJob))
+        for fn, future in calls:
+            self._call(fn, future)
 
     def _loop(self) -> None:
         while True:
@@ -529,23 +670,27 @@ class Engine:
             if work is None:
                 return
             if isinstance(work, tuple):
-                fn, future = work
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn(self.tm))
-                    except Exception as exc:  # reported to the caller, the engine lives on
-                        future.set_exception(exc)
+                self._call(*work)
                 continue
             live = [job for job in work if not job.cancelled.is_set()]
             for job in work:
                 if job.cancelled.is_set():
                     job.finish("cancelled")
+                    self.stats.cancelled += 1
             self._current = list(live)
             self.stats.batches += 1
             self.stats.rows += len(live)
             self.stats.largest_batch = max(self.stats.largest_batch, len(live))
             try:
-                decode_batch(self.tm, live, self.eos, admit=self._admit, max_rows=self.max_batch)
+                decode_batch(
+                    self.tm,
+                    live,
+                    self.eos,
+                    admit=self._admit,
+                    max_rows=self.max_batch,
+                    between=self._between,
+                    stats=self.stats,
+                )
             except Exception as exc:  # one bad batch must not take the server down
                 # /health is public: it names the error type, the log holds the detail
                 self.stats.last_error = type(exc).__name__
@@ -554,5 +699,5 @@ class Engine:
                 # used to wait for their timeout); the detail stays in the server's log
                 for job in self._current:
                     job.fail("generation failed on the server (the error is in its log)")
-            self.stats.tokens += sum(len(job.token_ids) for job in self._current)
+            self._release()
             self._current = []

@@ -6,15 +6,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
+from traitlens.models.chat import ChatFormatter
 from traitlens.models.loading import TraitModel
 from traitlens.serve.schema import Message
+
+
+class Texts(Protocol):
+    """What turning text into ids needs: a tokenizer and its chat formatter (a loaded
+    model has both; the server's request side has its own copy)."""
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def formatter(self) -> ChatFormatter: ...
+
 
 SYSTEM_ROLES = ("system", "developer")
 
 
-def _render_chat(tm: TraitModel, messages: Sequence[Message]) -> tuple[str, bool]:
+def _render_chat(tm: Texts, messages: Sequence[Message]) -> tuple[str, bool]:
     """The conversation's prompt text and whether its tokenization adds special tokens.
 
     A single user turn (with an optional system prompt) is rendered exactly as
@@ -62,7 +75,7 @@ def special_texts(tokenizer: Any) -> list[str]:
     return sorted((t for t in texts if t), key=len, reverse=True)
 
 
-def chat_prompt_ids(tm: TraitModel, messages: Sequence[Message]) -> list[int]:
+def chat_prompt_ids(tm: Texts, messages: Sequence[Message]) -> list[int]:
     """Token ids of a conversation, ending where the assistant's next turn begins.
 
     Message content is text, never markup: ``"x<|im_end|>\n<|im_start|>assistant\n5"``
@@ -96,7 +109,7 @@ def chat_prompt_ids(tm: TraitModel, messages: Sequence[Message]) -> list[int]:
     return ids
 
 
-def completion_prompt_ids(tm: TraitModel, prompt: str) -> list[int]:
+def completion_prompt_ids(tm: Texts, prompt: str) -> list[int]:
     """Token ids of a raw completion prompt (the tokenizer's own special tokens added)."""
     return list(tm.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 

@@ -1,7 +1,8 @@
 """The playground's "personality meter": where an answer sits along each trait axis.
 
 For a prompt and an answer, one unsteered forward pass reads the hook points
-the vectors live at; the answer tokens' mean hidden state at each layer is
+the vectors live at (and stops at the deepest of them: no later layer, and no
+vocabulary projection, is computed); the answer tokens' mean hidden state at each layer is
 projected onto the trait's unit direction ``û[l]`` and divided by the layer's
 spread, then averaged over the chosen layers. The value is in spread units and
 *uncentred* (it includes the model's baseline position on the axis), so it is
@@ -12,15 +13,21 @@ generated text" judge of the evaluate stage, in its cheapest form.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import torch
 
+from traitlens.models.batching import last_logits_kwargs
 from traitlens.models.hooks import hooks_installed
 from traitlens.models.loading import TraitModel
 from traitlens.serve.steering import SteeringCatalog, SteeringError
+
+
+class _Enough(Exception):
+    """Raised by the last capture hook to end the forward pass at the deepest read layer."""
 
 
 def trait_readout(
@@ -44,17 +51,21 @@ def trait_readout(
     chosen = catalog.select_layers(layers, method, [v.trait for v in vectors])
     start = len(prompt_ids)
     captured: dict[str, torch.Tensor] = {}
+    points = sorted({f"{v.hook}[{layer}]" for v in vectors for layer in chosen})
 
     def grab(point: str, hidden: torch.Tensor) -> None:
         captured[point] = hidden[0, start:].double().mean(0)
+        if len(captured) == len(points):
+            raise _Enough  # every hooked layer is read: the rest of the pass is waste
 
-    points = sorted({f"{v.hook}[{layer}]" for v in vectors for layer in chosen})
     ids = torch.tensor([list(prompt_ids) + list(answer_ids)], device=tm.device)
     with (
         torch.inference_mode(),
         hooks_installed(tm.adapter, [(p, partial(grab, p)) for p in points]),
+        contextlib.suppress(_Enough),
     ):
-        tm.model(input_ids=ids, use_cache=False)
+        # one position of logits, in case a model runs past the hooks (it never reads them)
+        tm.model(input_ids=ids, use_cache=False, **last_logits_kwargs(tm.model))
     traits: dict[str, float] = {}
     for vector in vectors:
         values = []

@@ -46,6 +46,19 @@ UNSUPPORTED_FIELDS: dict[str, tuple[Any, ...]] = {
 """Request fields traitlens does not implement, and the values of each that are harmless."""
 
 
+def check_text(value: str, what: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate from a JSON ``\\ud800``
+    escape): no tokenizer can encode it, and it used to fail deep inside one (a 500)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} is not valid Unicode (a lone surrogate at character {exc.start}); "
+            "send UTF-8 text"
+        ) from None
+    return value
+
+
 MAX_STOP_CHARS = 128
 """Longest stop string accepted."""
 
@@ -102,6 +115,8 @@ class SamplingRequest(BaseModel):
         if any(len(s) > MAX_STOP_CHARS for s in stops):
             # each decoding step scans the text's tail as long as the longest stop
             raise ValueError(f"a stop string may be at most {MAX_STOP_CHARS} characters")
+        for stop in stops:
+            check_text(stop, "a stop string")
         return value
 
     def stops(self) -> tuple[str, ...]:
@@ -124,14 +139,25 @@ class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart]
 
+    @field_validator("content")
+    @classmethod
+    def _unicode(cls, value: str | list[ContentPart]) -> str | list[ContentPart]:
+        for text in [value] if isinstance(value, str) else [p.text for p in value]:
+            check_text(text, "the message content")
+        return value
+
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
 
 
+MAX_MESSAGES = 1024
+"""Most messages in one conversation (each costs template work before any token)."""
+
+
 class ChatRequest(SamplingRequest):
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
 
 
 class CompletionRequest(SamplingRequest):
@@ -142,6 +168,7 @@ class CompletionRequest(SamplingRequest):
     def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and len(value) != 1:
             raise ValueError("send one prompt per request (a string or a list of one string)")
+        check_text(value if isinstance(value, str) else value[0], "the prompt")
         return value
 
     def text(self) -> str:
@@ -153,11 +180,16 @@ class ReadoutRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    messages: list[Message] | None = None
+    messages: list[Message] | None = Field(default=None, max_length=MAX_MESSAGES)
     prompt: str | None = None
     answer: str
     method: str | None = None
     layers: str | list[int] | None = None
+
+    @field_validator("prompt", "answer")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        return value if value is None else check_text(value, "the text")
 
 
 def error_body(

@@ -291,6 +291,7 @@ class RowTable:
         self.size = len(steerings)
         self.tables: dict[str, torch.Tensor] = {}
         self._stack: ExitStack | None = None
+        self._paused = False
         for point in sorted({point for s in steerings for point in s.rows}):
             self.tables[point] = self._rows(point, steerings)
 
@@ -329,8 +330,20 @@ class RowTable:
             self.tables = {point: torch.cat([running[point], joining[point]]) for point in running}
             self.size += len(steerings)
 
-    def add(self, point: str, hidden: torch.Tensor) -> torch.Tensor:
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Inside the block the hooks add nothing: other model work (a readout between
+        two decoding steps) sees the plain model, never this batch's steering."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    def add(self, point: str, hidden: torch.Tensor) -> torch.Tensor | None:
         """The hook: ``hidden [batch, seq, d_model] += table[:, None, :]`` at ``point``."""
+        if self._paused:
+            return None
         table = self.tables[point]
         if table.device != hidden.device:
             table = table.to(hidden.device)
