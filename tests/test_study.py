@@ -64,11 +64,38 @@ def test_config_precedence(tmp_path: Path) -> None:
         ({"overrides": {"strength": 500}}, "strength"),
         ({"overrides": {"eval_methods": ["magic"]}}, "unknown methods"),
         ({"overrides": {"n_questoins": 3}}, "n_questoins"),
+        # the edit's own bound, when the config is built: gamma=20 used to pass here (≤ 50)
+        # and fail at the evaluation stage, after every earlier stage had run
+        ({"overrides": {"gamma": 20}}, r"gamma 20 is out of range: need 0 < gamma <= 10"),
+        ({"overrides": {"dose_gammas": [1.0, 40.0]}}, "dose_gammas 40 is out of range"),
+        ({"overrides": {"dose_strengths": [float("nan")]}}, "not a finite number"),
     ],
 )
 def test_bad_config_is_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(DataError, match=message):
         resolve_config(**kwargs)
+
+
+def test_every_config_shares_the_interventions_limits() -> None:
+    """One bound per quantity, whichever entry point builds the edit."""
+    from pydantic import ValidationError
+
+    from traitlens.concepts.config import ConceptConfig
+    from traitlens.limits import MAX_GAMMA, MAX_STRENGTH
+    from traitlens.steer import MAX_GAMMA as STEER_GAMMA
+    from traitlens.steer import MAX_STRENGTH as STEER_STRENGTH
+    from traitlens.sweep.config import SweepConfig
+
+    assert (STEER_GAMMA, STEER_STRENGTH) == (MAX_GAMMA, MAX_STRENGTH)
+    for build in (
+        lambda: resolve_config(overrides={"gamma": MAX_GAMMA * 1.5}),
+        lambda: ConceptConfig(gammas=[MAX_GAMMA * 1.5]),
+        lambda: SweepConfig(gammas=[MAX_GAMMA * 1.5]),
+    ):
+        with pytest.raises((DataError, ValidationError), match="out"):
+            build()
+    assert resolve_config(overrides={"gamma": MAX_GAMMA}).gamma == MAX_GAMMA
+    assert SweepConfig(strengths=[MAX_STRENGTH]).strengths == [MAX_STRENGTH]
 
 
 def test_bad_yaml_file(tmp_path: Path) -> None:

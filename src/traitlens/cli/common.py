@@ -8,7 +8,6 @@ error of the layer that owns the rule) with the option, the value and the fix.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -177,19 +176,22 @@ def check_float(
 ) -> None:
     """A finite ``value`` within ``low``..``high`` (open ends exclude the bound; with
     ``absolute`` the bounds apply to ``|value|``)."""
+    from traitlens.limits import out_of_range
+
     if value is None:
         return
-    tail = f"; {hint}" if hint else ""
-    if not math.isfinite(value):
-        raise DataError(f"{option} {value} is not a finite number: give a real number{tail}")
-    checked = abs(value) if absolute else value
-    too_low = low is not None and (checked <= low if low_open else checked < low)
-    too_high = high is not None and (checked >= high if high_open else checked > high)
-    if too_low or too_high:
-        left = "" if low is None else f"{low:g} {'<' if low_open else '<='} "
-        right = "" if high is None else f" {'<' if high_open else '<='} {high:g}"
-        what = f"|{option}|" if absolute else option
-        raise DataError(f"{option} {value:g} is out of range: need {left}{what}{right}{tail}")
+    problem = out_of_range(
+        option,
+        value,
+        low,
+        high,
+        low_open=low_open,
+        high_open=high_open,
+        absolute=absolute,
+        hint=hint,
+    )
+    if problem is not None:
+        raise DataError(problem)
 
 
 def check_strength(value: float | None, option: str = "--strength") -> None:

@@ -218,7 +218,7 @@ class ConceptConfig(BaseModel):
     @field_validator("gammas")
     @classmethod
     def _gammas(cls, value: list[float]) -> list[float]:
-        from traitlens.steer.interventions import MAX_GAMMA
+        from traitlens.limits import MAX_GAMMA
 
         bad = [g for g in value if not 0.0 < g <= MAX_GAMMA]
         if bad or not value:

@@ -34,21 +34,12 @@ from typing import Any, Literal, cast
 import torch
 
 from traitlens.errors import InterventionError
+from traitlens.limits import MAX_GAMMA, MAX_STRENGTH
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.steer.artifact import TraitVector
 
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
-
-MAX_STRENGTH = 50.0
-"""Largest |strength| accepted, in spread units. Useful steering sits at 1–15σ;
-beyond ~50σ the residual stream is dominated by the vector and the model emits
-noise, so such a value is almost certainly a unit mistake (e.g. a raw-norm
-coefficient from another tool)."""
-
-MAX_GAMMA = 10.0
-"""Largest |γ| accepted for NPTI edits: γ multiplies a neuron's own 95th-percentile
-activation, so γ = 10 already drives it ten times past its usual range."""
 
 
 def _check_positions(positions: str) -> Positions:

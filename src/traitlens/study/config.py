@@ -16,6 +16,7 @@ from pydantic import (
 
 from traitlens.concepts.config import CONCEPT_PROFILES, ConceptConfig
 from traitlens.errors import DataError
+from traitlens.limits import MAX_GAMMA, MAX_STRENGTH, out_of_range
 from traitlens.settings import read_yaml_mapping
 
 DESIGNS = ("persona", "concept", "both")
@@ -48,8 +49,11 @@ class StudyConfig(BaseModel):
     )
     eval_methods: list[str] = Field(default_factory=lambda: ["mean_diff", "neurons"])
     # per steered layer; a first quick study at 4 (×5 layers) cost ×6 to ×18,000 perplexity
-    strength: float = Field(2.0, gt=0, le=50)
-    gamma: float = Field(2.0, gt=0, le=50)
+    # bounded by the interventions' own limits, when the config is built (γ used to be
+    # bounded by 50 here and by 10 in the edit, so gamma=20 ran every stage before the
+    # evaluation and failed there)
+    strength: float = 2.0
+    gamma: float = 2.0
     # neuron edits use the FDR set when it has this many neurons in the band, else NPTI's rule
     min_fdr_neurons: int = Field(20, ge=0)
     # which selected neurons an edit touches: all of them (as NPTI does) or only those
@@ -94,6 +98,17 @@ class StudyConfig(BaseModel):
             return ConceptConfig(**{**self.concept.model_dump(), **update})
         except ValidationError as exc:
             raise config_error(exc, "concept design configuration") from exc
+
+    @field_validator("strength", "gamma", "dose_strengths", "dose_gammas")
+    @classmethod
+    def _sizes(cls, value: Any, info: ValidationInfo) -> Any:
+        name = str(info.field_name)
+        limit = MAX_GAMMA if "gamma" in name else MAX_STRENGTH
+        for size in value if isinstance(value, list) else [value]:
+            problem = out_of_range(name, size, 0.0, limit, low_open=True)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     @field_validator("traits", "dose_traits")
     @classmethod

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from traitlens.errors import DataError
 from traitlens.study.config import StudyConfig, config_error, resolve_config
@@ -90,16 +90,18 @@ class SweepConfig(BaseModel):
 
     @field_validator("strengths", "gammas")
     @classmethod
-    def _sizes(cls, value: list[float]) -> list[float]:
+    def _sizes(cls, value: list[float], info: ValidationInfo) -> list[float]:
         import math
 
-        from traitlens.steer import MAX_STRENGTH
+        from traitlens.limits import MAX_GAMMA, MAX_STRENGTH
 
-        bad = [v for v in value if not (math.isfinite(v) and 0 < v <= MAX_STRENGTH)]
+        # γ has the NPTI edit's own bound (it used to be checked against the strength's)
+        limit = MAX_GAMMA if info.field_name == "gammas" else MAX_STRENGTH
+        bad = [v for v in value if not (math.isfinite(v) and 0 < v <= limit)]
         if bad:
             raise ValueError(
                 f"{bad} out of range: sizes are positive (the pole gives the sign) and at "
-                f"most {MAX_STRENGTH}"
+                f"most {limit:g}"
             )
         return sorted(set(value))
 
