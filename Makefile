@@ -1,7 +1,7 @@
 # Two entry points, both from a fresh clone:
 #   make demo   install, then the concept study on the embedded model (quick profile;
 #               DESIGN=both adds the persona design, DESIGN=persona runs it alone)
-#   make test   install, then lint, type-check and run the test suite
+#   make test   install, then lint (ruff, the docs site), type-check and run the test suite
 #   make test-fast   lint, type-check and the model-free tests (the edit-test loop)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -38,6 +38,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 typecheck: install
 	$(VENV)/bin/mypy
