@@ -64,7 +64,7 @@ def _model(name: str) -> Any:
 
 def _vectors(tm: Any, run: str | None) -> Any:
     from traitlens.steer import TraitVector
-    from traitlens.steer.vectors import VectorSet
+    from traitlens.steer.vector_set import VectorSet
 
     if run is not None:
         return VectorSet.load(run, expect=tm.identity)

@@ -35,13 +35,13 @@ from traitlens.fingerprint import (
     split_half_stability,
 )
 from traitlens.fingerprint.stats import (
-    auc,
     bootstrap_median_ci,
     components_for,
     length_slope,
     participation_ratio,
     pca_explained_variance,
 )
+from traitlens.stats import separation_auc as auc
 
 # ---------------------------------------------------------------- pure statistics
 

@@ -113,7 +113,7 @@ def test_the_readme_import_command_saves_a_repeng_file_that_steers_alike(
     end through the CLI (it used to end in a safetensors traceback when saving: the
     imported spread and norms shared memory)."""
     from traitlens.cli.main import main
-    from traitlens.steer.vectors import VectorSet
+    from traitlens.steer.vector_set import VectorSet
 
     tm = build_tiny("llama")
     _, _, path = _trained(tm, tmp_path)

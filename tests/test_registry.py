@@ -23,7 +23,6 @@ from traitlens.steer import (
     register_method,
     register_rule,
     run_vector,
-    select_by_rule,
     trait_vector,
 )
 from traitlens.steer.registry import DIRECTIONS, NEURON_RULES
@@ -232,7 +231,7 @@ def _pairs(neurons) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("pole", ["high", "low"])
 def test_built_in_rules_select_what_the_neuron_set_selects(rule: str, pole: str) -> None:
     neurons = _neuron_set()
-    mine, theirs = select_by_rule(neurons, "e", pole, rule), neurons.select("E", pole, rule)
+    mine, theirs = neurons.select("e", pole, rule), neurons.select("E", pole, rule)
     for name in ("layers", "indices", "delta", "a95"):
         assert torch.equal(getattr(mine, name), getattr(theirs, name)), name
     expected = {"fdr": {"high": [(3, 0), (3, 3)], "low": [(5, 0), (5, 3)]}}
@@ -249,16 +248,16 @@ def test_registered_rule_and_bad_rules(clean_registry) -> None:
         return signed == signed.max(dim=1, keepdim=True).values
 
     neurons = _neuron_set()
-    chosen = select_by_rule(neurons, "A", "high", "strongest")
+    chosen = neurons.select("A", "high", "strongest")
     assert _pairs(chosen) == [(3, 1), (3, 2), (5, 2)]
     assert chosen.delta.tolist() == pytest.approx([0.3, 0.3, 0.9])
     assert chosen.a95.tolist() == [1.0, 2.0, 6.0]
     with pytest.raises(
         DataError, match="unknown neuron selection rule 'top'.*fdr, npti, npti_top, dpn, strongest"
     ):
-        select_by_rule(neurons, "A", "high", "top")
+        neurons.select("A", "high", "top")
     register_rule("floats")(lambda neurons, trait, pole: neurons.delta[0])
     with pytest.raises(DataError, match="bool mask"):
-        select_by_rule(neurons, "A", "high", "floats")
+        neurons.select("A", "high", "floats")
     with pytest.raises(DataError, match="this set has E, A"):
-        select_by_rule(neurons, "N", "high")
+        neurons.select("N", "high")

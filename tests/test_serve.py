@@ -19,7 +19,7 @@ from traitlens.serve import create_app
 from traitlens.serve.engine import DecodeJob, decode_batch
 from traitlens.serve.steering import SteeringCatalog
 from traitlens.steer import TraitVector
-from traitlens.steer.vectors import VectorSet
+from traitlens.steer.vector_set import VectorSet
 
 pytest.importorskip(
     "fastapi", reason="serving needs the serve extra: pip install 'traitlens[serve]'"

@@ -23,7 +23,7 @@ from traitlens.errors import DataError
 
 if TYPE_CHECKING:
     from traitlens.models.loading import TraitModel
-    from traitlens.steer.vectors import VectorSet
+    from traitlens.steer.vector_set import VectorSet
 
 
 def _vector_source(path: Path) -> Path:
@@ -59,7 +59,8 @@ def _check_limits(
 def _served_vectors(tm: TraitModel, source: Path | None, calibrated: list[Path]) -> VectorSet:
     """The vectors to serve, each checked against ``tm``: the run's (or the one vector
     file's), then one per calibrated file."""
-    from traitlens.steer.vectors import TraitVector, VectorSet
+    from traitlens.steer.artifact import TraitVector
+    from traitlens.steer.vector_set import VectorSet
     from traitlens.sweep.calibrate import CalibratedVector
 
     if source is not None and source.is_dir():

@@ -57,7 +57,6 @@ from traitlens.fingerprint.conversation import (
 from traitlens.fingerprint.reliability import asymmetry, dead_zone, seed_noise
 from traitlens.fingerprint.stats import (
     FloatArray,
-    auc,
     bootstrap_median_ci,
     bootstrap_median_difference,
     components_for,
@@ -81,6 +80,7 @@ from traitlens.fingerprint.texts import (
 from traitlens.models.generation import generate_answers
 from traitlens.models.loading import ModelIdentity, TraitModel, require_identity
 from traitlens.provenance import provenance
+from traitlens.stats import separation_auc
 
 Log = Callable[[str], None]
 SEED_STRIDE = 10_007  # generate_answers seeds batch b with seed + b: keep seeds' ranges apart
@@ -518,7 +518,7 @@ def calibration_quality(
         quality[axis] = {
             "accuracy": float(np.mean((held > 0) == is_high)),
             "paired_accuracy": paired_accuracy(held, is_high, question_ids),
-            "auc": auc(held[is_high], held[~is_high]),
+            "auc": separation_auc(held[is_high], held[~is_high]),
             "d_prime": d_prime(held[is_high], held[~is_high]),
             "d_prime_in_sample": d_prime(in_sample[is_high], in_sample[~is_high]),
             "stability": float(stab.mean()) if stab.size else None,

@@ -17,12 +17,9 @@ from traitlens.errors import DataError
 from traitlens.stats import bootstrap_median_ci as bootstrap_median_ci
 from traitlens.stats import bootstrap_median_difference as bootstrap_median_difference
 from traitlens.stats import icc as icc
-from traitlens.stats import separation_auc
 
 FloatArray = NDArray[np.float64]
 
-# the fingerprint's ``auc(high, low)`` has always been the two-group form
-auc = separation_auc
 
 # An IQR below this (in projection units) means every calibration answer projects to
 # the same value: normalizing by it would blow noise up to huge scores.

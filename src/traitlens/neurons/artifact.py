@@ -130,8 +130,16 @@ class NeuronSet(Artifact):
         # steering imports this module
         from traitlens.steer.neuron_rules import get_rule
 
-        self._index(trait, pole)
-        return get_rule(rule).mask(self, trait, pole)
+        delta = self.delta[self._index(trait, pole)]
+        mask = get_rule(rule).mask(self, trait, pole)
+        if mask.shape != delta.shape or mask.dtype != torch.bool:
+            # a rule registered by a user returned something else: say what a rule returns
+            raise DataError(
+                f"neuron rule {rule!r} returned a {mask.dtype} mask of shape "
+                f"{list(mask.shape)}; a rule returns a bool mask [n_layers, d_mlp] = "
+                f"{list(delta.shape)}"
+            )
+        return mask
 
     def select(self, trait: str, pole: str, rule: str = "fdr") -> SelectedNeurons:
         """The trait's selective neurons for ``pole``, ordered by layer then index.

@@ -47,7 +47,7 @@ from traitlens.serve.schema import (
     error_body,
 )
 from traitlens.serve.steering import SAFE_STRENGTH, AppliedSteering, SteeringCatalog, SteeringError
-from traitlens.steer.vectors import VectorSet
+from traitlens.steer.vector_set import VectorSet
 
 _log = logging.getLogger("traitlens.serve")
 

@@ -2,7 +2,7 @@
 
 A request's mix ``{"E": 1.0, "N": -0.5}`` becomes, at every steered layer ``l``,
 one ``[d_model]`` row ``Σ_t strength_t · vector_t[l]`` (strength in spread units
-per layer, see :mod:`traitlens.steer.vectors`). A batch stacks its rows into a
+per layer, see :mod:`traitlens.steer.artifact`). A batch stacks its rows into a
 ``[batch, d_model]`` table per layer (zeros for unsteered rows) and one forward
 hook per layer adds ``table[:, None, :]`` to the block output — every row gets
 its own vector, never a global one. Adding to pad positions is harmless (they
@@ -26,7 +26,7 @@ from traitlens.errors import DataError
 from traitlens.models.hooks import hooks_installed
 from traitlens.models.loading import TraitModel
 from traitlens.steer.layers import middle_layers, parse_layers
-from traitlens.steer.vectors import VectorSet
+from traitlens.steer.vector_set import VectorSet
 
 DEFAULT_METHOD = "mean_diff"
 SAFE_STRENGTH = 3.0

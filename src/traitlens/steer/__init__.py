@@ -15,6 +15,7 @@ from traitlens.steer.apply import (
     generate_steered,
     steering,
 )
+from traitlens.steer.artifact import TraitVector
 from traitlens.steer.directions import (
     logistic_direction,
     mean_difference,
@@ -23,6 +24,7 @@ from traitlens.steer.directions import (
     projection_spread,
     ridge_direction,
 )
+from traitlens.steer.estimators import trait_vector, trait_vectors
 from traitlens.steer.gguf_io import export_gguf, import_gguf, read_gguf
 from traitlens.steer.interventions import (
     MAX_GAMMA,
@@ -38,7 +40,6 @@ from traitlens.steer.interventions import (
     npti_factor,
 )
 from traitlens.steer.layers import band_layers, middle_layers, parse_layers
-from traitlens.steer.neuron_rules import select_by_rule
 from traitlens.steer.registry import (
     METHODS,
     RULES,
@@ -48,7 +49,7 @@ from traitlens.steer.registry import (
     register_method,
     register_rule,
 )
-from traitlens.steer.vectors import TraitVector, VectorSet, trait_vector, trait_vectors
+from traitlens.steer.vector_set import VectorSet
 from traitlens.steer.workflow import default_run_dir, run_neuron_edit, run_vector
 
 __all__ = [
@@ -90,7 +91,6 @@ __all__ = [
     "ridge_direction",
     "run_neuron_edit",
     "run_vector",
-    "select_by_rule",
     "steering",
     "trait_vector",
     "trait_vectors",

@@ -13,7 +13,8 @@
 
 A new rule is a function ``(neurons, trait, pole) -> bool [n_layers, d_mlp]``
 registered with :func:`~traitlens.steer.registry.register_rule`;
-:func:`select_by_rule` applies any registered rule.
+``NeuronSet.select(trait, pole, rule)`` applies any registered rule (and checks the
+mask a user's rule returns).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from traitlens.errors import DataError
-from traitlens.neurons.selected import SelectedNeurons
-from traitlens.steer.registry import get_rule, register_rule
+
+# get_rule is taken from here by callers: importing this module registers the built-in
+# rules first
+from traitlens.steer.registry import get_rule as get_rule
+from traitlens.steer.registry import register_rule
 
 if TYPE_CHECKING:
     from traitlens.neurons.artifact import NeuronSet
@@ -84,30 +88,3 @@ def dpn_mask(neuron_set: NeuronSet, trait: str, pole: str) -> torch.Tensor:
         else ((d <= -settings["min_d"]) & (diff < 0))
     )
     return large & side
-
-
-def select_by_rule(neurons: NeuronSet, trait: str, pole: str, rule: str = "fdr") -> SelectedNeurons:
-    """The neurons the registered ``rule`` selects for ``pole`` of ``trait``.
-
-    ``delta`` is signed toward the pole and ``layers`` are model layers, as
-    :class:`~traitlens.neurons.selected.SelectedNeurons` specifies; for the
-    built-in rules the result equals ``neurons.select(trait, pole, rule)``.
-    """
-    code = trait.strip().upper()
-    if code not in neurons.traits:
-        raise DataError(
-            f"no neuron statistics for trait {trait!r}; this set has "
-            f"{', '.join(neurons.traits)} — select neurons with that trait included"
-        )
-    if pole not in ("high", "low"):
-        raise DataError(f"unknown pole {pole!r}; use 'high' or 'low'")
-    chosen = get_rule(rule)
-    mask = chosen.mask(neurons, trait, pole)
-    delta = neurons.delta[neurons.traits.index(code)]
-    if mask.shape != delta.shape or mask.dtype != torch.bool:
-        raise DataError(
-            f"neuron rule {rule!r} returned a {mask.dtype} mask of shape {list(mask.shape)}; a "
-            f"rule returns a bool mask [n_layers, d_mlp] = {list(delta.shape)}"
-        )
-    signed = delta if pole == "high" else -delta
-    return SelectedNeurons.from_mask(mask, neurons.layers, signed, neurons.a95)

@@ -22,7 +22,7 @@ registration (``needs``), so callers prepare it without knowing the method.
 
 A neuron selection rule maps a neuron set, a trait and a pole to a bool mask
 ``[n_layers, d_mlp]`` of the selected neurons
-(:func:`~traitlens.steer.neuron_rules.select_by_rule` turns it into
+(:meth:`~traitlens.neurons.artifact.NeuronSet.select` turns it into
 :class:`~traitlens.neurons.selected.SelectedNeurons`).
 """
 

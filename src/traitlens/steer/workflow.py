@@ -24,7 +24,6 @@ from traitlens.steer.artifact import TraitVector
 from traitlens.steer.estimators import trait_vector
 from traitlens.steer.interventions import NeuronEdit, Positions
 from traitlens.steer.layers import middle_layers, parse_layers
-from traitlens.steer.neuron_rules import select_by_rule
 from traitlens.steer.registry import get_method, get_rule
 from traitlens.steer.vector_set import VectorSet
 
@@ -177,7 +176,7 @@ def run_vector(
 
 
 def _no_neurons(neurons: NeuronSet, trait: str, rule: str) -> bool:
-    return not any(len(select_by_rule(neurons, trait, pole, rule)) for pole in ("high", "low"))
+    return not any(len(neurons.select(trait, pole, rule)) for pole in ("high", "low"))
 
 
 def _run_neuron_set(
@@ -262,9 +261,9 @@ def run_neuron_edit(
     target = (
         neuron_set.random_control(trait, pole, seed, rule)
         if random_control
-        else select_by_rule(neuron_set, trait, pole, rule)
+        else neuron_set.select(trait, pole, rule)
     )
-    opposite = select_by_rule(neuron_set, trait, other, rule)
+    opposite = neuron_set.select(trait, other, rule)
     if layers is not None:
         target, opposite = target.in_layers(layers), opposite.in_layers(layers)
     if len(target) == 0 and len(opposite) == 0:
