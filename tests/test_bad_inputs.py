@@ -90,6 +90,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     from traitlens.neurons import prompts_per_group, select_neurons
     from traitlens.probe import fit_probes
     from traitlens.steer import run_vector
+    from traitlens.steer.gguf_io import export_gguf
 
     root = tmp_path_factory.mktemp("bad_inputs")
     tiny = build_tiny("llama")
@@ -114,7 +115,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
         out_dir=run,
     )
     vector = run_vector(tm, run, "E", "mean_diff", progress=False)
-    control = vector.to_gguf(root / "E.gguf", layers=[1, 2])
+    control = export_gguf(vector, root / "E.gguf", layers=[1, 2])
     (run / "eval.json").write_text(json.dumps({"kind": "evaluation", "traits": ["E"]}))
     (run / "study_config.json").write_text(json.dumps({"profile": "quick", "traits": ["E"]}))
     return Prepared(root, model_dir, run, control, tm)

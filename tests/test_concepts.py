@@ -1229,7 +1229,7 @@ def test_selection_null_counts_what_permuted_labels_pass() -> None:
 
 def test_npti_top_rule_keeps_the_strongest_2000_then_the_delta_rule() -> None:
     from traitlens.concepts.neurons import rule_mask
-    from traitlens.steer.neuron_rules import NPTI_TOP
+    from traitlens.neurons.rules import NPTI_TOP
 
     items = synthetic_bank()
     neurons = select_concept_neurons(
@@ -1431,7 +1431,7 @@ def test_dpn_statistics_hand_computed() -> None:
 
 def test_dpn_rule_keeps_large_d_and_large_difference_on_each_side() -> None:
     from traitlens.concepts.neurons import dpn_neurons
-    from traitlens.steer.neuron_rules import dpn_mask
+    from traitlens.neurons.rules import dpn_mask
 
     items = synthetic_bank(per_facet=8)
     acts = dpn_acts(items)

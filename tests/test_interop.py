@@ -19,7 +19,7 @@ import torch
 
 from conftest import build_tiny
 from traitlens.errors import ArtifactError
-from traitlens.steer import AddDirection, TraitVector, steering
+from traitlens.steer import AddDirection, TraitVector, import_gguf, steering
 
 
 def _repeng():
@@ -48,7 +48,7 @@ def _trained(tm, tmp_path: Path):
 def test_a_repeng_file_steers_in_traitlens_as_it_does_in_repeng(tmp_path: Path) -> None:
     tm = build_tiny("llama")
     repeng, trained, path = _trained(tm, tmp_path)
-    imported = TraitVector.from_gguf(path, tm)
+    imported = import_gguf(path, tm)
     # repeng's default layers: every block but 0, keyed by block index
     assert (
         imported.layers
@@ -92,7 +92,7 @@ def test_a_repeng_file_for_another_model_is_refused_naming_both(tmp_path: Path) 
     )
     other = wrap_model(tf.AutoModelForCausalLM.from_config(wider).eval(), make_tokenizer(), "w")
     with pytest.raises(ArtifactError, match=r"width \[32\].*d_model=48"):
-        TraitVector.from_gguf(path, other)
+        import_gguf(path, other)
     shallow = tf.LlamaConfig(
         vocab_size=400,
         hidden_size=32,
@@ -103,7 +103,7 @@ def test_a_repeng_file_for_another_model_is_refused_naming_both(tmp_path: Path) 
     )
     other = wrap_model(tf.AutoModelForCausalLM.from_config(shallow).eval(), make_tokenizer(), "s")
     with pytest.raises(ArtifactError, match=r"layer\(s\) \[2\].*2 layers"):
-        TraitVector.from_gguf(path, other)
+        import_gguf(path, other)
 
 
 def test_the_readme_import_command_saves_a_repeng_file_that_steers_alike(
@@ -127,7 +127,7 @@ def test_the_readme_import_command_saves_a_repeng_file_that_steers_alike(
     except SystemExit as exit_:
         assert not exit_.code, capsys.readouterr()
     saved = VectorSet.load(run).get("E", "repeng")
-    direct = TraitVector.from_gguf(path, tm)
+    direct = import_gguf(path, tm)
     assert saved.layers == direct.layers
     torch.testing.assert_close(saved.vectors, direct.vectors)
     torch.testing.assert_close(saved.spread, direct.spread)
@@ -171,7 +171,7 @@ def test_a_malformed_control_vector_gets_one_clear_error(
     tm = build_tiny("llama")
     path = _control_gguf(tmp_path / "bad.gguf", tensors, meta)
     with pytest.raises(ArtifactError, match=message):
-        TraitVector.from_gguf(path, tm)
+        import_gguf(path, tm)
 
 
 def test_corrupt_recorded_spread_is_refused(tmp_path: Path) -> None:
@@ -183,6 +183,6 @@ def test_corrupt_recorded_spread_is_refused(tmp_path: Path) -> None:
         tmp_path / "bad.gguf", {"direction.1": np.ones(32, dtype=np.float32)}, json.dumps(meta)
     )
     with pytest.raises(ArtifactError, match="corrupt traitlens"):
-        TraitVector.from_gguf(path, tm)
+        import_gguf(path, tm)
     f16 = _control_gguf(tmp_path / "half.gguf", {"direction.1": np.ones(32, dtype=np.float16)})
-    assert TraitVector.from_gguf(f16, tm).layers == (1,)  # F16 is read
+    assert import_gguf(f16, tm).layers == (1,)  # F16 is read

@@ -121,7 +121,7 @@ def test_a_vector_made_by_llamacpp_imports_and_steers_alike(smol, tmp_path: Path
     from traitlens.data import load_personas, load_questions
     from traitlens.engines.llamacpp_check import check_llamacpp
     from traitlens.models.loading import embedded_gguf_path
-    from traitlens.steer import TraitVector
+    from traitlens.steer import import_gguf
 
     built = llamacpp.build()
     personas = [p for p in load_personas() if p.trait == "E"]
@@ -135,7 +135,7 @@ def test_a_vector_made_by_llamacpp_imports_and_steers_alike(smol, tmp_path: Path
     path = llamacpp.generate_cvector(
         built, embedded_gguf_path(), prompts(high), prompts(low), tmp_path / "cv.gguf"
     )
-    vector = TraitVector.from_gguf(path, smol)
+    vector = import_gguf(path, smol)
     assert vector.layers == tuple(range(1, smol.identity.n_layers))
     check = check_llamacpp(
         smol,

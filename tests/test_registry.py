@@ -14,18 +14,17 @@ from test_steer import _synthetic
 from traitlens.errors import DataError
 from traitlens.models.loading import ModelIdentity
 from traitlens.neurons import NeuronSet
+from traitlens.neurons.rules import NEURON_RULES, RULES, register_rule
 from traitlens.steer import (
     METHODS,
-    RULES,
     DirectionContext,
     VectorSet,
     get_method,
     register_method,
-    register_rule,
     run_vector,
     trait_vector,
 )
-from traitlens.steer.registry import DIRECTIONS, NEURON_RULES
+from traitlens.steer.registry import DIRECTIONS
 from traitlens.study.config import resolve_config
 
 

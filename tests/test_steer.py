@@ -31,7 +31,9 @@ from traitlens.steer import (
     TraitVector,
     VectorSet,
     band_layers,
+    export_gguf,
     generate_steered,
+    import_gguf,
     middle_layers,
     npti_edit,
     npti_factor,
@@ -484,7 +486,7 @@ def test_gguf_export_round_trip_is_exact(tiny_llama, tmp_path) -> None:
 
     tm = tiny_llama
     vector = _vector(tm)
-    path = vector.to_gguf(tmp_path / "e.gguf")
+    path = export_gguf(vector, tmp_path / "e.gguf")
     reader = gguf.GGUFReader(str(path))
     assert reader.get_field("general.architecture").contents() == "controlvector"
     assert reader.get_field("controlvector.model_hint").contents() == "llama"
@@ -494,12 +496,12 @@ def test_gguf_export_round_trip_is_exact(tiny_llama, tmp_path) -> None:
     for layer in (1, 2):
         data = torch.from_numpy(tensors[f"direction.{layer}"].data.copy())
         assert data.dtype == torch.float32 and torch.equal(data, vector.step(layer))
-    back = TraitVector.from_gguf(path, tm)
+    back = import_gguf(path, tm)
     assert back.layers == (1, 2) and (back.trait, back.method) == ("E", "mean_diff")
     assert torch.equal(back.vectors, vector.select([1, 2]).vectors)
     assert torch.equal(back.spread, vector.select([1, 2]).spread)
 
-    scaled = TraitVector.from_gguf(vector.to_gguf(tmp_path / "s.gguf", strength=-2.5), tm)
+    scaled = import_gguf(export_gguf(vector, tmp_path / "s.gguf", strength=-2.5), tm)
     assert torch.equal(scaled.vectors, vector.select([1, 2]).vectors * -2.5)
     assert scaled.pole == "low"
     ids = _ids(tm)
@@ -510,9 +512,9 @@ def test_gguf_export_round_trip_is_exact(tiny_llama, tmp_path) -> None:
     torch.testing.assert_close(from_file, direct)
 
     with pytest.raises(InterventionError, match="layer 0"):
-        vector.to_gguf(tmp_path / "bad.gguf", layers=[0, 1])
+        export_gguf(vector, tmp_path / "bad.gguf", layers=[0, 1])
     with pytest.raises(ArtifactError, match="made for model"):
-        TraitVector.from_gguf(path, build_tiny("llama", seed=1))
+        import_gguf(path, build_tiny("llama", seed=1))
     with pytest.raises(ArtifactError, match="d_model=32"):
         _foreign_width(tmp_path, tm)
 
@@ -530,7 +532,7 @@ def _foreign_width(tmp_path, tm) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    TraitVector.from_gguf(tmp_path / "foreign.gguf", tm)
+    import_gguf(tmp_path / "foreign.gguf", tm)
 
 
 def test_foreign_gguf_imports_as_is(tiny_llama, tmp_path) -> None:
@@ -545,7 +547,7 @@ def test_foreign_gguf_imports_as_is(tiny_llama, tmp_path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    vector = TraitVector.from_gguf(tmp_path / "repeng.gguf", tiny_llama)
+    vector = import_gguf(tmp_path / "repeng.gguf", tiny_llama)
     assert vector.layers == (2,) and torch.equal(vector.step(2), torch.full((32,), 0.5))
     assert vector.spread.item() == pytest.approx(math.sqrt(32 * 0.25))
 

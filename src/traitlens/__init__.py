@@ -75,7 +75,7 @@ _EXPORTS: dict[str, str] = {
     "DomainProbes": "traitlens.concepts",
     # registries
     "register_method": "traitlens.steer",
-    "register_rule": "traitlens.steer",
+    "register_rule": "traitlens.neurons",
     "resolve_config": "traitlens.study",
     # errors
     "TraitlensError": "traitlens.errors",

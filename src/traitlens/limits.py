@@ -15,6 +15,33 @@ MAX_GAMMA = 10.0
 activation, so γ = 10 already drives it ten times past its usual range."""
 
 
+STRENGTH_FIX = (
+    "strength is in standard deviations of the residual stream along the trait axis "
+    "(useful values are about 1-15); pass e.g. strength=4"
+)
+"""What a refused steering strength's message tells the user to do."""
+
+
+def checked_size(name: str, value: float, limit: float, fix: str) -> float:
+    """``value`` as a float when it is a finite number with ``|value| <= limit``; else an
+    :class:`~traitlens.errors.InterventionError` naming ``fix`` (every intervention, and
+    every export of one, checks its size here)."""
+    import math
+
+    from traitlens.errors import InterventionError
+
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InterventionError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InterventionError(f"{name}={value} is not finite; {fix}")
+    if abs(value) > limit:
+        raise InterventionError(
+            f"{name}={value:g} is outside the allowed range [-{limit:g}, {limit:g}]; {fix}"
+        )
+    return value
+
+
 def out_of_range(
     option: str,
     value: float,

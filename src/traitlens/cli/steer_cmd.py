@@ -362,7 +362,9 @@ def vectors_export(
     check_layer_spec("--layers", layers, vector.identity.n_layers)
     chosen = parse_layers(layers, vector.identity.n_layers) if layers else None
     if fmt == "gguf":
-        path = vector.to_gguf(out, strength=strength, layers=chosen)
+        from traitlens.steer.gguf_io import export_gguf
+
+        path = export_gguf(vector, out, strength=strength, layers=chosen)
         console.print(
             f"llama.cpp: llama-cli -m MODEL.gguf --control-vector {path} "
             "(tensors direction.N act on block N's output, N from 1)"
@@ -386,7 +388,7 @@ def vectors_import(
     """Import a control-vector GGUF into RUN/vectors.* (checked against the model)."""
     from dataclasses import replace
 
-    from traitlens.steer import TraitVector, VectorSet, read_gguf
+    from traitlens.steer import VectorSet, import_gguf, read_gguf
 
     code = _trait(trait) if trait else None
     if method is not None and not method.strip():
@@ -398,7 +400,7 @@ def vectors_import(
         VectorSet.load(run)  # an unreadable vector set is reported before loading
     check_model(model, device, dtype)
     tm = load_into(run, model, device, dtype)
-    vector = TraitVector.from_gguf(file, tm)
+    vector = import_gguf(file, tm)
     vector = replace(vector, trait=code or vector.trait, method=method or vector.method)
     vectors = VectorSet.load(run, expect=tm.identity) if existing else VectorSet(tm.identity)
     vectors.add(vector)

@@ -28,11 +28,11 @@ from traitlens.concepts.capture import ItemActivations
 from traitlens.concepts.items import ItemLike
 from traitlens.errors import DataError
 from traitlens.neurons.artifact import NeuronSet
+from traitlens.neurons.rules import dpn_mask, get_rule
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.neurons.stats import jaccard_matrix
 from traitlens.provenance import Provenance, provenance
 from traitlens.stats import fdr_bh
-from traitlens.steer.neuron_rules import dpn_mask
 
 
 def domain_tests(
@@ -371,7 +371,6 @@ def matched_random(
 def rule_mask(neuron_set: NeuronSet, trait: str, rule: str, pole: str = "high") -> torch.Tensor:
     """The neurons a registered rule selects, bool ``[L, d_mlp]`` (``npti``: δ alone;
     ``fdr``: δ + FDR; ``npti_top``: NPTI's top 2000 ∪ δ; or a user's rule)."""
-    from traitlens.steer.neuron_rules import get_rule  # registers the built-in rules
 
     return get_rule(rule).mask(neuron_set, trait, pole)
 

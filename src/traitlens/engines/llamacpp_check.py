@@ -292,7 +292,7 @@ def check_llamacpp(
 
     ``control_file``: give llama.cpp this control-vector GGUF (at scale ``strength``)
     instead of exporting ``vector`` — for a file made elsewhere and imported as ``vector``
-    (:meth:`TraitVector.from_gguf`, where strength 1 adds exactly the file's tensors).
+    (:func:`traitlens.steer.gguf_io.import_gguf`, where strength 1 adds exactly the file's tensors).
     """
     chosen = sorted(set(layers if layers is not None else [n for n in vector.layers if n]))
     edits = _edits(tm, vector, strength, chosen, seed)

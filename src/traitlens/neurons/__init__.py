@@ -1,6 +1,7 @@
 """Which MLP neurons are trait-selective, where, and how overlapping?"""
 
 from traitlens.neurons.artifact import NeuronSet
+from traitlens.neurons.rules import RULES, get_rule, register_rule
 from traitlens.neurons.select import prompts_per_group, select_neurons
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.neurons.stats import (
@@ -12,13 +13,16 @@ from traitlens.neurons.stats import (
 )
 
 __all__ = [
+    "RULES",
     "NeuronSet",
     "SelectedNeurons",
     "benjamini_hochberg",
     "firing_delta",
+    "get_rule",
     "jaccard_matrix",
     "matched_random_neurons",
     "prompts_per_group",
+    "register_rule",
     "select_neurons",
     "two_proportion_z_test",
 ]

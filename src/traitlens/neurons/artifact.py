@@ -127,8 +127,8 @@ class NeuronSet(Artifact):
 
     def _rule_mask(self, trait: str, pole: str, rule: str) -> torch.Tensor:
         # the rule registry (fdr, npti, or one a user registered); imported here because
-        # steering imports this module
-        from traitlens.steer.neuron_rules import get_rule
+        # the rules module reads this one's type
+        from traitlens.neurons.rules import get_rule
 
         delta = self.delta[self._index(trait, pole)]
         mask = get_rule(rule).mask(self, trait, pole)

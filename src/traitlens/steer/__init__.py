@@ -42,12 +42,9 @@ from traitlens.steer.interventions import (
 from traitlens.steer.layers import band_layers, middle_layers, parse_layers
 from traitlens.steer.registry import (
     METHODS,
-    RULES,
     DirectionContext,
     get_method,
-    get_rule,
     register_method,
-    register_rule,
 )
 from traitlens.steer.vector_set import VectorSet
 from traitlens.steer.workflow import default_run_dir, run_neuron_edit, run_vector
@@ -56,7 +53,6 @@ __all__ = [
     "MAX_GAMMA",
     "MAX_STRENGTH",
     "METHODS",
-    "RULES",
     "Ablate",
     "AblateDirection",
     "AddDirection",
@@ -74,7 +70,6 @@ __all__ = [
     "export_gguf",
     "generate_steered",
     "get_method",
-    "get_rule",
     "import_gguf",
     "logistic_direction",
     "mean_difference",
@@ -87,7 +82,6 @@ __all__ = [
     "projection_spread",
     "read_gguf",
     "register_method",
-    "register_rule",
     "ridge_direction",
     "run_neuron_edit",
     "run_vector",

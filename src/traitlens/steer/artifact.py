@@ -33,7 +33,7 @@ from traitlens.steer import directions as dirs
 from traitlens.steer.layers import layer_text
 
 if TYPE_CHECKING:
-    from traitlens.models.loading import TraitModel
+    pass
 
 HOOK_KINDS = ("resid", "attn_out")
 """Hook-point kinds a direction can live at (both are ``[batch, seq, d_model]``)."""
@@ -301,21 +301,6 @@ class TraitVector:
         stem = _stem(path)
         meta, identity, tensors = read_vectors(stem, "trait vector", expect)
         return from_meta(identity, meta, tensors, "", stem)
-
-    def to_gguf(
-        self, path: str | Path, strength: float = 1.0, layers: Sequence[int] | None = None
-    ) -> Path:
-        """Export as a llama.cpp control vector (see :mod:`traitlens.steer.gguf_io`)."""
-        from traitlens.steer.gguf_io import export_gguf
-
-        return export_gguf(self, path, strength=strength, layers=layers)
-
-    @classmethod
-    def from_gguf(cls, path: str | Path, model: TraitModel) -> TraitVector:
-        """Import a llama.cpp / repeng control-vector GGUF for ``model``."""
-        from traitlens.steer.gguf_io import import_gguf
-
-        return import_gguf(path, model)
 
     @classmethod
     def from_directions(

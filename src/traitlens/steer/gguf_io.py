@@ -44,6 +44,7 @@ import torch
 from traitlens import __version__
 from traitlens.artifact_io import atomic_path
 from traitlens.errors import ArtifactError, InterventionError
+from traitlens.limits import MAX_STRENGTH, STRENGTH_FIX, checked_size
 from traitlens.models.loading import ModelIdentity
 from traitlens.steer.artifact import TraitVector
 
@@ -79,10 +80,8 @@ def export_gguf(
     """
     import gguf
 
-    from traitlens.steer.interventions import AddDirection
-
     # the same validation as steering: finite, |strength| within range
-    strength = AddDirection(vector, strength).strength
+    strength = checked_size("strength", strength, MAX_STRENGTH, STRENGTH_FIX)
     if vector.hook != "resid":
         raise InterventionError(
             f"llama.cpp control vectors act on block outputs (resid); this vector lives at "

@@ -26,7 +26,6 @@ tokens counts as prompt. Consequence worth knowing: with ``"generated"`` the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -34,7 +33,7 @@ from typing import Any, Literal, cast
 import torch
 
 from traitlens.errors import InterventionError
-from traitlens.limits import MAX_GAMMA, MAX_STRENGTH
+from traitlens.limits import MAX_GAMMA, MAX_STRENGTH, STRENGTH_FIX, checked_size
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.steer.artifact import TraitVector
 
@@ -49,19 +48,6 @@ def _check_positions(positions: str) -> Positions:
             "token), 'prompt' (the prompt pass) or 'generated' (tokens produced by generate)"
         )
     return cast(Positions, positions)
-
-
-def _check_finite_number(name: str, value: float, limit: float, fix: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InterventionError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise InterventionError(f"{name}={value} is not finite; {fix}")
-    if abs(value) > limit:
-        raise InterventionError(
-            f"{name}={value:g} is outside the allowed range [-{limit:g}, {limit:g}]; {fix}"
-        )
-    return value
 
 
 def npti_factor(delta: torch.Tensor) -> torch.Tensor:
@@ -127,13 +113,7 @@ class AddDirection:
             self.layers,
             "; wrap raw tensors with TraitVector.from_directions(tm.identity, {layer: tensor})",
         )
-        strength = _check_finite_number(
-            "strength",
-            self.strength,
-            MAX_STRENGTH,
-            "strength is in standard deviations of the residual stream along the trait "
-            "axis (useful values are about 1-15); pass e.g. strength=4",
-        )
+        strength = checked_size("strength", self.strength, MAX_STRENGTH, STRENGTH_FIX)
         object.__setattr__(self, "strength", strength)
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "positions", _check_positions(self.positions))
@@ -191,7 +171,7 @@ class NeuronEdit:
                 "on each forward pass (1.0 = all, NPTI's random mask = 0.9)"
             )
         object.__setattr__(self, "keep", float(keep))
-        gamma = _check_finite_number(
+        gamma = checked_size(
             "gamma",
             self.gamma,
             MAX_GAMMA,
@@ -300,7 +280,7 @@ class ShiftNeurons:
             )
         if not bool(torch.isfinite(self.shift).all()):
             raise InterventionError("shift contains NaN or inf; recompute the neuron statistics")
-        gamma = _check_finite_number(
+        gamma = checked_size(
             "gamma", self.gamma, MAX_GAMMA, "gamma multiplies each neuron's shift, e.g. 1.0"
         )
         object.__setattr__(self, "gamma", gamma)

@@ -1,4 +1,5 @@
-"""The registry of direction estimators and neuron selection rules.
+"""The registry of direction estimators (neuron selection rules are registered in
+:mod:`traitlens.neurons.rules`).
 
 One dict per kind, filled by decorators, read by everything that lists or
 dispatches methods: :func:`~traitlens.steer.trait_vector`, the ``traitlens
@@ -20,24 +21,21 @@ normalised again by the caller) and the size of the raw estimate, kept in the
 artifact as ``norms``. What a method needs beyond the poles is declared at
 registration (``needs``), so callers prepare it without knowing the method.
 
-A neuron selection rule maps a neuron set, a trait and a pole to a bool mask
-``[n_layers, d_mlp]`` of the selected neurons
-(:meth:`~traitlens.neurons.artifact.NeuronSet.select` turns it into
-:class:`~traitlens.neurons.selected.SelectedNeurons`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from traitlens.errors import DataError
+from traitlens.registry import Names, check_name, lookup
 
 if TYPE_CHECKING:
-    from traitlens.neurons.artifact import NeuronSet
+    pass
 
 NEEDS: Mapping[str, str] = {
     "pairs": "high and low prompts answering the same question, paired (context.pairs); a "
@@ -89,10 +87,6 @@ class DirectionFn(Protocol):
     ) -> tuple[torch.Tensor, float]: ...
 
 
-NeuronRuleFn = Callable[["NeuronSet", str, str], torch.Tensor]
-"""``(neurons, trait, pole) -> bool [n_layers, d_mlp]`` mask of the selected neurons."""
-
-
 @dataclass(frozen=True)
 class DirectionMethod:
     """A registered direction estimator and what it needs (see the module docstring)."""
@@ -104,72 +98,12 @@ class DirectionMethod:
     doc: str
 
 
-@dataclass(frozen=True)
-class NeuronRule:
-    """A registered neuron selection rule."""
-
-    name: str
-    mask: NeuronRuleFn
-    doc: str
-
-
 DIRECTIONS: dict[str, DirectionMethod] = {}
 """Direction estimators by name, in registration order."""
-
-NEURON_RULES: dict[str, NeuronRule] = {}
-"""Neuron selection rules by name, in registration order."""
-
-
-class Names(Sequence[str]):
-    """The names in a registry, read when asked (never a stale copy): a method
-    registered after import is listed, offered and accepted everywhere at once."""
-
-    def __init__(self, table: Mapping[str, object]) -> None:
-        self._table = table
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        return tuple(self._table)[index]
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._table
-
-    def __repr__(self) -> str:
-        return repr(tuple(self._table))
-
 
 METHODS = Names(DIRECTIONS)
 """Names of the registered direction estimators (``mean_diff``, ``pca``, ``regression``,
 ``probe``, then any registered later)."""
-
-RULES = Names(NEURON_RULES)
-"""Names of the registered neuron selection rules (``fdr``, ``npti``, …)."""
-
-_Entry = TypeVar("_Entry")
-
-
-def _check_name(table: Mapping[str, object], name: str, what: str) -> None:
-    if not name or name != name.strip() or any(c in name for c in ", \t\n"):
-        raise DataError(f"a {what} name must be one word without commas, got {name!r}")
-    if name in table:
-        raise DataError(
-            f"a {what} named {name!r} is already registered; pick another name (registered: "
-            f"{', '.join(table)})"
-        )
-
-
-def _lookup(table: Mapping[str, _Entry], name: str, what: str) -> _Entry:
-    if name not in table:
-        raise DataError(f"unknown {what} {name!r}; use one of {', '.join(table)}")
-    return table[name]
 
 
 def register_method(
@@ -182,7 +116,7 @@ def register_method(
     Registering a name twice raises :class:`~traitlens.errors.DataError`.
     """
     needed, read = frozenset(needs), tuple(params)
-    _check_name(DIRECTIONS, name, "direction method")
+    check_name(DIRECTIONS, name, "direction method")
     unknown = sorted(needed - set(NEEDS)) + [p for p in read if p not in PARAMS]
     if unknown:
         raise DataError(
@@ -197,22 +131,6 @@ def register_method(
     return decorator
 
 
-def register_rule(name: str, *, doc: str = "") -> Callable[[NeuronRuleFn], NeuronRuleFn]:
-    """Decorator: register a neuron selection rule under ``name`` (twice raises)."""
-    _check_name(NEURON_RULES, name, "neuron selection rule")
-
-    def decorator(mask: NeuronRuleFn) -> NeuronRuleFn:
-        NEURON_RULES[name] = NeuronRule(name, mask, doc)
-        return mask
-
-    return decorator
-
-
 def get_method(name: str) -> DirectionMethod:
     """The registered estimator ``name``; DataError listing the registered ones."""
-    return _lookup(DIRECTIONS, name, "direction method")
-
-
-def get_rule(name: str) -> NeuronRule:
-    """The registered neuron rule ``name``; DataError listing the registered ones."""
-    return _lookup(NEURON_RULES, name, "neuron selection rule")
+    return lookup(DIRECTIONS, name, "direction method")

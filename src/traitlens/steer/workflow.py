@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from traitlens.errors import DataError
 from traitlens.models.loading import TraitModel
+from traitlens.neurons.rules import get_rule
 from traitlens.steer.artifact import TraitVector
 from traitlens.steer.estimators import trait_vector
 from traitlens.steer.interventions import NeuronEdit, Positions
 from traitlens.steer.layers import middle_layers, parse_layers
-from traitlens.steer.registry import get_method, get_rule
+from traitlens.steer.registry import get_method
 from traitlens.steer.vector_set import VectorSet
 
 if TYPE_CHECKING:

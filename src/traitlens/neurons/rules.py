@@ -1,4 +1,5 @@
-"""Which of a neuron set's neurons an edit touches: the registered selection rules.
+"""Which of a neuron set's neurons an edit touches: the neuron selection rules, registered
+here (built-in ones and any a user adds).
 
 - ``fdr``: NPTI's δ rule and the set's false-discovery-rate control (q ≤ fdr);
   the set's own rule, and NPTI's rule alone when the set was selected without FDR;
@@ -12,26 +13,59 @@
   layer's 99.5th percentile, for sets that carry those statistics (the concept design).
 
 A new rule is a function ``(neurons, trait, pole) -> bool [n_layers, d_mlp]``
-registered with :func:`~traitlens.steer.registry.register_rule`;
+registered with :func:`register_rule`;
 ``NeuronSet.select(trait, pole, rule)`` applies any registered rule (and checks the
 mask a user's rule returns).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from traitlens.errors import DataError
-
-# get_rule is taken from here by callers: importing this module registers the built-in
-# rules first
-from traitlens.steer.registry import get_rule as get_rule
-from traitlens.steer.registry import register_rule
+from traitlens.registry import Names, check_name, lookup
 
 if TYPE_CHECKING:
     from traitlens.neurons.artifact import NeuronSet
+
+NeuronRuleFn = Callable[["NeuronSet", str, str], torch.Tensor]
+"""``(neurons, trait, pole) -> bool [n_layers, d_mlp]`` mask of the selected neurons."""
+
+
+@dataclass(frozen=True)
+class NeuronRule:
+    """A registered neuron selection rule."""
+
+    name: str
+    mask: NeuronRuleFn
+    doc: str
+
+
+NEURON_RULES: dict[str, NeuronRule] = {}
+"""Neuron selection rules by name, in registration order (the built-in ones below)."""
+
+RULES = Names(NEURON_RULES)
+"""Names of the registered neuron selection rules (``fdr``, ``npti``, …)."""
+
+
+def register_rule(name: str, *, doc: str = "") -> Callable[[NeuronRuleFn], NeuronRuleFn]:
+    """Decorator: register a neuron selection rule under ``name`` (twice raises)."""
+    check_name(NEURON_RULES, name, "neuron selection rule")
+
+    def decorator(mask: NeuronRuleFn) -> NeuronRuleFn:
+        NEURON_RULES[name] = NeuronRule(name, mask, doc)
+        return mask
+
+    return decorator
+
+
+def get_rule(name: str) -> NeuronRule:
+    """The registered neuron rule ``name``; DataError listing the registered ones."""
+    return lookup(NEURON_RULES, name, "neuron selection rule")
 
 
 @register_rule("fdr", doc="NPTI's δ rule and the set's FDR control (q ≤ fdr)")
