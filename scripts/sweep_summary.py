@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--pole", default="high")
     args = parser.parse_args()
 
-    from traitlens.sweep.report import comparison_rows
+    from traitlens.report.sweep_report import comparison_rows
     from traitlens.sweep.run import current_rows
 
     rows = current_rows(args.run)

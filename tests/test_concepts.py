@@ -23,6 +23,7 @@ import torch
 from pydantic import ValidationError
 
 from conftest import CHATML, build_tiny
+from traitlens.artifact_io import ModelIdentity
 from traitlens.concepts import (
     ITEM_TEMPLATES,
     ConceptConfig,
@@ -47,7 +48,7 @@ from traitlens.concepts.probes import control_domains
 from traitlens.data import TRAITS, ConceptItem, check_item_bank, load_items
 from traitlens.errors import DataError, ModelError
 from traitlens.models import hooks_installed
-from traitlens.models.loading import ModelIdentity, wrap_model
+from traitlens.models.loading import wrap_model
 from traitlens.provenance import RunConflictError
 
 # A small user bank in the library's CSV layout: 5 domains × 2 facets × 4 items.
@@ -1110,9 +1111,9 @@ def test_boost_silences_the_opposite_neurons_in_the_hooked_activations() -> None
     """NPTI's boost holds the domain's opposite neurons at min(0, n) — visible at
     ``mlp_act`` — and the concept plan passes them (``silence_opposite``) by default."""
     from traitlens.concepts.pipeline import _neuron_plan
+    from traitlens.design.stages import StageContext
     from traitlens.neurons.selected import SelectedNeurons
     from traitlens.steer import NeuronEdit, steering
-    from traitlens.study.stages import StageContext
 
     tm = build_tiny("llama")
     ids = tm.tokenizer("I keep my desk neat.", return_tensors="pt").input_ids
@@ -1525,7 +1526,7 @@ def test_shift_neurons_adds_gamma_times_its_amounts_in_the_hooked_activations() 
 def test_dpn_plan_draws_move_the_same_amounts_onto_other_neurons() -> None:
     from traitlens.concepts.neurons import dpn_neurons
     from traitlens.concepts.pipeline import _neuron_plan
-    from traitlens.study.stages import StageContext
+    from traitlens.design.stages import StageContext
 
     items = synthetic_bank(per_facet=8)
     neurons = select_concept_neurons(

@@ -188,7 +188,7 @@ def test_dead_zone_and_asymmetry_verdicts() -> None:
 
 
 def _identity(name: str = "tiny", d_model: int = 24, digest: str = "abc") -> Any:
-    from traitlens.models.loading import ModelIdentity
+    from traitlens.artifact_io import ModelIdentity
 
     return ModelIdentity(name, "Fake", 3, d_model, 4 * d_model, digest)
 

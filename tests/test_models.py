@@ -384,7 +384,7 @@ def test_the_model_digest_covers_every_weight_and_the_chat_template() -> None:
 
 
 def test_an_artifact_with_the_old_digest_scheme_is_refused_with_the_reason() -> None:
-    from traitlens.models.loading import ModelIdentity
+    from traitlens.artifact_io import ModelIdentity
 
     tm = build_tiny("llama")
     old = {k: v for k, v in tm.identity.to_dict().items() if k not in ("dtype", "scheme")}

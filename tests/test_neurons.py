@@ -13,9 +13,9 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
+from traitlens.artifact_io import ModelIdentity
 from traitlens.capture.artifacts import NeuronStats
 from traitlens.errors import ArtifactError, DataError
-from traitlens.models.loading import ModelIdentity
 from traitlens.neurons import (
     NeuronSet,
     SelectedNeurons,

@@ -16,9 +16,9 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from traitlens.artifact_io import ModelIdentity
 from traitlens.capture.artifacts import Activations
 from traitlens.errors import ArtifactError, DataError
-from traitlens.models.loading import ModelIdentity
 from traitlens.probe import (
     LinearProbe,
     ProbeSet,

@@ -23,8 +23,8 @@ from traitlens.provenance import (
     describe_changes,
     provenance,
     record,
-    verify_run,
 )
+from traitlens.report.verify import verify_run
 from traitlens.steer import trait_vectors
 
 

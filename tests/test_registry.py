@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from test_steer import _synthetic
+from traitlens.artifact_io import ModelIdentity
 from traitlens.errors import DataError
-from traitlens.models.loading import ModelIdentity
 from traitlens.neurons import NeuronSet
 from traitlens.neurons.rules import NEURON_RULES, RULES, register_rule
 from traitlens.steer import (

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from conftest import build_tiny
+from traitlens.artifact_io import ModelIdentity
 from traitlens.capture.artifacts import Activations
 from traitlens.errors import ArtifactError, DataError, HookPointError, InterventionError
 from traitlens.models.batching import left_pad
 from traitlens.models.hooks import hooks_installed
-from traitlens.models.loading import ModelIdentity
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.steer import (
     Ablate,

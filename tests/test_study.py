@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import torch
 
+from traitlens.design.rows import control_seed, matched_control, random_vector_like
+from traitlens.design.stages import Plan, StageContext, run_plan
 from traitlens.errors import ArtifactError, DataError
 from traitlens.evaluate.interventions import effect, held_out_boundary, success_rate
 from traitlens.evaluate.results import (
@@ -32,8 +34,6 @@ from traitlens.report.study_report import SECTION_IDS
 from traitlens.steer import band_layers
 from traitlens.study import resolve_config
 from traitlens.study.persona import PersonaEvaluation
-from traitlens.study.rows import control_seed, matched_control, random_vector_like
-from traitlens.study.stages import Plan, StageContext, run_plan
 
 # a one-trait study small enough for CI, used by the slow tests
 MICRO = {

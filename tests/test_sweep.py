@@ -16,8 +16,8 @@ import torch
 
 from conftest import build_tiny
 from traitlens.errors import DataError, EngineError
+from traitlens.steer.calibrate import CalibratedVector, calibrate, pareto_front
 from traitlens.sweep import worker as sweep_worker
-from traitlens.sweep.calibrate import CalibratedVector, calibrate, pareto_front
 from traitlens.sweep.cells import expand
 from traitlens.sweep.config import SweepConfig, load_sweep_config
 from traitlens.sweep.run import check_address, read_ledger, run_sweep

@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     # models
     "load_model": "traitlens.models.loading",
     "TraitModel": "traitlens.models.loading",
-    "ModelIdentity": "traitlens.models.loading",
+    "ModelIdentity": "traitlens.artifact_io",
     "HookPoint": "traitlens.models.adapter",
     "hooks_installed": "traitlens.models.hooks",
     "generate_answers": "traitlens.models.generation",

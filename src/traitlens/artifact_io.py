@@ -14,9 +14,9 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -29,15 +29,15 @@ if TYPE_CHECKING:  # torch only in annotations: the CLI imports this module for 
     import torch
     from _typeshed import DataclassInstance
 
-    from traitlens.models.loading import ModelIdentity
-    from traitlens.provenance import Provenance
 
 __all__ = [
     "Artifact",
+    "ModelIdentity",
     "Record",
     "Saved",
     "atomic_path",
     "atomic_write",
+    "require_identity",
     "check_writable",
     "jsonable",
     "read_json",
@@ -60,6 +60,59 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(cast("DataclassInstance", self))
+
+
+@dataclass(frozen=True)
+class ModelIdentity(Record):
+    """What an artifact records about the model it was made with, checked on load."""
+
+    name: str
+    architecture: str
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    digest: str
+    # recorded beside the digest, never part of it (a bf16/fp32 switch or a transformers
+    # upgrade loads the same weights): what the artifact was made with
+    dtype: str = field(default="", compare=False)
+    transformers: str = field(default="", compare=False)
+    # how the digest was computed: 1 = config + 8 embedding rows (before 0.x), 2 = every
+    # weight (bf16 bytes), the config without volatile fields and the chat template
+    scheme: int = field(default=1, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def check_matches(self, other: ModelIdentity, what: str = "artifact") -> None:
+        """Raise ArtifactError when ``other`` (the loaded model) is not this model."""
+        if self.digest == other.digest:
+            return
+        if self.scheme != other.scheme:
+            raise ArtifactError(
+                f"this {what} was made by an earlier traitlens, whose model digest covered "
+                "only the config and the first embedding rows (two fine-tunes of one base "
+                "could not be told apart); it cannot be checked against the loaded model — "
+                f"recompute the {what} (write to a new --out, or pass --force)"
+            )
+        raise ArtifactError(
+            f"this {what} was made for model {self.name!r} ({self.architecture}, "
+            f"{self.n_layers} layers, d_model={self.d_model}, digest {self.digest}) but the "
+            f"loaded model is {other.name!r} ({other.architecture}, {other.n_layers} layers, "
+            f"d_model={other.d_model}, digest {other.digest}); load the matching model or "
+            f"recompute the {what} for this one"
+        )
+
+
+def require_identity(data: dict[str, Any], path: Path) -> ModelIdentity:
+    """Parse the ``model`` block of an artifact's JSON, with a clear error if absent."""
+    try:
+        return ModelIdentity.from_dict(data["model"])
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(
+            f"{path} has no valid model identity ({exc}); it was not written by traitlens or "
+            "is corrupt — recompute it"
+        ) from exc
 
 
 def jsonable(value: Any) -> Any:
@@ -234,8 +287,6 @@ def read_artifact(
     """``(meta, identity, tensors)`` of the artifact at ``stem``; with ``expect``, refuse
     one made for another model (``what`` names the artifact in that message); with
     ``kind``, refuse a JSON whose ``kind`` field differs (another stage's artifact)."""
-    from traitlens.models.loading import require_identity
-
     json_path = stem.with_suffix(".json")
     meta = read_json(json_path, missing)
     if kind is not None and meta.get("kind") != kind:
@@ -331,39 +382,6 @@ class Artifact:
     @classmethod
     def _from_saved(cls: type[ArtifactT], saved: Saved) -> ArtifactT:
         raise NotImplementedError
-
-    @classmethod
-    def keyed(
-        cls: type[ArtifactT],
-        out_dir: str | Path | None,
-        stage: str,
-        prov: Provenance,
-        compute: Callable[[], ArtifactT],
-        *,
-        expect: ModelIdentity,
-        run_dir: str | Path | None = None,
-        force: bool = False,
-        what: str | None = None,
-    ) -> ArtifactT:
-        """The stage step for this artifact (:func:`traitlens.provenance.keyed_artifact`):
-        without ``out_dir`` just ``compute()``; with one, reuse ``out_dir/{stem}.json`` when
-        it was made from the same inputs (``prov``), refuse one made from other inputs
-        unless ``force``, or compute and save it there."""
-        from traitlens.provenance import keyed_artifact
-
-        result = keyed_artifact(
-            out_dir,
-            stage,
-            prov,
-            f"{cls.stem}.json",
-            load=lambda out: cls.load(out, expect=expect),
-            compute=compute,
-            save=lambda artifact, out: artifact.save(out),
-            run_dir=run_dir,
-            force=force,
-            what=what or cls.what,
-        )
-        return cast(ArtifactT, result)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/{stem}.safetensors`` then ``{stem}.json``; returns the JSON path."""

@@ -23,12 +23,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from traitlens.artifact_io import jsonable, read_json, write_json
-from traitlens.errors import ArtifactError, TraitlensError
+from traitlens.artifact_io import (
+    Artifact,
+    ModelIdentity,
+    bound_to,
+    check_writable,
+    jsonable,
+    read_json,
+    write_json,
+)
+from traitlens.errors import ArtifactError
 
 __all__ = [
     "STAGE_VERSIONS",
@@ -47,7 +55,6 @@ __all__ = [
     "keyed_artifact",
     "keyed_stage",
     "saved_key",
-    "verify_run",
 ]
 
 # Bump a stage's version when its code changes what it computes: old artifacts then
@@ -358,7 +365,6 @@ def saved_key(path: str | Path) -> tuple[bool, str | None]:
         meta = read_json(path)
     except ArtifactError:
         return False, None
-    from traitlens.artifact_io import bound_to
 
     if not bound_to(path, meta):  # tensors of another write beside it: nothing to reuse
         return False, None
@@ -387,75 +393,6 @@ STAGE_FILES: dict[str, str] = {
     "concepts.neurons": "concepts/neurons.json",
     "concepts.evaluation": "concepts/eval.json",
 }
-
-
-def _artifact_key(run: Path, stage: str) -> tuple[bool, str | None]:
-    path = run / STAGE_FILES[stage]
-    if stage == "prompts":
-        if not path.exists():
-            return False, None
-        from traitlens.capture.pipeline import prompts_provenance
-        from traitlens.data import load_prompts
-
-        try:
-            return True, prompts_provenance(load_prompts(path)).key
-        except TraitlensError:
-            return False, None
-    return saved_key(path)
-
-
-def verify_run(run_dir: str | Path) -> list[str]:
-    """Every inconsistency in a run's chain of keys (empty when it is consistent).
-
-    Each stage artifact on disk must be the one the manifest records, and each must
-    have been made from the current artifacts of the stages it read; eval.json must
-    name the current stage artifacts and only rows that exist under their keys.
-    """
-    run = Path(run_dir)
-    manifest = RunManifest(run)
-    if not manifest.stages:
-        return [
-            f"{run} has no run manifest ({MANIFEST}): made by an older traitlens, so its "
-            "keys cannot be verified"
-        ]
-    problems = []
-    for stage, prov in manifest.stages.items():
-        if stage in STAGE_FILES:
-            exists, key = _artifact_key(run, stage)
-            if not exists:
-                problems.append(f"{stage}: {STAGE_FILES[stage]} is missing or unreadable")
-            elif key != prov.key:
-                problems.append(
-                    f"{stage}: {STAGE_FILES[stage]} is not the artifact the run recorded "
-                    f"(key {key} ≠ {prov.key}) — replaced by another command"
-                )
-        for name, key in prov.upstream.items():
-            current = manifest.get(name)
-            if key is not None and current is not None and current.key != key:
-                problems.append(f"{stage} was made from an older {name} artifact (since replaced)")
-    for name, rows in (("eval.json", "eval/rows"), ("concepts/eval.json", "concepts/eval/rows")):
-        problems += _evaluation_problems(run, manifest, name, rows)
-    return problems
-
-
-def _evaluation_problems(run: Path, manifest: RunManifest, name: str, rows: str) -> list[str]:
-    """An evaluation must name the current stage artifacts and only rows saved under their key."""
-    path = run / name
-    if not path.exists():
-        return []
-    try:
-        recorded = read_json(path).get("provenance") or {}
-    except ArtifactError as exc:
-        return [str(exc)]
-    problems = []
-    for stage, key in (recorded.get("upstream") or {}).items():
-        current = manifest.get(stage)
-        if current is None or current.key != key:
-            problems.append(f"{name} was computed from an older {stage} artifact")
-    for row, key in (recorded.get("rows") or {}).items():
-        if not (run / rows / f"{row}--{key[:16]}.json").exists():
-            problems.append(f"{name} row {row} (key {key[:16]}) has no saved measurement")
-    return problems
 
 
 def record(run_dir: str | Path, stage: str, prov: Provenance) -> None:
@@ -507,7 +444,6 @@ def keyed_artifact(
     manifest is ``run_dir``, default ``out_dir``)."""
     if out_dir is None:
         return compute()
-    from traitlens.artifact_io import check_writable
 
     out = Path(out_dir)
     check_writable(out)
@@ -527,3 +463,37 @@ def keyed_artifact(
         force=force,
         what=what,
     )
+
+
+ArtifactT = TypeVar("ArtifactT", bound="Artifact")
+
+
+def keyed(
+    artifact: type[ArtifactT],
+    out_dir: str | Path | None,
+    stage: str,
+    prov: Provenance,
+    compute: Callable[[], ArtifactT],
+    *,
+    expect: ModelIdentity,
+    run_dir: str | Path | None = None,
+    force: bool = False,
+    what: str | None = None,
+) -> ArtifactT:
+    """The stage step for one typed artifact (:func:`keyed_artifact`): without ``out_dir``
+    just ``compute()``; with one, reuse ``out_dir/{stem}.json`` when it was made from the
+    same inputs (``prov``), refuse one made from other inputs unless ``force``, or compute
+    and save it there."""
+    result = keyed_artifact(
+        out_dir,
+        stage,
+        prov,
+        f"{artifact.stem}.json",
+        load=lambda out: artifact.load(out, expect=expect),
+        compute=compute,
+        save=lambda made, out: made.save(out),
+        run_dir=run_dir,
+        force=force,
+        what=what or artifact.what,
+    )
+    return cast(ArtifactT, result)

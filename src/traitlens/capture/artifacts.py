@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 
-from traitlens.artifact_io import Artifact, Saved
+from traitlens.artifact_io import Artifact, ModelIdentity, Saved
 from traitlens.errors import ArtifactError, index_of
-from traitlens.models.loading import ModelIdentity
 
 
 @dataclass

@@ -30,7 +30,7 @@ from traitlens.models.chat import SPANS, FormattedPrompt
 from traitlens.models.hooks import HookFn, hooks_installed
 from traitlens.models.loading import TraitModel
 from traitlens.progress import track
-from traitlens.provenance import Provenance, provenance
+from traitlens.provenance import Provenance, keyed, provenance
 
 
 class ChatPrompt(Protocol):
@@ -123,7 +123,8 @@ def capture(
         ids = [str(r["id"]) for r in rows]
         return _capture(tm, formatted, ids, group_labels, config, batch_size, progress)
 
-    return Activations.keyed(
+    return keyed(
+        Activations,
         out_dir,
         stage,
         prov,

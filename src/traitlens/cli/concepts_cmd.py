@@ -174,9 +174,12 @@ def make(command: str, until: str, doc: str) -> None:
         tm = load_into(out, model, device, dtype)
         names = [s.name for s in CONCEPT_STAGES]
         stages = CONCEPT_STAGES[: names.index(until) + 1]
-        if until == "evaluation":
-            stages = CONCEPT_STAGES  # figures come with the evaluation
-        run_concepts(tm, out, cfg, log=console.print, force=force, stages=stages)
+        finished = run_concepts(tm, out, cfg, log=console.print, force=force, stages=stages)
+        if until == "evaluation":  # figures come with the evaluation
+            from traitlens.report.concept_figures import draw_run_figures
+
+            console.print("[concept] figures")
+            draw_run_figures(finished)
         done(out / "concepts", "concept artifacts")
 
 

@@ -60,8 +60,8 @@ def _served_vectors(tm: TraitModel, source: Path | None, calibrated: list[Path])
     """The vectors to serve, each checked against ``tm``: the run's (or the one vector
     file's), then one per calibrated file."""
     from traitlens.steer.artifact import TraitVector
+    from traitlens.steer.calibrate import CalibratedVector
     from traitlens.steer.vector_set import VectorSet
-    from traitlens.sweep.calibrate import CalibratedVector
 
     if source is not None and source.is_dir():
         vector_set = VectorSet.load(source, expect=tm.identity)
@@ -138,7 +138,7 @@ def serve_cmd(
     if vectors is None and not calibrated:
         raise DataError("pass --vectors RUN (or a vector file) and/or --calibrated FILE")
     source = _vector_source(vectors) if vectors is not None else None
-    from traitlens.sweep.calibrate import CalibratedVector
+    from traitlens.steer.calibrate import CalibratedVector
 
     for path in calibrated:
         CalibratedVector.load(path)  # unreadable or foreign files fail before the model

@@ -209,8 +209,8 @@ def _steer_calibrated(
 ) -> None:
     """``steer --calibrated FILE``: the sweep's choice, nothing else to pick."""
     from traitlens.steer import AddDirection
+    from traitlens.steer.calibrate import CalibratedVector
     from traitlens.steer.layers import layer_text
-    from traitlens.sweep.calibrate import CalibratedVector
 
     where = _positions(positions)
     check_int("--max-new-tokens", answers.max_new_tokens, 1, MAX_NEW_TOKENS, example=48)

@@ -33,8 +33,8 @@ def sweep_cmd(
     """Measure every cell of a grid (models × traits × poles × methods × bands × sizes);
     finished cells are never rerun. Writes cells.jsonl/.csv/.parquet and sweep.html."""
     from traitlens.cli.common import check_out_dir
+    from traitlens.report.sweep_report import build_sweep_report
     from traitlens.sweep.config import load_sweep_config
-    from traitlens.sweep.report import build_sweep_report
     from traitlens.sweep.run import run_sweep
 
     check_choice("--backend", backend, ("local", "ray"))
@@ -72,7 +72,7 @@ def calibrate_cmd(
     from traitlens.data import normalize_trait
     from traitlens.errors import DataError
     from traitlens.steer import METHODS, VectorSet
-    from traitlens.sweep.calibrate import OBJECTIVES, CalibratedVector, calibrate
+    from traitlens.steer.calibrate import OBJECTIVES, CalibratedVector, calibrate
     from traitlens.sweep.run import current_rows
 
     code = normalize_trait(trait)

@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
-from traitlens.artifact_io import Artifact, Saved, fields_of
+from traitlens.artifact_io import Artifact, ModelIdentity, Saved, fields_of
 from traitlens.capture.capture import ItemFiring, pool_formatted, resolve_layers
 from traitlens.concepts.config import INSTRUCTED, ITEM_TEMPLATES
 from traitlens.concepts.items import ItemLike
 from traitlens.concepts.labels import LabelPrompt
 from traitlens.errors import DataError
 from traitlens.models.chat import FormattedPrompt
-from traitlens.models.loading import ModelIdentity, TraitModel
-from traitlens.provenance import Provenance, provenance
+from traitlens.models.loading import TraitModel
+from traitlens.provenance import Provenance, keyed, provenance
 
 
 def format_items(
@@ -230,7 +230,8 @@ def capture_items(
         label_prompt=label_prompt,
     )
 
-    return ItemActivations.keyed(
+    return keyed(
+        ItemActivations,
         out_dir,
         "concepts.capture",
         prov,

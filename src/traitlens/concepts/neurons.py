@@ -31,7 +31,7 @@ from traitlens.neurons.artifact import NeuronSet
 from traitlens.neurons.rules import dpn_mask, get_rule
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.neurons.stats import jaccard_matrix
-from traitlens.provenance import Provenance, provenance
+from traitlens.provenance import Provenance, keyed, provenance
 from traitlens.stats import fdr_bh
 
 
@@ -163,7 +163,8 @@ def select_concept_neurons(
             )
         return neuron_set
 
-    return NeuronSet.keyed(
+    return keyed(
+        NeuronSet,
         out_dir,
         "concepts.neurons",
         prov,

@@ -42,11 +42,7 @@ from traitlens.concepts.neurons import (
     strongest,
 )
 from traitlens.concepts.probes import DomainProbes, fit_domain_probes
-from traitlens.errors import ArtifactError
-from traitlens.neurons.artifact import NeuronSet
-from traitlens.neurons.selected import SelectedNeurons
-from traitlens.provenance import Provenance, RunManifest, keyed_stage, provenance, record
-from traitlens.study.rows import (
+from traitlens.design.rows import (
     control_seed,
     describe_intervention,
     flat_row,
@@ -55,7 +51,11 @@ from traitlens.study.rows import (
     random_vector_like,
     row_name,
 )
-from traitlens.study.stages import Plan, Stage, StageContext, run_plan
+from traitlens.design.stages import Plan, Stage, StageContext, run_plan
+from traitlens.errors import ArtifactError
+from traitlens.neurons.artifact import NeuronSet
+from traitlens.neurons.selected import SelectedNeurons
+from traitlens.provenance import Provenance, RunManifest, keyed, keyed_stage, provenance, record
 
 CONCEPT = Plan()
 
@@ -209,7 +209,8 @@ def stage_probes(ctx: StageContext) -> DomainProbes:
         upstream={"concepts.capture": acts.key, "concepts.items": chosen.key},
     )
     out = ctx.run / CONCEPT_DIR
-    probes = DomainProbes.keyed(
+    probes = keyed(
+        DomainProbes,
         out,
         "concepts.probes",
         prov,
@@ -846,15 +847,6 @@ def _save_evaluation(
     record(ctx.run, "concepts.evaluation", eval_prov)
     write_csv([flat_row(r.to_dict()) for r in results], ctx.run / CONCEPT_DIR / "eval.csv")
     return evaluation
-
-
-@CONCEPT.stage("figures", "concept figures")
-def stage_figures(ctx: StageContext) -> list[Path]:
-    from traitlens.report.concept_figures import draw_concept_figures
-
-    return draw_concept_figures(
-        ctx.run, ctx["items"], ctx["capture"], ctx["probes"], ctx["neurons"], ctx["evaluation"]
-    )
 
 
 CONCEPT_STAGES: tuple[Stage, ...] = CONCEPT.stages

@@ -22,11 +22,10 @@ import torch
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
-from traitlens.artifact_io import Artifact, Saved, fields_of
+from traitlens.artifact_io import Artifact, ModelIdentity, Saved, fields_of
 from traitlens.concepts.capture import ItemActivations
 from traitlens.concepts.items import ItemLike
 from traitlens.errors import DataError
-from traitlens.models.loading import ModelIdentity
 from traitlens.probe.folds import Fold, assign_folds
 from traitlens.progress import track
 

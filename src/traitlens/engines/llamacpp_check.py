@@ -168,7 +168,7 @@ class _Edits:
 def _edits(
     tm: TraitModel, vector: TraitVector, strength: float, chosen: list[int], seed: int
 ) -> _Edits:
-    from traitlens.study.rows import random_vector_like
+    from traitlens.design.rows import random_vector_like
 
     edit = AddDirection(vector, strength, layers=chosen, positions="all")
     random_edit = AddDirection(random_vector_like(vector, seed), strength, layers=chosen)

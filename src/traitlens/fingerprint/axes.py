@@ -26,11 +26,10 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
-from traitlens.artifact_io import Artifact, Saved, fields_of
+from traitlens.artifact_io import Artifact, ModelIdentity, Saved, fields_of
 from traitlens.errors import ArtifactError, DataError, index_of
 from traitlens.fingerprint.stats import FloatArray, cosine, robust_scale
 from traitlens.fingerprint.texts import AXES, resolve_axes
-from traitlens.models.loading import ModelIdentity
 from traitlens.probe.folds import assign_folds
 
 

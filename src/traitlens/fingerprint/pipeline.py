@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from traitlens import __version__
-from traitlens.artifact_io import atomic_write, jsonable, write_json
+from traitlens.artifact_io import (
+    ModelIdentity,
+    atomic_write,
+    jsonable,
+    require_identity,
+    write_json,
+)
 from traitlens.capture.capture import Prompt, capture
 from traitlens.data.schema import POLES
 from traitlens.errors import ArtifactError, DataError
@@ -78,7 +84,7 @@ from traitlens.fingerprint.texts import (
     resolve_scenarios,
 )
 from traitlens.models.generation import generate_answers
-from traitlens.models.loading import ModelIdentity, TraitModel, require_identity
+from traitlens.models.loading import TraitModel
 from traitlens.provenance import provenance
 from traitlens.stats import separation_auc
 

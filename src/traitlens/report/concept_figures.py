@@ -387,3 +387,16 @@ def draw_concept_figures(
         if drawn[index] is None and stale.exists():
             stale.unlink()  # an old figure must not stand in for "nothing drawn"
     return [p for p in drawn if p is not None]
+
+
+def draw_run_figures(context: Any) -> list[Path]:
+    """Every concept figure of a finished concept run (the context :func:`run_concepts`
+    returns): the designs compute, the report draws."""
+    return draw_concept_figures(
+        context.run,
+        context["items"],
+        context["capture"],
+        context["probes"],
+        context["neurons"],
+        context["evaluation"],
+    )

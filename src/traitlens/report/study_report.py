@@ -351,9 +351,9 @@ CALIBRATION_BUDGET = 1.5
 
 def _dose_calibration(evaluation: dict[str, Any], budget: float) -> list[dict[str, Any]]:
     """Per dose trait and pole: the direction strength a fluency budget allows, picked by
-    :func:`traitlens.sweep.calibrate.calibrate` from the dose–response rows."""
+    :func:`traitlens.steer.calibrate.calibrate` from the dose–response rows."""
     from traitlens.errors import DataError
-    from traitlens.sweep.calibrate import calibrate
+    from traitlens.steer.calibrate import calibrate
 
     band = evaluation["steer_layers"]
     cells = [
@@ -580,7 +580,7 @@ def build_report(run_dir: str | Path, *, allow_inconsistent: bool = False) -> Pa
     replaced after the evaluation) is refused, or with ``allow_inconsistent`` built
     with every inconsistency listed at the top of the page.
     """
-    from traitlens.provenance import verify_run
+    from traitlens.report.verify import verify_run
 
     run = Path(run_dir)
     problems = verify_run(run)

@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from traitlens import __version__
-from traitlens.artifact_io import fields_of, read_artifact, write_artifact
+from traitlens.artifact_io import ModelIdentity, fields_of, read_artifact, write_artifact
 from traitlens.errors import ArtifactError, InterventionError, index_of
-from traitlens.models.loading import ModelIdentity
 from traitlens.steer import directions as dirs
 from traitlens.steer.layers import layer_text
 

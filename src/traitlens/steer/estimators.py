@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from traitlens.artifact_io import ModelIdentity
 from traitlens.data.schema import LabelledPrompt
 from traitlens.errors import DataError
-from traitlens.models.loading import ModelIdentity
 from traitlens.steer import directions as dirs
 from traitlens.steer.artifact import ProbeWeights, TraitVector
 from traitlens.steer.registry import DirectionContext, DirectionMethod, get_method, register_method

@@ -42,10 +42,9 @@ import numpy as np
 import torch
 
 from traitlens import __version__
-from traitlens.artifact_io import atomic_path
+from traitlens.artifact_io import ModelIdentity, atomic_path
 from traitlens.errors import ArtifactError, InterventionError
 from traitlens.limits import MAX_STRENGTH, STRENGTH_FIX, checked_size
-from traitlens.models.loading import ModelIdentity
 from traitlens.steer.artifact import TraitVector
 
 if TYPE_CHECKING:

@@ -9,9 +9,8 @@ from typing import Any
 
 import torch
 
-from traitlens.artifact_io import Artifact, Saved
+from traitlens.artifact_io import Artifact, ModelIdentity, Saved
 from traitlens.errors import ArtifactError
-from traitlens.models.loading import ModelIdentity
 from traitlens.steer.artifact import VECTORS_MISSING, TraitVector, from_meta
 
 

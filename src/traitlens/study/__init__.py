@@ -4,17 +4,12 @@ interventions → evaluation → report.html, resumable at every step."""
 from traitlens.study.config import PROFILES, StudyConfig, resolve_config
 from traitlens.study.persona import PERSONA_STAGES, PersonaEvaluation
 from traitlens.study.pipeline import run_study
-from traitlens.study.stages import Plan, Stage, StageContext, run_plan
 
 __all__ = [
     "PERSONA_STAGES",
     "PROFILES",
     "PersonaEvaluation",
-    "Plan",
-    "Stage",
-    "StageContext",
     "StudyConfig",
     "resolve_config",
-    "run_plan",
     "run_study",
 ]

@@ -41,6 +41,17 @@ from traitlens.data import (
     load_questions,
     load_statements,
 )
+from traitlens.design.rows import (
+    control_seed,
+    describe_intervention,
+    flat_row,
+    log_plan,
+    matched_control,
+    measured_row,
+    random_vector_like,
+    row_name,
+)
+from traitlens.design.stages import Plan, Stage, StageContext
 from traitlens.errors import ArtifactError
 from traitlens.evaluate.capability import balanced_subset
 from traitlens.evaluate.interventions import EvalSets, ReadoutSpec, effect, measure
@@ -62,17 +73,6 @@ from traitlens.provenance import (
     saved_key,
 )
 from traitlens.study.config import StudyConfig
-from traitlens.study.rows import (
-    control_seed,
-    describe_intervention,
-    flat_row,
-    log_plan,
-    matched_control,
-    measured_row,
-    random_vector_like,
-    row_name,
-)
-from traitlens.study.stages import Plan, Stage, StageContext
 
 PERSONA = Plan()
 

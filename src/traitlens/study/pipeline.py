@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from traitlens.artifact_io import read_json, write_json
+from traitlens.design.stages import StageContext, run_plan
 from traitlens.errors import TraitlensError
 from traitlens.models.loading import TraitModel
 from traitlens.provenance import describe_changes
 from traitlens.study.config import StudyConfig
-from traitlens.study.stages import StageContext, run_plan
 
 Log = Callable[[str], None]
 
@@ -61,6 +61,7 @@ def run_study(
     of another configuration are kept, never relabelled.
     """
     from traitlens.concepts import run_concepts
+    from traitlens.report.concept_figures import draw_run_figures
     from traitlens.report.study_report import build_report
     from traitlens.study.persona import PERSONA_STAGES
 
@@ -71,7 +72,11 @@ def run_study(
     if config.design in ("persona", "both"):
         run_plan(PERSONA_STAGES, context, prefix="persona ")
     if config.design in ("concept", "both"):
-        run_concepts(tm, run, config.concept_config(), log=log, progress=progress, force=force)
+        concept = run_concepts(
+            tm, run, config.concept_config(), log=log, progress=progress, force=force
+        )
+        log("[concept] figures")
+        draw_run_figures(concept)
     # written once every stage claim has passed, so it always describes the artifacts
     write_json(
         run / "study_config.json", {**config.model_dump(mode="json"), "model": tm.describe()}

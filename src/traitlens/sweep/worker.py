@@ -6,7 +6,7 @@ worker or a rerun loads instead of recomputing), the held-out evaluation sets an
 the unsteered baseline — then measures cells with the study's own
 :func:`~traitlens.evaluate.interventions.measure` and
 :func:`~traitlens.evaluate.interventions.effect`. Raw measurements are keyed rows
-(:func:`traitlens.study.rows.measured_row`), so a cell killed half-way is measured
+(:func:`traitlens.design.rows.measured_row`), so a cell killed half-way is measured
 again and a finished one never is.
 
 The same class runs in-process (``--backend local``) and as a Ray actor.
@@ -23,8 +23,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from traitlens.design.rows import describe_intervention, measured_row
 from traitlens.evaluate.results import Measurement, or_nan
-from traitlens.study.rows import describe_intervention, measured_row
 from traitlens.sweep.cells import Cell
 from traitlens.sweep.config import SweepConfig
 
@@ -98,6 +98,7 @@ def prepare(
     model: str, config: SweepConfig, out: Path, device: str = "cpu", log: Any = None
 ) -> Material:
     """Load ``model`` and its material (computing what is missing)."""
+    from traitlens.design.stages import StageContext, run_plan
     from traitlens.evaluate.interventions import ReadoutSpec
     from traitlens.models.loading import load_model
     from traitlens.provenance import RunManifest
@@ -108,7 +109,6 @@ def prepare(
         readout_layers,
         sets_digest,
     )
-    from traitlens.study.stages import StageContext, run_plan
 
     tm = load_model(
         None if model == "embedded" else model,
@@ -242,9 +242,9 @@ class SweepWorker:
 
 
 def _interventions(material: Material, config: SweepConfig, cell: Cell) -> tuple[Any, ...]:
+    from traitlens.design.rows import control_seed, matched_control, random_vector_like
     from traitlens.steer import AddDirection, NeuronEdit
     from traitlens.study.persona import neuron_rule
-    from traitlens.study.rows import control_seed, matched_control, random_vector_like
 
     if cell.method == "prompt":
         return ()

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from traitlens.errors import DataError
 from traitlens.report.figures import save_figure
 from traitlens.report.html import Section, Table, write_page
-from traitlens.sweep.calibrate import calibrate, finite, pareto_front
+from traitlens.steer.calibrate import calibrate, finite, pareto_front
 
 MARKERS = {"mean_diff": "o", "neurons": "s", "hybrid": "^", "prompt": "D"}
 
