@@ -166,6 +166,18 @@ BAD = [
 ]
 
 
+async def _malformed(http: Any, index: int, which: int, tokens: int) -> Any:
+    """Send the malformed request ``BAD[which]`` (broken JSON when its body is None)."""
+    extra, _ = BAD[which]
+    if extra is None:
+        return await http.post(
+            "/v1/chat/completions",
+            content=b'{"messages": [',
+            headers={"content-type": "application/json"},
+        )
+    return await http.post("/v1/chat/completions", json={**_body(index, tokens, None), **extra})
+
+
 async def _load(url: str, args: argparse.Namespace) -> None:
     import httpx
 
@@ -175,17 +187,7 @@ async def _load(url: str, args: argparse.Namespace) -> None:
     async def one(http: Any, index: int) -> None:
         async with semaphore:
             if index % 4 == 3:
-                extra, _ = BAD[(index // 4) % len(BAD)]
-                if extra is None:
-                    response = await http.post(
-                        "/v1/chat/completions",
-                        content=b'{"messages": [',
-                        headers={"content-type": "application/json"},
-                    )
-                else:
-                    response = await http.post(
-                        "/v1/chat/completions", json={**_body(index, 8, None), **extra}
-                    )
+                response = await _malformed(http, index, (index // 4) % len(BAD), 8)
                 codes["bad"].append(response.status_code)
             else:
                 mix = MIXES[index % len(MIXES)] if index % 2 else None
@@ -238,16 +240,7 @@ async def _soak(url: str, args: argparse.Namespace) -> None:
             index += args.concurrency
             kind = index % 8
             if kind == 3:  # malformed
-                extra, _ = BAD[(index // 8) % len(BAD)]
-                if extra is None:
-                    response = await http.post(
-                        "/v1/chat/completions",
-                        content=b'{"messages": [',
-                        headers={"content-type": "application/json"},
-                    )
-                else:
-                    body = {**_body(index, args.tokens, None), **extra}
-                    response = await http.post("/v1/chat/completions", json=body)
+                response = await _malformed(http, index, (index // 8) % len(BAD), args.tokens)
                 codes["bad"].append(response.status_code)
             elif kind == 5:  # a client that hangs up mid-request
                 try:

@@ -358,11 +358,11 @@ def test_firing_counts_are_exact_for_a_bfloat16_model() -> None:
     acts = torch.ones(1, tokens, 4, dtype=torch.bfloat16)
     acts[0, :7] = -1.0  # 594 tokens fire
     groups = GroupFiring(["E|high"], 1, 4, "cpu")
-    groups.begin(torch.tensor([0]), span, torch.bfloat16)
+    groups.begin(torch.tensor([0]), span)
     groups(acts, column=0)
     assert groups.result()["positive"][0, 0].tolist() == [594.0] * 4
     assert groups.result()["total"][0, 0].tolist() == [587.0] * 4
     items = ItemFiring(1, 1, 4, "cpu")
-    items.begin(torch.tensor([0]), span, torch.bfloat16)
+    items.begin(torch.tensor([0]), span)
     items(acts, column=0)
     assert items.rates[0, 0].float().tolist() == pytest.approx([594 / 601] * 4, abs=5e-4)

@@ -701,3 +701,18 @@ def test_cli_vectors_show_and_export(tmp_path) -> None:
     assert torch.equal(data, vectors.get("E", "mean_diff").vectors[1] * 3.0)
     missing = runner.invoke(app, [*args[:-1], "A", "--out", str(out)])
     assert missing.exit_code != 0 and "no A/mean_diff vector" in str(missing.exception)
+
+
+def test_the_default_steering_folder_is_per_precision(tiny_llama) -> None:
+    """Steering's default run folder is keyed like its artifacts: a bfloat16 model gets its
+    own, so its capture neither lands in nor is refused by the float32 one's."""
+    from dataclasses import replace as with_fields
+
+    from traitlens.steer.workflow import default_run_dir
+
+    f32 = default_run_dir(tiny_llama)
+    bf16 = default_run_dir(
+        with_fields(tiny_llama, identity=with_fields(tiny_llama.identity, dtype="bfloat16"))
+    )
+    assert f32.name.endswith(tiny_llama.identity.digest)
+    assert bf16 != f32 and bf16.name.endswith("-bfloat16")

@@ -4,6 +4,10 @@ stage runs, with the same bound the intervention would apply later."""
 
 from __future__ import annotations
 
+import math
+
+from traitlens.errors import InterventionError
+
 MAX_STRENGTH = 50.0
 """Largest |strength| accepted, in spread units. Useful steering sits at 1–15σ;
 beyond ~50σ the residual stream is dominated by the vector and the model emits
@@ -26,10 +30,6 @@ def checked_size(name: str, value: float, limit: float, fix: str) -> float:
     """``value`` as a float when it is a finite number with ``|value| <= limit``; else an
     :class:`~traitlens.errors.InterventionError` naming ``fix`` (every intervention, and
     every export of one, checks its size here)."""
-    import math
-
-    from traitlens.errors import InterventionError
-
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InterventionError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
@@ -56,8 +56,6 @@ def out_of_range(
     """Why ``value`` is not a finite number within ``low``..``high`` (open ends exclude
     the bound; with ``absolute`` the bounds apply to ``|value|``), or None when it is.
     The CLI's flags and the configs' fields word a refusal the same way."""
-    import math
-
     tail = f"; {hint}" if hint else ""
     if not math.isfinite(value):
         return f"{option} {value} is not a finite number: give a real number{tail}"

@@ -329,7 +329,7 @@ class GroupFiring:
         self._mask = torch.zeros(0)
         self._sample = torch.zeros(0, dtype=torch.long)
 
-    def begin(self, rows: torch.Tensor, span_mask: torch.Tensor, dtype: torch.dtype) -> None:
+    def begin(self, rows: torch.Tensor, span_mask: torch.Tensor) -> None:
         """Set the batch's group × token mask (once per batch, already on the device)."""
         device = self.positive.device
         onehot = torch.nn.functional.one_hot(self.group_of[rows], len(self.names)).T.bool()
@@ -387,7 +387,7 @@ class ItemFiring:
         self._weights = torch.zeros(0)
         self._sample = torch.zeros(0, dtype=torch.long)
 
-    def begin(self, rows: torch.Tensor, span_mask: torch.Tensor, dtype: torch.dtype) -> None:
+    def begin(self, rows: torch.Tensor, span_mask: torch.Tensor) -> None:
         device = self.device
         weights = span_mask.float() / span_mask.sum(1, keepdim=True).clamp(min=1)
         # float32 whatever the model's dtype (a bfloat16 share has 8 bits of mantissa)
@@ -504,7 +504,7 @@ def pool_formatted(
             state["weights"] = weights.to(device=tm.device, dtype=tm.dtype)
             if neurons is not None:
                 nmask = _span_mask(items, neuron_span or span, width)
-                neurons.begin(state["rows"], nmask, tm.dtype)
+                neurons.begin(state["rows"], nmask)
             if prefix is not None:
                 out = prefix.run(ids, attn, pos)
             else:

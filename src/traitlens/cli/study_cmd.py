@@ -32,17 +32,11 @@ def check_study_config(cfg: Any) -> Any:
     """Everything about a study that can be wrong without the model, checked before it
     loads; returns the user's statements (None for the shipped ones)."""
     from traitlens.data import load_forced_choices, load_statements
-    from traitlens.steer import MAX_GAMMA, MAX_STRENGTH
 
+    # strength, gamma and the dose lists are bounded by the config itself (StudyConfig)
     check_int("batch_size", cfg.batch_size, 1, MAX_BATCH_SIZE, example=16)
     check_int("max_new_tokens", cfg.max_new_tokens, 4, MAX_NEW_TOKENS, example=40)
     check_seed("seed", cfg.seed)
-    check_float("strength", cfg.strength, 0.0, MAX_STRENGTH, low_open=True)
-    check_float("gamma", cfg.gamma, 0.0, MAX_GAMMA, low_open=True, hint="NPTI edits allow γ ≤ 10")
-    for value in cfg.dose_strengths:
-        check_float("dose_strengths", value, 0.0, MAX_STRENGTH, low_open=True)
-    for value in cfg.dose_gammas:
-        check_float("dose_gammas", value, 0.0, MAX_GAMMA, low_open=True)
     statements = load_statements(cfg.statements_file) if cfg.statements_file else None
     if cfg.forced_choice_file:
         load_forced_choices(cfg.forced_choice_file)

@@ -4,7 +4,9 @@ neurons → does steering them move the probe read-out and the generated label?
 Stages (each a function of earlier artifacts and its config slice, see
 :data:`CONCEPT_STAGES`): items and held-out split → capture over item tokens →
 domain probes per layer → concept neurons → boost / suppress / direction edits
-against matched controls, read at both levels → figures.
+against matched controls, read at both levels. Its figures are drawn by the report
+(:func:`traitlens.report.concept_figures.draw_run_figures` on the context
+:func:`run_concepts` returns; ``traitlens study`` and ``traitlens concepts evaluate`` do it).
 """
 
 from traitlens.concepts.capture import ItemActivations, capture_items, format_items

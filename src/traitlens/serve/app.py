@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import logging
 import secrets
@@ -569,7 +570,7 @@ class _Service:
             )
 
     async def tokenized(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(texts, *args)`` in a worker thread, under the request tokenizer's lock."""
+        """``fn(*args)`` in a worker thread, under the request tokenizer's lock."""
 
         def run() -> T:
             with self.text_lock:
@@ -644,8 +645,15 @@ class _Service:
             raise ApiError(504, "the readout timed out", "timeout_error", code="timeout") from None
 
     async def playground(self) -> HTMLResponse:
-        page = resources.files("traitlens.serve").joinpath("static/index.html").read_text("utf-8")
-        return HTMLResponse(page, headers={"Content-Security-Policy": playground_csp(page)})
+        page, policy = _playground_page()
+        return HTMLResponse(page, headers={"Content-Security-Policy": policy})
+
+
+@functools.cache
+def _playground_page() -> tuple[str, str]:
+    """The shipped page and its policy, read and hashed once per process."""
+    page = resources.files("traitlens.serve").joinpath("static/index.html").read_text("utf-8")
+    return page, playground_csp(page)
 
 
 def playground_csp(page: str) -> str:

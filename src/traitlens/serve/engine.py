@@ -326,7 +326,6 @@ class _Batch:
         self.rows: list[_Row] = []
         self.generators: list[torch.Generator | None] = []
         self.done: list[bool] = []
-        self.widest = 0  # the widest attention mask seen (tests and the soak read it)
 
     def _prefill(self, jobs: list[DecodeJob]) -> tuple[Any, torch.Tensor, torch.Tensor, Any]:
         """Add ``jobs`` and prefill them as one left-padded batch; returns their cache,
@@ -416,9 +415,8 @@ class _Batch:
                 finished = torch.tensor(self.done, device=tokens.device)
                 tokens = tokens.masked_fill(finished, self.pad)
             attention = torch.cat([attention, attention.new_ones((len(self.jobs), 1))], dim=1)
-            self.widest = max(self.widest, attention.shape[1])
             if self.stats is not None:
-                self.stats.widest = max(self.stats.widest, self.widest)
+                self.stats.widest = max(self.stats.widest, attention.shape[1])
             if self.between is not None:
                 with self.table.paused():
                     self.between()

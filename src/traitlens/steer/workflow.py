@@ -43,12 +43,16 @@ mean-difference direction, a few minutes on a laptop CPU for the embedded model.
 
 
 def default_run_dir(tm: TraitModel) -> Path:
-    """``$TRAITLENS_CACHE/steer/<model>-<digest>``: where steering keeps its small capture
-    and vectors when no run directory is given."""
-    from traitlens.models.loading import cache_root
+    """``$TRAITLENS_CACHE/steer/<model>-<digest>[-<dtype>]``: where steering keeps its
+    small capture and vectors when no run directory is given. A dtype other than float32
+    gets its own folder, as it gets its own keys: a bfloat16 capture never lands in (or is
+    refused by) the float32 one's folder."""
+    from traitlens.paths import cache_root
 
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in tm.identity.name)
-    return cache_root() / "steer" / f"{name}-{tm.identity.digest}"
+    dtype = tm.identity.dtype
+    tail = f"-{dtype}" if dtype and dtype != "float32" else ""
+    return cache_root() / "steer" / f"{name}-{tm.identity.digest}{tail}"
 
 
 def _activation_dir(run: Path, span: str) -> Path | None:
