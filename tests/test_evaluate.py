@@ -671,7 +671,7 @@ class _JudgeHandler(BaseHTTPRequestHandler):
             self.send_response(
                 400 if self.path.startswith("/bad") else 503 if "flaky" in self.path else 429
             )
-            self.send_header("Retry-After", "0")
+            self.send_header("Retry-After-Ms", "1")  # honoured by the client: a fast test
             self.end_headers()
             self.wfile.write(b"try later")
             return
@@ -753,18 +753,21 @@ def test_judge_malformed_replies(judge_server: str) -> None:
 
 def test_judge_retries_transient_errors_only(judge_server: str) -> None:
     hits = _JudgeHandler.hits
-    assert HttpJudge(f"{judge_server}/flaky/a", retries=2, backoff=0).rate("E", "hi") == 4.0
+    assert HttpJudge(f"{judge_server}/flaky/a", retries=2).rate("E", "hi") == 4.0
     assert hits["/flaky/a/chat/completions"] == 3  # two 503s, then the answer
     with pytest.raises(JudgeError, match=r"HTTP 503.*after 1 retries"):
-        HttpJudge(f"{judge_server}/flaky/b", retries=1, backoff=0).rate("E", "hi")
+        HttpJudge(f"{judge_server}/flaky/b", retries=1).rate("E", "hi")
     with pytest.raises(JudgeError, match="HTTP 429"):
-        HttpJudge(f"{judge_server}/busy", retries=3, backoff=0).rate("E", "hi")
-    assert hits["/busy/chat/completions"] == 4  # Retry-After: 0 honoured, 1 + 3 retries
+        HttpJudge(f"{judge_server}/busy", retries=3).rate("E", "hi")
+    assert hits["/busy/chat/completions"] == 4  # Retry-After-Ms honoured, 1 + 3 retries
     with pytest.raises(JudgeError, match="HTTP 400"):
-        HttpJudge(f"{judge_server}/bad", retries=3, backoff=0).rate("E", "hi")
+        HttpJudge(f"{judge_server}/bad", retries=3).rate("E", "hi")
     assert hits["/bad/chat/completions"] == 1  # a client error is not retried
     with pytest.raises(JudgeError, match="must be ≥ 0"):
         HttpJudge(f"{judge_server}/good", retries=-1).rate("E", "hi")
+    with pytest.raises(JudgeError, match=r"HTTP 500.*after 0 retries"):
+        HttpJudge(f"{judge_server}/error", retries=0).rate("A", "hm")
+    assert hits["/error/chat/completions"] >= 1
 
 
 def test_judge_ratings_concurrent_keep_order(judge_server: str) -> None:
@@ -779,7 +782,7 @@ def test_judge_ratings_concurrent_keep_order(judge_server: str) -> None:
 
 def test_judge_timeout(judge_server: str) -> None:
     with pytest.raises(JudgeUnavailableError, match=r"did not answer within 0\.3 s"):
-        HttpJudge(f"{judge_server}/slow", timeout=0.3, retries=1, backoff=0).rate("C", "I plan.")
+        HttpJudge(f"{judge_server}/slow", timeout=0.3, retries=1).rate("C", "I plan.")
 
 
 def test_judge_unreachable_url_names_url_and_fix() -> None:

@@ -689,14 +689,8 @@ def test_the_server_is_a_judge_for_judge_url(make_app: Any) -> None:
     with running_server(app) as url:
         check_judge_url(f"{url}/v1")
         judge = HttpJudge(f"{url}/v1", model="tiny-llama", api_key="k", max_tokens=4)
-        body = {
-            "model": "tiny-llama",
-            "messages": [{"role": "user", "content": "Rate: I love parties. 1-5?"}],
-            "max_tokens": 4,
-            "temperature": 0,
-        }
-        reply = judge._post(body)  # the exact call HttpJudge.rate makes, short prompt
-        assert reply["choices"][0]["message"]["role"] == "assistant"
+        # the exact call HttpJudge.rate makes, with a prompt that fits the tiny context
+        assert isinstance(judge.complete("Rate 1-5.", "I love parties."), str)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -707,10 +701,10 @@ def test_the_server_is_a_judge_for_judge_url(make_app: Any) -> None:
                 assert rating != rating or 1.0 <= rating <= 5.0  # NaN or a rating
         wrong = HttpJudge(f"{url}/v1", model="tiny-llama", api_key="nope")
         with pytest.raises(JudgeError, match="API key"):
-            wrong._post(body)
+            wrong.complete("Rate 1-5.", "I love parties.")
         os.environ["TRAITLENS_JUDGE_API_KEY"] = "k"  # what the CLI's --judge-url uses
         try:
-            assert HttpJudge(f"{url}/v1", model="tiny-llama")._post(body)["choices"]
+            assert isinstance(HttpJudge(f"{url}/v1", model="tiny-llama").complete("R", "x"), str)
         finally:
             del os.environ["TRAITLENS_JUDGE_API_KEY"]
 

@@ -1,13 +1,11 @@
 """An optional external judge: any OpenAI-compatible chat endpoint rates answers 1–5.
 
-Uses only ``urllib.request`` (no new dependency). The endpoint is
-``{url}/chat/completions`` unless the URL already ends in ``/chat/completions``;
-the body is ``{"model", "messages", "temperature": 0, "max_tokens"}``.
-
-Transient failures (HTTP 429/5xx, a timeout, a dropped connection) are retried
-``retries`` times with exponential backoff, honouring ``Retry-After``; a refused
-connection or a 4xx is a configuration problem and fails at once. Requests can run
-``workers`` at a time (a hosted judge is latency-bound, not compute-bound).
+The endpoint is reached through the ``openai`` client (``pip install
+'traitlens[judge]'``), which owns what a hand-written HTTP loop gets wrong: retries of
+transient failures (HTTP 408/409/429/5xx, timeouts, dropped connections) with
+exponential backoff that honours ``Retry-After``, timeouts, proxies from the
+environment and connection reuse across the ``workers`` threads. The URL is a base URL
+(``http://localhost:8000/v1``) or the full ``.../chat/completions`` URL.
 
 Failure policy (why two kinds): problems with the *endpoint* — unreachable,
 timeout, HTTP error, a reply that is not a chat completion — affect every item
@@ -19,19 +17,16 @@ not throw away a long run, and NaNs stay visible in every table.
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import os
 import re
-import time
-import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from traitlens.data import TRAIT_NAMES, TRAITS, load_traits, parse_traits
@@ -59,22 +54,15 @@ class JudgeUnavailableError(JudgeError):
     """The judge endpoint could not be reached (connection refused, DNS, timeout)."""
 
 
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-
-
-def _retryable(error: JudgeError, wait: float | None = None) -> JudgeError:
-    """Mark ``error`` as worth retrying (after ``wait`` s if the server said so)."""
-    error.retry_after = wait
-    error.transient = True
-    return error
-
-
-def _retry_after(headers: Any) -> float | None:
+def _openai() -> Any:
+    """The ``openai`` module, or JudgeError naming the extra that installs it."""
     try:
-        value = float(headers.get("Retry-After")) if headers is not None else None
-    except (TypeError, ValueError):
-        return None  # absent, or an HTTP date: use our own backoff
-    return None if value is None else min(max(value, 0.0), 30.0)
+        import openai
+    except ImportError:
+        raise JudgeError(
+            "the judge needs the openai client: pip install 'traitlens[judge]'"
+        ) from None
+    return openai
 
 
 def _checked_url(url: str) -> str:
@@ -99,8 +87,10 @@ def _checked_url(url: str) -> str:
 
 
 def check_judge_url(url: str, timeout: float = 3.0) -> None:
-    """Fail now, before any scoring, when ``url`` is malformed or nothing listens there
-    (a TCP connect to its host and port; no request is sent)."""
+    """Fail now, before any scoring, when ``url`` is malformed, the openai client is not
+    installed, or nothing listens there (a TCP connect to its host and port; no request
+    is sent)."""
+    _openai()
     import socket
     from urllib.parse import urlsplit
 
@@ -149,14 +139,36 @@ def parse_rating(text: str) -> float:
     return float(match.group()) if match else math.nan
 
 
+def _reply_text(raw: str, endpoint: str) -> str:
+    """``choices[0].message.content`` of a chat completion's body, or JudgeError saying
+    why the body is not one (read here, not by the client's models, so a server that is
+    not a chat endpoint gets a message naming what it sent)."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        raise JudgeError(
+            f"judge endpoint {endpoint} did not reply with JSON ({raw[:120]!r}); "
+            "is it an OpenAI-compatible chat completions endpoint?"
+        ) from None
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise JudgeError(
+            f"judge endpoint {endpoint} replied without choices[0].message.content "
+            f"({json.dumps(data)[:200]}); is it an OpenAI-compatible chat endpoint?"
+        ) from None
+    return "" if content is None else str(content)
+
+
 @dataclass(frozen=True)
 class HttpJudge:
     """An OpenAI-compatible chat endpoint used as a trait rater.
 
     ``url``: a base URL (``http://localhost:8000/v1``) or the full
-    ``.../chat/completions`` URL. ``api_key`` is sent as a Bearer token when given
-    (default: ``$TRAITLENS_JUDGE_API_KEY``, so the CLI's ``--judge-url`` can reach a
-    server started with ``--api-key``).
+    ``.../chat/completions`` URL. ``api_key`` is sent as a Bearer token (default:
+    ``$TRAITLENS_JUDGE_API_KEY``, so the CLI's ``--judge-url`` can reach a server
+    started with ``--api-key``). ``retries``: how many times the client retries a
+    transient failure.
     """
 
     url: str
@@ -165,103 +177,65 @@ class HttpJudge:
     api_key: str | None = field(default_factory=lambda: os.environ.get("TRAITLENS_JUDGE_API_KEY"))
     max_tokens: int = 8
     retries: int = 2
-    backoff: float = 0.5
 
     @property
     def endpoint(self) -> str:
         url = _checked_url(self.url)
         return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST with retries: transient failures wait ``backoff·2^k`` s (or the
-        server's ``Retry-After``, capped at 30 s) and try again."""
-        if self.retries < 0 or self.backoff < 0:
-            raise JudgeError(f"retries ({self.retries}) and backoff ({self.backoff}) must be ≥ 0")
-        for attempt in range(self.retries + 1):
-            try:
-                return self._post_once(body)
-            except JudgeError as exc:
-                if not exc.transient or attempt == self.retries:
-                    raise
-                wait = exc.retry_after
-                time.sleep(wait if wait is not None else self.backoff * 2**attempt)
-        raise AssertionError("unreachable")  # the loop returns or raises
-
-    def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
-        endpoint = self.endpoint
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(
-            endpoint, data=json.dumps(body).encode(), headers=headers, method="POST"
+    @cached_property
+    def _client(self) -> Any:
+        """One client per judge, shared by the worker threads (it is thread-safe)."""
+        if self.retries < 0:
+            raise JudgeError(f"retries must be ≥ 0, got {self.retries}")
+        return _openai().OpenAI(
+            base_url=self.endpoint.removesuffix("/chat/completions"),
+            # servers without auth ignore the token; "EMPTY" is vLLM's convention
+            api_key=self.api_key or "EMPTY",
+            timeout=self.timeout,
+            max_retries=self.retries,
         )
+
+    def complete(self, system: str, user: str) -> str:
+        """One chat completion (temperature 0); returns the reply text."""
+        openai = _openai()
+        endpoint = self.endpoint
+        client = self._client
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode("utf-8", "replace") if exc.fp else ""
+            raw = client.chat.completions.with_raw_response.create(
+                model=self.model,
+                messages=[
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": user},
+                ],
+                temperature=0,
+                max_tokens=self.max_tokens,
+            )
+        except openai.APITimeoutError:
+            raise JudgeUnavailableError(
+                f"judge endpoint {endpoint} did not answer within {self.timeout:g} s "
+                f"({self.retries + 1} attempts); check the server is up and not "
+                "overloaded, or raise the timeout"
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise JudgeUnavailableError(
+                f"cannot reach the judge endpoint {endpoint} ({exc.__cause__ or exc}); start "
+                "the server or fix the URL — it should be an OpenAI-compatible base URL such "
+                "as http://localhost:8000/v1 (or the full .../chat/completions URL)"
+            ) from None
+        except openai.APIStatusError as exc:
             hint = {
                 401: "check the API key",
                 403: "check the API key",
                 404: "check the URL path (it must reach .../chat/completions)",
-            }.get(exc.code, "check the server's log")
-            error = JudgeError(
-                f"judge endpoint {endpoint} answered HTTP {exc.code} {exc.reason}: "
-                f"{detail.strip()!r}; {hint}"
-                + (f" (after {self.retries} retries)" if exc.code in _RETRY_STATUS else "")
-            )
-            if exc.code in _RETRY_STATUS:
-                raise _retryable(error, _retry_after(exc.headers)) from exc
-            raise error from exc
-        except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
-                raise _retryable(
-                    JudgeUnavailableError(
-                        f"judge endpoint {endpoint} did not answer within {self.timeout:g} s "
-                        f"({self.retries + 1} attempts); check the server is up and not "
-                        "overloaded, or raise the timeout"
-                    )
-                ) from exc
-            unreachable = JudgeUnavailableError(
-                f"cannot reach the judge endpoint {endpoint} ({reason}); start the server or "
-                "fix the URL — it should be an OpenAI-compatible base URL such as "
-                "http://localhost:8000/v1 (or the full .../chat/completions URL)"
-            )
-            if isinstance(exc, urllib.error.URLError):
-                raise unreachable from exc  # refused or unknown host: retrying cannot help
-            raise _retryable(unreachable) from exc  # a dropped connection: try again
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            }.get(exc.status_code, "check the server's log")
+            retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
             raise JudgeError(
-                f"judge endpoint {endpoint} did not reply with JSON ({raw[:120]!r}); "
-                "is it an OpenAI-compatible chat completions endpoint?"
-            ) from exc
-        if not isinstance(data, dict):
-            raise JudgeError(
-                f"judge endpoint {endpoint} replied with {type(data).__name__}, "
-                "not a chat completion object"
-            )
-        return data
-
-    def complete(self, system: str, user: str) -> str:
-        """One chat completion; returns the reply text."""
-        body = {
-            "model": self.model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "temperature": 0,
-            "max_tokens": self.max_tokens,
-        }
-        data = self._post(body)
-        try:
-            content = data["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise JudgeError(
-                f"judge endpoint {self.endpoint} replied without choices[0].message.content "
-                f"({json.dumps(data)[:200]}); is it an OpenAI-compatible chat endpoint?"
-            ) from exc
-        return "" if content is None else str(content)
+                f"judge endpoint {endpoint} answered HTTP {exc.status_code}: "
+                f"{exc.response.text[:300].strip()!r}; {hint}"
+                + (f" (after {self.retries} retries)" if retried else "")
+            ) from None
+        return _reply_text(raw.text, endpoint)
 
     def rate(self, trait: str, answer: str, question: str | None = None) -> float:
         """Rating 1–5 of how strongly ``answer`` expresses ``trait``; NaN (with a
