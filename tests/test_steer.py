@@ -716,3 +716,29 @@ def test_the_default_steering_folder_is_per_precision(tiny_llama) -> None:
     )
     assert f32.name.endswith(tiny_llama.identity.digest)
     assert bf16 != f32 and bf16.name.endswith("-bfloat16")
+
+
+def test_direction_rows_are_what_the_hooks_add(tiny_llama) -> None:
+    """The per-row compilation serve uses equals the sum steering() adds, and refuses
+    what a per-row table cannot carry."""
+    from traitlens.steer.apply import direction_rows
+
+    tm = tiny_llama
+    e, n = _vector(tm, 0), replace(_vector(tm, 1), trait="N")
+    mix = [AddDirection(e, 1.5, layers=[1]), AddDirection(n, -0.5, layers=[1, 2])]
+    rows = direction_rows(tm, mix)
+    assert sorted(rows) == ["resid[1]", "resid[2]"]
+    expected = 1.5 * e.step(1).double() - 0.5 * n.step(1).double()
+    assert torch.allclose(rows["resid[1]"], expected.float())
+    ids = _ids(tm)
+    with steering(tm, mix):
+        steered = _logits(tm, ids)
+    hooks = [(p, lambda h, r=r: h + r.to(h.dtype)) for p, r in rows.items()]
+    with hooks_installed(tm.adapter, hooks):
+        by_rows = _logits(tm, ids)
+    assert torch.allclose(steered, by_rows, atol=1e-5)
+    with pytest.raises(InterventionError, match="direction additions on all positions"):
+        direction_rows(tm, [AddDirection(e, 1.0, layers=[1], positions="prompt")])
+    with pytest.raises(InterventionError, match="AblateDirection"):
+        direction_rows(tm, [AblateDirection(e, layers=[1])])  # type: ignore[list-item]
+    assert tm.placement(1) == (tm.device, tm.dtype)

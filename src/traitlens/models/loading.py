@@ -72,6 +72,13 @@ class TraitModel:
     def n_layers(self) -> int:
         return self.adapter.n_layers
 
+    def placement(self, layer: int) -> tuple[torch.device, torch.dtype]:
+        """Device and dtype of the block holding ``layer``: blocks may sit on different
+        GPUs under ``device_map``, so a steering tensor goes where its hook runs."""
+        block = self.adapter.module(f"resid[{layer}]")
+        param = next((p for p in block.parameters() if p.is_floating_point()), None)
+        return (param.device, param.dtype) if param is not None else (self.device, self.dtype)
+
     def format(
         self,
         system: str | None,

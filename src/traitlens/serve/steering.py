@@ -1,10 +1,11 @@
 """Per-request trait mixes and the per-row steering table that applies them in one batch.
 
-A request's mix ``{"E": 1.0, "N": -0.5}`` becomes, at every steered layer ``l``,
-one ``[d_model]`` row ``Σ_t strength_t · vector_t[l]`` (strength in spread units
-per layer, see :mod:`traitlens.steer.artifact`). A batch stacks its rows into a
-``[batch, d_model]`` table per layer (zeros for unsteered rows) and one forward
-hook per layer adds ``table[:, None, :]`` to the block output — every row gets
+A request's mix ``{"E": 1.0, "N": -0.5}`` becomes the core's direction additions, and
+:func:`traitlens.steer.apply.direction_rows` compiles them to one ``[d_model]`` row per
+steered layer, ``Σ_t strength_t · vector_t[l]`` (strength in spread units per layer, see
+:mod:`traitlens.steer.artifact`); this module only validates the request. A batch
+stacks its rows into a ``[batch, d_model]`` table per layer (zeros for unsteered rows)
+and one forward hook per layer adds ``table[:, None, :]`` to the block output — every row gets
 its own vector, never a global one. Adding to pad positions is harmless (they
 are masked out of attention), as in :mod:`traitlens.steer.apply`.
 """
@@ -25,6 +26,8 @@ from traitlens.data.schema import TRAIT_NAMES, normalize_trait
 from traitlens.errors import DataError
 from traitlens.models.hooks import hooks_installed
 from traitlens.models.loading import TraitModel
+from traitlens.steer.apply import direction_rows
+from traitlens.steer.interventions import AddDirection
 from traitlens.steer.layers import middle_layers, parse_layers
 from traitlens.steer.vector_set import VectorSet
 
@@ -198,7 +201,7 @@ class SteeringCatalog:
                     f"steering.traits.{name}",
                 )
             value = float(strength)
-            unit = self.unit(code, method)
+            unit = self.vectors.get(code, method).strength_unit
             if not math.isfinite(value) or abs(value * unit) > self.max_strength:
                 scaled = (
                     f" (a {method} vector's strength 1 is {unit:g} {UNITS}, so this is "
@@ -215,24 +218,12 @@ class SteeringCatalog:
         strengths = {code: value for code, value in strengths.items() if value != 0.0}
         if not strengths:
             return UNSTEERED
-        chosen = self.select_layers(layers, method, list(strengths))
-        sums: dict[str, torch.Tensor] = {}
-        for code, value in strengths.items():
-            vector = self.vectors.get(code, method)
-            for layer in chosen:
-                point = f"{vector.hook}[{layer}]"
-                step = value * vector.step(layer).double()
-                sums[point] = sums[point] + step if point in sums else step
-        rows = {point: row.float() for point, row in sums.items()}
-        return AppliedSteering(strengths, method, tuple(chosen), rows)
-
-    def unit(self, trait: str, method: str) -> float:
-        """Spread units per unit of request strength: 1, except for a calibrated vector,
-        whose strength 1 is the strength its sweep chose (bounded by the cap too)."""
-        vector = self.vectors.get(trait, method)
-        calibration = (vector.source or {}).get("calibration") or {}
-        chosen = calibration.get("strength") if isinstance(calibration, dict) else None
-        return abs(float(chosen)) if isinstance(chosen, int | float) and chosen else 1.0
+        chosen = tuple(self.select_layers(layers, method, list(strengths)))
+        directions = [
+            AddDirection(self.vectors.get(code, method), value, layers=chosen)
+            for code, value in strengths.items()
+        ]
+        return AppliedSteering(strengths, method, chosen, direction_rows(self.tm, directions))
 
     def select_layers(
         self, layers: str | Sequence[int] | None, method: str, traits: list[str]
@@ -297,11 +288,7 @@ class RowTable:
 
     def _rows(self, point: str, steerings: Sequence[AppliedSteering]) -> torch.Tensor:
         """``[len(steerings), d_model]`` on the device and in the dtype of the hooked block."""
-        layer = self.tm.adapter.resolve(point).layer
-        block = self.tm.adapter.module(f"resid[{layer}]")
-        param = next((p for p in block.parameters() if p.is_floating_point()), None)
-        device = param.device if param is not None else self.tm.device
-        dtype = param.dtype if param is not None else self.tm.dtype
+        device, dtype = self.tm.placement(self.tm.adapter.resolve(point).layer)
         zero = torch.zeros(self.tm.identity.d_model)
         table = torch.stack([s.rows.get(point, zero) for s in steerings]) if steerings else None
         if table is None:

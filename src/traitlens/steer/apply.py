@@ -58,14 +58,8 @@ class _Plan:
         self._placement: dict[int, tuple[torch.device, torch.dtype]] = {}
 
     def placement(self, layer: int) -> tuple[torch.device, torch.dtype]:
-        """Device and dtype of the block holding ``layer`` (blocks may sit on different
-        GPUs under ``device_map``)."""
         if layer not in self._placement:
-            block = self.tm.adapter.module(f"resid[{layer}]")
-            param = next((p for p in block.parameters() if p.is_floating_point()), None)
-            device = param.device if param is not None else self.tm.device
-            dtype = param.dtype if param is not None else self.tm.dtype
-            self._placement[layer] = (device, dtype)
+            self._placement[layer] = self.tm.placement(layer)
         return self._placement[layer]
 
     def push(self, point: HookPoint, positions: Positions, kind: str, payload: Any) -> None:
@@ -218,6 +212,22 @@ def _hook(ops: list[tuple[Positions, Op]]) -> HookFn:
         return hidden
 
     return hook
+
+
+def direction_rows(tm: TraitModel, directions: Sequence[AddDirection]) -> dict[str, torch.Tensor]:
+    """What ``directions`` add at each hook point, as one float32 ``[d_model]`` row per
+    point (``{"resid[10]": ...}``): the same validation and fusion as
+    :func:`compile_interventions`, stopped before the hooks, so a server can stack the
+    rows of many requests into one per-row table (``traitlens.serve.steering.RowTable``)."""
+    plan = _Plan(tm)
+    for item in directions:
+        if not isinstance(item, AddDirection) or item.positions != "all":
+            raise InterventionError(
+                "per-row steering takes direction additions on all positions only, got "
+                f"{type(item).__name__} on {item.positions!r} positions"
+            )
+        _add_vector_ops(plan, item)
+    return {str(point): ops[0][2].float() for point, ops in sorted(plan.ops.items())}
 
 
 def compile_interventions(

@@ -141,6 +141,15 @@ class TraitVector:
 
     # ------------------------------------------------------------------ access
     @property
+    def strength_unit(self) -> float:
+        """Spread units per layer that strength 1 adds: 1, except for a calibrated vector
+        (``traitlens calibrate``), whose strength 1 is the strength its sweep chose, so a
+        cap on spread units caps it at that scale."""
+        calibration = (self.source or {}).get("calibration") or {}
+        chosen = calibration.get("strength") if isinstance(calibration, dict) else None
+        return abs(float(chosen)) if isinstance(chosen, int | float) and chosen else 1.0
+
+    @property
     def d_model(self) -> int:
         return int(self.vectors.shape[1])
 
