@@ -146,7 +146,8 @@ def test_study_mix_bakes_and_generates_like_hooks_without_traitlens(
     """The issue's check from a fresh clone: bake the E+1 mix of a finished study with the
     CLI, load the folder with plain transformers in a process that never imports
     traitlens, generate greedily, and get hook steering's tokens."""
-    from traitlens.steer.mix import mix_interventions
+    from traitlens.steer import VectorSet
+    from traitlens.steer.spec import SteeringSpec
 
     run, _ = study_run
     out = tmp_path / "baked"
@@ -171,7 +172,7 @@ def test_study_mix_bakes_and_generates_like_hooks_without_traitlens(
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
     ids = smol.format(None, "Describe your ideal Saturday.").input_ids
-    mix = mix_interventions(run, {"E": 1.0})
+    mix = SteeringSpec(traits={"E": 1.0}).directions(VectorSet.load(run))
     with torch.inference_mode(), steering(smol, mix):
         hooked = smol.model.generate(
             input_ids=torch.tensor([ids]), max_new_tokens=24, do_sample=False

@@ -254,6 +254,22 @@ CORPUS: list[tuple[str, str, str, Any, int, str]] = [
     ),
     ("unknown trait", "POST", "/v1/chat/completions", steer(traits={"Q": 1}), 400, "Q"),
     (
+        "steering on prompt positions only",
+        "POST",
+        "/v1/chat/completions",
+        steer(traits={"E": 1}, positions="prompt"),
+        400,
+        "all positions",
+    ),
+    (
+        "unknown positions",
+        "POST",
+        "/v1/chat/completions",
+        steer(traits={"E": 1}, positions="middle"),
+        400,
+        "positions",
+    ),
+    (
         "strength NaN",
         "POST",
         "/v1/chat/completions",

@@ -739,12 +739,19 @@ def test_hostile_mixes_and_layer_specs_are_refused_at_once(
 
 
 def test_the_cli_mix_refuses_an_alias_as_the_server_does() -> None:
-    from traitlens.cli.common import parse_mix
     from traitlens.errors import DataError
+    from traitlens.steer.spec import SteeringSpec
 
-    assert parse_mix("E=+1,N=-0.5") == {"E": 1.0, "N": -0.5}
+    spec = SteeringSpec.parse("E=+1,N=-0.5", layers="1-2")
+    assert spec.traits == {"E": 1.0, "N": -0.5} and spec.band(4) == [1, 2]
     with pytest.raises(DataError, match="names trait E twice"):
-        parse_mix("E=1,extraversion=1")
+        SteeringSpec.parse("E=1,extraversion=1")
+    with pytest.raises(DataError, match=r"--mix E 60 is out of range"):
+        SteeringSpec.parse("E=60")
+    with pytest.raises(DataError, match="empty or all zero"):
+        SteeringSpec.parse("E=0")
+    with pytest.raises(DataError, match="outside this model's layers"):
+        SteeringSpec(traits={"E": 1.0}, layers=[9]).band(4)
 
 
 def test_a_calibrated_vectors_own_strength_counts_toward_the_cap(tiny: Any, tmp_path: Path) -> None:

@@ -25,6 +25,9 @@ STRENGTH_FIX = (
 )
 """What a refused steering strength's message tells the user to do."""
 
+STRENGTH_HINT = "strengths are in standard deviations; useful ones lie around 1-15"
+"""The hint after a CLI flag's or a mix's out-of-range strength."""
+
 
 def checked_size(name: str, value: float, limit: float, fix: str) -> float:
     """``value`` as a float when it is a finite number with ``|value| <= limit``; else an

@@ -196,15 +196,9 @@ def check_float(
 
 def check_strength(value: float | None, option: str = "--strength") -> None:
     """A steering strength: finite, |value| within the steer stage's bound."""
-    from traitlens.steer import MAX_STRENGTH
+    from traitlens.limits import MAX_STRENGTH, STRENGTH_HINT
 
-    check_float(
-        option,
-        value,
-        high=MAX_STRENGTH,
-        absolute=True,
-        hint="strengths are in standard deviations; useful ones lie around 1-15",
-    )
+    check_float(option, value, high=MAX_STRENGTH, absolute=True, hint=STRENGTH_HINT)
 
 
 def check_choice(option: str, value: str | None, choices: Iterable[str]) -> None:
@@ -351,36 +345,11 @@ def check_judge_url(url: str | None) -> None:
         check(url)
 
 
-def parse_mix(spec: str) -> dict[str, float]:
-    """``"E=+1,N=-0.5"`` → ``{"E": 1.0, "N": -0.5}`` (full trait names accepted)."""
-    from traitlens.data import normalize_trait
-    from traitlens.errors import DataError
+def mix_before_load(run: Path, spec: Any) -> Any:
+    """A ``--mix`` :class:`~traitlens.steer.spec.SteeringSpec` resolved to the run's
+    direction additions, every check done before any model loads."""
+    from traitlens.steer import VectorSet
 
-    mix: dict[str, float] = {}
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise DataError(f"--mix entry {part!r} is not TRAIT=STRENGTH; e.g. --mix 'E=+1,N=-0.5'")
-        try:
-            strength = float(value)
-        except ValueError as exc:
-            raise DataError(f"--mix strength {value!r} for {name} is not a number") from exc
-        check_strength(strength, f"--mix {name}")
-        code = normalize_trait(name)
-        if code in mix:  # as the server: "E", "e" and "extraversion" are one trait
-            raise DataError(f"--mix names trait {code} twice; give each trait once")
-        mix[code] = strength
-    if not mix or not any(mix.values()):
-        raise DataError("--mix is empty or all zero; e.g. --mix 'E=+1,N=-0.5'")
-    return mix
-
-
-def mix_before_load(run: Path, strengths: dict[str, float], method: str, layers: str | None) -> Any:
-    """The mix's direction additions, every check done before any model loads."""
-    from traitlens.steer.mix import mix_interventions
-
-    check_layer_spec("--layers", layers, None)
+    check_layer_spec("--layers", spec.layers, None)
     check_run_dir(run, needs="vectors.json")
-    return mix_interventions(run, strengths, method, layers)
+    return spec.directions(VectorSet.load(run))

@@ -438,19 +438,19 @@ def capability_cmd(
     """Multiple-choice accuracy with and without a trait mix: the capability cost of
     steering, scored as lm-evaluation-harness scores multiple_choice tasks."""
     from traitlens.artifact_io import write_json
-    from traitlens.cli.common import mix_before_load, parse_mix
+    from traitlens.cli.common import mix_before_load
     from traitlens.data import load_mc_items
     from traitlens.evaluate.capability import capability, compare_capability
     from traitlens.steer import METHODS
-    from traitlens.steer.mix import describe_mix
+    from traitlens.steer.spec import SteeringSpec
 
-    strengths = parse_mix(mix)
+    spec = SteeringSpec.parse(mix, method=method, layers=layers)
     check_choice("--method", method, METHODS)
     check_choice("--engine", engine, ("traitlens", "lm-eval"))
     check_int("--limit", limit, 1, 1_000_000, example=100)
     check_int("--batch-size", batch_size, 1, MAX_BATCH_SIZE, example=32)
     items = load_mc_items(items_path)[:limit]
-    interventions = mix_before_load(run, strengths, method, layers)
+    interventions = mix_before_load(run, spec)
     if engine == "lm-eval":
         from traitlens.engines.lmeval import require_lm_eval
 
@@ -468,8 +468,9 @@ def capability_cmd(
         steered = _scores_from_lm_eval(lm_eval_samples(tm, task, steer_file, limit))
         result = compare_capability(plain, steered)
     r = result
+    described = SteeringSpec.describe(interventions)
     typer.echo(
-        f"{r.n_items} items ({engine}), chance {r.chance:.2f}; {describe_mix(interventions)}\n"
+        f"{r.n_items} items ({engine}), chance {r.chance:.2f}; {described}\n"
         f"  accuracy  unsteered {r.accuracy_plain:.3f}  steered {r.accuracy_steered:.3f}  "
         f"change {r.change.estimate:+.3f} [{r.change.low:+.3f}, {r.change.high:+.3f}]\n"
         f"  acc_norm  unsteered {r.accuracy_norm_plain:.3f}  steered "
@@ -483,7 +484,7 @@ def capability_cmd(
             "kind": "capability",
             "engine": engine,
             "model": tm.identity.to_dict(),
-            "mix": describe_mix(interventions),
+            "mix": described,
             "items": "shipped capability_mc.jsonl" if items_path is None else str(items_path),
             **r.to_dict(),
             "steered_scores": [s.to_dict() for s in steered],

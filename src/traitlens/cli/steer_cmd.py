@@ -35,7 +35,6 @@ from traitlens.cli.common import (
     load,
     load_into,
     mix_before_load,
-    parse_mix,
 )
 
 if TYPE_CHECKING:
@@ -186,7 +185,7 @@ class _Answers:
             check_text_fits(tm, [("", self.system)], "--system", "shorten it")
 
     def side_by_side(
-        self, tm: TraitModel, edit: Intervention, title: str, steered_header: str
+        self, tm: TraitModel, edit: Intervention | list[Any], title: str, steered_header: str
     ) -> None:
         """Answer every prompt unsteered and under ``edit``, and print both in a table."""
         from traitlens.steer import compare_steering
@@ -208,7 +207,6 @@ def _steer_calibrated(
     path: Path, answers: _Answers, positions: str, model: str | None, device: str, dtype: str
 ) -> None:
     """``steer --calibrated FILE``: the sweep's choice, nothing else to pick."""
-    from traitlens.steer import AddDirection
     from traitlens.steer.calibrate import CalibratedVector
     from traitlens.steer.layers import layer_text
 
@@ -223,7 +221,7 @@ def _steer_calibrated(
     answers.check_fits(tm)
     chosen = CalibratedVector.load(path, expect=tm.identity)
     c = chosen.calibration
-    edit = AddDirection(chosen.as_vector(), 1.0, layers=c.layers, positions=where)
+    edit = chosen.directions(where)
     title = (
         f"{c.trait} → {c.pole} (calibrated {c.method}: {c.strength:+g}σ on layers "
         f"{layer_text(list(c.layers))}, perplexity ×{c.perplexity_ratio:.2f} within "
@@ -422,18 +420,18 @@ def vectors_bake(
     with no traitlens (transformers, vLLM, TGI, llama.cpp after conversion)."""
     from traitlens.steer import METHODS
     from traitlens.steer.bake import bake, check_bake_target
-    from traitlens.steer.mix import describe_mix
+    from traitlens.steer.spec import SteeringSpec
 
-    strengths = parse_mix(mix)
+    spec = SteeringSpec.parse(mix, method=method, layers=layers)
     check_bake_target(out, force)  # before the model loads
     check_choice("--method", method, METHODS)
-    interventions = mix_before_load(run, strengths, method, layers)
+    interventions = mix_before_load(run, spec)
     check_model(model, device, "float32" if dtype == "auto" else dtype)
     tm = load_into(out, model, device, "float32" if dtype == "auto" else dtype, run=False)
     path = bake(tm, interventions, out, force=force)
     console.print(
         f"load it anywhere: AutoModelForCausalLM.from_pretrained('{path}') — "
-        + describe_mix(interventions)
+        + SteeringSpec.describe(interventions)
     )
     done(path, "baked checkpoint")
 
@@ -453,9 +451,9 @@ def vectors_lmeval(
     traitlens_mc task, and print the lm_eval command that runs it."""
     from traitlens.engines.lmeval import TASK_NAME, export_steer, write_task
     from traitlens.steer import METHODS
-    from traitlens.steer.mix import describe_mix
+    from traitlens.steer.spec import SteeringSpec
 
-    strengths = parse_mix(mix)
+    spec = SteeringSpec.parse(mix, method=method, layers=layers)
     check_choice("--method", method, METHODS)
     if (out / "steer.pt").exists() and not force:
         from traitlens.errors import ArtifactError
@@ -464,13 +462,13 @@ def vectors_lmeval(
             f"{out} already holds an lm-eval export (steer.pt); nothing was written. Choose a "
             "new --out, or pass --force to replace it"
         )
-    interventions = mix_before_load(run, strengths, method, layers)
+    interventions = mix_before_load(run, spec)
     check_model(model, device, dtype)
     tm = load_into(out, model, device, dtype, run=False)
     steer_file = export_steer(tm, interventions, out / "steer.pt")
     task = write_task(out / "task")
     pretrained = tm.source if Path(str(tm.source)).is_dir() else tm.identity.name
-    console.print(f"{describe_mix(interventions)}; run it with:")
+    console.print(f"{SteeringSpec.describe(interventions)}; run it with:")
     typer.echo(  # plain echo: rich would wrap the command and break copy-paste
         f"HF_DATASETS_OFFLINE=1 lm_eval --model steered "
         f"--model_args pretrained={pretrained},steer_path={steer_file} "

@@ -389,6 +389,11 @@ class _Service:
         try:
             if spec is None:
                 return self.catalog.resolve(None)
+            if spec.positions != "all":
+                raise SteeringError(
+                    "per-request steering acts on all positions; leave out steering.positions",
+                    "steering.positions",
+                )
             return self.catalog.resolve(spec.traits, spec.method, spec.layers)
         except SteeringError as exc:
             raise ApiError(400, str(exc), param=exc.param, code="invalid_steering") from None

@@ -7,17 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-class Steering(BaseModel):
-    """``{"traits": {"E": 1.0, "N": -0.5}, "method": "mean_diff", "layers": "10-14"}``:
-    strength per trait in spread units per layer; ``method`` and ``layers`` default to
-    the vectors' default method and middle band."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    traits: dict[str, float] = Field(default_factory=dict)
-    method: str | None = None
-    layers: str | list[int] | None = None
+from traitlens.steer.spec import SteeringSpec
 
 
 class StreamOptions(BaseModel):
@@ -79,7 +69,7 @@ class SamplingRequest(BaseModel):
     stream_options: StreamOptions | None = None
     # vLLM's extension: keep decoding past end-of-sequence (fixed-length benchmarks)
     ignore_eos: bool = False
-    steering: Steering | None = None
+    steering: SteeringSpec | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -46,6 +46,7 @@ from traitlens.steer.registry import (
     get_method,
     register_method,
 )
+from traitlens.steer.spec import SteeringSpec
 from traitlens.steer.vector_set import VectorSet
 from traitlens.steer.workflow import default_run_dir, run_neuron_edit, run_vector
 
@@ -61,6 +62,7 @@ __all__ = [
     "Intervention",
     "NeuronEdit",
     "ShiftNeurons",
+    "SteeringSpec",
     "TraitVector",
     "VectorSet",
     "band_layers",

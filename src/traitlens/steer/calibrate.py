@@ -24,6 +24,7 @@ from typing import Any
 
 from traitlens.artifact_io import Record, atomic_path, read_json
 from traitlens.errors import ArtifactError, DataError
+from traitlens.steer.interventions import Positions
 
 OBJECTIVES = {
     "readout": "target_readout_shift",
@@ -216,6 +217,24 @@ class CalibratedVector:
             method="calibrated",
             source={**chosen.source, "calibration": self.calibration.to_dict()},
         )
+
+    def directions(self, positions: Positions = "all") -> list[Any]:
+        """The calibrated steering as a :class:`~traitlens.steer.spec.SteeringSpec` —
+        strength 1 of :meth:`as_vector` on the calibrated band — resolved to its
+        direction addition."""
+        from traitlens.steer.spec import SteeringSpec
+        from traitlens.steer.vector_set import VectorSet
+
+        vector = self.as_vector()
+        vectors = VectorSet(vector.identity)
+        vectors.add(vector)
+        spec = SteeringSpec(
+            traits={vector.trait: 1.0},
+            method="calibrated",
+            layers=list(self.calibration.layers),
+            positions=positions,
+        )
+        return spec.directions(vectors)
 
     def save(self, path: str | Path) -> Path:
         """``PATH.json`` (the calibration) + ``PATH-vector.{json,safetensors}`` (the vector)."""
