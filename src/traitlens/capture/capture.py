@@ -210,14 +210,8 @@ def _capture(
     layers = list(config["layers"])
     reducer = None
     if config["neuron_stats"]:
-        spans = [f.span(config["neuron_span"]) for f in formatted]
-        reducer = GroupFiring(
-            group_labels,
-            len(layers),
-            tm.identity.d_mlp,
-            tm.device,
-            n_span_tokens=sum(stop - start for start, stop in spans),
-        )
+        n_tokens = sum(span_lengths(formatted, config["neuron_span"]))
+        reducer = GroupFiring(group_labels, len(layers), tm.identity.d_mlp, tm.device, n_tokens)
     pooled = pool_formatted(
         tm,
         formatted,
@@ -247,6 +241,11 @@ def _capture(
             **reducer.result(),
         ),
     )
+
+
+def span_lengths(formatted: Sequence[FormattedPrompt], span: str) -> list[int]:
+    """Tokens in ``span`` of each prompt (their sum sizes an exact a95 quantile)."""
+    return [stop - start for start, stop in (f.span(span) for f in formatted)]
 
 
 def _span_free_prefix(formatted: Sequence[FormattedPrompt], spans: Sequence[str]) -> int:

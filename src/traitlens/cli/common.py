@@ -163,34 +163,12 @@ def check_int(
         raise DataError(f"{option} {value} is out of range: give a whole number {span}{shown}")
 
 
-def check_float(
-    option: str,
-    value: float | None,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-    absolute: bool = False,
-    hint: str = "",
-) -> None:
-    """A finite ``value`` within ``low``..``high`` (open ends exclude the bound; with
-    ``absolute`` the bounds apply to ``|value|``)."""
+def check_float(option: str, value: float | None, *bounds: Any, **how: Any) -> None:
+    """A finite ``value`` within the bounds :func:`traitlens.limits.out_of_range` takes
+    (``low``, ``high``, open ends, ``absolute``, ``hint``); None is not checked."""
     from traitlens.limits import out_of_range
 
-    if value is None:
-        return
-    problem = out_of_range(
-        option,
-        value,
-        low,
-        high,
-        low_open=low_open,
-        high_open=high_open,
-        absolute=absolute,
-        hint=hint,
-    )
-    if problem is not None:
+    if value is not None and (problem := out_of_range(option, value, *bounds, **how)):
         raise DataError(problem)
 
 

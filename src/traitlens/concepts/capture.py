@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from traitlens.artifact_io import Artifact, ModelIdentity, Saved, fields_of
-from traitlens.capture.capture import ItemFiring, pool_formatted, resolve_layers
+from traitlens.capture.capture import ItemFiring, pool_formatted, resolve_layers, span_lengths
 from traitlens.concepts.config import INSTRUCTED, ITEM_TEMPLATES
 from traitlens.concepts.items import ItemLike
 from traitlens.concepts.labels import LabelPrompt
@@ -263,14 +263,8 @@ def _capture(
         formatted += format_items(tm, items, template, label_prompt)
         ids += [i.id for i in items]
         names += [template] * len(items)
-    spans = [f.span("item") for f in formatted]
-    firing = ItemFiring(
-        len(formatted),
-        len(layer_list),
-        tm.identity.d_mlp,
-        tm.device,
-        n_span_tokens=sum(stop - start for start, stop in spans),
-    )
+    lengths = span_lengths(formatted, "item")
+    firing = ItemFiring(len(formatted), len(layer_list), tm.identity.d_mlp, tm.device, sum(lengths))
     pooled = pool_formatted(
         tm,
         formatted,
@@ -290,7 +284,7 @@ def _capture(
         {p: pooled[f"resid.{p}"] for p in poolings},
         stats["rates"],
         stats["a95"],
-        [f.span("item")[1] - f.span("item")[0] for f in formatted],
+        lengths,
         prov.to_dict(),
         stats["means"],
     )

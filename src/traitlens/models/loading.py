@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -79,15 +80,11 @@ class TraitModel:
         param = next((p for p in block.parameters() if p.is_floating_point()), None)
         return (param.device, param.dtype) if param is not None else (self.device, self.dtype)
 
-    def format(
-        self,
-        system: str | None,
-        user: str,
-        assistant: str | None = None,
-        *,
-        marks: dict[str, str] | None = None,
-    ) -> FormattedPrompt:
-        return self.formatter.format(system, user, assistant, marks=marks)
+    @property
+    def format(self) -> Callable[..., FormattedPrompt]:
+        """:meth:`ChatFormatter.format <traitlens.models.chat.ChatFormatter.format>`:
+        ``tm.format(system, user, assistant=None, *, marks=None)``."""
+        return self.formatter.format
 
     def describe(self) -> dict[str, Any]:
         return {

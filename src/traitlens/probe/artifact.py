@@ -79,21 +79,18 @@ class CurveScores:
     per_fold: list[list[float]]
     control_per_fold: list[list[float]]
 
-    @property
-    def mean(self) -> list[float]:
-        return _stats(self.per_fold)[0]
+    # per-layer mean and sample sd over folds, of the task and of the control task:
+    # derived once here (tables and figures read them per layer)
+    mean: list[float] = field(init=False, compare=False, repr=False)
+    sd: list[float] = field(init=False, compare=False, repr=False)
+    control_mean: list[float] = field(init=False, compare=False, repr=False)
+    control_sd: list[float] = field(init=False, compare=False, repr=False)
 
-    @property
-    def sd(self) -> list[float]:
-        return _stats(self.per_fold)[1]
-
-    @property
-    def control_mean(self) -> list[float]:
-        return _stats(self.control_per_fold)[0]
-
-    @property
-    def control_sd(self) -> list[float]:
-        return _stats(self.control_per_fold)[1]
+    def __post_init__(self) -> None:
+        for prefix, folds in (("", self.per_fold), ("control_", self.control_per_fold)):
+            mean, sd = _stats(folds)
+            object.__setattr__(self, f"{prefix}mean", mean)
+            object.__setattr__(self, f"{prefix}sd", sd)
 
     @property
     def selectivity(self) -> list[float]:
