@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,10 @@ import pytest
 import torch
 
 from conftest import build_tiny, make_tokenizer
+from traitlens.artifact_io import Record
 from traitlens.capture.pipeline import capture_run
 from traitlens.errors import ArtifactError
+from traitlens.evaluate.results import Interval
 from traitlens.neurons import prompts_per_group, select_neurons
 from traitlens.probe import fit_probes
 from traitlens.provenance import (
@@ -374,3 +377,55 @@ def test_writability_probes_and_locks_never_write_through_a_symlink(tmp_path: Pa
     with pytest.raises(ArtifactError, match="plain file"):
         acquire_run(out)
     assert victim.read_text() == "precious"
+
+
+# ------------------------------------------------------------------ the Record codec
+
+
+@dataclass(frozen=True)
+class _Row(Record):
+    probs: tuple[float, ...]
+    parts: list[Interval]
+    note: str | None = None
+
+
+def test_record_codec_round_trips_nested_typed_results() -> None:
+    """One codec for every result type: nested records, dicts and tuples of them, None
+    left out where a row says so, null back to NaN, old rows filled from DEFAULTS, and
+    a missing field named."""
+    import math
+
+    from traitlens.evaluate.results import Effect, Measurement, Shift, Success
+
+    effect = Effect(
+        readout_shift={"E": Shift(0.5, Interval(0.1, 0.9), effect_size=1.2, n=30)},
+        questionnaire_shift={"E": Shift(0.2, Interval(0.0, 0.4))},
+        forced_choice_shift={},
+        perplexity=12.0,
+        perplexity_ratio=1.1,
+        label_mass=0.6,
+        success=Success(0.7, Interval(0.5, 0.8), 20, 24, 0.0),
+    )
+    data = effect.to_dict()
+    assert "capability" not in data and "n" not in data["questionnaire_shift"]["E"]
+    assert data["success"] == {
+        "rate": 0.7,
+        "ci": {"low": 0.5, "high": 0.8},
+        "n_eligible": 20,
+        "n_prompts": 24,
+        "boundary": 0.0,
+    }
+    json_like = json.loads(json.dumps(data))
+    assert Effect.from_dict(json_like) == effect
+    assert Effect.from_dict(json_like).to_dict() == data
+    old = {k: v for k, v in json_like.items() if k != "label_mass"}
+    assert math.isnan(Effect.from_dict(old).label_mass)  # a row from before label_mass
+    with pytest.raises(ArtifactError, match="Effect lacks perplexity_ratio"):
+        Effect.from_dict({k: v for k, v in json_like.items() if k != "perplexity_ratio"})
+    with pytest.raises(ArtifactError, match="expected a JSON object, got list"):
+        Measurement.from_dict([1, 2])  # type: ignore[arg-type]
+    assert math.isnan(Interval.from_dict({"low": None, "high": 1.0}).low)
+
+    row = _Row.from_dict({"probs": [0.2, 0.8], "parts": [{"low": 0, "high": 1}], "extra": 1})
+    assert row == _Row((0.2, 0.8), [Interval(0, 1)])  # unknown keys ignored
+    assert row.to_dict() == {"probs": (0.2, 0.8), "parts": [{"low": 0, "high": 1}], "note": None}

@@ -16,9 +16,21 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+from types import UnionType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    TypeVar,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import numpy as np
 
@@ -27,7 +39,6 @@ from traitlens.errors import ArtifactError
 
 if TYPE_CHECKING:  # torch only in annotations: the CLI imports this module for --help
     import torch
-    from _typeshed import DataclassInstance
 
 
 __all__ = [
@@ -54,12 +65,93 @@ def fields_of(obj: Any, names: Sequence[str]) -> dict[str, Any]:
 
 
 class Record:
-    """Mixin for the frozen dataclasses results are made of: ``to_dict`` is
-    :func:`dataclasses.asdict`, so a row is written as exactly the fields it declares
-    (one definition instead of a copy in every result class)."""
+    """Mixin for the dataclasses results are made of: one codec instead of a hand-written
+    ``to_dict``/``from_dict`` pair in every result class.
+
+    ``to_dict`` writes exactly the declared fields in order, nested records (also inside
+    lists, tuples and dicts) as their own ``to_dict``; with ``OMIT_NONE`` a field that is
+    None is left out (optional parts of a row appear only when measured).
+    ``from_dict`` is the inverse, typed by the field annotations: nested records are
+    rebuilt, ``tuple[...]`` fields become tuples, a JSON ``null`` in a ``float`` field is
+    NaN again, unknown keys are ignored (a newer writer), a missing required field is one
+    :class:`~traitlens.errors.ArtifactError` naming it; ``DEFAULTS`` fills fields that
+    rows written by older versions lack.
+    """
+
+    OMIT_NONE: ClassVar[bool] = False
+    DEFAULTS: ClassVar[Mapping[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(cast("DataclassInstance", self))
+        out = {f.name: _encode(getattr(self, f.name)) for f in fields(cast(Any, self))}
+        return {k: v for k, v in out.items() if v is not None} if self.OMIT_NONE else out
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+        if not isinstance(data, Mapping):
+            raise ArtifactError(
+                f"{cls.__name__}: expected a JSON object, got {type(data).__name__}"
+            )
+        data = {**cls.DEFAULTS, **data}
+        declared = [f for f in fields(cast(Any, cls)) if f.init]
+        missing = [
+            f.name
+            for f in declared
+            if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+        ]
+        if missing:
+            raise ArtifactError(
+                f"{cls.__name__} lacks {', '.join(missing)}; it was written by another "
+                "version of traitlens: delete it (or its run's rows folder) and measure again"
+            )
+        hints = _hints(cast(Any, cls))
+        values = {f.name: _decode(hints[f.name], data[f.name]) for f in declared if f.name in data}
+        return cls(**values)
+
+
+R = TypeVar("R", bound=Record)
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_encode(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _encode(v) for k, v in value.items()}
+    return value
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _decode(hint: Any, value: Any) -> Any:
+    """``value`` read from JSON, as the annotation ``hint`` declares it."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None:
+            return None if len(inner) < len(args) else value
+        return _decode(inner[0], value) if len(inner) == 1 else value
+    if value is None:
+        return math.nan if hint is float else None
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return hint.from_dict(value)
+    if origin in (tuple, list):
+        item = args[0] if args else Any
+        if item is float:  # the common case, kept fast: long per-item lists of numbers
+            items = [math.nan if v is None else v for v in value]
+        elif item in (int, str, bool, Any):
+            items = list(value)
+        else:
+            items = [_decode(item, v) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) and len(args) == 2:
+        return {k: _decode(args[1], v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)
@@ -79,10 +171,6 @@ class ModelIdentity(Record):
     # how the digest was computed: 1 = config + 8 embedding rows (before 0.x), 2 = every
     # weight (bf16 bytes), the config without volatile fields and the chat template
     scheme: int = field(default=1, compare=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def check_matches(self, other: ModelIdentity, what: str = "artifact") -> None:
         """Raise ArtifactError when ``other`` (the loaded model) is not this model."""
@@ -108,7 +196,7 @@ def require_identity(data: dict[str, Any], path: Path) -> ModelIdentity:
     """Parse the ``model`` block of an artifact's JSON, with a clear error if absent."""
     try:
         return ModelIdentity.from_dict(data["model"])
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ArtifactError) as exc:
         raise ArtifactError(
             f"{path} has no valid model identity ({exc}); it was not written by traitlens or "
             "is corrupt — recompute it"

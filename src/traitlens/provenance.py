@@ -30,6 +30,7 @@ import numpy as np
 from traitlens.artifact_io import (
     Artifact,
     ModelIdentity,
+    Record,
     bound_to,
     check_writable,
     jsonable,
@@ -176,19 +177,12 @@ def data_digest(data: Any = None, tensors: Iterable[Any] = ()) -> str:
 
 
 @dataclass(frozen=True)
-class Provenance:
+class Provenance(Record):
     """What an artifact was computed from, and the key over it."""
 
     stage: str
     key: str
     inputs: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "key": self.key, "inputs": self.inputs}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Provenance:
-        return cls(str(data["stage"]), str(data["key"]), dict(data.get("inputs") or {}))
 
     @property
     def upstream(self) -> dict[str, str]:

@@ -88,25 +88,6 @@ class ConceptMeasurement(Record):
     layers: list[int] = field(default_factory=list)
     layer_probs: list[list[list[float]]] = field(default_factory=list)  # [L, n, T]
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ConceptMeasurement:
-        return cls(
-            **{
-                k: data[k]
-                for k in (
-                    "item_ids",
-                    "probe_probs",
-                    "label_probs",
-                    "label_mass",
-                    "likert",
-                    "perplexity",
-                )
-            },
-            extra=dict(data.get("extra") or {}),
-            layers=list(data.get("layers") or []),
-            layer_probs=list(data.get("layer_probs") or []),
-        )
-
 
 def measure_condition(
     tm: TraitModel,
@@ -253,10 +234,6 @@ class RepresentationEffect(Record):
     shares_last: list[float] = field(default_factory=list)
     shares_last_baseline: list[float] = field(default_factory=list)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RepresentationEffect:
-        return cls(**{**data, "log_odds_shift": Estimate(**data["log_odds_shift"])})
-
 
 @dataclass(frozen=True)
 class LabelEffect(Record):
@@ -277,10 +254,6 @@ class LabelEffect(Record):
         """A control draw on which the label was not read (``label_draws``)."""
         nan = float("nan")
         return cls(nan, nan, nan, nan, Estimate(nan, nan, nan), [nan] * n_labels, nan, nan)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LabelEffect:
-        return cls(**{**data, "delta_p_target": Estimate(**data["delta_p_target"])})
 
 
 @dataclass(frozen=True)
@@ -339,25 +312,6 @@ class ControlComparison(Record):
     label_p_value: float
     delta_p_gain: Estimate
     delta_p_p_value: float
-
-    ESTIMATES = (
-        "success",
-        "success_last",
-        "control",
-        "gain",
-        "gain_last",
-        "label_success",
-        "label_control",
-        "label_gain",
-        "delta_p_gain",
-    )
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ControlComparison:
-        values: dict[str, Any] = {
-            k: Estimate(**v) if k in cls.ESTIMATES else v for k, v in data.items()
-        }
-        return cls(**values)
 
 
 def _outcomes(
@@ -498,12 +452,7 @@ class ConceptResult:
                 f"a concept evaluation row lacks {', '.join(missing)}: it was written by "
                 "another version; rerun `traitlens study` (measured rows are reused)"
             )
-        effect = ConceptEffect(
-            RepresentationEffect.from_dict(data["representation"]),
-            LabelEffect.from_dict(data["labels"]),
-            dict(data["likert"]),
-            ConceptCost(**data["cost"]),
-        )
+        effect = ConceptEffect.from_dict({k: data[k] for k in cls.EFFECT})
         skip = {*cls.DESCRIPTIVE, *cls.EFFECT, "row_key", "vs_controls"}
         vs = data.get("vs_controls")
         return cls(

@@ -38,7 +38,7 @@ from traitlens.evaluate.administer import (
 )
 from traitlens.evaluate.logprobs import LabelDistribution, resolve_label_tokens
 from traitlens.evaluate.stats import cronbach_alpha, sample_sd
-from traitlens.evaluate.tables import ItemTable, TableRow, restore_floats
+from traitlens.evaluate.tables import ItemTable, TableRow
 from traitlens.models.loading import TraitModel
 
 SCALE = (1, 2, 3, 4, 5)
@@ -143,10 +143,6 @@ class ItemResponse(TableRow):
         data.update({f"p{k}": p for k, p in zip(SCALE, probs, strict=True)})
         return data
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ItemResponse:
-        return cls(**{**restore_floats(data), "probs": tuple(data["probs"])})
-
 
 @dataclass(frozen=True)
 class TraitSummary(TableRow):
@@ -167,11 +163,6 @@ class TraitSummary(TableRow):
     acquiescence: float
     label_mass: float
     template_scores: Mapping[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["template_scores"] = dict(self.template_scores)
-        return data
 
     def row(self) -> dict[str, Any]:
         data = self.to_dict()

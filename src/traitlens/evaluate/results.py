@@ -16,11 +16,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from traitlens.artifact_io import Record
 from traitlens.errors import ArtifactError
-
-
-def _drop_none(pairs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in pairs.items() if v is not None}
 
 
 def _require(cls: type, data: Any, required: tuple[str, ...]) -> None:
@@ -35,22 +32,15 @@ def _require(cls: type, data: Any, required: tuple[str, ...]) -> None:
 
 
 @dataclass(frozen=True)
-class Interval:
+class Interval(Record):
     """A confidence interval (NaN ends: not defined, e.g. fewer than two units)."""
 
     low: float = math.nan
     high: float = math.nan
 
-    def to_dict(self) -> dict[str, float]:
-        return {"low": self.low, "high": self.high}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Interval:
-        return cls(float(data["low"]), float(data["high"]))
-
 
 @dataclass(frozen=True)
-class Shift:
+class Shift(Record):
     """Steered − baseline for one trait: mean shift, its CI, and (paired measures) the
     paired effect size and the number of matched units."""
 
@@ -59,29 +49,11 @@ class Shift:
     effect_size: float | None = None
     n: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none(
-            {
-                "shift": self.shift,
-                "ci": self.ci.to_dict(),
-                "effect_size": self.effect_size,
-                "n": self.n,
-            }
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Shift:
-        _require(cls, data, ("shift", "ci"))
-        return cls(
-            float(data["shift"]),
-            Interval.from_dict(data["ci"]),
-            data.get("effect_size"),
-            data.get("n"),
-        )
+    OMIT_NONE = True
 
 
 @dataclass(frozen=True)
-class Success:
+class Success(Record):
     """Targeted success rate: of the held-out prompts that start on the opposite pole's
     side of ``boundary``, the fraction the intervention carried across."""
 
@@ -92,26 +64,11 @@ class Success:
     boundary: float
     boundary_source: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none({f.name: getattr(self, f.name) for f in fields(self)}) | {
-            "ci": self.ci.to_dict()
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Success:
-        _require(cls, data, ("rate", "ci", "n_eligible", "n_prompts", "boundary"))
-        return cls(
-            float(data["rate"]),
-            Interval.from_dict(data["ci"]),
-            int(data["n_eligible"]),
-            int(data["n_prompts"]),
-            float(data["boundary"]),
-            data.get("boundary_source"),
-        )
+    OMIT_NONE = True
 
 
 @dataclass
-class Measurement:
+class Measurement(Record):
     """Raw per-prompt / per-item numbers of one model state (one row file's ``data``).
 
     ``neutral_readout`` is ``[prompt][trait]`` in the study's trait order;
@@ -136,22 +93,12 @@ class Measurement:
     answer_probe_scores: dict[str, list[float]] | None = None
     judge_scores: dict[str, list[float]] | None = None
 
-    REQUIRED = ("neutral_readout", "opposite_readout", "questionnaire", "forced_choice")
-
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none({f.name: getattr(self, f.name) for f in fields(self)})
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Measurement:
-        _require(cls, data, (*cls.REQUIRED, "perplexity"))
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values.setdefault("questionnaire_label_mass", math.nan)
-        return cls(**values)
+    OMIT_NONE = True
+    DEFAULTS = {"questionnaire_label_mass": math.nan}  # rows measured before it existed
 
 
 @dataclass
-class Effect:
+class Effect(Record):
     """One measurement against the unsteered baseline (see ``interventions.effect``).
 
     The ``target_*`` fields and ``success`` are signed toward the row's target pole and
@@ -177,36 +124,12 @@ class Effect:
     target_questionnaire_shift: float | None = None
     target_forced_choice_shift: float | None = None
 
-    SHIFTS = ("readout_shift", "questionnaire_shift", "forced_choice_shift")
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in self.SHIFTS:
-                value = {t: s.to_dict() for t, s in value.items()}
-            elif isinstance(value, Shift | Success):
-                value = value.to_dict()
-            if value is not None:
-                out[f.name] = value
-        return out
+    OMIT_NONE = True
+    DEFAULTS = {"label_mass": math.nan}  # rows measured before it existed
 
     @classmethod
     def keys(cls) -> set[str]:
         return {f.name for f in fields(cls)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Effect:
-        _require(cls, data, (*cls.SHIFTS, "perplexity", "perplexity_ratio"))
-        values = {k: v for k, v in data.items() if k in cls.keys()}
-        for name in cls.SHIFTS:
-            values[name] = {t: Shift.from_dict(s) for t, s in data[name].items()}
-        if data.get("capability_change") is not None:
-            values["capability_change"] = Shift.from_dict(data["capability_change"])
-        if data.get("success") is not None:
-            values["success"] = Success.from_dict(data["success"])
-        values.setdefault("label_mass", math.nan)
-        return cls(**values)
 
     def target_success(self) -> tuple[float, Interval]:
         """The success rate and its CI (NaN when the row has no target)."""
@@ -285,25 +208,11 @@ class PersonaResult:
 
 
 @dataclass
-class EvalBaseline:
+class EvalBaseline(Record):
     """The unsteered model's summary figures in ``eval.json``."""
 
     questionnaire: dict[str, float]
     forced_choice: dict[str, float]
     perplexity: float
-    capability: float | None
-    label_mass: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvalBaseline:
-        _require(cls, data, ("questionnaire", "forced_choice", "perplexity"))
-        return cls(
-            dict(data["questionnaire"]),
-            dict(data["forced_choice"]),
-            float(data["perplexity"]),
-            data.get("capability"),
-            data.get("label_mass"),
-        )
+    capability: float | None = None
+    label_mass: float | None = None

@@ -17,11 +17,6 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from traitlens.artifact_io import Record, atomic_path, read_json, write_json
 
 
-def restore_floats(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON row with every ``null`` (a NaN on the way out) turned back into NaN."""
-    return {key: math.nan if value is None else value for key, value in row.items()}
-
-
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """One row per mapping; columns are the union of keys in first-seen order
     (rows may differ, e.g. neuron-edit rows carry γ, direction rows a strength)."""
@@ -88,10 +83,6 @@ class TableRow(Record):
 
     def row(self) -> dict[str, Any]:
         return self.to_dict()
-
-    @classmethod
-    def from_dict(cls: type[RowT], data: Mapping[str, Any]) -> RowT:
-        return cls(**restore_floats(data))
 
 
 @dataclass(frozen=True)

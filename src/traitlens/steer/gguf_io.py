@@ -219,7 +219,14 @@ def import_gguf(path: str | Path, model: TraitModel) -> TraitVector:
         try:
             meta = json.loads(str(keys["metadata"]))
             recorded = ModelIdentity.from_dict(meta["model"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (
+            json.JSONDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            ArtifactError,
+        ) as exc:
             raise ArtifactError(
                 f"{source} has a corrupt {META_KEY} entry ({type(exc).__name__}: {exc}); "
                 "export the vector again with `traitlens vectors export`"
