@@ -45,9 +45,8 @@ from traitlens.concepts.probes import DomainProbes, fit_domain_probes
 from traitlens.design.rows import (
     control_seed,
     describe_intervention,
+    evaluate_rows,
     flat_row,
-    log_plan,
-    measured_row,
     random_vector_like,
     row_name,
 )
@@ -731,24 +730,14 @@ def stage_evaluation(ctx: StageContext) -> ConceptEvaluation:
     base_prov = read.provenance(ctx, "baseline")
     plan = plan_conditions(ctx, read.band)
     provs = {c.name: read.provenance(ctx, c.name, c) for c in plan}
-    log_plan(rows_dir, [("baseline", base_prov), *provs.items()], ctx.log)
-    baseline = measured_row(
-        rows_dir, "baseline", base_prov, lambda: read.measure(ctx, None), ConceptMeasurement
+    baseline, measured, keys = evaluate_rows(
+        rows_dir,
+        (base_prov, lambda: read.measure(ctx, None)),
+        [(c.name, provs[c.name], partial(read.measure, ctx, c)) for c in plan],
+        ConceptMeasurement,
+        ctx.log,
+        say=lambda n: n == len(plan) or (plan[n - 1].draw or 0) % 10 == 0,
     )
-    measured: dict[str, ConceptMeasurement] = {}
-    keys = {"baseline": base_prov.key}
-    for number, condition in enumerate(plan, start=1):
-        if condition.draw is None or number == len(plan) or condition.draw % 10 == 0:
-            ctx.log(f"  [{number}/{len(plan)}] {condition.name}")
-        prov = provs[condition.name]
-        measured[condition.name] = measured_row(
-            rows_dir,
-            condition.name,
-            prov,
-            partial(read.measure, ctx, condition),
-            ConceptMeasurement,
-        )
-        keys[condition.name] = prov.key
     results = _results(ctx, read, baseline, plan, measured, keys)
     return _save_evaluation(ctx, read, baseline, results, keys)
 

@@ -127,6 +127,32 @@ def log_plan(rows_dir: Path, plan: Sequence[tuple[str, Provenance]], log: Log) -
     return {n for n, _ in todo}
 
 
+def evaluate_rows(
+    rows_dir: Path,
+    baseline: tuple[Provenance, Callable[[], R]],
+    rows: Sequence[tuple[str, Provenance, Callable[[], R]]],
+    kind: type[R],
+    log: Log,
+    *,
+    say: Callable[[int], bool] = lambda number: True,
+) -> tuple[R, dict[str, R], dict[str, str]]:
+    """The evaluation loop every design shares: say what is reused and why the rest is
+    measured, then the baseline and each row (``name, key, compute``) through
+    :func:`measured_row`. Returns the baseline, each row's data and every row's key
+    (the baseline's as ``"baseline"``); ``say(number)`` picks the rows logged."""
+    base_prov, base_compute = baseline
+    todo = log_plan(rows_dir, [("baseline", base_prov), *((n, p) for n, p, _ in rows)], log)
+    base = measured_row(rows_dir, "baseline", base_prov, base_compute, kind)
+    measured: dict[str, R] = {}
+    keys = {"baseline": base_prov.key}
+    for number, (name, prov, compute) in enumerate(rows, start=1):
+        if say(number):
+            log(f"  [{number}/{len(rows)}] {name}" + ("" if name in todo else " (reused)"))
+        measured[name] = measured_row(rows_dir, name, prov, compute, kind)
+        keys[name] = prov.key
+    return base, measured, keys
+
+
 def control_seed(seed: int, trait: str) -> int:
     """Seed of a trait's random-direction control: stable, and different per trait."""
     return zlib.crc32(f"{trait.strip().upper()}|{seed}|random-direction".encode())

@@ -44,10 +44,9 @@ from traitlens.data import (
 from traitlens.design.rows import (
     control_seed,
     describe_intervention,
+    evaluate_rows,
     flat_row,
-    log_plan,
     matched_control,
-    measured_row,
     random_vector_like,
     row_name,
 )
@@ -611,27 +610,23 @@ def stage_evaluation(ctx: StageContext) -> PersonaEvaluation:
     base_prov = prov("baseline", (), {}, opposite_keys=all_keys)
     plan = plan_rows(ctx, sets, band, edit_layers)
     provs = {r.name: prov(r.name, r.interventions, r.labels(), **r.measure_kwargs()) for r in plan}
-    todo = log_plan(rows_dir, [(r.name, provs[r.name]) for r in plan], ctx.log)
-    baseline = measured_row(
+    baseline, measured, row_keys = evaluate_rows(
         rows_dir,
-        "baseline",
-        base_prov,
-        lambda: compute((), {"opposite_keys": all_keys}),
+        (base_prov, lambda: compute((), {"opposite_keys": all_keys})),
+        [
+            (r.name, provs[r.name], partial(compute, r.interventions, r.measure_kwargs()))
+            for r in plan
+        ],
         Measurement,
+        ctx.log,
     )
-    results, row_keys = [], {"baseline": base_prov.key}
-    for number, row in enumerate(plan, start=1):
-        ctx.log(f"  [{number}/{len(plan)}] {row.name}" + ("" if row.name in todo else " (reused)"))
-        data = measured_row(
-            rows_dir,
-            row.name,
-            provs[row.name],
-            partial(compute, row.interventions, row.measure_kwargs()),
-            Measurement,
+    results = [
+        row.result(
+            provs[row.name].key,
+            effect(baseline, measured[row.name], traits, row.trait, row.pole, seed=config.seed),
         )
-        summary = effect(baseline, data, traits, row.trait, row.pole, seed=config.seed)
-        row_keys[row.name] = provs[row.name].key
-        results.append(row.result(provs[row.name].key, summary))
+        for row in plan
+    ]
     evaluation, eval_prov = _evaluation(
         ctx, band, layers_read, baseline, results, sets, base_prov, row_keys
     )
