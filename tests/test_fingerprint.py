@@ -349,10 +349,12 @@ def test_fingerprint_is_deterministic_under_a_fixed_seed(tmp_path: Path) -> None
 
 def test_a_rerun_reuses_cached_answers(tmp_path: Path) -> None:
     fingerprint_model(build_tiny("qwen2"), TINY, _questions(), tmp_path, progress=False)
-    cached = tmp_path / "answers_calibration.json"
-    stamp = cached.stat().st_mtime_ns
+    (cached,) = tmp_path.glob("answers_calibration--*.json")  # a keyed row
+    (drift,) = tmp_path.glob("answers_drift--*.json")
+    stamps = [path.stat().st_mtime_ns for path in (cached, drift)]
     again = fingerprint_model(build_tiny("qwen2"), TINY, _questions(), tmp_path, progress=False)
-    assert cached.stat().st_mtime_ns == stamp
+    assert [path.stat().st_mtime_ns for path in (cached, drift)] == stamps
+    assert len(list(tmp_path.glob("answers_*--*.json"))) == 4  # calibration, 2 seeds, drift
     assert again.summary["n_answers"]["calibration"] > 0
 
 

@@ -45,7 +45,6 @@ from traitlens.concepts.probes import DomainProbes, fit_domain_probes
 from traitlens.design.rows import (
     control_seed,
     describe_intervention,
-    evaluate_rows,
     flat_row,
     random_vector_like,
     row_name,
@@ -55,6 +54,7 @@ from traitlens.errors import ArtifactError
 from traitlens.neurons.artifact import NeuronSet
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.provenance import Provenance, RunManifest, keyed, keyed_stage, provenance, record
+from traitlens.rows import evaluate_rows
 
 CONCEPT = Plan()
 

@@ -14,8 +14,8 @@ answer_structure — which :func:`fingerprint_model` chains, and writes the arti
 - ``RUN/fingerprint/<model>/summary.json`` — that model's results
 - ``RUN/fingerprint.json`` — all models plus the comparison
 
-Generated answers are cached per model (keyed by model digest, prompts and
-sampling settings) and activations through ``capture(out_dir=...)``, so a rerun
+Generated answers are keyed rows (:mod:`traitlens.rows`: model digest, prompts and
+sampling settings) and activations go through ``capture(out_dir=...)``, so a rerun
 after an interruption resamples nothing.
 """
 
@@ -35,6 +35,7 @@ import numpy as np
 from traitlens import __version__
 from traitlens.artifact_io import (
     ModelIdentity,
+    Record,
     atomic_write,
     jsonable,
     require_identity,
@@ -85,7 +86,8 @@ from traitlens.fingerprint.texts import (
 )
 from traitlens.models.generation import generate_answers
 from traitlens.models.loading import TraitModel
-from traitlens.provenance import provenance
+from traitlens.provenance import Provenance, provenance
+from traitlens.rows import load_row, measured_row
 from traitlens.stats import separation_auc
 
 Log = Callable[[str], None]
@@ -159,11 +161,18 @@ def select_questions(
     return neutral, calibration_neutral, by_axis
 
 
-def _cache_key(tm: TraitModel, items: Sequence[_Item], settings: dict[str, Any]) -> str:
-    data = [[item.id, item.system, item.user] for item in items]
+@dataclass(frozen=True)
+class _Answers(Record):
+    """Generated answers (a batch, or ``[conversation][turn]``), the data of a keyed row
+    (see :mod:`traitlens.rows`)."""
+
+    answers: list[Any]
+
+
+def _answers_key(tm: TraitModel, settings: dict[str, Any], data: Any = None) -> Provenance:
     return provenance(
         "fingerprint", model=tm.identity, config={**settings, "chat": tm.formatter.mode}, data=data
-    ).key
+    )
 
 
 def _generate_cached(
@@ -171,10 +180,12 @@ def _generate_cached(
     items: Sequence[_Item],
     seed: int,
     config: FingerprintConfig,
-    path: Path | None,
+    directory: Path | None,
+    name: str,
     progress: bool,
 ) -> list[str]:
-    """Sampled answers, cleaned; reused from ``path`` when the same request was made before."""
+    """Sampled answers, cleaned; a keyed row ``DIRECTORY/NAME--KEY.json`` when a
+    directory is given, so the same request made again is read back, not resampled."""
     settings = {
         "seed": seed,
         "max_new_tokens": config.max_new_tokens,
@@ -182,30 +193,27 @@ def _generate_cached(
         "top_p": config.top_p,
         "batch_size": config.batch_size,
     }
-    key = _cache_key(tm, items, settings)
-    if path is not None and path.exists():
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key and len(cached.get("answers", [])) == len(items):
-                # re-clean: the rule may have improved since (it is idempotent)
-                return [clean_answer(str(a), tm.formatter.mode) for a in cached["answers"]]
-        except (json.JSONDecodeError, AttributeError):
-            pass  # unreadable cache: regenerate and overwrite
-    raw = generate_answers(
-        tm,
-        list(items),
-        max_new_tokens=config.max_new_tokens,
-        do_sample=True,
-        seed=seed,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        batch_size=config.batch_size,
-        progress=progress,
-    )
-    answers = [clean_answer(a, tm.formatter.mode) for a in raw]
-    if path is not None:
-        write_json(path, {"key": key, "answers": answers})
-    return answers
+
+    def sample() -> _Answers:
+        raw = generate_answers(
+            tm,
+            list(items),
+            max_new_tokens=config.max_new_tokens,
+            do_sample=True,
+            seed=seed,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            batch_size=config.batch_size,
+            progress=progress,
+        )
+        return _Answers([clean_answer(a, tm.formatter.mode) for a in raw])
+
+    if directory is None:
+        return sample().answers
+    prov = _answers_key(tm, settings, [[item.id, item.system, item.user] for item in items])
+    saved = measured_row(directory, name, prov, sample, _Answers).answers
+    # re-cleaned: the rule may have improved since (it is idempotent)
+    return [clean_answer(str(a), tm.formatter.mode) for a in saved]
 
 
 def _require_answers(
@@ -345,8 +353,9 @@ def answer_calibration(
         f"calibration: {len(items)} instructed answers "
         f"({len(config.axes)} axes × 2 poles), layers {list(layers)}, pooling {config.pooling}"
     )
-    cache = directory / "answers_calibration.json" if directory else None
-    answers = _generate_cached(tm, items, config.seed, config, cache, progress)
+    answers = _generate_cached(
+        tm, items, config.seed, config, directory, "answers_calibration", progress
+    )
     return _answer_set(
         tm,
         items,
@@ -375,9 +384,9 @@ def answer_baseline(
     answers: list[str] = []
     for s in range(config.seeds):
         rows = [_Item(f"base:{s}:{q.id}", q.id, q.text, None, seed=s) for q in questions]
-        cache = directory / f"answers_baseline_{s}.json" if directory else None
         seed = config.seed + SEED_STRIDE * (s + 1)
-        answers += _generate_cached(tm, rows, seed, config, cache, progress)
+        name = f"answers_baseline_{s}"
+        answers += _generate_cached(tm, rows, seed, config, directory, name, progress)
         items += rows
     return _answer_set(tm, items, answers, "baseline", layers, config, False, directory, progress)
 
@@ -804,7 +813,6 @@ def _drift(
         return {}
     turns = [list(s.turns[: config.drift_turns]) for s in scenarios]
     log(f"drift: {len(scenarios)} conversation(s) × up to {max(len(t) for t in turns)} turns")
-    cache = directory / "answers_drift.json" if directory else None
     settings = {
         "seed": config.seed,
         "max_new_tokens": config.max_new_tokens,
@@ -813,32 +821,29 @@ def _drift(
         "turns": turns,
         "clean": CLEAN_VERSION,
     }
-    key = provenance(
-        "fingerprint", model=tm.identity, config={**settings, "chat": tm.formatter.mode}
-    ).key
-    replay = None
-    if cache is not None and cache.exists():
-        try:
-            cached = json.loads(cache.read_text())
-            replay = cached["answers"] if cached.get("key") == key else None
-        except (json.JSONDecodeError, KeyError, AttributeError):
-            replay = None
-    run = run_conversations(
-        tm,
-        turns,
-        layers=layers,
-        pooling=config.pooling,
-        decay_half_life=config.decay_half_life,
-        max_new_tokens=config.max_new_tokens,
-        seed=config.seed,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        batch_size=config.batch_size,
-        replay=replay,
-        progress=progress,
-    )
-    if cache is not None and replay is None:
-        write_json(cache, {"key": key, "answers": run.answers})
+    prov = _answers_key(tm, settings)
+    saved = None if directory is None else load_row(directory, "answers_drift", prov, _Answers)
+
+    def converse(replay: list[list[str]] | None) -> ConversationRun:
+        return run_conversations(
+            tm,
+            turns,
+            layers=layers,
+            pooling=config.pooling,
+            decay_half_life=config.decay_half_life,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            batch_size=config.batch_size,
+            replay=replay,
+            progress=progress,
+        )
+
+    # the activations are always captured again; the answers are replayed when saved
+    run = converse(None if saved is None else saved.answers)
+    if directory is not None and saved is None:
+        measured_row(directory, "answers_drift", prov, lambda: _Answers(run.answers), _Answers)
     return {
         scenario.name: _drift_scenario(axes, scenario, run, c)
         for c, scenario in enumerate(scenarios)

@@ -44,7 +44,6 @@ from traitlens.data import (
 from traitlens.design.rows import (
     control_seed,
     describe_intervention,
-    evaluate_rows,
     flat_row,
     matched_control,
     random_vector_like,
@@ -71,6 +70,7 @@ from traitlens.provenance import (
     record,
     saved_key,
 )
+from traitlens.rows import evaluate_rows
 from traitlens.study.config import StudyConfig
 
 PERSONA = Plan()

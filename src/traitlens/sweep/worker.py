@@ -23,8 +23,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from traitlens.design.rows import describe_intervention, measured_row
+from traitlens.design.rows import describe_intervention
 from traitlens.evaluate.results import Measurement, or_nan
+from traitlens.rows import measured_row
 from traitlens.sweep.cells import Cell
 from traitlens.sweep.config import SweepConfig
 
