@@ -65,10 +65,12 @@ def plain_forward(tm, formatted, batch_size: int) -> None:
 
 
 def _captured(tm, prompts, batch_size: int):
-    from traitlens.capture import capture
+    from traitlens.capture import capture_activations
 
     groups = [f"{p.trait}|{p.pole}" for p in prompts]
-    return capture(tm, prompts, span="all", groups=groups, batch_size=batch_size, progress=False)
+    return capture_activations(
+        tm, prompts, span="all", groups=groups, batch_size=batch_size, progress=False
+    )
 
 
 def memory_child(n_prompts: int, batch_size: int) -> None:

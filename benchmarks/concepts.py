@@ -63,7 +63,7 @@ def main() -> None:
     formatted = [f for t in templates for f in format_items(tm, items, t)]
     n_rows = len(formatted)
 
-    def capture():
+    def capture_activations():
         return capture_items(
             tm,
             items,
@@ -74,14 +74,14 @@ def main() -> None:
         )
 
     _plain(tm, formatted, args.batch_size)  # warm-up both paths
-    acts = capture()
+    acts = capture_activations()
     plain, captured, selection = [], [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
         _plain(tm, formatted, args.batch_size)
         plain.append(time.perf_counter() - start)
         start = time.perf_counter()
-        acts = capture()
+        acts = capture_activations()
         captured.append(time.perf_counter() - start)
         start = time.perf_counter()
         select_concept_neurons(acts, items, split.train, traits=TRAITS)

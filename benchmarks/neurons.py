@@ -156,7 +156,7 @@ def run_phase(args: argparse.Namespace) -> None:
     Each implementation runs in a fresh process so that its peak memory is not
     hidden by memory the other one already made the allocator keep.
     """
-    from traitlens.capture import capture
+    from traitlens.capture import capture_activations
     from traitlens.models.loading import load_model
     from traitlens.neurons import prompts_per_group, select_neurons
 
@@ -169,7 +169,7 @@ def run_phase(args: argparse.Namespace) -> None:
         tm.model(input_ids=torch.tensor([tm.format(prompts[0].system, prompts[0].user).input_ids]))
 
     def streaming() -> Any:
-        activations = capture(
+        activations = capture_activations(
             tm,
             prompts,
             answers=answers,

@@ -28,7 +28,7 @@ def main() -> None:
 
     import torch
 
-    from traitlens.capture import POOLINGS, Prompt, capture
+    from traitlens.capture import POOLINGS, Prompt, capture_activations
     from traitlens.data.schema import POLES
     from traitlens.fingerprint.axes import crossfit, paired_accuracy, split_half_stability
     from traitlens.fingerprint.texts import POLE_INSTRUCTIONS
@@ -52,7 +52,7 @@ def main() -> None:
             )
             for r in items
         ]
-        acts = capture(
+        acts = capture_activations(
             tm,
             prompts,
             answers=[r["answer"] for r in items],

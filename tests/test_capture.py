@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from conftest import build_tiny
-from traitlens.capture import Activations, NeuronStats, Prompt, StreamingQuantile, capture
+from traitlens.capture import (
+    Activations,
+    NeuronStats,
+    Prompt,
+    StreamingQuantile,
+    capture_activations,
+)
 from traitlens.capture.reducers import pooling_weights
 from traitlens.errors import ArtifactError, DataError
 from traitlens.models import hooks_installed
@@ -79,9 +85,11 @@ def test_streaming_quantile_handles_values_beyond_first_batch_range() -> None:
 @pytest.mark.parametrize("span", ["question", "answer"])
 def test_pooled_vector_identical_alone_and_in_padded_batch(family: str, span: str) -> None:
     tm = build_tiny(family)
-    batch = capture(tm, PROMPTS, answers=ANSWERS, span=span, batch_size=4, progress=False)
+    batch = capture_activations(
+        tm, PROMPTS, answers=ANSWERS, span=span, batch_size=4, progress=False
+    )
     for i, prompt in enumerate(PROMPTS):
-        alone = capture(tm, [prompt], answers=[ANSWERS[i]], span=span, progress=False)
+        alone = capture_activations(tm, [prompt], answers=[ANSWERS[i]], span=span, progress=False)
         for key in batch.pooled:
             torch.testing.assert_close(
                 alone.pooled[key][0], batch.pooled[key][i], rtol=1e-4, atol=1e-5
@@ -118,7 +126,7 @@ def _brute_force(tm, prompts, answers, groups, span):
 def test_neuron_counts_match_brute_force(family: str) -> None:
     tm = build_tiny(family)
     groups = ["high", "low", "high", "low"]
-    act = capture(
+    act = capture_activations(
         tm, PROMPTS, answers=ANSWERS, span="answer", groups=groups, batch_size=3, progress=False
     )
     stats = act.neuron_stats
@@ -141,7 +149,9 @@ def test_neuron_counts_match_brute_force(family: str) -> None:
 def test_save_load_round_trip_and_reuse(tmp_path) -> None:
     tm = build_tiny("llama")
     out = tmp_path / "act"
-    first = capture(tm, PROMPTS, groups=["a", "b", "a", "b"], out_dir=out, progress=False)
+    first = capture_activations(
+        tm, PROMPTS, groups=["a", "b", "a", "b"], out_dir=out, progress=False
+    )
     loaded = Activations.load(out, expect=tm.identity)
     assert loaded.prompt_ids == ["p0", "p1", "p2", "p3"] and loaded.layers == [0, 1, 2]
     for key in first.pooled:
@@ -152,17 +162,17 @@ def test_save_load_round_trip_and_reuse(tmp_path) -> None:
     # same inputs → reused (the file is not rewritten); changed inputs → refused, the
     # saved capture untouched; with force → recomputed
     stamp = (out / "activations.safetensors").stat().st_mtime_ns
-    capture(tm, PROMPTS, groups=["a", "b", "a", "b"], out_dir=out, progress=False)
+    capture_activations(tm, PROMPTS, groups=["a", "b", "a", "b"], out_dir=out, progress=False)
     assert (out / "activations.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(RunConflictError, match=r"n_prompts 4 → 2.*--force"):
-        capture(tm, PROMPTS[:2], out_dir=out, progress=False)
+        capture_activations(tm, PROMPTS[:2], out_dir=out, progress=False)
     assert (out / "activations.safetensors").stat().st_mtime_ns == stamp
-    capture(tm, PROMPTS[:2], out_dir=out, progress=False, force=True)
+    capture_activations(tm, PROMPTS[:2], out_dir=out, progress=False, force=True)
     assert Activations.load(out).prompt_ids == ["p0", "p1"]
 
 
 def test_loading_for_another_model_is_refused(tmp_path) -> None:
-    capture(build_tiny("llama"), PROMPTS[:2], out_dir=tmp_path, progress=False)
+    capture_activations(build_tiny("llama"), PROMPTS[:2], out_dir=tmp_path, progress=False)
     with pytest.raises(ArtifactError, match="made for model 'tiny-llama'"):
         Activations.load(tmp_path, expect=build_tiny("gpt2").identity)
     with pytest.raises(ArtifactError, match="recompute"):
@@ -182,7 +192,7 @@ def test_corrupt_or_missing_artifacts(tmp_path) -> None:
 
 def test_capture_subset_of_layers_and_attn_out() -> None:
     tm = build_tiny("qwen2")
-    act = capture(
+    act = capture_activations(
         tm,
         PROMPTS[:2],
         layers=[0, -1],
@@ -211,9 +221,9 @@ def test_capture_subset_of_layers_and_attn_out() -> None:
 )
 def test_bad_capture_inputs(tiny_llama, kwargs, message) -> None:
     with pytest.raises((DataError, KeyError), match=message):
-        capture(tiny_llama, PROMPTS[:2], progress=False, **kwargs)
+        capture_activations(tiny_llama, PROMPTS[:2], progress=False, **kwargs)
     with pytest.raises(DataError, match="empty prompt set"):
-        capture(tiny_llama, [], progress=False)
+        capture_activations(tiny_llama, [], progress=False)
 
 
 def test_generation_then_capture_on_answers_is_deterministic() -> None:
@@ -236,7 +246,7 @@ def test_embedded_model_batched_generation_matches_single(smol) -> None:
     batched = generate_answers(smol, prompts, max_new_tokens=12, batch_size=3, progress=False)
     single = [generate_answers(smol, [p], max_new_tokens=12, progress=False)[0] for p in prompts]
     assert batched == single
-    act = capture(
+    act = capture_activations(
         smol, prompts, answers=batched, span="answer", groups=["a", "b", "a"], progress=False
     )
     assert act.get().shape == (3, 30, 576)

@@ -517,7 +517,7 @@ class SumReadout:
 
 
 def test_probe_scores_read_the_answer_span(tiny: Any) -> None:
-    from traitlens.capture import capture
+    from traitlens.capture import capture_activations
 
     prompts = [Prompt("Do you like parties?", None, "p0")] * 3
     answers = ["Yes, I love parties and people.", "No, I like quiet evenings.", "  "]
@@ -527,7 +527,7 @@ def test_probe_scores_read_the_answer_span(tiny: Any) -> None:
     assert judge.calls == [((3, tiny.identity.d_model), tiny.n_layers - 1)]
     assert scores.scores[0, 0] != pytest.approx(scores.scores[1, 0])  # same prompt, answers differ
     assert np.isnan(scores.scores[2]).all()  # empty answer: nothing to read
-    acts = capture(
+    acts = capture_activations(
         tiny,
         prompts[:2],
         answers=answers[:2],
@@ -939,14 +939,14 @@ def test_embedded_model_cli(tmp_path: Any) -> None:
 def test_readouts_read_the_hook_point_the_probes_were_fitted_on() -> None:
     """`readouts()` used to read "resid" whatever the probe was fitted on; a probe fitted
     on attn_out must be applied to attn_out states."""
-    from traitlens.capture import capture
+    from traitlens.capture import capture_activations
     from traitlens.data import build_contrastive_set
     from traitlens.evaluate.interventions import ReadoutSpec, readouts
     from traitlens.probe import fit_probes
 
     tm = build_tiny("llama")
     prompts = build_contrastive_set(["E"], n_personas_per_pole=2, n_questions=4, seed=0)
-    act = capture(
+    act = capture_activations(
         tm,
         prompts,
         kinds=("resid", "attn_out"),

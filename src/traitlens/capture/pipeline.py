@@ -21,7 +21,7 @@ from typing import TypedDict
 
 from traitlens.artifact_io import atomic_write, read_json, write_json
 from traitlens.capture.artifacts import Activations
-from traitlens.capture.capture import capture
+from traitlens.capture.capture import capture_activations
 from traitlens.data import ContrastivePrompt, build_contrastive_set, load_prompts, save_prompts
 from traitlens.errors import ArtifactError, TraitlensError
 from traitlens.models.generation import generate_answers
@@ -222,7 +222,7 @@ def capture_run(
         span: str, upstream: dict[str, str | None], answers: list[str] | None = None
     ) -> Activations:
         """The pooled activations over one span, into ``RUN/activations/{span}``."""
-        return capture(
+        return capture_activations(
             tm,
             prompts,
             answers=answers,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from traitlens.capture.capture import ChatPrompt, Prompt, capture
+from traitlens.capture.capture import ChatPrompt, Prompt, capture_activations
 from traitlens.data.schema import ContrastivePrompt, ForcedChoice, MCItem, Statement
 from traitlens.evaluate.capability import score_mc
 from traitlens.evaluate.cost import perplexity, text_cost
@@ -81,7 +81,7 @@ def readouts(
     """
     layers = sorted({spec.layers[t] for t in traits})
     kind = spec.probes.kind  # read the hook point the probes were fitted on
-    act = capture(
+    act = capture_activations(
         tm,
         prompts,
         span="question",

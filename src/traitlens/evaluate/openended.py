@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from traitlens.capture import ChatPrompt, capture
+from traitlens.capture import ChatPrompt, capture_activations
 from traitlens.data import TRAITS, parse_traits
 from traitlens.errors import DataError
 from traitlens.evaluate.judge import HttpJudge, judge_ratings
@@ -74,7 +74,7 @@ def answer_hidden(
 ) -> dict[int, torch.Tensor]:
     """``{layer: [n_answers, d]}`` hidden states pooled over the answer tokens only, with
     each answer placed after its prompt; one forward pass serves every layer."""
-    acts = capture(
+    acts = capture_activations(
         tm,
         prompts,
         answers=answers,

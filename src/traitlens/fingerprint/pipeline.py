@@ -15,7 +15,7 @@ answer_structure — which :func:`fingerprint_model` chains, and writes the arti
 - ``RUN/fingerprint.json`` — all models plus the comparison
 
 Generated answers are keyed rows (:mod:`traitlens.rows`: model digest, prompts and
-sampling settings) and activations go through ``capture(out_dir=...)``, so a rerun
+sampling settings) and activations go through ``capture_activations(out_dir=...)``, so a rerun
 after an interruption resamples nothing.
 """
 
@@ -41,7 +41,7 @@ from traitlens.artifact_io import (
     require_identity,
     write_json,
 )
-from traitlens.capture.capture import Prompt, capture
+from traitlens.capture.capture import Prompt, capture_activations
 from traitlens.data.schema import POLES
 from traitlens.errors import ArtifactError, DataError
 from traitlens.fingerprint.axes import (
@@ -270,7 +270,7 @@ def _capture(
         Prompt(user=it.user, system=it.system if with_instruction else None, id=it.id)
         for it in items
     ]
-    activations = capture(
+    activations = capture_activations(
         tm,
         prompts,
         answers=list(answers),
