@@ -460,3 +460,28 @@ def test_probes_on_embedded_model(smol: object) -> None:
     assert 0 <= probes.best_layer("E") < smol.n_layers
     readout = probes.readout(activations.get()[:, 5], 5)
     assert readout.shape == (len(prompts), 1) and torch.isfinite(readout).all()
+
+
+def test_cross_validation_runs_through_sklearn_on_the_explicit_folds() -> None:
+    """Each fold's score is a fresh probe fitted on that fold's training rows and scored
+    on its test rows; a training fold with one class predicts that class; an empty test
+    fold is NaN."""
+    import math
+
+    from traitlens.probe.estimators import LinearProbe
+    from traitlens.probe.fit import _cross_validate
+    from traitlens.probe.folds import Fold
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 10)
+    X = rng.normal(size=(20, 6)) + y[:, None] * 1.5
+    folds = [
+        Fold(train=np.arange(10, 20), test=np.arange(0, 10)),
+        Fold(train=np.arange(0, 20, 2), test=np.arange(1, 20, 2)),  # only class 0 to train on
+        Fold(train=np.arange(0, 19), test=np.arange(0)),
+    ]
+    scores = _cross_validate(LinearProbe(C=0.1), X, y, folds, "accuracy")
+    by_hand = LinearProbe(C=0.1).fit(X[10:], y[10:]).predict(X[:10])
+    assert scores[0] == float(np.mean(by_hand == y[:10]))
+    assert scores[1] == 0.0  # predicts class 0 for test rows that are all class 1
+    assert math.isnan(scores[2])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.dummy import DummyClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
+from sklearn.model_selection import cross_validate
 from threadpoolctl import threadpool_limits
 
 from traitlens.capture.artifacts import Activations
@@ -88,22 +91,37 @@ def _score(probe: Any, X: NDArray[Any], y: NDArray[Any], metric: str) -> float:
     return float(r2_score(y, predicted))
 
 
+class _OneClassFallback(ClassifierMixin, BaseEstimator):
+    """``estimator``, except on a training fold that holds one class (a tiny design can
+    leave one): then the constant prediction of that class, the best any probe can do."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+
+    def fit(self, X: NDArray[Any], y: NDArray[Any]) -> _OneClassFallback:
+        one_class = np.unique(y).size < 2
+        model = DummyClassifier(strategy="most_frequent") if one_class else clone(self.estimator)
+        self.fitted_ = model.fit(X, y)
+        return self
+
+    def predict(self, X: NDArray[Any]) -> NDArray[Any]:
+        return np.asarray(self.fitted_.predict(X))
+
+
 def _cross_validate(
-    make: Callable[[], Any], X: NDArray[Any], y: NDArray[Any], folds: list[Fold], metric: str
+    probe: Any, X: NDArray[Any], y: NDArray[Any], folds: list[Fold], metric: str
 ) -> list[float]:
-    scores = []
-    for fold in folds:
-        train_y = y[fold.train]
-        if metric == "accuracy" and np.unique(train_y).size < 2:
-            # a tiny design can leave one class in a training fold: the best any
-            # probe can do then is predict that class
-            scores.append(
-                float(np.mean(y[fold.test] == train_y[0])) if fold.test.size else float("nan")
-            )
-            continue
-        probe = make().fit(X[fold.train], train_y)
-        scores.append(_score(probe, X[fold.test], y[fold.test], metric))
-    return scores
+    """Held-out score per fold: scikit-learn's ``cross_validate`` on our explicit grouped
+    folds (a fresh clone of ``probe`` per fold; NaN where a score is undefined)."""
+    result = cross_validate(
+        _OneClassFallback(probe) if metric == "accuracy" else probe,
+        X,
+        y,
+        cv=[(fold.train, fold.test) for fold in folds],
+        scoring=lambda model, X_test, y_test: _score(model, X_test, y_test, metric),
+        error_score="raise",
+    )
+    return [float(score) for score in result["test_score"]]
 
 
 def fit_probes(
@@ -333,10 +351,10 @@ def _fit_layers(
     weights = {name: np.zeros((*shape, d_model), np.float32) for name, shape in shapes.items()}
     biases = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
 
-    def make(task: _Task) -> Callable[[], Any]:
-        if task.metric == "r2":
-            return lambda: RidgeProbe(alpha=alpha)
-        return lambda: LinearProbe(C=C, max_iter=max_iter)
+    def make(task: _Task) -> Any:
+        return (
+            RidgeProbe(alpha=alpha) if task.metric == "r2" else LinearProbe(C=C, max_iter=max_iter)
+        )
 
     with threadpool_limits(limits=1), warnings.catch_warnings():
         # max_iter is modest by design (speed); a not-fully-converged probe is
@@ -352,7 +370,7 @@ def _fit_layers(
                 control[(task.name, task.key)].append(
                     _cross_validate(make(task), X, task.y_control, task.folds, task.metric)
                 )
-                final = make(task)().fit(X, task.y)
+                final = make(task).fit(X, task.y)
                 if task.name == "trait":
                     weights["trait"][column] = final.coef_
                     biases["trait"][column] = final.intercept_
