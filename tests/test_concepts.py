@@ -43,13 +43,14 @@ from traitlens.concepts import (
     study_claims,
 )
 from traitlens.concepts.labels import check_labels
+from traitlens.concepts.neurons import concept_neurons_job
 from traitlens.concepts.pipeline import domain_direction
 from traitlens.concepts.probes import control_domains
 from traitlens.data import TRAITS, ConceptItem, check_item_bank, load_items
 from traitlens.errors import DataError, ModelError
 from traitlens.models import hooks_installed
 from traitlens.models.loading import wrap_model
-from traitlens.provenance import RunConflictError
+from traitlens.provenance import RunConflictError, persist
 
 # A small user bank in the library's CSV layout: 5 domains × 2 facets × 4 items.
 BANK: dict[str, dict[str, list[str]]] = {
@@ -1474,13 +1475,11 @@ def test_dpn_statistics_are_saved_and_loaded(tmp_path: Path) -> None:
     from traitlens.neurons.artifact import NeuronSet
 
     items = synthetic_bank(per_facet=8)
-    neurons = select_concept_neurons(
-        dpn_acts(items),
-        items,
-        [i.id for i in items],
-        traits=TRAITS,
-        dpn_percentile=95.0,
-        out_dir=tmp_path,
+    neurons = persist(
+        concept_neurons_job(
+            dpn_acts(items), items, [i.id for i in items], traits=TRAITS, dpn_percentile=95.0
+        ),
+        tmp_path,
     )
     loaded = NeuronSet.load(tmp_path)
     assert loaded.effect is not None and loaded.mean_diff is not None

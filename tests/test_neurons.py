@@ -22,11 +22,12 @@ from traitlens.neurons import (
     benjamini_hochberg,
     jaccard_matrix,
     matched_random_neurons,
+    neurons_job,
     prompts_per_group,
     select_neurons,
     two_proportion_z_test,
 )
-from traitlens.provenance import RunConflictError
+from traitlens.provenance import RunConflictError, persist
 
 IDENTITY = ModelIdentity("synthetic", "SynthForCausalLM", 4, 16, 500, "c" * 16)
 OTHER = ModelIdentity("other", "OtherForCausalLM", 4, 16, 500, "d" * 16)
@@ -263,19 +264,19 @@ def test_select_neurons_reuses_saved_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stats = make_stats(planted=PLANTED)
-    first = select_neurons(stats, out_dir=tmp_path)
+    first = persist(neurons_job(stats), tmp_path)
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("recomputed although the saved neuron set matches")
 
     monkeypatch.setattr("traitlens.neurons.select.two_proportion_z_test", boom)
-    again = select_neurons(stats, out_dir=tmp_path)
+    again = persist(neurons_job(stats), tmp_path)
     assert torch.equal(again.qvalue, first.qvalue)
     # other inputs: refused (the saved set is another set-up's), recomputed with force
     with pytest.raises(RunConflictError, match=r"threshold 0.1 → 0.2.*--force"):
-        select_neurons(stats, threshold=0.2, out_dir=tmp_path)
+        persist(neurons_job(stats, threshold=0.2), tmp_path)
     with pytest.raises(AssertionError, match="recomputed"):
-        select_neurons(stats, threshold=0.2, out_dir=tmp_path, force=True)
+        persist(neurons_job(stats, threshold=0.2), tmp_path, force=True)
 
 
 # ---------------------------------------------------------------- bad input
@@ -498,8 +499,8 @@ def test_neuron_stage_on_embedded_model(smol: object, tmp_path: Path) -> None:
         progress=False,
     )
     assert activations.neuron_stats is not None
-    neurons = select_neurons(
-        activations.neuron_stats, prompt_counts=prompts_per_group(prompts), out_dir=tmp_path
+    neurons = persist(
+        neurons_job(activations.neuron_stats, prompt_counts=prompts_per_group(prompts)), tmp_path
     )
     d_mlp = smol.identity.d_mlp  # type: ignore[attr-defined]
     assert neurons.delta.shape == (1, smol.n_layers, d_mlp)  # type: ignore[attr-defined]

@@ -27,8 +27,9 @@ from traitlens.probe import (
     first_layer_reaching,
     fit_probes,
     grouped_folds,
+    probes_job,
 )
-from traitlens.provenance import RunConflictError
+from traitlens.provenance import RunConflictError, persist
 
 TRAITS = ("O", "C", "E", "A", "N")
 
@@ -340,20 +341,20 @@ def test_probeset_missing_or_corrupt(tmp_path: Path, planted: tuple) -> None:
 def test_fit_probes_reuses_saved_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     prompts = make_prompts(n_personas=2, n_questions=4, traits="OE")
     activations = make_activations(prompts)
-    first = fit_probes(activations, prompts, folds=2, out_dir=tmp_path, progress=False)
+    first = persist(probes_job(activations, prompts, folds=2, progress=False), tmp_path)
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("refitted although the saved probes match")
 
     monkeypatch.setattr(LinearProbe, "fit", boom)
-    again = fit_probes(activations, prompts, folds=2, out_dir=tmp_path, progress=False)
+    again = persist(probes_job(activations, prompts, folds=2, progress=False), tmp_path)
     assert torch.equal(again.binary_weight, first.binary_weight)
     # other inputs: refused (the saved set is another set-up's), refitted with force
     with pytest.raises(RunConflictError, match=r"seed 0 → 1.*--force"):
-        fit_probes(activations, prompts, folds=2, seed=1, out_dir=tmp_path, progress=False)
+        persist(probes_job(activations, prompts, folds=2, seed=1, progress=False), tmp_path)
     with pytest.raises(AssertionError, match="refitted"):
-        fit_probes(
-            activations, prompts, folds=2, seed=1, out_dir=tmp_path, progress=False, force=True
+        persist(
+            probes_job(activations, prompts, folds=2, seed=1, progress=False), tmp_path, force=True
         )
 
 

@@ -17,13 +17,14 @@ from traitlens.artifact_io import Record
 from traitlens.capture.pipeline import capture_run
 from traitlens.errors import ArtifactError
 from traitlens.evaluate.results import Interval
-from traitlens.neurons import prompts_per_group, select_neurons
-from traitlens.probe import fit_probes
+from traitlens.neurons import neurons_job, prompts_per_group
+from traitlens.probe import probes_job
 from traitlens.provenance import (
     RunConflictError,
     RunManifest,
     claim,
     describe_changes,
+    persist,
     provenance,
     record,
 )
@@ -101,12 +102,13 @@ def _chain(tm, run: Path, traits=("E", "A")) -> None:
         max_new_tokens=4,
         progress=False,
     )
-    probes = fit_probes(captured.question, captured.prompts, folds=2, out_dir=run, progress=False)
+    probes = persist(probes_job(captured.question, captured.prompts, folds=2, progress=False), run)
     assert captured.answer is not None and captured.answer.neuron_stats is not None
-    select_neurons(
-        captured.answer.neuron_stats,
-        prompt_counts=prompts_per_group(captured.prompts),
-        out_dir=run,
+    persist(
+        neurons_job(
+            captured.answer.neuron_stats, prompt_counts=prompts_per_group(captured.prompts)
+        ),
+        run,
     )
     vectors = trait_vectors(captured.answer, captured.prompts, list(traits), ["mean_diff"])
     vectors.save(run)

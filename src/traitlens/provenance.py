@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 import numpy as np
 
@@ -491,3 +491,57 @@ def keyed(
         what=what or artifact.what,
     )
     return cast(ArtifactT, result)
+
+
+@dataclass(frozen=True)
+class Job(Generic[ArtifactT]):
+    """One artifact to make: its type, its stage, the key over everything it reads and
+    how to compute it. The library builds jobs and computes them (``fit_probes(...)``
+    is ``probes_job(...).compute()``); only a stage or a CLI command persists one
+    (:func:`persist`), so no library function takes an output folder."""
+
+    artifact: type[ArtifactT]
+    stage: str
+    provenance: Provenance
+    compute: Callable[[], ArtifactT]
+    expect: ModelIdentity
+    what: str | None = None
+
+
+def persist(
+    job: Job[ArtifactT],
+    out_dir: str | Path,
+    *,
+    run_dir: str | Path | None = None,
+    force: bool = False,
+) -> ArtifactT:
+    """The job's artifact from ``out_dir`` when it was made from the same inputs, else
+    computed and saved there; one made from other inputs is refused unless ``force``
+    (:func:`keyed`; the manifest is ``run_dir``, default ``out_dir``)."""
+    return keyed(
+        job.artifact,
+        out_dir,
+        job.stage,
+        job.provenance,
+        job.compute,
+        expect=job.expect,
+        run_dir=run_dir,
+        force=force,
+        what=job.what,
+    )
+
+
+P = ParamSpec("P")
+
+
+def computed(make_job: Callable[P, Job[ArtifactT]], name: str) -> Callable[P, ArtifactT]:
+    """The compute-only library function of a job builder: the same parameters, and it
+    returns the artifact (the builder's docstring documents both)."""
+
+    def compute(*args: P.args, **kwargs: P.kwargs) -> ArtifactT:
+        return make_job(*args, **kwargs).compute()
+
+    compute.__name__ = compute.__qualname__ = name
+    compute.__doc__ = make_job.__doc__
+    compute.__module__ = make_job.__module__
+    return compute

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -30,7 +29,7 @@ from traitlens.models.chat import SPANS, FormattedPrompt
 from traitlens.models.hooks import HookFn, hooks_installed
 from traitlens.models.loading import TraitModel
 from traitlens.progress import track
-from traitlens.provenance import Provenance, keyed, provenance
+from traitlens.provenance import Job, Provenance, computed, provenance
 
 
 class ChatPrompt(Protocol):
@@ -64,7 +63,7 @@ def _prompt_id(prompt: ChatPrompt, index: int) -> str:
     return str(getattr(prompt, "id", "") or index)
 
 
-def capture_activations(
+def capture_job(
     tm: TraitModel,
     prompts: Sequence[ChatPrompt],
     *,
@@ -78,25 +77,22 @@ def capture_activations(
     neuron_span: str | None = None,
     decay_half_life: float = 4.0,
     batch_size: int = 16,
-    out_dir: str | Path | None = None,
     progress: bool = True,
-    run_dir: str | Path | None = None,
     stage: str = "capture",
     upstream: Mapping[str, str | None] | None = None,
-    force: bool = False,
-) -> Activations:
-    """Pooled hidden states per prompt and layer, plus per-group neuron statistics.
+) -> Job[Activations]:
+    """Pooled hidden states per prompt and layer, plus per-group neuron statistics (this
+    builds the job; :func:`capture_activations` computes it).
 
     ``span``: the tokens pooled — ``question`` (the user turn, default: the persona's
     words are excluded so probes cannot just read them), ``answer`` (needs
     ``answers``, appended after the generation prompt), ``prompt_end``, ``system`` or
     ``all``; ``neuron_span`` (default ``span``): the tokens whose ``mlp_act`` is
-    counted per ``groups[i]`` label (e.g. ``"E|high"``). With ``out_dir`` a capture of
-    the same inputs is reused and one of other inputs is never replaced unless
-    ``force`` (:func:`traitlens.provenance.keyed_stage`; ``run_dir``/``stage`` name the
-    manifest entry, ``upstream`` the keys it was made from). ``batch_size`` is not
-    keyed: results are batch-invariant (tested). Memory is O(prompts × layers ×
-    d_model + groups × layers × d_mlp).
+    counted per ``groups[i]`` label (e.g. ``"E|high"``). ``stage`` names the run
+    manifest's entry and ``upstream`` the keys the prompts were made from (both are in
+    the key); ``batch_size`` is not keyed: results are batch-invariant (tested).
+    :func:`~traitlens.provenance.persist` reuses or saves it in a run. Memory is
+    O(prompts × layers × d_model + groups × layers × d_mlp).
     """
     neuron_span = _check_capture(prompts, span, neuron_span, answers, groups, poolings, kinds)
     group_labels = list(groups) if groups is not None else ["all"] * len(prompts)
@@ -123,17 +119,10 @@ def capture_activations(
         ids = [str(r["id"]) for r in rows]
         return _capture(tm, formatted, ids, group_labels, config, batch_size, progress)
 
-    return keyed(
-        Activations,
-        out_dir,
-        stage,
-        prov,
-        compute,
-        expect=tm.identity,
-        run_dir=run_dir,
-        force=force,
-        what=f"{stage} activations",
-    )
+    return Job(Activations, stage, prov, compute, tm.identity, f"{stage} activations")
+
+
+capture_activations = computed(capture_job, "capture_activations")
 
 
 def _capture_key(

@@ -21,12 +21,12 @@ from typing import TypedDict
 
 from traitlens.artifact_io import atomic_write, read_json, write_json
 from traitlens.capture.artifacts import Activations
-from traitlens.capture.capture import capture_activations
+from traitlens.capture.capture import capture_job
 from traitlens.data import ContrastivePrompt, build_contrastive_set, load_prompts, save_prompts
 from traitlens.errors import ArtifactError, TraitlensError
 from traitlens.models.generation import generate_answers
 from traitlens.models.loading import TraitModel
-from traitlens.provenance import Provenance, RunManifest, claim, provenance, record
+from traitlens.provenance import Provenance, RunManifest, claim, persist, provenance, record
 
 
 @dataclass
@@ -222,20 +222,18 @@ def capture_run(
         span: str, upstream: dict[str, str | None], answers: list[str] | None = None
     ) -> Activations:
         """The pooled activations over one span, into ``RUN/activations/{span}``."""
-        return capture_activations(
+        job = capture_job(
             tm,
             prompts,
             answers=answers,
             span=span,
             groups=groups,
             batch_size=batch_size,
-            out_dir=run / "activations" / span,
             progress=progress,
-            run_dir=run,
             stage=f"capture.{span}",
             upstream=upstream,
-            force=force,
         )
+        return persist(job, run / "activations" / span, run_dir=run, force=force)
 
     question = capture_span("question", {"prompts": prompt_prov.key})
     if not generate:

@@ -37,7 +37,8 @@ def neurons_cmd(
     from traitlens.capture.artifacts import NeuronStats
     from traitlens.data import load_prompts
     from traitlens.errors import ArtifactError
-    from traitlens.neurons import prompts_per_group, select_neurons
+    from traitlens.neurons import neurons_job, prompts_per_group
+    from traitlens.provenance import persist
 
     check_float(
         "--threshold", threshold, 0.0, 1.0, low_open=True, high_open=True, hint="NPTI uses 0.1"
@@ -57,15 +58,8 @@ def neurons_cmd(
             )
         counts = prompts_per_group(load_prompts(prompts_path))
     with reporting_stages(run, ["neurons"], figures) as folder:
-        neurons = select_neurons(
-            stats,
-            threshold,
-            None if no_fdr else fdr,
-            traits,
-            prompt_counts=counts,
-            out_dir=run,
-            force=force,
-        )
+        job = neurons_job(stats, threshold, None if no_fdr else fdr, traits, prompt_counts=counts)
+        neurons = persist(job, run, force=force)
         summary = neurons.summary()
         console.print(
             f"{summary['n_tests_per_trait']} neurons tested per trait (n = {effective_n})"

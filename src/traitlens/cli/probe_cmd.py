@@ -39,7 +39,8 @@ def probe_cmd(
     from traitlens.capture.artifacts import Activations
     from traitlens.data import load_prompts
     from traitlens.errors import ArtifactError
-    from traitlens.probe import fit_probes
+    from traitlens.probe import probes_job
+    from traitlens.provenance import persist
 
     check_choice("--kind", kind, ("resid", "attn_out"))
     check_choice("--pooling", pooling, POOLINGS)
@@ -53,17 +54,10 @@ def probe_cmd(
     prompts = load_prompts(prompts_path)
     activations = Activations.load(run / "activations" / "question")
     with reporting_stages(run, ["probes"], figures) as folder:
-        probes = fit_probes(
-            activations,
-            prompts,
-            traits,
-            kind=kind,
-            pooling=pooling,
-            folds=folds,
-            seed=seed,
-            out_dir=run,
-            force=force,
+        job = probes_job(
+            activations, prompts, traits, kind=kind, pooling=pooling, folds=folds, seed=seed
         )
+        probes = persist(job, run, force=force)
         _print_probe_summary(probes.summary(), f"{kind}.{pooling}", probes.config["folds"])
         if folder is not None:
             from traitlens.report.probe_figures import plot_probe_accuracy, plot_probe_r2

@@ -9,7 +9,12 @@ against matched controls, read at both levels. Its figures are drawn by the repo
 :func:`run_concepts` returns; ``traitlens study`` and ``traitlens concepts evaluate`` do it).
 """
 
-from traitlens.concepts.capture import ItemActivations, capture_items, format_items
+from traitlens.concepts.capture import (
+    ItemActivations,
+    capture_items,
+    format_items,
+    items_capture_job,
+)
 from traitlens.concepts.claims import Claim, study_claims
 from traitlens.concepts.config import CONCEPT_PROFILES, ITEM_TEMPLATES, ConceptConfig
 from traitlens.concepts.evaluate import (
@@ -28,6 +33,7 @@ from traitlens.concepts.labels import (
     resolve_domain_tokens,
 )
 from traitlens.concepts.neurons import (
+    concept_neurons_job,
     depth_thirds,
     matched_random,
     overlap,
@@ -59,6 +65,8 @@ __all__ = [
     "ItemSplit",
     "LabelPrompt",
     "capture_items",
+    "items_capture_job",
+    "concept_neurons_job",
     "choose_items",
     "compare_with_controls",
     "concept_effect",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +23,7 @@ from traitlens.concepts.labels import LabelPrompt
 from traitlens.errors import DataError
 from traitlens.models.chat import FormattedPrompt
 from traitlens.models.loading import TraitModel
-from traitlens.provenance import Provenance, keyed, provenance
+from traitlens.provenance import Job, Provenance, computed, provenance
 
 
 def format_items(
@@ -185,7 +184,7 @@ def capture_provenance(
     )
 
 
-def capture_items(
+def items_capture_job(
     tm: TraitModel,
     items: Sequence[ItemLike],
     *,
@@ -193,21 +192,17 @@ def capture_items(
     poolings: Sequence[str] = ("mean",),
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
-    out_dir: str | Path | None = None,
-    run_dir: str | Path | None = None,
     upstream: Mapping[str, str | None] | None = None,
-    force: bool = False,
     progress: bool = True,
     label_prompt: LabelPrompt | None = None,
-) -> ItemActivations:
+) -> Job[ItemActivations]:
     """Pool every item's statement tokens under each template and count neuron firing.
 
     Template ``instructed`` (with ``label_prompt``) reads each item inside the label
     question, the context the label readout uses.
 
-    With ``out_dir`` a capture of the same inputs is reused and one of other inputs
-    is never replaced unless ``force`` (:func:`traitlens.provenance.keyed_stage`;
-    ``run_dir`` names the run manifest, default ``out_dir``).
+    This builds the job (``upstream``: the keys the items came from, part of the key);
+    :func:`capture_items` computes it.
     """
     if not items:
         raise DataError("capture_items got no items; load an item bank first")
@@ -230,19 +225,19 @@ def capture_items(
         label_prompt=label_prompt,
     )
 
-    return keyed(
+    return Job(
         ItemActivations,
-        out_dir,
         "concepts.capture",
         prov,
         lambda: _capture(
             tm, items, templates, poolings, layer_list, batch_size, progress, prov, label_prompt
         ),
-        expect=tm.identity,
-        run_dir=run_dir,
-        force=force,
-        what="item activations",
+        tm.identity,
+        "item activations",
     )
+
+
+capture_items = computed(items_capture_job, "capture_items")
 
 
 def _capture(

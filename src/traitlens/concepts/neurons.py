@@ -19,7 +19,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from traitlens.neurons.artifact import NeuronSet
 from traitlens.neurons.rules import dpn_mask, get_rule
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.neurons.stats import jaccard_matrix
-from traitlens.provenance import Provenance, keyed, provenance
+from traitlens.provenance import Job, Provenance, computed, provenance
 from traitlens.stats import fdr_bh
 
 
@@ -91,7 +90,7 @@ def neurons_provenance(
     )
 
 
-def select_concept_neurons(
+def concept_neurons_job(
     acts: ItemActivations,
     items: Sequence[ItemLike],
     train_ids: Sequence[str],
@@ -103,11 +102,9 @@ def select_concept_neurons(
     seed: int = 0,
     dpn_min_d: float = DPN_MIN_D,
     dpn_percentile: float = DPN_PERCENTILE,
-    out_dir: str | Path | None = None,
-    run_dir: str | Path | None = None,
-    force: bool = False,
-) -> NeuronSet:
-    """One-vs-rest concept neurons of every domain from training items only.
+) -> Job[NeuronSet]:
+    """One-vs-rest concept neurons of every domain from training items only (this builds
+    the job; :func:`select_concept_neurons` computes it).
 
     With ``null_permutations`` > 0 the artifact's ``config["null"]`` also holds how many
     neurons pass the δ rule when the domain labels are permuted (:func:`selection_null`).
@@ -163,17 +160,10 @@ def select_concept_neurons(
             )
         return neuron_set
 
-    return keyed(
-        NeuronSet,
-        out_dir,
-        "concepts.neurons",
-        prov,
-        compute,
-        expect=acts.identity,
-        run_dir=run_dir,
-        force=force,
-        what="concept neuron set",
-    )
+    return Job(NeuronSet, "concepts.neurons", prov, compute, acts.identity, "concept neuron set")
+
+
+select_concept_neurons = computed(concept_neurons_job, "select_concept_neurons")
 
 
 def _concept_neurons(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from traitlens.artifact_io import Record, read_json, write_json
-from traitlens.concepts.capture import ItemActivations, capture_items
+from traitlens.concepts.capture import ItemActivations, items_capture_job
 from traitlens.concepts.config import INSTRUCTED, ConceptConfig
 from traitlens.concepts.evaluate import (
     ConceptEffect,
@@ -34,11 +34,11 @@ from traitlens.concepts.evaluate import (
 from traitlens.concepts.items import ItemLike, ItemSplit, choose_items
 from traitlens.concepts.labels import LabelPrompt, label_prompt, resolve_domain_tokens, shots
 from traitlens.concepts.neurons import (
+    concept_neurons_job,
     depth_thirds,
     dpn_neurons,
     matched_random,
     overlap,
-    select_concept_neurons,
     strongest,
 )
 from traitlens.concepts.probes import DomainProbes, fit_domain_probes
@@ -53,7 +53,15 @@ from traitlens.design.stages import Plan, Stage, StageContext, run_plan
 from traitlens.errors import ArtifactError
 from traitlens.neurons.artifact import NeuronSet
 from traitlens.neurons.selected import SelectedNeurons
-from traitlens.provenance import Provenance, RunManifest, keyed, keyed_stage, provenance, record
+from traitlens.provenance import (
+    Provenance,
+    RunManifest,
+    keyed,
+    keyed_stage,
+    persist,
+    provenance,
+    record,
+)
 from traitlens.rows import evaluate_rows
 
 CONCEPT = Plan()
@@ -170,19 +178,17 @@ def stage_capture(ctx: StageContext) -> ItemActivations:
     config: ConceptConfig = ctx.config
     chosen: ConceptItems = ctx["items"]
     instructed = config.context == INSTRUCTED
-    return capture_items(
+    job = items_capture_job(
         ctx.tm,
         chosen.items,
         label_prompt=chosen.label_prompt(config) if instructed else None,
         templates=config.templates,
         poolings=config.poolings,
         batch_size=config.batch_size,
-        out_dir=ctx.run / CONCEPT_DIR / "activations",
-        run_dir=ctx.run,
         upstream={"concepts.items": chosen.key},
-        force=ctx.force,
         progress=ctx.progress,
     )
+    return persist(job, ctx.run / CONCEPT_DIR / "activations", run_dir=ctx.run, force=ctx.force)
 
 
 @CONCEPT.stage("probes", "domain probes per layer, facet-grouped CV with control task")
@@ -256,7 +262,7 @@ def _fit_probes(
 def stage_neurons(ctx: StageContext) -> NeuronSet:
     config: ConceptConfig = ctx.config
     chosen: ConceptItems = ctx["items"]
-    neurons = select_concept_neurons(
+    job = concept_neurons_job(
         ctx["capture"],
         chosen.items,
         chosen.fit_ids(config),
@@ -267,10 +273,8 @@ def stage_neurons(ctx: StageContext) -> NeuronSet:
         seed=config.seed,
         dpn_min_d=config.dpn_min_d,
         dpn_percentile=config.dpn_percentile,
-        out_dir=ctx.run / CONCEPT_DIR,
-        run_dir=ctx.run,
-        force=ctx.force,
     )
+    neurons = persist(job, ctx.run / CONCEPT_DIR, run_dir=ctx.run, force=ctx.force)
     counts = {
         t: (int(neurons.mask(t, "high").sum()), int(neurons.npti_mask(t, "high").sum()))
         for t in config.traits

@@ -15,8 +15,8 @@ answer_structure — which :func:`fingerprint_model` chains, and writes the arti
 - ``RUN/fingerprint.json`` — all models plus the comparison
 
 Generated answers are keyed rows (:mod:`traitlens.rows`: model digest, prompts and
-sampling settings) and activations go through ``capture_activations(out_dir=...)``, so a rerun
-after an interruption resamples nothing.
+sampling settings) and activations persisted capture jobs
+(``persist(capture_job(...))``), so a rerun after an interruption resamples nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from traitlens.artifact_io import (
     require_identity,
     write_json,
 )
-from traitlens.capture.capture import Prompt, capture_activations
+from traitlens.capture.capture import Prompt, capture_job
 from traitlens.data.schema import POLES
 from traitlens.errors import ArtifactError, DataError
 from traitlens.fingerprint.axes import (
@@ -86,7 +86,7 @@ from traitlens.fingerprint.texts import (
 )
 from traitlens.models.generation import generate_answers
 from traitlens.models.loading import TraitModel
-from traitlens.provenance import Provenance, provenance
+from traitlens.provenance import Provenance, persist, provenance
 from traitlens.rows import load_row, measured_row
 from traitlens.stats import separation_auc
 
@@ -270,7 +270,7 @@ def _capture(
         Prompt(user=it.user, system=it.system if with_instruction else None, id=it.id)
         for it in items
     ]
-    activations = capture_activations(
+    job = capture_job(
         tm,
         prompts,
         answers=list(answers),
@@ -280,9 +280,9 @@ def _capture(
         neuron_stats=False,
         decay_half_life=config.decay_half_life,
         batch_size=config.batch_size,
-        out_dir=out_dir,
         progress=progress,
     )
+    activations = job.compute() if out_dir is None else persist(job, out_dir)
     return activations.get("resid", config.pooling).double().numpy()
 
 

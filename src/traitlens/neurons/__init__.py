@@ -2,7 +2,7 @@
 
 from traitlens.neurons.artifact import NeuronSet
 from traitlens.neurons.rules import RULES, get_rule, register_rule
-from traitlens.neurons.select import prompts_per_group, select_neurons
+from traitlens.neurons.select import neurons_job, prompts_per_group, select_neurons
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.neurons.stats import (
     benjamini_hochberg,
@@ -23,6 +23,7 @@ __all__ = [
     "matched_random_neurons",
     "prompts_per_group",
     "register_rule",
+    "neurons_job",
     "select_neurons",
     "two_proportion_z_test",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,7 +13,7 @@ from traitlens.data import TRAITS, parse_traits
 from traitlens.errors import DataError
 from traitlens.neurons.artifact import POLES, NeuronSet
 from traitlens.neurons.stats import benjamini_hochberg, firing_delta, two_proportion_z_test
-from traitlens.provenance import Provenance, keyed, provenance
+from traitlens.provenance import Job, Provenance, computed, provenance
 
 
 def _group(trait: str, pole: str) -> str:
@@ -60,17 +59,16 @@ def _resolve_traits(stats: NeuronStats, traits: str | Sequence[str] | None) -> l
     return codes
 
 
-def select_neurons(
+def neurons_job(
     stats: NeuronStats,
     threshold: float = 0.1,
     fdr: float | None = 0.05,
     traits: str | Sequence[str] | None = None,
     *,
     prompt_counts: Mapping[str, int] | None = None,
-    out_dir: str | Path | None = None,
-    force: bool = False,
-) -> NeuronSet:
-    """Trait-selective neurons of both poles of each trait, with FDR control.
+) -> Job[NeuronSet]:
+    """Trait-selective neurons of both poles of each trait, with FDR control (this
+    builds the job; :func:`select_neurons` computes it).
 
     NPTI's rule (Deng et al. 2024, "Neuron-based Personality Trait
     Induction"): with firing rates over answer tokens from ``stats``
@@ -93,10 +91,6 @@ def select_neurons(
     exact cluster-robust test would need per-answer counts, which the
     streaming capture does not keep. Without ``prompt_counts`` token counts are
     used and the result is marked ``effective_n="tokens"``.
-
-    With ``out_dir``, a neuron set already saved there for the same inputs is
-    returned instead of recomputed, and a new one is saved; one made from other
-    inputs is refused unless ``force`` (:func:`traitlens.provenance.claim`).
     """
     _check_rule(threshold, fdr)
     codes = _resolve_traits(stats, traits)
@@ -115,7 +109,10 @@ def select_neurons(
     def compute() -> NeuronSet:
         return _neuron_set(stats, codes, threshold, fdr, tokens, prompt_counts, config)
 
-    return keyed(NeuronSet, out_dir, "neurons", prov, compute, expect=stats.identity, force=force)
+    return Job(NeuronSet, "neurons", prov, compute, stats.identity)
+
+
+select_neurons = computed(neurons_job, "select_neurons")
 
 
 def _check_rule(threshold: float, fdr: float | None) -> None:

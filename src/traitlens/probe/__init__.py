@@ -10,7 +10,7 @@ from traitlens.probe.artifact import (
     first_layer_reaching,
 )
 from traitlens.probe.estimators import LinearProbe, RidgeProbe
-from traitlens.probe.fit import fit_probes
+from traitlens.probe.fit import fit_probes, probes_job
 from traitlens.probe.folds import (
     Fold,
     GroupedFolds,
@@ -32,5 +32,6 @@ __all__ = [
     "control_labels",
     "first_layer_reaching",
     "fit_probes",
+    "probes_job",
     "grouped_folds",
 ]

@@ -6,7 +6,6 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from traitlens.probe.artifact import WHICH_TRAIT, CurveScores, ProbeSet
 from traitlens.probe.estimators import LinearProbe, RidgeProbe
 from traitlens.probe.folds import Fold, GroupedFolds, control_labels, grouped_folds
 from traitlens.progress import track
-from traitlens.provenance import Provenance, keyed, provenance
+from traitlens.provenance import Job, Provenance, computed, provenance
 
 POLES = ("high", "low")
 
@@ -124,7 +123,7 @@ def _cross_validate(
     return [float(score) for score in result["test_score"]]
 
 
-def fit_probes(
+def probes_job(
     activations: Activations,
     prompts: Sequence[LabelledPrompt],
     traits: str | Sequence[str] | None = None,
@@ -136,11 +135,10 @@ def fit_probes(
     C: float = 0.1,
     alpha: float = 100.0,
     max_iter: int = 200,
-    out_dir: str | Path | None = None,
     progress: bool = True,
-    force: bool = False,
-) -> ProbeSet:
-    """Fit per-layer trait probes with grouped CV, a control task and selectivity.
+) -> Job[ProbeSet]:
+    """Fit per-layer trait probes with grouped CV, a control task and selectivity (this
+    builds the job; :func:`fit_probes` computes it).
 
     For every captured layer of ``activations.get(kind, pooling)``
     (``[n_prompts, n_layers, d_model]``, rows matched to ``prompts`` by id):
@@ -159,10 +157,7 @@ def fit_probes(
     and selectivity is score − control (Hewitt & Liang 2019). ``folds`` is
     reduced (and the reduction recorded in ``config["folds"]``) when there are
     fewer questions, or personas per trait pole, than folds. The returned
-    probes' weights come from a final fit on all prompts. With ``out_dir``, a
-    probe set already saved there for the same inputs is returned instead of
-    refitted, and a new one is saved; one fitted on other inputs is refused
-    unless ``force`` (:func:`traitlens.provenance.claim`).
+    probes' weights come from a final fit on all prompts.
 
     BLAS is limited to one thread while fitting: the problems are small
     (~hundreds × d_model), where thread start-up costs more than it saves and
@@ -185,9 +180,10 @@ def fit_probes(
         fitted = _fit_layers(features, tasks, codes, C, alpha, max_iter, progress)
         return fitted.probe_set(activations, codes, kind, pooling, config)
 
-    return keyed(
-        ProbeSet, out_dir, "probes", prov, compute, expect=activations.identity, force=force
-    )
+    return Job(ProbeSet, "probes", prov, compute, activations.identity)
+
+
+fit_probes = computed(probes_job, "fit_probes")
 
 
 def _used_features(

@@ -192,7 +192,8 @@ def _run_neuron_set(
     statistics, preferring answer tokens as NPTI does, and saved unless the run
     already holds a neuron set for other traits. When ``rule`` finds no neuron in an
     FDR-controlled set, NPTI's δ rule alone is used (unsaved, with a warning)."""
-    from traitlens.neurons import NeuronSet, prompts_per_group, select_neurons
+    from traitlens.neurons import NeuronSet, neurons_job, prompts_per_group, select_neurons
+    from traitlens.provenance import persist
 
     has_set = (run_dir / "neurons.json").exists()
     neuron_set: NeuronSet | None = None
@@ -213,13 +214,9 @@ def _run_neuron_set(
         )
     per_pole = prompts_per_group(p for p in prompts if p.trait == trait)
     if neuron_set is None:
-        neuron_set = select_neurons(
-            stats,
-            fdr=fdr,
-            traits=[trait],
-            prompt_counts=per_pole,
-            out_dir=None if has_set else run_dir,  # never clobber another stage's set
-        )
+        job = neurons_job(stats, fdr=fdr, traits=[trait], prompt_counts=per_pole)
+        # saved only where no other stage's set is: never clobber one
+        neuron_set = job.compute() if has_set else persist(job, run_dir)
     if fdr is not None and _no_neurons(neuron_set, trait, rule):
         # small captures rarely pass an answer-level FDR test; NPTI itself uses the
         # δ rule alone, so fall back to it (unsaved) rather than edit nothing

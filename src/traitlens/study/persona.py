@@ -66,6 +66,7 @@ from traitlens.provenance import (
     RunManifest,
     claim,
     data_digest,
+    persist,
     provenance,
     record,
     saved_key,
@@ -182,42 +183,40 @@ def stage_capture(ctx: StageContext) -> Any:
 
 @PERSONA.stage("probes", "per-layer grouped cross-validation with control tasks")
 def stage_probes(ctx: StageContext) -> Any:
-    from traitlens.probe import fit_probes
+    from traitlens.probe import probes_job
     from traitlens.report.probe_figures import plot_probe_accuracy, plot_probe_r2
 
     config: StudyConfig = ctx.config
     captured = ctx["capture"]
-    probes = fit_probes(
+    job = probes_job(
         captured.question,
         captured.prompts,
         config.traits,
         folds=config.folds,
         seed=config.seed,
-        out_dir=ctx.run,
         progress=ctx.progress,
-        force=ctx.force,
     )
+    probes = persist(job, ctx.run, force=ctx.force)
     # figures are cheap and derived: drawn from the current artifacts every time
     return _drawn(ctx, probes, plot_probe_accuracy, plot_probe_r2)
 
 
 @PERSONA.stage("neurons", "NPTI selection with a two-proportion test and BH-FDR")
 def stage_neurons(ctx: StageContext) -> Any:
-    from traitlens.neurons import select_neurons
+    from traitlens.neurons import neurons_job
     from traitlens.neurons.select import prompts_per_group
     from traitlens.report.neuron_figures import plot_neuron_counts, plot_neuron_overlap
 
     config: StudyConfig = ctx.config
     captured = ctx["capture"]
-    neurons = select_neurons(
+    job = neurons_job(
         captured.answer.neuron_stats,
         threshold=config.threshold,
         fdr=config.fdr,
         traits=config.traits,
         prompt_counts=prompts_per_group(captured.prompts),
-        out_dir=ctx.run,
-        force=ctx.force,
     )
+    neurons = persist(job, ctx.run, force=ctx.force)
     return _drawn(ctx, neurons, plot_neuron_counts, plot_neuron_overlap)
 
 
