@@ -830,11 +830,11 @@ def test_concept_run_resumes_and_recomputes_exactly_what_changed(tmp_path: Path)
     assert f"  {n} of {n} rows reused (same inputs)" in log
     assert not [line for line in log if "row(s) to measure" in line]
     assert _stamps(run) == stamps  # nothing new, nothing rewritten
-    evaluation = context["evaluation"]
+    evaluation = context.evaluation
     assert len(evaluation.results) == n - 1
     # every real edit is compared with its own draws; the claims read the finished run
     assert all(r.vs_controls.n_draws == config.control_draws for r in evaluation.real)
-    claims = study_claims(context["probes"], context["neurons"], evaluation)
+    claims = study_claims(context.probes, context.neurons, evaluation)
     assert [c.name for c in claims] == ["a", "b", "c", "d"]
     assert {c.verdict for c in claims} <= {
         "reproduced",
@@ -861,8 +861,8 @@ def test_concept_run_resumes_and_recomputes_exactly_what_changed(tmp_path: Path)
         run_concepts(tm, run, changed, log=lambda _: None, progress=False)
     assert _stamps(run) == now
     context = run_concepts(tm, run, changed, log=lambda _: None, progress=False, force=True)
-    assert len(context["items"].items) == 6 * len(TRAITS)
-    assert len(context["capture"].item_ids) == 6 * len(TRAITS)
+    assert context.items is not None and len(context.items.items) == 6 * len(TRAITS)
+    assert context.capture is not None and len(context.capture.item_ids) == 6 * len(TRAITS)
 
 
 @pytest.mark.slow

@@ -845,6 +845,19 @@ def _save_evaluation(
 CONCEPT_STAGES: tuple[Stage, ...] = CONCEPT.stages
 
 
+@dataclass(frozen=True)
+class ConceptRun:
+    """What a concept run made, typed: each stage's artifact (None for a stage not run,
+    e.g. ``traitlens concepts probes`` stops after the probes)."""
+
+    run: Path
+    items: ConceptItems | None = None
+    capture: ItemActivations | None = None
+    probes: DomainProbes | None = None
+    neurons: NeuronSet | None = None
+    evaluation: ConceptEvaluation | None = None
+
+
 def run_concepts(
     tm: Any,
     out: str | Path,
@@ -854,12 +867,12 @@ def run_concepts(
     progress: bool = True,
     force: bool = False,
     stages: Sequence[Stage] = CONCEPT_STAGES,
-) -> StageContext:
-    """Run (or resume) the concept design into ``out``; returns the stage context
-    (``context["probes"]``, ``context["evaluation"]``, …)."""
+) -> ConceptRun:
+    """Run (or resume) the concept design into ``out``; returns its artifacts."""
     edit_bands(config, tm.n_layers)  # a listed layer the model lacks: refused before any stage
     context = StageContext.open(tm, out, config, log, progress=progress, force=force)
-    return run_plan(stages, context, prefix="concept ")
+    made = run_plan(stages, context, prefix="concept ").artifacts
+    return ConceptRun(context.run, **made)
 
 
 def summarize(evaluation: ConceptEvaluation) -> dict[str, Any]:
@@ -886,6 +899,7 @@ def summarize(evaluation: ConceptEvaluation) -> dict[str, Any]:
 __all__ = [
     "CONCEPT_STAGES",
     "ConceptEvaluation",
+    "ConceptRun",
     "ConceptItems",
     "run_concepts",
     "summarize",

@@ -389,14 +389,10 @@ def draw_concept_figures(
     return [p for p in drawn if p is not None]
 
 
-def draw_run_figures(context: Any) -> list[Path]:
-    """Every concept figure of a finished concept run (the context :func:`run_concepts`
-    returns): the designs compute, the report draws."""
+def draw_run_figures(made: Any) -> list[Path]:
+    """Every concept figure of a finished concept run (the ``ConceptRun`` that
+    :func:`~traitlens.concepts.run_concepts` returns): the designs compute, the report
+    draws."""
     return draw_concept_figures(
-        context.run,
-        context["items"],
-        context["capture"],
-        context["probes"],
-        context["neurons"],
-        context["evaluation"],
+        made.run, made.items, made.capture, made.probes, made.neurons, made.evaluation
     )

@@ -25,14 +25,21 @@ Design choices the report states too:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from traitlens.capture.capture import Prompt
+
+if TYPE_CHECKING:  # the artifact types of PersonaRun (their modules load on first use)
+    from traitlens.capture.pipeline import CaptureRun
+    from traitlens.neurons.artifact import NeuronSet
+    from traitlens.probe.artifact import ProbeSet
+    from traitlens.steer.vector_set import VectorSet
 from traitlens.data import (
     build_contrastive_set,
     load_forced_choices,
@@ -49,7 +56,7 @@ from traitlens.design.rows import (
     random_vector_like,
     row_name,
 )
-from traitlens.design.stages import Plan, Stage, StageContext
+from traitlens.design.stages import Plan, Stage, StageContext, run_plan
 from traitlens.errors import ArtifactError
 from traitlens.evaluate.capability import balanced_subset
 from traitlens.evaluate.interventions import EvalSets, ReadoutSpec, effect, measure
@@ -690,3 +697,23 @@ def _evaluation(
 
 
 PERSONA_STAGES: tuple[Stage, ...] = PERSONA.stages
+
+
+@dataclass(frozen=True)
+class PersonaRun:
+    """What a persona run made, typed: each stage's artifact (None for a stage not run)."""
+
+    run: Path
+    capture: CaptureRun | None = None
+    probes: ProbeSet | None = None
+    neurons: NeuronSet | None = None
+    vectors: VectorSet | None = None
+    evaluation: PersonaEvaluation | None = None
+
+
+def run_persona(
+    context: StageContext, stages: Sequence[Stage] = PERSONA_STAGES, prefix: str = "persona "
+) -> PersonaRun:
+    """Run (or resume) the persona design's ``stages`` in ``context``; returns what they
+    made."""
+    return PersonaRun(context.run, **run_plan(stages, context, prefix=prefix).artifacts)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from traitlens.artifact_io import read_json, write_json
-from traitlens.design.stages import StageContext, run_plan
+from traitlens.design.stages import StageContext
 from traitlens.errors import TraitlensError
 from traitlens.models.loading import TraitModel
 from traitlens.provenance import describe_changes
@@ -63,14 +63,14 @@ def run_study(
     from traitlens.concepts import run_concepts
     from traitlens.report.concept_figures import draw_run_figures
     from traitlens.report.study_report import build_report
-    from traitlens.study.persona import PERSONA_STAGES
+    from traitlens.study.persona import run_persona
 
     context = StageContext.open(tm, out, config, log, progress=progress, force=force)
     run = context.run
     _log_config_changes(run, config, log)
     started = time.perf_counter()
     if config.design in ("persona", "both"):
-        run_plan(PERSONA_STAGES, context, prefix="persona ")
+        run_persona(context)
     if config.design in ("concept", "both"):
         concept = run_concepts(
             tm, run, config.concept_config(), log=log, progress=progress, force=force

@@ -99,7 +99,7 @@ def prepare(
     model: str, config: SweepConfig, out: Path, device: str = "cpu", log: Any = None
 ) -> Material:
     """Load ``model`` and its material (computing what is missing)."""
-    from traitlens.design.stages import StageContext, run_plan
+    from traitlens.design.stages import StageContext
     from traitlens.evaluate.interventions import ReadoutSpec
     from traitlens.models.loading import load_model
     from traitlens.provenance import RunManifest
@@ -108,6 +108,7 @@ def prepare(
         PERSONA_STAGES,
         build_eval_sets,
         readout_layers,
+        run_persona,
         sets_digest,
     )
 
@@ -121,13 +122,16 @@ def prepare(
     run = material_dir(out, model, config)
     quiet = log or (lambda message: None)
     context = StageContext(tm, run, study, quiet, progress=False)
-    run_plan([s for s in PERSONA_STAGES if s.name in MATERIAL_STAGES], context, prefix="material ")
+    made = run_persona(
+        context, [s for s in PERSONA_STAGES if s.name in MATERIAL_STAGES], prefix="material "
+    )
+    assert made.probes is not None and made.capture is not None
     bands = _bands(config, tm.n_layers)
     deepest = max((layers[-1] for layers in bands.values()), default=tm.n_layers // 2)
-    probes = context["probes"]
+    probes = made.probes
     layers_read = readout_layers(probes, study.traits, after=deepest)
     spec = ReadoutSpec(probes, layers_read, pooling=probes.pooling, batch_size=study.batch_size)
-    sets = build_eval_sets(study, context["capture"].prompts)
+    sets = build_eval_sets(study, made.capture.prompts)
     # a cell reads behaviour of its own trait only (the neutral readouts still cover all
     # five, for spillover): a fifth of the questionnaire and forced-choice cost
     trait_sets = {
