@@ -195,6 +195,21 @@ def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
     return int(code or 0), captured.out + captured.err
 
 
+def _dump(argv: list[str], code: int, output: str, w: Workspace) -> None:
+    """With ``$TRAITLENS_CORPUS_DUMP`` set, append the case's exit code and output (its
+    folders as placeholders) to that file: run the table before and after a refactor and
+    diff the two files to show every command still says exactly the same."""
+    target = os.environ.get("TRAITLENS_CORPUS_DUMP")
+    if not target:
+        return
+    text = output
+    for path, placeholder in ((w.run, "RUN"), (w.inp, "IN"), (w.model, "MODEL")):
+        text = text.replace(str(path), placeholder)
+    text = text.replace(str(w.run.parent), "TMP")
+    with open(target, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"argv": argv, "code": code, "output": text}) + "\n")
+
+
 def _flat(text: str) -> str:
     """Output without rich's box drawing and line wrapping, for substring checks."""
     for char in "│╭╮╰╯─":
@@ -1145,6 +1160,7 @@ def test_cli_bad_input(
         setup(ws)
     before = _snapshot(ws.run, ws.inp, ws.model)
     code, output = _run_cli(_fill(argv, ws), capsys)
+    _dump(argv, code, output, ws)
     flat = _flat(output)
     assert "Traceback" not in output, output
     assert code == 2, f"exit code {code}, output:\n{output}"
