@@ -171,6 +171,22 @@ def test_without_fdr_it_is_npti_rule(planted_set: NeuronSet) -> None:
     assert torch.equal(plain.npti_mask("E", "high"), planted_set.npti_mask("E", "high"))
 
 
+def test_the_fdr_or_npti_choice_counts_where_it_is_told(planted_set: NeuronSet) -> None:
+    """One function makes every design's "FDR set, else NPTI's δ rule" choice: it counts
+    the FDR-selected neurons of the trait on the given poles and layers."""
+    from traitlens.neurons.rules import fdr_or_npti
+
+    fdr_high = int(planted_set.mask("E", "high").sum())
+    fdr_all = fdr_high + int(planted_set.mask("E", "low").sum())
+    assert fdr_high >= 1
+    assert fdr_or_npti(planted_set, "E", minimum=fdr_all) == "fdr"
+    assert fdr_or_npti(planted_set, "E", minimum=fdr_all + 1) == "npti"
+    assert fdr_or_npti(planted_set, "E", poles=("high",), minimum=fdr_high + 1) == "npti"
+    in_layer_1 = int(planted_set.mask("E", "high")[1].sum() + planted_set.mask("E", "low")[1].sum())
+    assert fdr_or_npti(planted_set, "E", layers=[1], minimum=in_layer_1) == "fdr"
+    assert fdr_or_npti(planted_set, "E", layers=[1], minimum=in_layer_1 + 1) == "npti"
+
+
 def test_prompt_level_n_is_more_conservative() -> None:
     stats = make_stats(planted={("E", 1, 7): 0.12}, tokens=4000)
     by_tokens = select_neurons(stats, 0.1, 0.05)

@@ -52,6 +52,7 @@ from traitlens.design.rows import (
 from traitlens.design.stages import Plan, Stage, StageContext, run_plan
 from traitlens.errors import ArtifactError
 from traitlens.neurons.artifact import NeuronSet
+from traitlens.neurons.rules import fdr_or_npti
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.provenance import (
     Provenance,
@@ -365,8 +366,7 @@ def neuron_rule(neurons: NeuronSet, trait: str, band: list[int], config: Concept
     alone (``npti``). The row records which."""
     if config.neuron_rule != "auto":
         return config.neuron_rule
-    count = len(neurons.select(trait, "high", "fdr").in_layers(band))
-    return "fdr" if count >= config.min_fdr_neurons else "npti"
+    return fdr_or_npti(neurons, trait, poles=("high",), layers=band, minimum=config.min_fdr_neurons)
 
 
 def _with_controls(

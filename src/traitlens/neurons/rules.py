@@ -20,7 +20,7 @@ mask a user's rule returns).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,6 +76,25 @@ def fdr_rule(neurons: NeuronSet, trait: str, pole: str) -> torch.Tensor:
 @register_rule("npti", doc="NPTI's δ rule alone (|δ| ≥ threshold on the pole's side)")
 def npti_rule(neurons: NeuronSet, trait: str, pole: str) -> torch.Tensor:
     return neurons.npti_mask(trait, pole)
+
+
+def fdr_or_npti(
+    neurons: NeuronSet,
+    trait: str,
+    *,
+    poles: Sequence[str] = ("high", "low"),
+    layers: Iterable[int] | None = None,
+    minimum: int = 1,
+) -> str:
+    """The one "FDR set, else NPTI's δ rule" choice every design makes: ``"fdr"`` when
+    the FDR-controlled set holds at least ``minimum`` neurons of ``trait`` on ``poles``
+    (inside ``layers`` when given), else ``"npti"``. With few answers or items per group
+    the test is too weak for anything to survive, and NPTI itself uses the δ rule alone."""
+    count = 0
+    for pole in poles:
+        chosen = neurons.select(trait, pole, "fdr")
+        count += len(chosen if layers is None else chosen.in_layers(layers))
+    return "fdr" if count >= minimum else "npti"
 
 
 NPTI_TOP = 2000

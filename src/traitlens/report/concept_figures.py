@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from traitlens.neurons.artifact import NeuronSet
+from traitlens.neurons.rules import fdr_or_npti
 
 COLORS = {"O": "#1b9e77", "C": "#d95f02", "E": "#7570b3", "A": "#e7298a", "N": "#66a61e"}
 
@@ -104,8 +105,8 @@ def plot_item_map(items: Sequence[Any], acts: Any, probes: Any, directory: Path)
 def concept_rule(neurons: NeuronSet, minimum: int = 20) -> str:
     """The selection the concept figures draw: the FDR sets when every domain has at least
     ``minimum`` neurons there (as the edits' ``auto`` rule asks), else NPTI's δ rule alone."""
-    fdr = [int(neurons.mask(t, "high").sum()) for t in neurons.traits]
-    return "fdr" if min(fdr) >= minimum else "npti"
+    chosen = {fdr_or_npti(neurons, t, poles=("high",), minimum=minimum) for t in neurons.traits}
+    return "npti" if "npti" in chosen else "fdr"
 
 
 def plot_concept_neurons(

@@ -103,8 +103,9 @@ def neuron_rule(neurons: Any, trait: str, band: list[int], minimum: int) -> str:
     """'fdr' when the FDR-controlled set has at least ``minimum`` neurons (both poles)
     inside the edited layers ``band``, else NPTI's δ rule alone ('npti'): with few answers per
     persona group the prompt-level test is too weak for anything to survive."""
-    count = sum(len(neurons.select(trait, pole, "fdr").in_layers(band)) for pole in ("high", "low"))
-    return "fdr" if count >= minimum else "npti"
+    from traitlens.neurons.rules import fdr_or_npti
+
+    return fdr_or_npti(neurons, trait, layers=band, minimum=minimum)
 
 
 def build_eval_sets(config: StudyConfig, train_prompts: list[Any]) -> EvalSets:
