@@ -742,3 +742,39 @@ def test_direction_rows_are_what_the_hooks_add(tiny_llama) -> None:
     with pytest.raises(InterventionError, match="AblateDirection"):
         direction_rows(tm, [AblateDirection(e, layers=[1])])  # type: ignore[list-item]
     assert tm.placement(1) == (tm.device, tm.dtype)
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """A kind of edit traitlens does not ship: scale the residual stream at some layers."""
+
+    factor: float
+    layers: tuple[int, ...]
+
+
+def test_a_new_intervention_kind_plugs_in_through_the_registry(tiny_llama) -> None:
+    from traitlens.steer import SteeringPlan, register_intervention
+    from traitlens.steer.apply import COMPILERS
+
+    @register_intervention(_Scale)
+    def _scale(plan: SteeringPlan, item: _Scale) -> None:
+        for layer in item.layers:
+            plan.push(plan.resolve("resid", layer), "all", "fn", lambda h: h * item.factor)
+
+    try:
+        tm = tiny_llama
+        ids = _ids(tm)
+        plain = _logits(tm, ids)
+        with steering(tm, _Scale(1.0, (1,))):
+            same = _logits(tm, ids)
+        with steering(tm, [_Scale(3.0, (1,)), AddDirection(_vector(tm), 1.0, layers=[2])]):
+            moved = _logits(tm, ids)
+        assert torch.allclose(plain, same, atol=1e-6) and not torch.allclose(plain, moved)
+        assert _no_hooks_left(tm.model)
+        with pytest.raises(ValueError, match="registered twice"):
+            register_intervention(_Scale)(_scale)
+    finally:
+        COMPILERS.pop(_Scale, None)
+    with pytest.raises(InterventionError, match="not an intervention: _Scale.*register"):
+        with steering(tiny_llama, [_Scale(2.0, (1,))]):
+            pass

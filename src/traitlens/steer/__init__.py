@@ -10,9 +10,11 @@ llama.cpp control-vector GGUF files.
 """
 
 from traitlens.steer.apply import (
+    SteeringPlan,
     compare_steering,
     compile_interventions,
     generate_steered,
+    register_intervention,
     steering,
 )
 from traitlens.steer.artifact import TraitVector
@@ -62,6 +64,7 @@ __all__ = [
     "Intervention",
     "NeuronEdit",
     "ShiftNeurons",
+    "SteeringPlan",
     "SteeringSpec",
     "TraitVector",
     "VectorSet",
@@ -83,6 +86,7 @@ __all__ = [
     "pca_direction",
     "projection_spread",
     "read_gguf",
+    "register_intervention",
     "register_method",
     "ridge_direction",
     "run_neuron_edit",

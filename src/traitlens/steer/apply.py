@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -42,15 +42,16 @@ from traitlens.steer.interventions import (
     NeuronEdit,
     Positions,
     ShiftNeurons,
-    as_list,
     npti_factor,
 )
 
 Op = Callable[[torch.Tensor], torch.Tensor]
 
 
-class _Plan:
-    """Ops per hook point, in the order the interventions were given."""
+class SteeringPlan:
+    """Ops per hook point, in the order the interventions were given: what each
+    intervention kind's compiler (:func:`register_intervention`) adds to. ``push(point,
+    positions, "fn", op)`` adds an op of your own, ``op(hidden) -> hidden``."""
 
     def __init__(self, tm: TraitModel):
         self.tm = tm
@@ -62,6 +63,10 @@ class _Plan:
             self._placement[layer] = self.tm.placement(layer)
         return self._placement[layer]
 
+    def resolve(self, kind: str, layer: int) -> HookPoint:
+        """The hook point ``kind[layer]``; HookPointError names the valid range."""
+        return self.tm.adapter.resolve(f"{kind}[{layer}]")
+
     def push(self, point: HookPoint, positions: Positions, kind: str, payload: Any) -> None:
         ops = self.ops.setdefault(point, [])
         if kind == "add" and ops and ops[-1][0] == positions and ops[-1][1] == "add":
@@ -69,6 +74,32 @@ class _Plan:
             ops[-1] = (positions, "add", ops[-1][2] + payload)
         else:
             ops.append((positions, kind, payload))
+
+
+Compiler = Callable[[SteeringPlan, Any], None]
+COMPILERS: dict[type, Compiler] = {}
+"""Intervention kind → the function that compiles one of them into a plan's ops."""
+
+
+def register_intervention(*kinds: type) -> Callable[[Compiler], Compiler]:
+    """Decorator: ``compile(plan, item)`` turns an intervention of one of ``kinds`` into
+    ops on ``plan`` (hook points through ``plan.resolve``), so a new kind of edit plugs
+    into :func:`steering` the way a direction method plugs into ``trait_vector``::
+
+        @register_intervention(Scale)
+        def _scale(plan, item):
+            for layer in item.layers:
+                plan.push(plan.resolve("resid", layer), "all", "fn", lambda h: h * item.factor)
+    """
+
+    def register(compile_one: Compiler) -> Compiler:
+        for kind in kinds:
+            if kind in COMPILERS:
+                raise ValueError(f"intervention kind {kind.__name__} is registered twice")
+            COMPILERS[kind] = compile_one
+        return compile_one
+
+    return register
 
 
 def _check_vector(tm: TraitModel, vector: TraitVector) -> None:
@@ -80,15 +111,12 @@ def _check_vector(tm: TraitModel, vector: TraitVector) -> None:
         )
 
 
-def _resolve(tm: TraitModel, kind: str, layer: int) -> HookPoint:
-    return tm.adapter.resolve(f"{kind}[{layer}]")  # HookPointError names the valid range
-
-
-def _add_vector_ops(plan: _Plan, item: AddDirection | AblateDirection) -> None:
+@register_intervention(AddDirection, AblateDirection)
+def _add_vector_ops(plan: SteeringPlan, item: AddDirection | AblateDirection) -> None:
     vector = item.vector
     _check_vector(plan.tm, vector)
     for layer in item.layers or ():
-        point = _resolve(plan.tm, vector.hook, layer)
+        point = plan.resolve(vector.hook, layer)
         step = vector.step(point.layer).double()
         if isinstance(item, AddDirection):
             plan.push(point, item.positions, "add", step * item.strength)
@@ -97,7 +125,7 @@ def _add_vector_ops(plan: _Plan, item: AddDirection | AblateDirection) -> None:
 
 
 def _neuron_groups(
-    plan: _Plan, neurons: SelectedNeurons, what: str
+    plan: SteeringPlan, neurons: SelectedNeurons, what: str
 ) -> dict[HookPoint, torch.Tensor]:
     """Row indices of ``neurons`` per resolved ``mlp_act`` hook point."""
     d_mlp = plan.tm.identity.d_mlp
@@ -109,11 +137,12 @@ def _neuron_groups(
         )
     groups: dict[HookPoint, list[int]] = {}
     for row, layer in enumerate(neurons.layers.tolist()):
-        groups.setdefault(_resolve(plan.tm, "mlp_act", int(layer)), []).append(row)
+        groups.setdefault(plan.resolve("mlp_act", int(layer)), []).append(row)
     return {point: torch.tensor(rows, dtype=torch.long) for point, rows in groups.items()}
 
 
-def _add_neuron_ops(plan: _Plan, item: NeuronEdit | ShiftNeurons | Ablate | Clamp) -> None:
+@register_intervention(NeuronEdit, ShiftNeurons, Ablate, Clamp)
+def _add_neuron_ops(plan: SteeringPlan, item: NeuronEdit | ShiftNeurons | Ablate | Clamp) -> None:
     d_mlp = plan.tm.identity.d_mlp
     if isinstance(item, ShiftNeurons):
         amount = item.gamma * item.shift.double()
@@ -169,6 +198,8 @@ def _op(kind: str, payload: Any, device: torch.device, dtype: torch.dtype, inpla
             return h.sub_(removed) if inplace and not h.requires_grad else h - removed
 
         return project
+    if kind == "fn":
+        return cast(Op, payload)
     if kind == "npti":
         boost, cap = (_to(t, device, dtype) for t in payload[:2])
         keep = payload[2]
@@ -219,7 +250,7 @@ def direction_rows(tm: TraitModel, directions: Sequence[AddDirection]) -> dict[s
     point (``{"resid[10]": ...}``): the same validation and fusion as
     :func:`compile_interventions`, stopped before the hooks, so a server can stack the
     rows of many requests into one per-row table (``traitlens.serve.steering.RowTable``)."""
-    plan = _Plan(tm)
+    plan = SteeringPlan(tm)
     for item in directions:
         if not isinstance(item, AddDirection) or item.positions != "all":
             raise InterventionError(
@@ -228,6 +259,27 @@ def direction_rows(tm: TraitModel, directions: Sequence[AddDirection]) -> dict[s
             )
         _add_vector_ops(plan, item)
     return {str(point): ops[0][2].float() for point, ops in sorted(plan.ops.items())}
+
+
+def _compiler(item: Any) -> Compiler | None:
+    """The compiler registered for ``item``'s kind (or the nearest kind it derives from)."""
+    return next((COMPILERS[k] for k in type(item).__mro__ if k in COMPILERS), None)
+
+
+def _as_list(interventions: Any) -> list[Any]:
+    """One intervention or a sequence of them, each of a registered kind."""
+    try:
+        items = [interventions] if _compiler(interventions) else list(interventions)
+    except TypeError:  # neither an intervention nor an iterable of them
+        items = [interventions]
+    for item in items:
+        if _compiler(item) is None:
+            kinds = ", ".join(kind.__name__ for kind in COMPILERS)
+            raise InterventionError(
+                f"not an intervention: {type(item).__name__}; use one of {kinds}, or "
+                "register a kind of your own with register_intervention"
+            )
+    return items
 
 
 def compile_interventions(
@@ -239,12 +291,9 @@ def compile_interventions(
     neuron index) or HookPointError (layer out of range) before anything is
     installed.
     """
-    plan = _Plan(tm)
-    for item in as_list(interventions):
-        if isinstance(item, AddDirection | AblateDirection):
-            _add_vector_ops(plan, item)
-        else:
-            _add_neuron_ops(plan, item)
+    plan = SteeringPlan(tm)
+    for item in _as_list(interventions):
+        cast(Compiler, _compiler(item))(plan, item)
     hooks: list[tuple[HookPoint, HookFn]] = []
     for point in sorted(plan.ops):
         device, dtype = plan.placement(point.layer)

@@ -312,17 +312,3 @@ def npti_edit(
         )
     other = "low" if pole == "high" else "high"
     return NeuronEdit(select(trait, pole), select(trait, other), gamma, positions)
-
-
-def as_list(interventions: Intervention | Sequence[Intervention]) -> list[Intervention]:
-    kinds = AddDirection | AblateDirection | NeuronEdit | ShiftNeurons | Ablate | Clamp
-    if isinstance(interventions, kinds):
-        return [interventions]
-    items = list(interventions)
-    for item in items:
-        if not isinstance(item, kinds):
-            raise InterventionError(
-                f"not an intervention: {type(item).__name__}; use AddDirection, "
-                "AblateDirection, NeuronEdit, ShiftNeurons, Ablate or Clamp"
-            )
-    return items
