@@ -529,10 +529,11 @@ def test_a_global_table_would_be_caught(
     solo = _job(tiny, catalog, QUESTION, None)
     decode_batch(tiny, [solo])
 
-    def global_add(self: RowTable, point: str, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden.add_(self.tables[point].sum(0))
+    def global_table(self: RowTable, point: str) -> torch.Tensor:
+        table = self.tables[point]
+        return table.sum(0, keepdim=True).expand_as(table)  # every row gets every vector
 
-    monkeypatch.setattr(RowTable, "add", global_add)
+    monkeypatch.setattr(RowTable, "table", global_table)
     batch = [_job(tiny, catalog, QUESTION, None), _job(tiny, catalog, QUESTION, {"E": 3.0})]
     decode_batch(tiny, batch)
     assert batch[0].token_ids != solo.token_ids

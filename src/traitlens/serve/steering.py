@@ -4,10 +4,10 @@ A request's mix ``{"E": 1.0, "N": -0.5}`` becomes the core's direction additions
 :func:`traitlens.steer.apply.direction_rows` compiles them to one ``[d_model]`` row per
 steered layer, ``Σ_t strength_t · vector_t[l]`` (strength in spread units per layer, see
 :mod:`traitlens.steer.artifact`); this module only validates the request. A batch
-stacks its rows into a ``[batch, d_model]`` table per layer (zeros for unsteered rows)
-and one forward hook per layer adds ``table[:, None, :]`` to the block output — every row gets
-its own vector, never a global one. Adding to pad positions is harmless (they
-are masked out of attention), as in :mod:`traitlens.steer.apply`.
+stacks its rows into a ``[batch, d_model]`` table per layer (zeros for unsteered rows),
+and the core's per-row addition (:class:`~traitlens.steer.AddPerRow`, installed with
+:func:`~traitlens.steer.steering`) adds ``table[:, None, :]`` to the block output — every
+row gets its own vector, never a global one.
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
 
 from traitlens.data.schema import TRAIT_NAMES, normalize_trait
 from traitlens.errors import DataError
-from traitlens.models.hooks import hooks_installed
 from traitlens.models.loading import TraitModel
-from traitlens.steer.apply import direction_rows
-from traitlens.steer.interventions import AddDirection
+from traitlens.steer.apply import direction_rows, steering
+from traitlens.steer.interventions import AddDirection, AddPerRow
 from traitlens.steer.layers import middle_layers, parse_layers
 from traitlens.steer.vector_set import VectorSet
 
@@ -327,19 +325,15 @@ class RowTable:
         finally:
             self._paused = False
 
-    def add(self, point: str, hidden: torch.Tensor) -> torch.Tensor | None:
-        """The hook: ``hidden [batch, seq, d_model] += table[:, None, :]`` at ``point``."""
-        if self._paused:
-            return None
-        table = self.tables[point]
-        if table.device != hidden.device:
-            table = table.to(hidden.device)
-        return hidden.add_(table[:, None, :])
+    def table(self, point: str) -> torch.Tensor | None:
+        """What the core's per-row addition (:class:`~traitlens.steer.AddPerRow`) adds at
+        ``point`` now: this batch's table, or nothing while paused."""
+        return None if self._paused else self.tables[point]
 
     def _hook(self, points: Sequence[str]) -> None:
         if points and self._stack is not None:
-            hooks = [(point, partial(self.add, point)) for point in points]
-            self._stack.enter_context(hooks_installed(self.tm.adapter, hooks))
+            edit = AddPerRow(self, tuple(points))
+            self._stack.enter_context(steering(self.tm, edit))
 
     @contextmanager
     def installed(self) -> Iterator[None]:

@@ -37,6 +37,7 @@ from traitlens.steer.interventions import (
     Ablate,
     AblateDirection,
     AddDirection,
+    AddPerRow,
     Clamp,
     Intervention,
     NeuronEdit,
@@ -173,6 +174,25 @@ def _add_neuron_ops(plan: SteeringPlan, item: NeuronEdit | ShiftNeurons | Ablate
     values = item.values()
     for point, rows in _neuron_groups(plan, item.neurons, name).items():
         plan.push(point, item.positions, "set", (item.neurons.indices[rows], values[rows]))
+
+
+@register_intervention(AddPerRow)
+def _add_per_row_ops(plan: SteeringPlan, item: AddPerRow) -> None:
+    for name in item.points:
+        plan.push(plan.tm.adapter.resolve(name), "all", "fn", _per_row_add(item, name))
+
+
+def _per_row_add(item: AddPerRow, name: str) -> Op:
+    def add(h: torch.Tensor) -> torch.Tensor:
+        table = item.source.table(name)
+        if table is None:
+            return h
+        if table.device != h.device:
+            table = table.to(h.device)
+        rows = table[:, None, :]
+        return h.add_(rows) if not h.requires_grad else h + rows
+
+    return add
 
 
 def _to(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> Any:

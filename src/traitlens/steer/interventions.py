@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import torch
 
@@ -287,7 +287,28 @@ class ShiftNeurons:
         object.__setattr__(self, "positions", _check_positions(self.positions))
 
 
-Intervention = AddDirection | AblateDirection | NeuronEdit | ShiftNeurons | Ablate | Clamp
+class RowSource(Protocol):
+    """What :class:`AddPerRow` reads at every forward call: the ``[batch, d_model]``
+    table to add at a hook point (row ``i`` for sequence ``i``), or None to add nothing."""
+
+    def table(self, point: str) -> torch.Tensor | None: ...
+
+
+@dataclass(frozen=True, eq=False)
+class AddPerRow:
+    """Add a different ``[d_model]`` row to each sequence of the batch at each of
+    ``points`` (``"resid[10]"``, …): per-row strength, for a server whose batch mixes
+    requests with different trait mixes. The table is read from ``source`` at every call,
+    so its owner may retire and admit rows between decoding steps. Adding to pad
+    positions is harmless (they are masked out of attention)."""
+
+    source: RowSource
+    points: tuple[str, ...]
+
+
+Intervention = (
+    AddDirection | AblateDirection | NeuronEdit | ShiftNeurons | Ablate | Clamp | AddPerRow
+)
 """Anything :func:`traitlens.steer.steering` accepts."""
 
 
