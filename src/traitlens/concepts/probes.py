@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin
 from threadpoolctl import threadpool_limits
 
 from traitlens.artifact_io import Artifact, ModelIdentity, Saved, fields_of
@@ -94,38 +95,69 @@ def _fit(x: FloatArray, y: NDArray[Any], c: float) -> Any:
     return model.fit(x, y)
 
 
+class _DomainProbe(ClassifierMixin, BaseEstimator):
+    """Per-fold standardisation (from the training rows only) then logistic regression:
+    the domain probe as a scikit-learn estimator, so folds run through ``cross_validate``."""
+
+    def __init__(self, C: float = 1.0) -> None:
+        self.C = C
+
+    def fit(self, X: FloatArray, y: NDArray[Any]) -> _DomainProbe:
+        self.mean_, self.scale_ = _standardize(X)
+        self.model_ = _fit((X - self.mean_) / self.scale_, y, self.C)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict(self, X: FloatArray) -> NDArray[Any]:
+        return np.asarray(self.model_.predict((X - self.mean_) / self.scale_))
+
+    def decision_function(self, X: FloatArray) -> FloatArray:
+        return np.asarray(self.model_.decision_function((X - self.mean_) / self.scale_))
+
+
+def _cross_validate(
+    x: FloatArray, y: NDArray[Any], folds: Sequence[Fold], c: float, **options: Any
+) -> dict[str, Any] | None:
+    """scikit-learn's ``cross_validate`` on the explicit folds whose training rows hold
+    two classes or more (None when no fold does)."""
+    from sklearn.model_selection import cross_validate
+
+    usable = [(f.train, f.test) for f in folds if len(set(y[f.train])) >= 2]
+    if not usable:
+        return None
+    return dict(cross_validate(_DomainProbe(C=c), x, y, cv=usable, **options))
+
+
 def _cv_scores(
     x: FloatArray, y: NDArray[Any], folds: Sequence[Fold], c: float
 ) -> tuple[float, float]:
     """Mean and SD over folds of held-out accuracy (features standardized per fold)."""
-    scores = []
-    for fold in folds:
-        if len(set(y[fold.train])) < 2:
-            continue
-        mean, scale = _standardize(x[fold.train])
-        model = _fit((x[fold.train] - mean) / scale, y[fold.train], c)
-        scores.append(float((model.predict((x[fold.test] - mean) / scale) == y[fold.test]).mean()))
-    if not scores:
+    result = _cross_validate(x, y, folds, c, scoring="accuracy")
+    if result is None:
         return float("nan"), float("nan")
+    scores = result["test_score"]
     return float(np.mean(scores)), float(np.std(scores))
 
 
 def _ovr_auc(x: FloatArray, y: NDArray[Any], folds: Sequence[Fold], c: float, label: str) -> float:
     from sklearn.metrics import roc_auc_score
 
-    scores, truth = [], []
     binary = (y == label).astype(int)
-    for fold in folds:
-        if len(set(binary[fold.train])) < 2:
-            continue
-        mean, scale = _standardize(x[fold.train])
-        model = _fit((x[fold.train] - mean) / scale, binary[fold.train], c)
-        scores.append(model.decision_function((x[fold.test] - mean) / scale))
-        truth.append(binary[fold.test])
-    if not truth or len(set(np.concatenate(truth))) < 2:
+    result = _cross_validate(
+        x, binary, folds, c, scoring="accuracy", return_estimator=True, return_indices=True
+    )
+    if result is None:
+        return float("nan")
+    tests = result["indices"]["test"]
+    truth = np.concatenate([binary[test] for test in tests])
+    if len(set(truth)) < 2:
         return float("nan")
     # pooled over folds: each item is scored once, by a probe that never saw its facet
-    return float(roc_auc_score(np.concatenate(truth), np.concatenate(scores)))
+    scores = [
+        model.decision_function(x[test])
+        for model, test in zip(result["estimator"], tests, strict=True)
+    ]
+    return float(roc_auc_score(truth, np.concatenate(scores)))
 
 
 def _class_weights(model: Any, traits: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
