@@ -778,3 +778,41 @@ def test_a_new_intervention_kind_plugs_in_through_the_registry(tiny_llama) -> No
     with pytest.raises(InterventionError, match="not an intervention: _Scale.*register"):
         with steering(tiny_llama, [_Scale(2.0, (1,))]):
             pass
+
+
+def test_a_spec_resolves_full_trait_names_once(tiny_llama) -> None:
+    from traitlens.steer import SteeringSpec
+
+    vectors = VectorSet(tiny_llama.identity)
+    vectors.add(_vector(tiny_llama))
+    (edit,) = SteeringSpec(traits={"extraversion": 2.0}, layers=[1, 2]).directions(vectors)
+    assert edit.vector.trait == "E" and edit.strength == 2.0 and tuple(edit.layers) == (1, 2)
+    with pytest.raises(DataError, match="names trait E twice"):
+        SteeringSpec(traits={"E": 1.0, "extraversion": 1.0}).directions(vectors)
+
+
+def test_per_row_tables_respect_inplace_false(tiny_llama) -> None:
+    """AddPerRow adds row i of the live table to sequence i, in place unless asked not to."""
+    from traitlens.steer import AddPerRow, compile_interventions
+
+    class Source:
+        def __init__(self, table: torch.Tensor) -> None:
+            self.current: torch.Tensor | None = table
+
+        def table(self, point: str) -> torch.Tensor | None:
+            return self.current
+
+    tm = tiny_llama
+    d = tm.identity.d_model
+    source = Source(torch.stack([torch.zeros(d), torch.ones(d)]))
+    (hook,) = compile_interventions(tm, AddPerRow(source, ("resid[1]",)), inplace=False)
+    hidden = torch.zeros(2, 3, d)
+    out = hook[1](hidden)
+    assert torch.equal(hidden, torch.zeros(2, 3, d))  # not edited in place
+    assert torch.equal(out[0], torch.zeros(3, d)) and torch.equal(out[1], torch.ones(3, d))
+    source.current = None  # paused: nothing added
+    assert torch.equal(hook[1](torch.zeros(2, 3, d)), torch.zeros(2, 3, d))
+    (inplace_hook,) = compile_interventions(tm, AddPerRow(source, ("resid[1]",)))
+    source.current = torch.ones(2, d)
+    again = torch.zeros(2, 3, d)
+    assert inplace_hook[1](again) is again and float(again.sum()) == 2 * 3 * d

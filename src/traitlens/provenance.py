@@ -542,6 +542,9 @@ def computed(make_job: Callable[P, Job[ArtifactT]], name: str) -> Callable[P, Ar
         return make_job(*args, **kwargs).compute()
 
     compute.__name__ = compute.__qualname__ = name
-    compute.__doc__ = make_job.__doc__
+    compute.__doc__ = (
+        f"``{make_job.__name__}(...).compute()``: the same parameters, the artifact itself "
+        f"(nothing is saved).\n\n{make_job.__doc__ or ''}"
+    )
     compute.__module__ = make_job.__module__
     return compute

@@ -179,20 +179,7 @@ def _add_neuron_ops(plan: SteeringPlan, item: NeuronEdit | ShiftNeurons | Ablate
 @register_intervention(AddPerRow)
 def _add_per_row_ops(plan: SteeringPlan, item: AddPerRow) -> None:
     for name in item.points:
-        plan.push(plan.tm.adapter.resolve(name), "all", "fn", _per_row_add(item, name))
-
-
-def _per_row_add(item: AddPerRow, name: str) -> Op:
-    def add(h: torch.Tensor) -> torch.Tensor:
-        table = item.source.table(name)
-        if table is None:
-            return h
-        if table.device != h.device:
-            table = table.to(h.device)
-        rows = table[:, None, :]
-        return h.add_(rows) if not h.requires_grad else h + rows
-
-    return add
+        plan.push(plan.tm.adapter.resolve(name), "all", "rows", (item.source, name))
 
 
 def _to(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> Any:
@@ -220,6 +207,17 @@ def _op(kind: str, payload: Any, device: torch.device, dtype: torch.dtype, inpla
         return project
     if kind == "fn":
         return cast(Op, payload)
+    if kind == "rows":  # AddPerRow: the source's current [batch, d_model] table, read per call
+        source, name = payload
+
+        def add_rows(h: torch.Tensor) -> torch.Tensor:
+            table = source.table(name)
+            if table is None:
+                return h
+            rows = (table if table.device == h.device else table.to(h.device))[:, None, :]
+            return h.add_(rows) if inplace and not h.requires_grad else h + rows
+
+        return add_rows
     if kind == "npti":
         boost, cap = (_to(t, device, dtype) for t in payload[:2])
         keep = payload[2]

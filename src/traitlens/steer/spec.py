@@ -97,11 +97,20 @@ class SteeringSpec(BaseModel):
         if not self.traits:
             raise DataError(f"the mix is empty; e.g. {{'E': 1.0, 'N': -0.5}} or '{MIX_EXAMPLE}'")
         method = self.method or DEFAULT_METHOD
-        chosen = {trait: vectors.get(trait, method) for trait in self.traits}
+        strengths: dict[str, float] = {}
+        for name, strength in self.traits.items():
+            try:
+                code = normalize_trait(name)
+            except ValueError:
+                code = name  # a vector of a trait beyond the Big Five, named as saved
+            if code in strengths:
+                raise DataError(f"the mix names trait {code} twice; give each trait once")
+            strengths[code] = strength
+        chosen = {trait: vectors.get(trait, method) for trait in strengths}
         band = tuple(self.band(next(iter(chosen.values())).identity.n_layers))
         return [
             AddDirection(chosen[t], s, layers=band, positions=self.positions)
-            for t, s in self.traits.items()
+            for t, s in strengths.items()
             if s
         ]
 

@@ -67,6 +67,7 @@ from traitlens.evaluate.results import (
     PersonaResult,
     row_columns,
 )
+from traitlens.neurons.rules import fdr_or_npti
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.provenance import (
     Provenance,
@@ -103,8 +104,6 @@ def neuron_rule(neurons: Any, trait: str, band: list[int], minimum: int) -> str:
     """'fdr' when the FDR-controlled set has at least ``minimum`` neurons (both poles)
     inside the edited layers ``band``, else NPTI's δ rule alone ('npti'): with few answers per
     persona group the prompt-level test is too weak for anything to survive."""
-    from traitlens.neurons.rules import fdr_or_npti
-
     return fdr_or_npti(neurons, trait, layers=band, minimum=minimum)
 
 
