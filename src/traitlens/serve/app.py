@@ -113,6 +113,7 @@ def create_app(
     batch_wait: float = 0.005,
     max_body_bytes: int = 4_000_000,
     allowed_hosts: Sequence[str] | None = None,
+    engine: Any = None,
 ) -> FastAPI:
     """An app serving ``tm`` steered by ``vectors``; the engine thread starts now and
     stops at shutdown (or with ``app.state.engine.close()``).
@@ -123,6 +124,10 @@ def create_app(
     strengths beyond ±``max_strength`` spread units are refused; bodies over
     ``max_body_bytes`` get 413 (counted as they arrive, after the key is checked);
     ``allowed_hosts`` (names the ``Host`` header may carry) refuses every other host.
+    ``engine`` replaces the built-in engine with another of its interface (``submit``,
+    ``call``, ``waiting``, ``alive``, ``stats``, ``hold``, ``close``), e.g.
+    :class:`traitlens.engines.vllm.VllmEngine`; requests are validated and their mixes
+    compiled the same way whichever engine decodes them.
     """
     if api_key is not None and not api_key.strip():
         raise DataError(
@@ -130,7 +135,8 @@ def create_app(
             "protected; pass a real key, or none to serve without one"
         )
     catalog = SteeringCatalog(tm, vectors, max_strength=max_strength)
-    engine = Engine(tm, max_batch=max_batch, queue_limit=queue_limit, batch_wait=batch_wait)
+    if engine is None:
+        engine = Engine(tm, max_batch=max_batch, queue_limit=queue_limit, batch_wait=batch_wait)
     service = _Service(
         tm,
         catalog,
@@ -535,6 +541,7 @@ class _Service:
         body = {
             "status": "ok" if engine.alive else "engine_stopped",
             "model": self.model_name,
+            "engine": getattr(engine, "name", "builtin"),
             "waiting": engine.waiting,
             "batches": stats.batches,
             "requests": stats.rows,

@@ -492,6 +492,8 @@ class Engine:
     fewer than ``max_batch`` rows.
     """
 
+    name = "builtin"
+
     def __init__(
         self,
         tm: TraitModel,
