@@ -12,9 +12,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from traitlens.serve.engine import (
     MIN_TEMPERATURE,
     DecodeJob,
     EngineClosed,
+    EngineGate,
     EngineStats,
     QueueFull,
     _Row,
@@ -55,7 +55,7 @@ CPU_KV_CACHE_BYTES = 4 << 30
 ``gpu_memory_utilization``) is passed: 4 GiB, over 100k tokens of a small model."""
 
 
-class VllmEngine:
+class VllmEngine(EngineGate):
     """:class:`traitlens.serve.engine.Engine`'s interface on vLLM: ``submit`` a
     :class:`~traitlens.serve.engine.DecodeJob` (its steering already validated and
     compiled to rows by the server), ``call`` a function of the transformers model (the
@@ -81,6 +81,7 @@ class VllmEngine:
         dtype: str = "float32",
         engine_args: Mapping[str, Any] | None = None,
     ) -> None:
+        super().__init__()
         try:
             from vllm import EngineArgs
             from vllm.v1.engine.llm_engine import LLMEngine
@@ -114,11 +115,7 @@ class VllmEngine:
         self.batch_wait = batch_wait
         self.stats = EngineStats()
         self.eos = eos_token_ids(tm)
-        self._pending: deque[DecodeJob] = deque()
         self._active: dict[str, tuple[DecodeJob, Any]] = {}
-        self._cond = threading.Condition()
-        self._held = 0
-        self._closed = False
         self._calls = _CallThread(tm)
         self._thread = threading.Thread(target=self._loop, name="traitlens-vllm", daemon=True)
         self._thread.start()
@@ -148,27 +145,11 @@ class VllmEngine:
     def call(self, fn: Callable[[Any], Any]) -> Future[Any]:
         return self._calls.submit(fn)
 
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        """Add no new requests inside the block (they queue, then start together)."""
-        with self._cond:
-            self._held += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._held -= 1
-                self._cond.notify_all()
-
     def close(self, timeout: float = 10.0) -> None:
         """Fail what waits, stop the thread and vLLM's engine core (twice is harmless)."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            leftover = list(self._pending)
-            self._pending.clear()
-            self._cond.notify_all()
+        leftover = self._shut()
+        if leftover is None:
+            return
         for job in leftover:
             job.fail("the server is shutting down")
         self._thread.join(timeout)

@@ -481,7 +481,43 @@ class EngineStats:
     last_error: str | None = None
 
 
-class Engine:
+class EngineGate:
+    """What both engines (this one and :class:`traitlens.engines.vllm.VllmEngine`) keep
+    in front of their decoding thread: the waiting queue, its lock, the hold count and
+    the closed flag."""
+
+    def __init__(self) -> None:
+        self._pending: deque[Any] = deque()
+        self._cond = threading.Condition()
+        self._held = 0
+        self._closed = False
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Take no new work inside the block (jobs queue up; used by tests and to batch
+        a known set of requests together)."""
+        with self._cond:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= 1
+                self._cond.notify_all()
+
+    def _shut(self) -> list[Any] | None:
+        """Close the gate; returns what was waiting (None when it was already closed)."""
+        with self._cond:
+            if self._closed:
+                return None
+            self._closed = True
+            leftover = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        return leftover
+
+
+class Engine(EngineGate):
     """One background thread that owns the model and decodes waiting jobs in batches.
 
     ``submit`` queues a :class:`DecodeJob` (raises :class:`QueueFull` past
@@ -502,16 +538,13 @@ class Engine:
         queue_limit: int = 64,
         batch_wait: float = 0.005,
     ):
+        super().__init__()
         self.tm = tm
         self.max_batch = max_batch
         self.queue_limit = queue_limit
         self.batch_wait = batch_wait
         self.stats = EngineStats()
         self.eos = eos_token_ids(tm)
-        self._pending: deque[DecodeJob | tuple[Callable[[TraitModel], Any], Future[Any]]] = deque()
-        self._cond = threading.Condition()
-        self._held = 0
-        self._closed = False
         self._current: list[DecodeJob] = []
         self._thread = threading.Thread(target=self._loop, name="traitlens-engine", daemon=True)
         self._thread.start()
@@ -572,26 +605,8 @@ class Engine:
             self.stats.cancelled += job.finish_reason == "cancelled"
         self._current = live + list(joining)
 
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        """Take no new work inside the block (jobs queue up; used by tests and to batch
-        a known set of requests together)."""
-        with self._cond:
-            self._held += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._held -= 1
-                self._cond.notify_all()
-
     def close(self, timeout: float = 10.0) -> None:
-        with self._cond:
-            self._closed = True
-            leftover = list(self._pending)
-            self._pending.clear()
-            self._cond.notify_all()
-        for item in leftover:
+        for item in self._shut() or ():
             if isinstance(item, DecodeJob):
                 item.fail("the server is shutting down")
             else:
