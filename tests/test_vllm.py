@@ -451,3 +451,35 @@ def test_the_openai_client_steers_each_request_through_the_server(served: Any) -
     assert {t["code"] for t in traits["traits"]} == {"E", "N"}
     assert health["engine"] == "vllm" and health["status"] == "ok"
     assert PAYLOAD_KEY == "traitlens"
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_the_playground_runs_on_the_vllm_engine(served: Any, tmp_path: Path) -> None:
+    """The playground in headless chromium against the vLLM engine: a slider, both
+    columns streamed, the meter drawn (it reads the server's transformers copy)."""
+    pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium")
+    import shutil
+
+    from test_serve_browser import CHROMEDRIVER, CHROMIUM, browser, drive_playground
+
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
+    from selenium.webdriver.common.by import By
+
+    from traitlens.serve import create_app
+    from traitlens.serve.server import running_server
+
+    tm, vectors, _, engine = served
+    app = create_app(tm, vectors, engine=engine, max_tokens_cap=64)
+    driver = browser()
+    try:
+        with running_server(app) as url:
+            drive_playground(url, driver, "E", steps=20, timeout=120)
+            plain = driver.find_element(By.ID, "plain").text
+            steered = driver.find_element(By.ID, "steered").text
+            assert driver.find_element(By.ID, "status").text == "done"
+            assert plain and steered and plain != steered
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#meter .bar")) == 4
+    finally:
+        driver.quit()

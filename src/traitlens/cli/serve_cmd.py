@@ -225,7 +225,11 @@ def serve_cmd(
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         console.print(f"[yellow]warning:[/] listening on {host} without --api-key")
     console.print(f"serving on [bold]http://{host}:{port}[/] (playground at /, API at /v1)")
-    serve_forever(server, host, port)
+    try:
+        serve_forever(server, host, port)
+    finally:
+        if decoder is not None:
+            decoder.close()
 
 
 def register(app: typer.Typer) -> None:

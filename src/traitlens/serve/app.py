@@ -127,7 +127,8 @@ def create_app(
     ``engine`` replaces the built-in engine with another of its interface (``submit``,
     ``call``, ``waiting``, ``alive``, ``stats``, ``hold``, ``close``), e.g.
     :class:`traitlens.engines.vllm.VllmEngine`; requests are validated and their mixes
-    compiled the same way whichever engine decodes them.
+    compiled the same way whichever engine decodes them; the caller closes an engine
+    it passes in (the app closes only the one it made).
     """
     if api_key is not None and not api_key.strip():
         raise DataError(
@@ -135,6 +136,7 @@ def create_app(
             "protected; pass a real key, or none to serve without one"
         )
     catalog = SteeringCatalog(tm, vectors, max_strength=max_strength)
+    owned = engine is None  # the app stops the engine it made; a given one is the caller's
     if engine is None:
         engine = Engine(tm, max_batch=max_batch, queue_limit=queue_limit, batch_wait=batch_wait)
     service = _Service(
@@ -149,7 +151,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        engine.close()
+        if owned:
+            engine.close()
 
     app = FastAPI(title="traitlens", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
