@@ -150,11 +150,12 @@ def token_index(
     """One table row per token of a flattened batch: request ``i`` owns tokens
     ``starts[i]:starts[i+1]`` and reads row ``mix_of_request[i]``; tokens past the last
     request (padding) read row 0, the zero row."""
-    index = torch.zeros(n_tokens, dtype=torch.long)
-    for i, mix in enumerate(mix_of_request):
-        if mix:
-            index[int(starts[i]) : int(starts[i + 1])] = mix
-    return index
+    bounds = np.asarray(starts[: len(mix_of_request) + 1], dtype=np.int64)
+    counts = bounds[1:] - bounds[:-1]
+    index = np.zeros(n_tokens, dtype=np.int64)
+    owned = np.repeat(np.asarray(mix_of_request, dtype=np.int64), counts)
+    index[: owned.size] = owned
+    return torch.from_numpy(index)
 
 
 class RowSteering:
