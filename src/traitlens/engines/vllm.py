@@ -11,7 +11,6 @@ import os
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -22,12 +21,8 @@ from traitlens.errors import DataError, EngineError
 from traitlens.serve.engine import (
     MIN_TEMPERATURE,
     DecodeJob,
-    EngineClosed,
     EngineGate,
-    EngineStats,
-    QueueFull,
     _Row,
-    eos_token_ids,
 )
 
 
@@ -81,7 +76,7 @@ class VllmEngine(EngineGate):
         dtype: str = "float32",
         engine_args: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(tm, max_batch=max_batch, queue_limit=queue_limit, batch_wait=batch_wait)
         try:
             from vllm import EngineArgs
             from vllm.v1.engine.llm_engine import LLMEngine
@@ -109,12 +104,6 @@ class VllmEngine(EngineGate):
         self.llm = LLMEngine.from_engine_args(args)
         self.layers = self.llm.collective_rpc("traitlens_install")
         self.load_seconds = time.perf_counter() - started
-        self.tm = tm
-        self.max_batch = max_batch
-        self.queue_limit = queue_limit
-        self.batch_wait = batch_wait
-        self.stats = EngineStats()
-        self.eos = eos_token_ids(tm)
         self._active: dict[str, tuple[DecodeJob, Any]] = {}
         self._calls = _CallThread(tm)
         self._thread = threading.Thread(target=self._loop, name="traitlens-vllm", daemon=True)
@@ -130,17 +119,7 @@ class VllmEngine(EngineGate):
         return self._thread.is_alive()
 
     def submit(self, job: DecodeJob) -> None:
-        with self._cond:
-            if self._closed:
-                raise EngineClosed("the server is shutting down")
-            self._pending = deque(j for j in self._pending if not j.cancelled.is_set())
-            if len(self._pending) >= self.queue_limit:
-                raise QueueFull(
-                    f"the server's queue is full ({self.queue_limit} requests waiting); "
-                    "retry shortly"
-                )
-            self._pending.append(job)
-            self._cond.notify_all()
+        self._enqueue(job, self.queue_limit)
 
     def call(self, fn: Callable[[Any], Any]) -> Future[Any]:
         return self._calls.submit(fn)

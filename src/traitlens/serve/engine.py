@@ -486,7 +486,13 @@ class EngineGate:
     in front of their decoding thread: the waiting queue, its lock, the hold count and
     the closed flag."""
 
-    def __init__(self) -> None:
+    def __init__(self, tm: Any, *, max_batch: int, queue_limit: int, batch_wait: float) -> None:
+        self.tm = tm
+        self.max_batch = max_batch
+        self.queue_limit = queue_limit
+        self.batch_wait = batch_wait
+        self.stats = EngineStats()
+        self.eos = eos_token_ids(tm)
         self._pending: deque[Any] = deque()
         self._cond = threading.Condition()
         self._held = 0
@@ -504,6 +510,31 @@ class EngineGate:
             with self._cond:
                 self._held -= 1
                 self._cond.notify_all()
+
+    def _enqueue(self, item: Any, limit: int) -> None:
+        """Queue ``item``: EngineClosed once closed, QueueFull past ``limit`` waiting
+        items (after dropping those nobody waits for any more)."""
+        with self._cond:
+            if self._closed:
+                raise EngineClosed("the server is shutting down")
+            if len(self._pending) >= limit:
+                self._purge()
+            if len(self._pending) >= limit:
+                raise QueueFull(
+                    f"the server's queue is full ({limit} requests waiting); retry shortly"
+                )
+            self._pending.append(item)
+            self._cond.notify_all()
+
+    def _purge(self) -> None:
+        """Drop queued jobs whose client left (call with ``_cond`` held)."""
+        kept: deque[Any] = deque()
+        for item in self._pending:
+            if isinstance(item, DecodeJob) and item.cancelled.is_set():
+                item.finish("cancelled")
+            else:
+                kept.append(item)
+        self._pending = kept
 
     def _shut(self) -> list[Any] | None:
         """Close the gate; returns what was waiting (None when it was already closed)."""
@@ -538,13 +569,7 @@ class Engine(EngineGate):
         queue_limit: int = 64,
         batch_wait: float = 0.005,
     ):
-        super().__init__()
-        self.tm = tm
-        self.max_batch = max_batch
-        self.queue_limit = queue_limit
-        self.batch_wait = batch_wait
-        self.stats = EngineStats()
-        self.eos = eos_token_ids(tm)
+        super().__init__(tm, max_batch=max_batch, queue_limit=queue_limit, batch_wait=batch_wait)
         self._current: list[DecodeJob] = []
         self._thread = threading.Thread(target=self._loop, name="traitlens-engine", daemon=True)
         self._thread.start()
@@ -568,18 +593,7 @@ class Engine(EngineGate):
         return future
 
     def _put(self, item: DecodeJob | tuple[Callable[[TraitModel], Any], Future[Any]]) -> None:
-        with self._cond:
-            if self._closed:
-                raise EngineClosed("the server is shutting down")
-            if len(self._pending) >= self.queue_limit:
-                self._purge()
-            if len(self._pending) >= self.queue_limit:
-                raise QueueFull(
-                    f"the server's queue is full ({self.queue_limit} requests waiting); "
-                    "retry shortly"
-                )
-            self._pending.append(item)
-            self._cond.notify_all()
+        self._enqueue(item, self.queue_limit)
 
     def _purge(self) -> None:
         """Drop queued work nobody waits for any more (clients that left or timed out),
