@@ -263,6 +263,25 @@ def _job(tm: Any, catalog: Any, mix: dict[str, float] | None, prompt: str = PROM
 
 @pytest.mark.vllm
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("engine_args", "message"),
+    [
+        ({"bogus_argument": 1}, "vLLM refused an engine argument"),
+        ({"tensor_parallel_size": 2}, "vLLM could not start.*divisible"),  # 9 heads
+    ],
+)
+def test_bad_vllm_arguments_get_one_readable_error(
+    smol: Any, engine_args: dict[str, Any], message: str
+) -> None:
+    pytest.importorskip("vllm", reason="the vLLM tests run in the vLLM environment (make vllm)")
+    from traitlens.engines.vllm import VllmEngine, engine_model_path
+
+    with pytest.raises(EngineError, match=message):
+        VllmEngine(smol, engine_model_path(None), engine_args=engine_args)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_unsteered_greedy_tokens_equal_transformers(served: Any) -> None:
     tm, _, catalog, engine = served
     job = _job(tm, catalog, None)

@@ -96,12 +96,25 @@ class VllmEngine(EngineGate):
             # cache and refuses to start when less is free (the server's own transformers
             # copy is already loaded)
             extra["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-        args = EngineArgs(
-            model=str(model_dir), dtype=dtype, max_num_seqs=max_batch, seed=0, **extra
-        )
+        try:
+            args = EngineArgs(
+                model=str(model_dir), dtype=dtype, max_num_seqs=max_batch, seed=0, **extra
+            )
+        except TypeError as exc:  # an argument EngineArgs does not have
+            raise EngineError(
+                f"vLLM refused an engine argument: {exc}; --vllm-arg takes the names of "
+                "vLLM's engine arguments with underscores (e.g. tensor_parallel_size=2)"
+            ) from None
         configure(args, salted=True)
         started = time.perf_counter()
-        self.llm = LLMEngine.from_engine_args(args)
+        try:
+            self.llm = LLMEngine.from_engine_args(args)
+        except Exception as exc:  # vLLM's own checks (head counts, memory, devices)
+            detail = str(exc).strip().splitlines()
+            raise EngineError(
+                f"vLLM could not start: {type(exc).__name__}: "
+                f"{' '.join(line.strip() for line in detail[:3])} (its log above has the rest)"
+            ) from None
         self.layers = self.llm.collective_rpc("traitlens_install")
         self.load_seconds = time.perf_counter() - started
         self._active: dict[str, tuple[DecodeJob, Any]] = {}
