@@ -378,14 +378,12 @@ def main() -> None:
     for engine in engines:
         decoder = None
         if engine == "vllm":
-            from traitlens.engines.vllm import VllmEngine, engine_model_path
+            from traitlens.engines.vllm import VllmEngine
 
             decoder = VllmEngine(
                 tm,
-                engine_model_path(None if args.model == "embedded" else args.model),
                 max_batch=args.max_batch,
                 queue_limit=max(64, args.concurrency * 2),
-                dtype=str(tm.dtype).removeprefix("torch."),
             )
             print(f"vLLM engine loaded in {decoder.load_seconds:.1f} s", flush=True)
             decoders.append(decoder)

@@ -27,7 +27,7 @@ def main() -> None:
     catalog = SteeringCatalog(tm, VectorSet.load(sys.argv[1], expect=tm.identity))
     # float32 like traitlens' copy: vLLM's "auto" reads bfloat16 from the config, whose
     # rounding parts greedy answers at near-ties (and varies from run to run on CPU)
-    llm = LLM(str(engine_model_path(None)), dtype="float32", max_model_len=1024, seed=0)
+    llm = LLM(engine_model_path(tm), dtype="float32", max_model_len=1024, seed=0)
     llm.collective_rpc("traitlens_install")  # hooks on every rank's decoder layers
     prompt = {"prompt_token_ids": list(tm.format(None, QUESTION).input_ids)}
     mixes = [None, {"E": 2.0}, {"E": -2.0}]

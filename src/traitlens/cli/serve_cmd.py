@@ -198,15 +198,13 @@ def serve_cmd(
     console.print(f"vectors: {offered} from [bold]{sources}[/]")
     decoder = None
     if engine_args is not None:
-        from traitlens.engines.vllm import VllmEngine, check_vectors, engine_model_path
+        from traitlens.engines.vllm import VllmEngine, check_vectors
 
         check_vectors(vector_set)
         decoder = VllmEngine(
             tm,
-            engine_model_path(model),
             max_batch=max_batch,
             queue_limit=queue,
-            dtype=str(tm.dtype).removeprefix("torch."),
             engine_args=engine_args,
         )
         console.print(f"vLLM engine loaded in {decoder.load_seconds:.1f} s")

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from traitlens.engines.vllm_worker import PAYLOAD_KEY, configure, encode_rows
@@ -26,21 +25,18 @@ from traitlens.serve.engine import (
 )
 
 
-def engine_model_path(source: str | os.PathLike[str] | None) -> Path:
-    """The directory vLLM loads for a traitlens model source: the float safetensors copy
-    traitlens caches for a GGUF file (the embedded model included), or the local
-    Hugging Face directory itself."""
-    from traitlens.models.loading import _gguf_cached_dir, embedded_gguf_path
-
-    path = Path(source) if source is not None else embedded_gguf_path()
-    if path.suffix == ".gguf":
-        return _gguf_cached_dir(path)
-    if path.is_dir() and (path / "config.json").is_file():
-        return path
-    raise DataError(
-        f"vLLM serves a local model directory or a GGUF file; {str(path)!r} is neither. "
-        "Download the model first and pass its directory"
-    )
+def engine_model_path(tm: Any) -> str:
+    """What vLLM loads for the server's model: the checkpoint ``tm`` itself was loaded
+    from (``TraitModel.source``): the float safetensors copy traitlens caches for a GGUF
+    file (the embedded model and the other aliases included), a local directory, or a
+    hub id. So both copies are the same weights, whatever ``--model`` spelled."""
+    source = str(getattr(tm, "source", "in-memory"))
+    if source == "in-memory":
+        raise DataError(
+            f"{tm.identity.name} was built in memory, so vLLM has no checkpoint to load; "
+            "save it with save_pretrained and load that directory"
+        )
+    return source
 
 
 _log = logging.getLogger(__name__)
@@ -60,7 +56,10 @@ class VllmEngine(EngineGate):
     engine (vLLM schedules, batches and pages the KV cache), and feeds each new token
     through the built-in engine's own detokenizer and stop logic (``_Row``), so text,
     stop strings, EOS and ``max_tokens`` behave as they do there. vLLM decodes with
-    ``ignore_eos``; a row that ``_Row`` ends is aborted in vLLM.
+    ``ignore_eos``; a row that ``_Row`` ends is aborted in vLLM. vLLM loads
+    ``model_dir``, by default the checkpoint ``tm`` came from (:func:`engine_model_path`),
+    in ``dtype``, by default ``tm``'s (vLLM's own ``auto`` reads bfloat16 from the config,
+    whose greedy text parts from float32 at near-ties).
     """
 
     name = "vllm"
@@ -68,12 +67,12 @@ class VllmEngine(EngineGate):
     def __init__(
         self,
         tm: Any,
-        model_dir: str | os.PathLike[str],
+        model_dir: str | os.PathLike[str] | None = None,
         *,
         max_batch: int = 8,
         queue_limit: int = 64,
         batch_wait: float = 0.005,
-        dtype: str = "float32",
+        dtype: str | None = None,
         engine_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(tm, max_batch=max_batch, queue_limit=queue_limit, batch_wait=batch_wait)
@@ -98,7 +97,11 @@ class VllmEngine(EngineGate):
             extra["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         try:
             args = EngineArgs(
-                model=str(model_dir), dtype=dtype, max_num_seqs=max_batch, seed=0, **extra
+                model=str(model_dir or engine_model_path(tm)),
+                dtype=dtype or str(tm.dtype).removeprefix("torch."),
+                max_num_seqs=max_batch,
+                seed=0,
+                **extra,
             )
         except TypeError as exc:  # an argument EngineArgs does not have
             raise EngineError(
@@ -132,7 +135,7 @@ class VllmEngine(EngineGate):
         return self._thread.is_alive()
 
     def submit(self, job: DecodeJob) -> None:
-        self._enqueue(job, self.queue_limit)
+        self._enqueue(job)
 
     def call(self, fn: Callable[[Any], Any]) -> Future[Any]:
         return self._calls.submit(fn)

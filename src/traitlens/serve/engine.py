@@ -511,9 +511,10 @@ class EngineGate:
                 self._held -= 1
                 self._cond.notify_all()
 
-    def _enqueue(self, item: Any, limit: int) -> None:
-        """Queue ``item``: EngineClosed once closed, QueueFull past ``limit`` waiting
+    def _enqueue(self, item: Any) -> None:
+        """Queue ``item``: EngineClosed once closed, QueueFull past ``queue_limit`` waiting
         items (after dropping those nobody waits for any more)."""
+        limit = self.queue_limit
         with self._cond:
             if self._closed:
                 raise EngineClosed("the server is shutting down")
@@ -527,13 +528,15 @@ class EngineGate:
             self._cond.notify_all()
 
     def _purge(self) -> None:
-        """Drop queued jobs whose client left (call with ``_cond`` held)."""
+        """Drop queued work nobody waits for any more (clients that left or timed out),
+        so abandoned requests never hold queue slots (call with ``_cond`` held)."""
         kept: deque[Any] = deque()
         for item in self._pending:
-            if isinstance(item, DecodeJob) and item.cancelled.is_set():
-                item.finish("cancelled")
-            else:
+            if not _abandoned(item):
                 kept.append(item)
+            elif isinstance(item, DecodeJob):
+                item.finish("cancelled")
+                self.stats.cancelled += 1
         self._pending = kept
 
     def _shut(self) -> list[Any] | None:
@@ -593,19 +596,7 @@ class Engine(EngineGate):
         return future
 
     def _put(self, item: DecodeJob | tuple[Callable[[TraitModel], Any], Future[Any]]) -> None:
-        self._enqueue(item, self.queue_limit)
-
-    def _purge(self) -> None:
-        """Drop queued work nobody waits for any more (clients that left or timed out),
-        so abandoned requests never hold queue slots (call with ``_cond`` held)."""
-        kept: deque[DecodeJob | tuple[Callable[[TraitModel], Any], Future[Any]]] = deque()
-        for item in self._pending:
-            if not _abandoned(item):
-                kept.append(item)
-            elif isinstance(item, DecodeJob):
-                item.finish("cancelled")
-                self.stats.cancelled += 1
-        self._pending = kept
+        self._enqueue(item)
 
     def _release(self, joining: Sequence[DecodeJob] = ()) -> None:
         """Forget the running batch's finished jobs (a batch that never ends must not
