@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 
+from traitlens.artifact_io import Artifact, ModelIdentity
 from traitlens.design.rows import control_seed, matched_control, random_vector_like
 from traitlens.design.stages import Plan, StageContext, run_plan
 from traitlens.errors import ArtifactError, DataError
@@ -30,6 +31,7 @@ from traitlens.evaluate.results import (
     Success,
 )
 from traitlens.neurons.selected import SelectedNeurons
+from traitlens.provenance import Job, RunConflictError, RunManifest, provenance
 from traitlens.report.study_report import SECTION_IDS
 from traitlens.steer import band_layers
 from traitlens.study import resolve_config
@@ -279,6 +281,68 @@ def test_plan_runs_stages_in_declared_order_and_refuses_a_second_declaration(
     assert seen == ["first", "second"] and context["second"] == 2
     with pytest.raises(ValueError, match="declared twice"):
         plan.stage("first", "again")(first)
+
+
+@dataclass
+class _Counted(Artifact, stem="counted", kind_name="counted", what="counted thing"):
+    """The smallest artifact: one tensor and the input key it was made under."""
+
+    identity: ModelIdentity
+    values: torch.Tensor
+    config: dict[str, Any]
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {"values": self.values}
+
+    def _meta(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    @classmethod
+    def _from_saved(cls, saved: Any) -> _Counted:
+        return cls(saved.identity, saved.tensors["values"], saved.meta["config"])
+
+
+def test_run_plan_alone_persists_a_stage_job_and_runs_its_follow_ups(tmp_path: Path) -> None:
+    """A stage returns its Job and declares where it is saved: run_plan loads it when
+    saved from the same inputs, computes and saves it otherwise, refuses one made from
+    other inputs unless forced, and calls the stage's follow-ups with the artifact."""
+    identity = ModelIdentity("hand-made", "none", 2, 4, 8, "0" * 16)
+    computed: list[float] = []
+    followed: list[float] = []
+
+    def plan_for(scale: float) -> Plan:
+        plan = Plan()
+
+        def note(ctx: StageContext, made: _Counted) -> None:
+            followed.append(float(made.values.sum()))
+
+        @plan.stage("counted", "a keyed artifact", saves_in="sub", then=[note])
+        def counted(ctx: StageContext) -> Job[_Counted]:
+            prov = provenance("probes", model=identity, config={"scale": scale})
+
+            def compute() -> _Counted:
+                computed.append(scale)
+                return _Counted(identity, torch.full((3,), scale), {"inputs_key": prov.key})
+
+            return Job(_Counted, "probes", prov, compute, identity)
+
+        return plan
+
+    run = tmp_path / "run"
+
+    def make(scale: float, force: bool = False) -> Any:
+        ctx = StageContext.open(None, run, None, lambda m: None, force=force)  # type: ignore[arg-type]
+        return run_plan(plan_for(scale).stages, ctx)["counted"]
+
+    first = make(1.0)
+    assert (run / "sub" / "counted.json").exists() and RunManifest(run).get("probes")
+    again = make(1.0)
+    assert computed == [1.0] and torch.equal(again.values, first.values)
+    with pytest.raises(RunConflictError):
+        make(2.0)
+    assert computed == [1.0]
+    assert float(make(2.0, force=True).values[0]) == 2.0
+    assert computed == [1.0, 2.0] and followed == [3.0, 3.0, 6.0]
 
 
 def test_restrict_and_matched_control() -> None:

@@ -55,11 +55,10 @@ from traitlens.neurons.artifact import NeuronSet
 from traitlens.neurons.rules import fdr_or_npti
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.provenance import (
+    Job,
     Provenance,
     RunManifest,
-    keyed,
     keyed_stage,
-    persist,
     provenance,
     record,
 )
@@ -174,12 +173,16 @@ def stage_items(ctx: StageContext) -> ConceptItems:
     return ConceptItems(tuple(items), split, source, prov.key)
 
 
-@CONCEPT.stage("capture", "item-token states and per-item neuron firing")
-def stage_capture(ctx: StageContext) -> ItemActivations:
+@CONCEPT.stage(
+    "capture",
+    "item-token states and per-item neuron firing",
+    saves_in=f"{CONCEPT_DIR}/activations",
+)
+def stage_capture(ctx: StageContext) -> Job[ItemActivations]:
     config: ConceptConfig = ctx.config
     chosen: ConceptItems = ctx["items"]
     instructed = config.context == INSTRUCTED
-    job = items_capture_job(
+    return items_capture_job(
         ctx.tm,
         chosen.items,
         label_prompt=chosen.label_prompt(config) if instructed else None,
@@ -189,11 +192,24 @@ def stage_capture(ctx: StageContext) -> ItemActivations:
         upstream={"concepts.items": chosen.key},
         progress=ctx.progress,
     )
-    return persist(job, ctx.run / CONCEPT_DIR / "activations", run_dir=ctx.run, force=ctx.force)
 
 
-@CONCEPT.stage("probes", "domain probes per layer, facet-grouped CV with control task")
-def stage_probes(ctx: StageContext) -> DomainProbes:
+def _log_probes(ctx: StageContext, probes: DomainProbes) -> None:
+    summary = probes.summary()
+    ctx.log(
+        f"  domain probe: best layer {summary['best_layer']} accuracy "
+        f"{summary['best_accuracy']:.3f} (control {summary['control_at_best']:.3f}, "
+        f"chance {summary['chance']:.2f}); first layer at 90 %: {summary['first_layer_90']}"
+    )
+
+
+@CONCEPT.stage(
+    "probes",
+    "domain probes per layer, facet-grouped CV with control task",
+    saves_in=CONCEPT_DIR,
+    then=[_log_probes],
+)
+def stage_probes(ctx: StageContext) -> Job[DomainProbes]:
     config: ConceptConfig = ctx.config
     acts: ItemActivations = ctx["capture"]
     chosen: ConceptItems = ctx["items"]
@@ -214,71 +230,30 @@ def stage_probes(ctx: StageContext) -> DomainProbes:
         },
         upstream={"concepts.capture": acts.key, "concepts.items": chosen.key},
     )
-    out = ctx.run / CONCEPT_DIR
-    probes = keyed(
-        DomainProbes,
-        out,
-        "concepts.probes",
-        prov,
-        lambda: _fit_probes(ctx, acts, chosen, layers, prov),
-        expect=acts.identity,
-        run_dir=ctx.run,
-        force=ctx.force,
-        what="domain probes",
-    )
-    summary = probes.summary()
-    ctx.log(
-        f"  domain probe: best layer {summary['best_layer']} accuracy "
-        f"{summary['best_accuracy']:.3f} (control {summary['control_at_best']:.3f}, "
-        f"chance {summary['chance']:.2f}); first layer at 90 %: {summary['first_layer_90']}"
-    )
-    return probes
+
+    def compute() -> DomainProbes:
+        probes = fit_domain_probes(
+            acts,
+            chosen.items,
+            chosen.fit_ids(config),
+            traits=config.traits,
+            pooling=config.probe_pooling,
+            layers=layers,
+            folds=config.folds,
+            c=config.probe_c,
+            seed=config.seed,
+            progress=ctx.progress,
+        )
+        probes.provenance = prov.to_dict()
+        return probes
+
+    return Job(DomainProbes, "concepts.probes", prov, compute, acts.identity, "domain probes")
 
 
-def _fit_probes(
-    ctx: StageContext,
-    acts: ItemActivations,
-    chosen: ConceptItems,
-    layers: list[int],
-    prov: Provenance,
-) -> DomainProbes:
-    config: ConceptConfig = ctx.config
-    probes = fit_domain_probes(
-        acts,
-        chosen.items,
-        chosen.fit_ids(config),
-        traits=config.traits,
-        pooling=config.probe_pooling,
-        layers=layers,
-        folds=config.folds,
-        c=config.probe_c,
-        seed=config.seed,
-        progress=ctx.progress,
-    )
-    probes.provenance = prov.to_dict()
-    return probes
-
-
-@CONCEPT.stage("neurons", "one-vs-rest concept neurons, item-level test with BH-FDR")
-def stage_neurons(ctx: StageContext) -> NeuronSet:
-    config: ConceptConfig = ctx.config
-    chosen: ConceptItems = ctx["items"]
-    job = concept_neurons_job(
-        ctx["capture"],
-        chosen.items,
-        chosen.fit_ids(config),
-        traits=config.traits,
-        threshold=config.threshold,
-        fdr=config.fdr,
-        null_permutations=config.null_permutations,
-        seed=config.seed,
-        dpn_min_d=config.dpn_min_d,
-        dpn_percentile=config.dpn_percentile,
-    )
-    neurons = persist(job, ctx.run / CONCEPT_DIR, run_dir=ctx.run, force=ctx.force)
+def _log_neurons(ctx: StageContext, neurons: NeuronSet) -> None:
     counts = {
         t: (int(neurons.mask(t, "high").sum()), int(neurons.npti_mask(t, "high").sum()))
-        for t in config.traits
+        for t in ctx.config.traits
     }
     ctx.log(
         "  concept neurons that fire more for the domain (q ≤ fdr / |δ| rule alone): "
@@ -291,7 +266,29 @@ def stage_neurons(ctx: StageContext) -> NeuronSet:
             "mean count early/middle/late vs observed: "
             + "; ".join(f"{t} {null['null_mean'][t]} vs {null['observed'][t]}" for t in counts)
         )
-    return neurons
+
+
+@CONCEPT.stage(
+    "neurons",
+    "one-vs-rest concept neurons, item-level test with BH-FDR",
+    saves_in=CONCEPT_DIR,
+    then=[_log_neurons],
+)
+def stage_neurons(ctx: StageContext) -> Job[NeuronSet]:
+    config: ConceptConfig = ctx.config
+    chosen: ConceptItems = ctx["items"]
+    return concept_neurons_job(
+        ctx["capture"],
+        chosen.items,
+        chosen.fit_ids(config),
+        traits=config.traits,
+        threshold=config.threshold,
+        fdr=config.fdr,
+        null_permutations=config.null_permutations,
+        seed=config.seed,
+        dpn_min_d=config.dpn_min_d,
+        dpn_percentile=config.dpn_percentile,
+    )
 
 
 def domain_direction(

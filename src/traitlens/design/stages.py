@@ -1,10 +1,14 @@
 """A study is a plan: an ordered list of stages, each ``(context) → artifact``.
 
 Each stage reads the artifacts of earlier stages from ``context.artifacts`` (by
-stage name) and its own slice of the configuration, claims its output path by
-input key (:func:`traitlens.provenance.claim`) and returns a typed artifact. A
-design (persona, concept) is its list of stages; a sweep or a new design plugs in
-by adding stages, not by editing a long function.
+stage name) and its own slice of the configuration, and returns what it makes. A
+stage that makes one typed artifact returns its :class:`~traitlens.provenance.Job`
+(type, stage name, input key, how to compute it) and declares where it is saved
+(``saves_in``); :func:`run_plan` alone then does key → claim → load-or-compute-and-save
+(:func:`~traitlens.provenance.persist`) and the stage's declared follow-ups (figures,
+log lines), so no stage function touches the disk for it. A design (persona,
+concept) is its list of stages; a sweep or a new design plugs in by adding stages,
+not by editing a long function.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, TypeVar
 
 from traitlens.artifact_io import check_writable
 from traitlens.models.loading import TraitModel
+from traitlens.provenance import Job, persist
 
 Log = Callable[[str], None]
 
@@ -54,13 +59,32 @@ class StageContext:
         return cls(tm, run, config, log, progress=progress, force=force)
 
 
+Then = Callable[[StageContext, Any], None]
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One step: ``name`` (the artifact's name in the context), what it does, and ``run``."""
+    """One step: ``name`` (the artifact's name in the context), what it does, ``run``;
+    where a returned :class:`~traitlens.provenance.Job` is saved (``saves_in``, below the
+    run folder) and what follows once the artifact is there (``then``: figures, log
+    lines), each called with the context and the artifact."""
 
     name: str
     title: str
     run: Callable[[StageContext], Any]
+    saves_in: str = "."
+    then: tuple[Then, ...] = ()
+
+    def make(self, context: StageContext) -> Any:
+        """The stage's artifact: a returned job is loaded when saved from the same inputs,
+        else computed and saved (refused, unless ``force``, over one made from others)."""
+        made = self.run(context)
+        if isinstance(made, Job):
+            out = context.run / self.saves_in
+            made = persist(made, out, run_dir=context.run, force=context.force)
+        for step in self.then:
+            step(context, made)
+        return made
 
 
 StageFn = TypeVar("StageFn", bound=Callable[[StageContext], Any])
@@ -82,11 +106,13 @@ class Plan:
     def __init__(self) -> None:
         self._stages: list[Stage] = []
 
-    def stage(self, name: str, title: str) -> Callable[[StageFn], StageFn]:
+    def stage(
+        self, name: str, title: str, *, saves_in: str = ".", then: Sequence[Then] = ()
+    ) -> Callable[[StageFn], StageFn]:
         def register(run: StageFn) -> StageFn:
             if any(s.name == name for s in self._stages):
                 raise ValueError(f"stage {name!r} is declared twice in this plan")
-            self._stages.append(Stage(name, title, run))
+            self._stages.append(Stage(name, title, run, saves_in, tuple(then)))
             return run
 
         return register
@@ -97,8 +123,8 @@ class Plan:
 
 
 def run_plan(stages: Sequence[Stage], context: StageContext, prefix: str = "") -> StageContext:
-    """Run each stage in order, storing its artifact under its name."""
+    """Make each stage's artifact in order (:meth:`Stage.make`), storing it under its name."""
     for number, stage in enumerate(stages, start=1):
         context.log(f"[{prefix}{number}/{len(stages)}] {stage.name}: {stage.title}")
-        context.artifacts[stage.name] = stage.run(context)
+        context.artifacts[stage.name] = stage.make(context)
     return context

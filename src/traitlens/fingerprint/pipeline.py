@@ -4,10 +4,12 @@ Kept thin on purpose: the maths is in :mod:`~traitlens.fingerprint.stats`,
 :mod:`~traitlens.fingerprint.axes` and :mod:`~traitlens.fingerprint.reliability`;
 generation, chat formatting and pooling are the shared stages'
 (:mod:`traitlens.models`, :mod:`traitlens.capture`). This module decides which
-answers feed which statistic, one stage function each — answer_calibration,
-answer_baseline, calibrate_axes, measure_length, baseline_profile,
-calibration_quality, reliability_and_dead_zones, instruction_asymmetry, drift,
-answer_structure — which :func:`fingerprint_model` chains, and writes the artifacts:
+answers feed which statistic. One model is a plan of stages (:data:`FINGERPRINT`, on
+:mod:`traitlens.design.stages`: calibration, baseline, axes, statistics, drift,
+summary) over compute-only functions (calibrate_axes, measure_length,
+baseline_profile, calibration_quality, reliability_and_dead_zones,
+instruction_asymmetry, answer_structure); :func:`fingerprint_model` runs it and
+:func:`run_fingerprint` runs it per model. The artifacts:
 
 - ``RUN/fingerprint/<model>/axes.{safetensors,json}`` — the calibrated axes
 - ``RUN/fingerprint/<model>/scores.jsonl`` — every answer with its scores
@@ -26,8 +28,10 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
@@ -43,6 +47,7 @@ from traitlens.artifact_io import (
 )
 from traitlens.capture.capture import Prompt, capture_job
 from traitlens.data.schema import POLES
+from traitlens.design.stages import Plan, StageContext, run_plan
 from traitlens.errors import ArtifactError, DataError
 from traitlens.fingerprint.axes import (
     AxisFit,
@@ -91,6 +96,7 @@ from traitlens.rows import load_row, measured_row
 from traitlens.stats import separation_auc
 
 Log = Callable[[str], None]
+FINGERPRINT = Plan()
 SEED_STRIDE = 10_007  # generate_answers seeds batch b with seed + b: keep seeds' ranges apart
 
 
@@ -175,17 +181,11 @@ def _answers_key(tm: TraitModel, settings: dict[str, Any], data: Any = None) -> 
     )
 
 
-def _generate_cached(
-    tm: TraitModel,
-    items: Sequence[_Item],
-    seed: int,
-    config: FingerprintConfig,
-    directory: Path | None,
-    name: str,
-    progress: bool,
-) -> list[str]:
-    """Sampled answers, cleaned; a keyed row ``DIRECTORY/NAME--KEY.json`` when a
-    directory is given, so the same request made again is read back, not resampled."""
+def _generate_cached(ctx: StageContext, items: Sequence[_Item], seed: int, name: str) -> list[str]:
+    """Sampled answers, cleaned; a keyed row ``RUN/NAME--KEY.json``, so the same request
+    made again is read back, not resampled."""
+    config: FingerprintConfig = ctx.config
+    tm = ctx.tm
     settings = {
         "seed": seed,
         "max_new_tokens": config.max_new_tokens,
@@ -204,32 +204,27 @@ def _generate_cached(
             temperature=config.temperature,
             top_p=config.top_p,
             batch_size=config.batch_size,
-            progress=progress,
+            progress=ctx.progress,
         )
         return _Answers([clean_answer(a, tm.formatter.mode) for a in raw])
 
-    if directory is None:
-        return sample().answers
     prov = _answers_key(tm, settings, [[item.id, item.system, item.user] for item in items])
-    saved = measured_row(directory, name, prov, sample, _Answers).answers
+    saved = measured_row(ctx.run, name, prov, sample, _Answers).answers
     # re-cleaned: the rule may have improved since (it is idempotent)
     return [clean_answer(str(a), tm.formatter.mode) for a in saved]
 
 
 def _require_answers(
-    tm: TraitModel,
-    items: Sequence[_Item],
-    answers: Sequence[str],
-    what: str,
-    config: FingerprintConfig,
+    ctx: StageContext, items: Sequence[_Item], answers: Sequence[str], what: str
 ) -> list[int]:
     """Indices of non-empty answers; DataError when too few are left to measure anything."""
+    config: FingerprintConfig = ctx.config
     keep = [i for i, a in enumerate(answers) if a.strip()]
     empty = len(items) - len(keep)
     hint = (
-        f"model {tm.identity.name!r} (chat format: {tm.formatter.mode}) produced empty answers "
-        f"for {empty} of {len(items)} {what} prompts; check that it can answer questions in "
-        f"this format (an instruction-tuned model, or a base model in plain format), or raise "
+        f"model {ctx.tm.identity.name!r} (chat format: {ctx.tm.formatter.mode}) produced empty "
+        f"answers for {empty} of {len(items)} {what} prompts; check that it can answer questions "
+        f"in this format (an instruction-tuned model, or a base model in plain format), or raise "
         f"--max-new-tokens (now {config.max_new_tokens})"
     )
     if what == "calibration":
@@ -241,49 +236,6 @@ def _require_answers(
     elif len(keep) < 2:
         raise DataError(f"{hint}: fewer than 2 usable answers remain")
     return keep
-
-
-def _token_lengths(tm: TraitModel, answers: Sequence[str]) -> FloatArray:
-    return np.array(
-        [len(tm.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers],
-        dtype=np.float64,
-    )
-
-
-def _capture(
-    tm: TraitModel,
-    items: Sequence[_Item],
-    answers: Sequence[str],
-    layers: Sequence[int],
-    config: FingerprintConfig,
-    with_instruction: bool,
-    out_dir: Path | None,
-    progress: bool,
-) -> FloatArray:
-    """Pooled residual states over the answer tokens, ``[n, L, d]``.
-
-    By default the instruction is left *out* of the encoded context: the axis then
-    reads what the model said, not what it was told, and baseline answers (which
-    never saw an instruction) are encoded exactly like calibration answers.
-    """
-    prompts = [
-        Prompt(user=it.user, system=it.system if with_instruction else None, id=it.id)
-        for it in items
-    ]
-    job = capture_job(
-        tm,
-        prompts,
-        answers=list(answers),
-        span="answer",
-        poolings=(config.pooling,),
-        layers=list(layers),
-        neuron_stats=False,
-        decay_half_life=config.decay_half_life,
-        batch_size=config.batch_size,
-        progress=progress,
-    )
-    activations = job.compute() if out_dir is None else persist(job, out_dir)
-    return activations.get("resid", config.pooling).double().numpy()
 
 
 # ---------------------------------------------------------------- answers
@@ -313,82 +265,93 @@ class AnswerSet:
 
 
 def _answer_set(
-    tm: TraitModel,
+    ctx: StageContext,
     items: Sequence[_Item],
     answers: Sequence[str],
     what: str,
-    layers: Sequence[int],
-    config: FingerprintConfig,
     with_instruction: bool,
-    directory: Path | None,
-    progress: bool,
 ) -> AnswerSet:
-    """Drop empty answers (refusing when too few are left), then pool the rest."""
-    keep = _require_answers(tm, items, answers, what, config)
+    """Drop empty answers (refusing when too few are left), then pool the rest over their
+    tokens: the residual stream ``[n, L, d]``, a persisted capture job in
+    ``RUN/activations/WHAT``.
+
+    By default the instruction is left *out* of the encoded context: the axis then
+    reads what the model said, not what it was told, and baseline answers (which
+    never saw an instruction) are encoded exactly like calibration answers.
+    """
+    config: FingerprintConfig = ctx.config
+    keep = _require_answers(ctx, items, answers, what)
     kept = [items[i] for i in keep]
     texts = [answers[i] for i in keep]
-    out_dir = directory / "activations" / what if directory else None
-    pooled = _capture(tm, kept, texts, layers, config, with_instruction, out_dir, progress)
-    return AnswerSet(kept, texts, pooled, _token_lengths(tm, texts), len(items))
+    prompts = [
+        Prompt(user=it.user, system=it.system if with_instruction else None, id=it.id)
+        for it in kept
+    ]
+    job = capture_job(
+        ctx.tm,
+        prompts,
+        answers=texts,
+        span="answer",
+        poolings=(config.pooling,),
+        layers=list(ctx["questions"].layers),
+        neuron_stats=False,
+        decay_half_life=config.decay_half_life,
+        batch_size=config.batch_size,
+        progress=ctx.progress,
+    )
+    activations = persist(job, ctx.run / "activations" / what)
+    pooled = activations.get("resid", config.pooling).double().numpy()
+    lengths = np.array(
+        [len(ctx.tm.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in texts],
+        dtype=np.float64,
+    )
+    return AnswerSet(kept, texts, pooled, lengths, len(items))
 
 
-def answer_calibration(
-    tm: TraitModel,
-    config: FingerprintConfig,
-    questions: dict[str, list[QuestionItem]],
-    layers: Sequence[int],
-    directory: Path | None,
-    progress: bool,
-    log: Log,
-) -> AnswerSet:
-    """Stage 1 — each axis' questions (``questions[axis]``, its own plus the neutral
-    calibration ones) answered under both pole instructions, then pooled."""
+@dataclass(frozen=True)
+class _Questions:
+    """What every stage of one model reads besides the configuration: the questions
+    (:func:`select_questions`) and the layers the axes pool."""
+
+    baseline: list[QuestionItem]
+    neutral: list[QuestionItem]  # the neutral ones also answered under instructions
+    by_axis: dict[str, list[QuestionItem]]
+    layers: list[int]
+
+
+@FINGERPRINT.stage("calibration", "each axis' questions answered under both pole instructions")
+def stage_calibration(ctx: StageContext) -> AnswerSet:
+    """Each axis' questions (its own plus the neutral calibration ones) answered under
+    both pole instructions, then pooled."""
+    config: FingerprintConfig = ctx.config
+    questions: _Questions = ctx["questions"]
     items = [
         _Item(f"cal:{axis}:{pole}:{q.id}", q.id, q.text, POLE_INSTRUCTIONS[axis][p], axis, pole)
         for axis in config.axes
-        for q in questions[axis]
+        for q in questions.by_axis[axis] + questions.neutral
         for p, pole in enumerate(POLES)
     ]
-    log(
-        f"calibration: {len(items)} instructed answers "
-        f"({len(config.axes)} axes × 2 poles), layers {list(layers)}, pooling {config.pooling}"
+    ctx.log(
+        f"  {len(items)} instructed answers ({len(config.axes)} axes × 2 poles), "
+        f"layers {questions.layers}, pooling {config.pooling}"
     )
-    answers = _generate_cached(
-        tm, items, config.seed, config, directory, "answers_calibration", progress
-    )
-    return _answer_set(
-        tm,
-        items,
-        answers,
-        "calibration",
-        layers,
-        config,
-        config.instructed_context,
-        directory,
-        progress,
-    )
+    answers = _generate_cached(ctx, items, config.seed, "answers_calibration")
+    return _answer_set(ctx, items, answers, "calibration", config.instructed_context)
 
 
-def answer_baseline(
-    tm: TraitModel,
-    config: FingerprintConfig,
-    questions: Sequence[QuestionItem],
-    layers: Sequence[int],
-    directory: Path | None,
-    progress: bool,
-    log: Log,
-) -> AnswerSet:
-    """Stage 2 — neutral questions, no system prompt, answered once per sampling seed."""
-    log(f"baseline: {len(questions)} neutral questions × {config.seeds} seeds, no system prompt")
+@FINGERPRINT.stage("baseline", "neutral questions, no system prompt, once per sampling seed")
+def stage_baseline(ctx: StageContext) -> AnswerSet:
+    config: FingerprintConfig = ctx.config
+    questions = ctx["questions"].baseline
+    ctx.log(f"  {len(questions)} neutral questions × {config.seeds} seeds")
     items: list[_Item] = []
     answers: list[str] = []
     for s in range(config.seeds):
         rows = [_Item(f"base:{s}:{q.id}", q.id, q.text, None, seed=s) for q in questions]
         seed = config.seed + SEED_STRIDE * (s + 1)
-        name = f"answers_baseline_{s}"
-        answers += _generate_cached(tm, rows, seed, config, directory, name, progress)
+        answers += _generate_cached(ctx, rows, seed, f"answers_baseline_{s}")
         items += rows
-    return _answer_set(tm, items, answers, "baseline", layers, config, False, directory, progress)
+    return _answer_set(ctx, items, answers, "baseline", False)
 
 
 # ---------------------------------------------------------------- axes and length
@@ -668,6 +631,120 @@ def answer_structure(
 # ---------------------------------------------------------------- one model
 
 
+@FINGERPRINT.stage("axes", "axis fits, held-out scores and stability; the length confound")
+def stage_axes(ctx: StageContext) -> tuple[Calibration, dict[str, Any]]:
+    """The calibration to score with, and the length report (:func:`measure_length`)."""
+    cal, base = ctx["calibration"], ctx["baseline"]
+    fitted = calibrate_axes(ctx.tm, ctx.config, ctx["questions"].layers, cal)
+    return measure_length(ctx.config, fitted, cal, base)
+
+
+@FINGERPRINT.stage("statistics", "profile, calibration quality, reliability, dead zones")
+def stage_statistics(ctx: StageContext) -> dict[str, Any]:
+    """The per-axis statistics of ``summary.json``, in its order."""
+    config: FingerprintConfig = ctx.config
+    cal, base, questions = ctx["calibration"], ctx["baseline"], ctx["questions"]
+    calibration, _ = ctx["axes"]
+    scores = calibration.axes.score(base.pooled, lengths=base.lengths)
+    profile, per_seed = baseline_profile(config, base, scores)
+    quality = calibration_quality(config, calibration, cal)
+    order = [q.id for q in questions.baseline]
+    reliability, dead = reliability_and_dead_zones(config, base, scores, order, quality, per_seed)
+    return {
+        "profile": profile,
+        "calibration": quality,
+        "reliability": reliability,
+        "dead_zones": dead,
+        "asymmetry": instruction_asymmetry(config, calibration, cal, base, questions.neutral),
+    }
+
+
+@FINGERPRINT.stage("drift", "per-turn profile along scripted conversations")
+def stage_drift(ctx: StageContext) -> dict[str, Any]:
+    """Per-turn profile along each scripted conversation (the model writes its own
+    turns); the answers are a keyed row ``answers_drift--KEY.json``, replayed on a rerun
+    (the activations are always captured again)."""
+    config: FingerprintConfig = ctx.config
+    scenarios = resolve_scenarios(config.scenarios)
+    if not scenarios:
+        return {}
+    axes = ctx["axes"][0].axes
+    turns = [list(s.turns[: config.drift_turns]) for s in scenarios]
+    ctx.log(f"  {len(scenarios)} conversation(s) × up to {max(len(t) for t in turns)} turns")
+    settings = {
+        "seed": config.seed,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "turns": turns,
+        "clean": CLEAN_VERSION,
+    }
+    prov = _answers_key(ctx.tm, settings)
+    saved = load_row(ctx.run, "answers_drift", prov, _Answers)
+    run = run_conversations(
+        ctx.tm,
+        turns,
+        layers=ctx["questions"].layers,
+        pooling=config.pooling,
+        decay_half_life=config.decay_half_life,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        batch_size=config.batch_size,
+        replay=None if saved is None else saved.answers,
+        progress=ctx.progress,
+    )
+    if saved is None:
+        measured_row(ctx.run, "answers_drift", prov, lambda: _Answers(run.answers), _Answers)
+    return {
+        scenario.name: _drift_scenario(axes, scenario, run, c)
+        for c, scenario in enumerate(scenarios)
+    }
+
+
+@FINGERPRINT.stage("summary", "answer structure; axes, scores and summary written")
+def stage_summary(ctx: StageContext) -> ModelFingerprint:
+    """``axes.*``, ``scores.jsonl`` (calibration then baseline) and ``summary.json``."""
+    config: FingerprintConfig = ctx.config
+    tm, cal, base = ctx.tm, ctx["calibration"], ctx["baseline"]
+    calibration, length = ctx["axes"]
+    axes = calibration.axes
+    base_scores = axes.score(base.pooled, lengths=base.lengths)
+    cal_scores = axes.score(cal.pooled, lengths=cal.lengths)
+    summary: dict[str, Any] = {
+        "model": tm.identity.to_dict(),
+        "chat_format": tm.formatter.mode,
+        "axes": list(config.axes),
+        "layers": list(ctx["questions"].layers),
+        "pooling": config.pooling,
+        "n_answers": {"calibration": len(cal.items), "baseline": len(base.items)},
+        "empty_answers": {
+            "calibration": cal.asked - len(cal.items),
+            "baseline": base.asked - len(base.items),
+        },
+        **ctx["statistics"],
+        "drift": ctx["drift"],
+        "structure": answer_structure(config, axes, np.concatenate([cal_scores, base_scores])),
+        "length": length,
+        "examples": _examples(config, cal, base),
+    }
+    axes.save(ctx.run)
+    rows = [
+        (kind, it, a, n, sc)
+        for kind, answers, scores in (
+            ("calibration", cal, cal_scores),
+            ("baseline", base, base_scores),
+        )
+        for it, a, n, sc in zip(
+            answers.items, answers.answers, answers.lengths, scores, strict=True
+        )
+    ]
+    _write_scores(ctx.run / "scores.jsonl", config.axes, rows)
+    write_json(ctx.run / "summary.json", summary)
+    return ModelFingerprint(summary, base_scores, base.question_ids, axes)
+
+
 def fingerprint_model(
     tm: TraitModel,
     config: FingerprintConfig,
@@ -677,54 +754,24 @@ def fingerprint_model(
     progress: bool = True,
     log: Log = _quiet,
 ) -> ModelFingerprint:
-    """Calibrate axes, measure the baseline profile, its reliability, dead zones and drift.
+    """Calibrate axes, measure the baseline profile, its reliability, dead zones and drift:
+    the stages of :data:`FINGERPRINT`, run into ``out_dir``.
 
-    ``questions`` default to the data stage's shipped set. With ``out_dir``, the
-    axes, per-answer scores and summary are written there and generations are
-    cached for resumption.
+    ``questions`` default to the data stage's shipped set. In ``out_dir`` the axes,
+    per-answer scores and summary are written, and the answers and activations are
+    keyed by their inputs, so a rerun resamples nothing; without it the stages run in a
+    temporary folder that is removed afterwards.
     """
-    directory = Path(out_dir) if out_dir is not None else None
     questions = list(questions) if questions is not None else default_questions()
     layers = resolve_layers(config, tm.n_layers)
-    baseline_qs, calibration_neutral, by_axis = select_questions(questions, config)
-    per_axis = {axis: by_axis[axis] + calibration_neutral for axis in config.axes}
-    cal = answer_calibration(tm, config, per_axis, layers, directory, progress, log)
-    base = answer_baseline(tm, config, baseline_qs, layers, directory, progress, log)
-    calibration, length = measure_length(config, calibrate_axes(tm, config, layers, cal), cal, base)
-    axes = calibration.axes
-    base_scores = axes.score(base.pooled, lengths=base.lengths)
-    profile, per_seed = baseline_profile(config, base, base_scores)
-    quality = calibration_quality(config, calibration, cal)
-    reliability, dead = reliability_and_dead_zones(
-        config, base, base_scores, [q.id for q in baseline_qs], quality, per_seed
-    )
-    asym = instruction_asymmetry(config, calibration, cal, base, calibration_neutral)
-    drift = _drift(tm, axes, config, layers, directory, progress, log)
-    cal_scores = axes.score(cal.pooled, lengths=cal.lengths)
-    summary: dict[str, Any] = {
-        "model": tm.identity.to_dict(),
-        "chat_format": tm.formatter.mode,
-        "axes": list(config.axes),
-        "layers": list(layers),
-        "pooling": config.pooling,
-        "n_answers": {"calibration": len(cal.items), "baseline": len(base.items)},
-        "empty_answers": {
-            "calibration": cal.asked - len(cal.items),
-            "baseline": base.asked - len(base.items),
-        },
-        "profile": profile,
-        "calibration": quality,
-        "reliability": reliability,
-        "dead_zones": dead,
-        "asymmetry": asym,
-        "drift": drift,
-        "structure": answer_structure(config, axes, np.concatenate([cal_scores, base_scores])),
-        "length": length,
-        "examples": _examples(config, cal, base),
-    }
-    if directory is not None:
-        _write_model(directory, config, axes, summary, (cal, cal_scores), (base, base_scores))
-    return ModelFingerprint(summary, base_scores, base.question_ids, axes)
+    baseline, neutral, by_axis = select_questions(questions, config)
+    with ExitStack() as scratch:
+        if out_dir is None:
+            out_dir = scratch.enter_context(TemporaryDirectory(prefix="traitlens-fingerprint-"))
+        context = StageContext.open(tm, out_dir, config, log, progress=progress)
+        context.artifacts["questions"] = _Questions(baseline, neutral, by_axis, list(layers))
+        result: ModelFingerprint = run_plan(FINGERPRINT.stages, context, "fingerprint ")["summary"]
+    return result
 
 
 def _examples(config: FingerprintConfig, cal: AnswerSet, base: AnswerSet) -> dict[str, Any]:
@@ -747,26 +794,6 @@ def _examples(config: FingerprintConfig, cal: AnswerSet, base: AnswerSet) -> dic
             )
             examples.setdefault(axis, {})[pole] = first
     return examples
-
-
-def _write_model(
-    directory: Path,
-    config: FingerprintConfig,
-    axes: TraitAxes,
-    summary: dict[str, Any],
-    *scored: tuple[AnswerSet, FloatArray],
-) -> None:
-    """``axes.*``, ``scores.jsonl`` (calibration then baseline) and ``summary.json``."""
-    axes.save(directory)
-    rows = [
-        (kind, it, a, n, sc)
-        for kind, (answers, scores) in zip(("calibration", "baseline"), scored, strict=True)
-        for it, a, n, sc in zip(
-            answers.items, answers.answers, answers.lengths, scores, strict=True
-        )
-    ]
-    _write_scores(directory / "scores.jsonl", config.axes, rows)
-    write_json(directory / "summary.json", summary)
 
 
 def _write_scores(path: Path, axes: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
@@ -795,59 +822,6 @@ def _write_scores(path: Path, axes: Sequence[str], rows: Sequence[tuple[Any, ...
 
 
 # ---------------------------------------------------------------- drift
-
-
-def _drift(
-    tm: TraitModel,
-    axes: TraitAxes,
-    config: FingerprintConfig,
-    layers: Sequence[int],
-    directory: Path | None,
-    progress: bool,
-    log: Log,
-) -> dict[str, Any]:
-    """Stage 6 — per-turn profile along each scripted conversation (the model writes
-    its own turns); answers are cached in ``answers_drift.json`` for resumption."""
-    scenarios = resolve_scenarios(config.scenarios)
-    if not scenarios:
-        return {}
-    turns = [list(s.turns[: config.drift_turns]) for s in scenarios]
-    log(f"drift: {len(scenarios)} conversation(s) × up to {max(len(t) for t in turns)} turns")
-    settings = {
-        "seed": config.seed,
-        "max_new_tokens": config.max_new_tokens,
-        "temperature": config.temperature,
-        "top_p": config.top_p,
-        "turns": turns,
-        "clean": CLEAN_VERSION,
-    }
-    prov = _answers_key(tm, settings)
-    saved = None if directory is None else load_row(directory, "answers_drift", prov, _Answers)
-
-    def converse(replay: list[list[str]] | None) -> ConversationRun:
-        return run_conversations(
-            tm,
-            turns,
-            layers=layers,
-            pooling=config.pooling,
-            decay_half_life=config.decay_half_life,
-            max_new_tokens=config.max_new_tokens,
-            seed=config.seed,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            batch_size=config.batch_size,
-            replay=replay,
-            progress=progress,
-        )
-
-    # the activations are always captured again; the answers are replayed when saved
-    run = converse(None if saved is None else saved.answers)
-    if directory is not None and saved is None:
-        measured_row(directory, "answers_drift", prov, lambda: _Answers(run.answers), _Answers)
-    return {
-        scenario.name: _drift_scenario(axes, scenario, run, c)
-        for c, scenario in enumerate(scenarios)
-    }
 
 
 def _drift_scenario(

@@ -70,14 +70,12 @@ from traitlens.evaluate.results import (
 from traitlens.neurons.rules import fdr_or_npti
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.provenance import (
+    Job,
     Provenance,
     RunManifest,
-    claim,
     data_digest,
-    persist,
     provenance,
     record,
-    saved_key,
 )
 from traitlens.rows import evaluate_rows
 from traitlens.study.config import StudyConfig
@@ -160,11 +158,19 @@ def build_eval_sets(config: StudyConfig, train_prompts: list[Any]) -> EvalSets:
     )
 
 
-def _drawn(ctx: StageContext, artifact: Any, *plots: Any) -> Any:
-    """``artifact``, after drawing each of its figures into the run's figures folder."""
-    for plot in plots:
-        plot(artifact, ctx.run / "figures")
-    return artifact
+def _probe_figures(ctx: StageContext, probes: ProbeSet) -> None:
+    """Figures are cheap and derived: drawn from the current artifacts every time."""
+    from traitlens.report.probe_figures import plot_probe_accuracy, plot_probe_r2
+
+    for plot in (plot_probe_accuracy, plot_probe_r2):
+        plot(probes, ctx.run / "figures")
+
+
+def _neuron_figures(ctx: StageContext, neurons: NeuronSet) -> None:
+    from traitlens.report.neuron_figures import plot_neuron_counts, plot_neuron_overlap
+
+    for plot in (plot_neuron_counts, plot_neuron_overlap):
+        plot(neurons, ctx.run / "figures")
 
 
 @PERSONA.stage("capture", "contrastive prompts, question and answer activations")
@@ -188,14 +194,15 @@ def stage_capture(ctx: StageContext) -> Any:
     return captured
 
 
-@PERSONA.stage("probes", "per-layer grouped cross-validation with control tasks")
-def stage_probes(ctx: StageContext) -> Any:
+@PERSONA.stage(
+    "probes", "per-layer grouped cross-validation with control tasks", then=[_probe_figures]
+)
+def stage_probes(ctx: StageContext) -> Job[ProbeSet]:
     from traitlens.probe import probes_job
-    from traitlens.report.probe_figures import plot_probe_accuracy, plot_probe_r2
 
     config: StudyConfig = ctx.config
     captured = ctx["capture"]
-    job = probes_job(
+    return probes_job(
         captured.question,
         captured.prompts,
         config.traits,
@@ -203,36 +210,32 @@ def stage_probes(ctx: StageContext) -> Any:
         seed=config.seed,
         progress=ctx.progress,
     )
-    probes = persist(job, ctx.run, force=ctx.force)
-    # figures are cheap and derived: drawn from the current artifacts every time
-    return _drawn(ctx, probes, plot_probe_accuracy, plot_probe_r2)
 
 
-@PERSONA.stage("neurons", "NPTI selection with a two-proportion test and BH-FDR")
-def stage_neurons(ctx: StageContext) -> Any:
+@PERSONA.stage(
+    "neurons", "NPTI selection with a two-proportion test and BH-FDR", then=[_neuron_figures]
+)
+def stage_neurons(ctx: StageContext) -> Job[NeuronSet]:
     from traitlens.neurons import neurons_job
     from traitlens.neurons.select import prompts_per_group
-    from traitlens.report.neuron_figures import plot_neuron_counts, plot_neuron_overlap
 
     config: StudyConfig = ctx.config
     captured = ctx["capture"]
-    job = neurons_job(
+    return neurons_job(
         captured.answer.neuron_stats,
         threshold=config.threshold,
         fdr=config.fdr,
         traits=config.traits,
         prompt_counts=prompts_per_group(captured.prompts),
     )
-    neurons = persist(job, ctx.run, force=ctx.force)
-    return _drawn(ctx, neurons, plot_neuron_counts, plot_neuron_overlap)
 
 
 @PERSONA.stage("vectors", "trait directions (every configured method)")
-def stage_vectors(ctx: StageContext) -> Any:
+def stage_vectors(ctx: StageContext) -> Job[VectorSet]:
     from traitlens.steer import VectorSet, trait_vectors
 
     config: StudyConfig = ctx.config
-    captured, probes, run = ctx["capture"], ctx["probes"], ctx.run
+    captured, probes = ctx["capture"], ctx["probes"]
     use_probes = probes.layers == captured.answer.layers
     prov = provenance(
         "vectors",
@@ -247,20 +250,19 @@ def stage_vectors(ctx: StageContext) -> Any:
             "probes": probes.key if use_probes else None,
         },
     )
-    exists, saved = saved_key(run / "vectors.json")
-    if claim(run, "vectors", prov, saved, exists=exists, force=ctx.force, what="vector set"):
-        return VectorSet.load(run, expect=ctx.tm.identity)
-    vectors = trait_vectors(
-        captured.answer,
-        captured.prompts,
-        config.traits,
-        config.vector_methods,
-        probes=probes if use_probes else None,
-    )
-    vectors.provenance = prov.to_dict()
-    vectors.save(run)
-    record(run, "vectors", prov)
-    return vectors
+
+    def compute() -> VectorSet:
+        vectors = trait_vectors(
+            captured.answer,
+            captured.prompts,
+            config.traits,
+            config.vector_methods,
+            probes=probes if use_probes else None,
+        )
+        vectors.provenance = prov.to_dict()
+        return vectors
+
+    return Job(VectorSet, "vectors", prov, compute, ctx.tm.identity)
 
 
 @dataclass(frozen=True)
