@@ -474,11 +474,9 @@ def pool_formatted(
     read = None if next_token_ids is None else torch.tensor(list(next_token_ids))
     next_logprobs = torch.zeros((n, 0 if read is None else len(read)))
     with torch.inference_mode(), hooks_installed(tm.adapter, hooks):
-        prefix = None
-        if shared:
-            state["prefix"] = torch.ones(())
-            prefix = SharedPrefix(tm, prefix_ids, skip_logits)
-            del state["prefix"]
+        state["prefix"] = torch.ones(())
+        prefix = SharedPrefix(tm, prefix_ids, skip_logits)
+        del state["prefix"]
         for batch in track(batches, len(batches), "capturing", progress):
             items = [formatted[i] for i in batch]
             ids, attn, pos = left_pad(
@@ -493,16 +491,7 @@ def pool_formatted(
             if neurons is not None:
                 nmask = _span_mask(items, neuron_span or span, width)
                 neurons.begin(state["rows"], nmask)
-            if prefix is not None:
-                out = prefix.run(ids, attn, pos)
-            else:
-                out = tm.model(
-                    input_ids=ids,
-                    attention_mask=attn,
-                    position_ids=pos,
-                    use_cache=False,
-                    **skip_logits,
-                )
+            out = prefix.run(ids, attn, pos)
             if read is not None:
                 logits = out.logits[:, -1].float().cpu()
                 next_logprobs[batch] = torch.log_softmax(logits, dim=-1)[:, read]

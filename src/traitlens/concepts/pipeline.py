@@ -64,11 +64,11 @@ from traitlens.provenance import (
 )
 from traitlens.rows import evaluate_rows
 
-CONCEPT = Plan()
+CONCEPT_DIR = "concepts"
+
+CONCEPT = Plan(saves_in=CONCEPT_DIR)
 
 FIELDS = ("layers", "indices", "delta", "a95")
-
-CONCEPT_DIR = "concepts"
 
 
 @dataclass(frozen=True)
@@ -203,12 +203,7 @@ def _log_probes(ctx: StageContext, probes: DomainProbes) -> None:
     )
 
 
-@CONCEPT.stage(
-    "probes",
-    "domain probes per layer, facet-grouped CV with control task",
-    saves_in=CONCEPT_DIR,
-    then=[_log_probes],
-)
+@CONCEPT.stage("probes", "domain probes per layer, facet-grouped CV", then=[_log_probes])
 def stage_probes(ctx: StageContext) -> Job[DomainProbes]:
     config: ConceptConfig = ctx.config
     acts: ItemActivations = ctx["capture"]
@@ -268,12 +263,7 @@ def _log_neurons(ctx: StageContext, neurons: NeuronSet) -> None:
         )
 
 
-@CONCEPT.stage(
-    "neurons",
-    "one-vs-rest concept neurons, item-level test with BH-FDR",
-    saves_in=CONCEPT_DIR,
-    then=[_log_neurons],
-)
+@CONCEPT.stage("neurons", "one-vs-rest neurons, item-level test, BH-FDR", then=[_log_neurons])
 def stage_neurons(ctx: StageContext) -> Job[NeuronSet]:
     config: ConceptConfig = ctx.config
     chosen: ConceptItems = ctx["items"]

@@ -103,16 +103,21 @@ class Plan:
     decorated function, with no list elsewhere to keep in sync.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, saves_in: str = ".") -> None:
         self._stages: list[Stage] = []
+        self.saves_in = saves_in
 
     def stage(
-        self, name: str, title: str, *, saves_in: str = ".", then: Sequence[Then] = ()
+        self, name: str, title: str, *, saves_in: str | None = None, then: Sequence[Then] = ()
     ) -> Callable[[StageFn], StageFn]:
+        """Declare the decorated function as the next stage; its job is saved in
+        ``saves_in`` (default: the plan's folder, below the run folder)."""
+
         def register(run: StageFn) -> StageFn:
             if any(s.name == name for s in self._stages):
                 raise ValueError(f"stage {name!r} is declared twice in this plan")
-            self._stages.append(Stage(name, title, run, saves_in, tuple(then)))
+            folder = self.saves_in if saves_in is None else saves_in
+            self._stages.append(Stage(name, title, run, folder, tuple(then)))
             return run
 
         return register

@@ -134,15 +134,10 @@ def label_distribution(
     mass = np.zeros(len(full))
     batches = length_sorted_batches([len(s) for s in suffixes], batch_size)
     with torch.inference_mode():
-        prefix = SharedPrefix(tm, full[0][:shared], extra) if use_cache else None
+        prefix = SharedPrefix(tm, full[0][:shared] if use_cache else [], extra)
         for batch in track(batches, len(batches), description, progress):
             ids, attn, pos = left_pad([suffixes[i] for i in batch], pad_id, device)
-            if prefix is not None:
-                out = prefix.run(ids, attn, pos)
-            else:
-                out = tm.model(
-                    input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **extra
-                )
+            out = prefix.run(ids, attn, pos)
             logits = out.logits[:, -1].float().cpu()
             log_probs = torch.log_softmax(logits, dim=-1)[:, label_index]
             probs[batch] = torch.softmax(log_probs, dim=-1).double().numpy()

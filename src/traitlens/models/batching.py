@@ -89,11 +89,14 @@ class SharedPrefix:
     suffix's left padding stays masked between the two) and positions continue
     from the prefix. Hooks see the prefix pass like any other forward pass of
     several tokens, so an intervention acting on every (or every prompt) position
-    edits the prefix exactly as a full pass would.
+    edits the prefix exactly as a full pass would. An empty prefix is no cache: ``run``
+    is then a plain forward pass of the whole prompts (callers need no second branch).
     """
 
     def __init__(self, tm: Any, prefix: Sequence[int], extra: dict[str, Any]):
         self.tm, self.length, self.extra = tm, len(prefix), extra
+        if not self.length:
+            return
         # transformers 5.x renamed past_key_values to cache (the old name warns)
         self.cache_name = "cache" if forward_accepts(tm.model, "cache") else "past_key_values"
         ids = torch.tensor([list(prefix)], device=tm.device)
@@ -109,6 +112,10 @@ class SharedPrefix:
     def run(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> Any:
         import copy
 
+        if not self.length:
+            return self.tm.model(
+                input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, **self.extra
+            )
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(len(ids))
         attn = torch.cat([attn.new_ones((len(ids), self.length)), attn], dim=1)
