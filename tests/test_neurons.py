@@ -19,7 +19,6 @@ from traitlens.errors import ArtifactError, DataError
 from traitlens.neurons import (
     NeuronSet,
     SelectedNeurons,
-    benjamini_hochberg,
     jaccard_matrix,
     matched_random_neurons,
     neurons_job,
@@ -28,6 +27,7 @@ from traitlens.neurons import (
     two_proportion_z_test,
 )
 from traitlens.provenance import RunConflictError, persist
+from traitlens.stats import fdr_bh
 
 IDENTITY = ModelIdentity("synthetic", "SynthForCausalLM", 4, 16, 500, "c" * 16)
 OTHER = ModelIdentity("other", "OtherForCausalLM", 4, 16, 500, "d" * 16)
@@ -96,23 +96,23 @@ def test_two_proportion_z_test_hand_computed() -> None:
 
 def test_benjamini_hochberg_hand_computed() -> None:
     # sorted p: 0.01 0.03 0.04 0.2 → ·m/rank: 0.04 0.06 0.0533 0.2 → running min from the right
-    q = benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.2]))
+    q = fdr_bh(np.array([0.01, 0.04, 0.03, 0.2]))
     np.testing.assert_allclose(q, [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.2])
-    assert benjamini_hochberg(np.array([0.9, 0.95])).tolist() == [0.95, 0.95]
-    assert benjamini_hochberg(np.array([])).shape == (0,)
+    assert fdr_bh(np.array([0.9, 0.95])).tolist() == [0.95, 0.95]
+    assert fdr_bh(np.array([])).shape == (0,)
     with pytest.raises(ValueError, match="p-values"):
-        benjamini_hochberg(np.array([0.1, float("nan")]))
+        fdr_bh(np.array([0.1, float("nan")]))
 
 
 def test_benjamini_hochberg_matches_scipy() -> None:
     rng = np.random.default_rng(0)
     p = np.concatenate([rng.uniform(size=500), rng.uniform(0, 1e-4, size=50), [0.5] * 20, [1.0]])
     np.testing.assert_allclose(
-        benjamini_hochberg(p), scipy_stats.false_discovery_control(p, method="bh"), rtol=1e-12
+        fdr_bh(p), scipy_stats.false_discovery_control(p, method="bh"), rtol=1e-12
     )
     grid = rng.uniform(size=(4, 30))  # any shape; adjusted over all entries
     np.testing.assert_allclose(
-        benjamini_hochberg(grid).reshape(-1),
+        fdr_bh(grid).reshape(-1),
         scipy_stats.false_discovery_control(grid.reshape(-1), method="bh"),
         rtol=1e-12,
     )

@@ -5,7 +5,6 @@ from traitlens.neurons.rules import RULES, get_rule, register_rule
 from traitlens.neurons.select import neurons_job, prompts_per_group, select_neurons
 from traitlens.neurons.selected import SelectedNeurons
 from traitlens.neurons.stats import (
-    benjamini_hochberg,
     firing_delta,
     jaccard_matrix,
     matched_random_neurons,
@@ -16,7 +15,6 @@ __all__ = [
     "RULES",
     "NeuronSet",
     "SelectedNeurons",
-    "benjamini_hochberg",
     "firing_delta",
     "get_rule",
     "jaccard_matrix",

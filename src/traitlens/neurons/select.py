@@ -12,8 +12,9 @@ from traitlens.capture.artifacts import NeuronStats
 from traitlens.data import TRAITS, parse_traits
 from traitlens.errors import DataError
 from traitlens.neurons.artifact import POLES, NeuronSet
-from traitlens.neurons.stats import benjamini_hochberg, firing_delta, two_proportion_z_test
+from traitlens.neurons.stats import firing_delta, two_proportion_z_test
 from traitlens.provenance import Job, Provenance, computed, provenance
+from traitlens.stats import fdr_bh
 
 
 def _group(trait: str, pole: str) -> str:
@@ -183,7 +184,7 @@ def _neuron_set(
         else:
             n_high, n_low = float(prompt_counts[high]), float(prompt_counts[low])
         _, pvalue = two_proportion_z_test(rate_high.numpy(), n_high, rate_low.numpy(), n_low)
-        q = torch.from_numpy(benjamini_hochberg(pvalue))
+        q = torch.from_numpy(fdr_bh(pvalue))
         tests.append((firing_delta(rate_high, rate_low), torch.from_numpy(pvalue), q))
     return NeuronSet.from_tests(
         stats.identity,

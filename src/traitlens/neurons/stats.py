@@ -3,8 +3,8 @@
 - δ (NPTI; Deng et al. 2024, "Neuron-based Personality Trait Induction"):
   ``δ_i = P(act_i > 0 | high) − P(act_i > 0 | low)`` over answer tokens.
 - Two-proportion z-test with pooled variance, two-sided.
-- Benjamini–Hochberg (1995) step-up adjusted p-values ("q-values"):
-  :func:`traitlens.stats.fdr_bh`, re-exported here as :func:`benjamini_hochberg`.
+- Benjamini–Hochberg (1995) step-up adjusted p-values ("q-values") are
+  :func:`traitlens.stats.fdr_bh` (scipy's ``false_discovery_control``).
 """
 
 from __future__ import annotations
@@ -16,12 +16,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr
 
-from traitlens.stats import fdr_bh
-
 FloatArray = NDArray[np.float64]
-
-# the name neuron selection (and its public API) has always used for BH
-benjamini_hochberg = fdr_bh
 
 
 def firing_delta(rate_high: torch.Tensor, rate_low: torch.Tensor) -> torch.Tensor:
