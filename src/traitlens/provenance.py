@@ -53,7 +53,8 @@ __all__ = [
     "describe_changes",
     "provenance",
     "record",
-    "keyed_artifact",
+    "persist",
+    "Job",
     "keyed_stage",
     "saved_key",
 ]
@@ -420,77 +421,7 @@ def keyed_stage(
         return result
 
 
-def keyed_artifact(
-    out_dir: str | Path | None,
-    stage: str,
-    prov: Provenance,
-    filename: str,
-    *,
-    load: Callable[[Path], Any],
-    compute: Callable[[], Any],
-    save: Callable[[Any, Path], None],
-    run_dir: str | Path | None = None,
-    force: bool = False,
-    what: str | None = None,
-) -> Any:
-    """:func:`keyed_stage` for a stage function with an optional ``out_dir``: without one
-    it just computes; with one it reuses, refuses or computes-and-saves there (the
-    manifest is ``run_dir``, default ``out_dir``)."""
-    if out_dir is None:
-        return compute()
-
-    out = Path(out_dir)
-    check_writable(out)
-
-    def make() -> Any:
-        result = compute()
-        save(result, out)
-        return result
-
-    return keyed_stage(
-        run_dir if run_dir is not None else out,
-        stage,
-        prov,
-        out / filename,
-        load=lambda: load(out),
-        compute=make,
-        force=force,
-        what=what,
-    )
-
-
 ArtifactT = TypeVar("ArtifactT", bound="Artifact")
-
-
-def keyed(
-    artifact: type[ArtifactT],
-    out_dir: str | Path | None,
-    stage: str,
-    prov: Provenance,
-    compute: Callable[[], ArtifactT],
-    *,
-    expect: ModelIdentity,
-    run_dir: str | Path | None = None,
-    force: bool = False,
-    what: str | None = None,
-) -> ArtifactT:
-    """The stage step for one typed artifact (:func:`keyed_artifact`): without ``out_dir``
-    just ``compute()``; with one, reuse ``out_dir/{stem}.json`` when it was made from the
-    same inputs (``prov``), refuse one made from other inputs unless ``force``, or compute
-    and save it there."""
-    result = keyed_artifact(
-        out_dir,
-        stage,
-        prov,
-        f"{artifact.stem}.json",
-        load=lambda out: artifact.load(out, expect=expect),
-        compute=compute,
-        save=lambda made, out: made.save(out),
-        run_dir=run_dir,
-        force=force,
-        what=what or artifact.what,
-    )
-    return cast(ArtifactT, result)
 
 
 @dataclass(frozen=True)
@@ -515,20 +446,29 @@ def persist(
     run_dir: str | Path | None = None,
     force: bool = False,
 ) -> ArtifactT:
-    """The job's artifact from ``out_dir`` when it was made from the same inputs, else
-    computed and saved there; one made from other inputs is refused unless ``force``
-    (:func:`keyed`; the manifest is ``run_dir``, default ``out_dir``)."""
-    return keyed(
-        job.artifact,
-        out_dir,
+    """The job's artifact from ``out_dir/{stem}`` when it was made from the same inputs,
+    else computed and saved there; one made from other inputs is refused unless ``force``
+    (:func:`keyed_stage`; the manifest is ``run_dir``, default ``out_dir``)."""
+    out = Path(out_dir)
+    check_writable(out)
+    artifact = job.artifact
+
+    def make() -> ArtifactT:
+        made = job.compute()
+        made.save(out)
+        return made
+
+    result = keyed_stage(
+        out if run_dir is None else run_dir,
         job.stage,
         job.provenance,
-        job.compute,
-        expect=job.expect,
-        run_dir=run_dir,
+        out / f"{artifact.stem}.json",
+        load=lambda: artifact.load(out, expect=job.expect),
+        compute=make,
         force=force,
-        what=job.what,
+        what=job.what or artifact.what,
     )
+    return cast(ArtifactT, result)
 
 
 P = ParamSpec("P")
