@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True)
 
+
+def log_line(message: str) -> None:
+    """A progress line from the library, printed as text: a stage header such as
+    ``[concept 1/5]`` would otherwise be read as rich markup and vanish."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 MODEL_OPTION = typer.Option(
     None, "--model", "-m", help="HF hub id, local dir or .gguf file (default: embedded SmolLM2)"
 )

@@ -26,6 +26,7 @@ from traitlens.cli.common import (
     console,
     done,
     load_into,
+    log_line,
 )
 
 STAGE_COMMANDS = {
@@ -174,7 +175,7 @@ def make(command: str, until: str, doc: str) -> None:
         tm = load_into(out, model, device, dtype)
         names = [s.name for s in CONCEPT_STAGES]
         stages = CONCEPT_STAGES[: names.index(until) + 1]
-        finished = run_concepts(tm, out, cfg, log=console.print, force=force, stages=stages)
+        finished = run_concepts(tm, out, cfg, log=log_line, force=force, stages=stages)
         if until == "evaluation":  # figures come with the evaluation
             from traitlens.report.concept_figures import draw_run_figures
 

@@ -21,6 +21,7 @@ from traitlens.cli.common import (
     check_seed,
     console,
     done,
+    log_line,
 )
 
 
@@ -146,7 +147,7 @@ def register(app: typer.Typer) -> None:
 
             torch.set_num_threads(threads)
         check_out_dir(out)
-        path = run_fingerprint(models, out, config, device=device, dtype=dtype, log=console.print)
+        path = run_fingerprint(models, out, config, device=device, dtype=dtype, log=log_line)
         if report:
             from traitlens.report.fingerprint_report import write_fingerprint_report
 

@@ -14,6 +14,7 @@ from traitlens.cli.common import (
     check_out_file,
     console,
     done,
+    log_line,
 )
 
 
@@ -49,7 +50,7 @@ def sweep_cmd(
         workers=workers,
         address=address,
         device=device,
-        log=lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True),
+        log=log_line,
     )
     report = build_sweep_report(out, rows, budget)
     done(report, "sweep report")

@@ -931,7 +931,7 @@ def run_fingerprint(
         if slug in slugs:
             raise DataError(f"model {tm.identity.name!r} was given twice; name each model once")
         slugs.append(slug)
-        log(f"[bold]{tm.identity.name}[/] ({tm.n_layers} layers, chat format {tm.formatter.mode})")
+        log(f"{tm.identity.name} ({tm.n_layers} layers, chat format {tm.formatter.mode})")
         result = fingerprint_model(
             tm, config, questions, run / "fingerprint" / slug, progress=progress, log=log
         )
