@@ -520,3 +520,12 @@ def test_bad_study_input_is_refused_before_any_work(tmp_path: Path) -> None:
     assert process.returncode == 2, log[-3000:]
     assert "127.0.0.1:9" in log and "Traceback" not in log
     assert not (out / "prompts.jsonl").exists()
+
+
+def test_cli_progress_lines_keep_their_stage_headers(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stage header is text, not rich markup: ``[concept 1/5]`` once vanished from the
+    concepts and fingerprint commands' progress."""
+    from traitlens.cli.common import log_line
+
+    log_line("[concept 1/5] items: item bank and held-out split")
+    assert "[concept 1/5] items: item bank" in capsys.readouterr().err
