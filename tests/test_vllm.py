@@ -64,6 +64,8 @@ def test_rows_the_worker_cannot_add_are_refused(rows: Any, message: str) -> None
         {"d": 5},
         {"layers": []},
         {"key": None, "layers": None},
+        {"key": "0" * 24},  # a worker caches by key: a key must name its own rows
+        {"rows": (encode_rows({"resid[0]": torch.zeros(4)}) or {})["rows"]},
     ],
 )
 def test_a_malformed_payload_names_the_problem(damage: dict[str, Any]) -> None:

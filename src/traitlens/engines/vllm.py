@@ -125,18 +125,6 @@ class VllmEngine(EngineGate):
         self._thread = threading.Thread(target=self._loop, name="traitlens-vllm", daemon=True)
         self._thread.start()
 
-    @property
-    def waiting(self) -> int:
-        with self._cond:
-            return sum(1 for job in self._pending if not job.cancelled.is_set())
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def submit(self, job: DecodeJob) -> None:
-        self._enqueue(job)
-
     def call(self, fn: Callable[[Any], Any]) -> Future[Any]:
         return self._calls.submit(fn)
 

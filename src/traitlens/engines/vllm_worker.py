@@ -1,5 +1,5 @@
-"""Per-request trait mixes inside stock vLLM: a worker extension, a general plugin, and
-the engine ``traitlens serve --engine vllm`` runs on.
+"""Per-request trait mixes inside stock vLLM: the worker extension and the general plugin
+(the engine ``traitlens serve --engine vllm`` runs on is :mod:`traitlens.engines.vllm`).
 
 How a mix travels. The server validates a request's mix and compiles it to rows exactly
 as the built-in engine does (:func:`traitlens.steer.apply.direction_rows`: one float32
@@ -87,14 +87,19 @@ def encode_rows(rows: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
     if not torch.isfinite(table).all():
         raise EngineError("a steering row is not finite (NaN or inf); nothing was sent")
     raw = table.numpy().astype("<f4", copy=False).tobytes()
-    key = hashlib.sha256(repr(layers).encode() + raw).hexdigest()[:24]
     return {
         "v": PAYLOAD_VERSION,
         "layers": layers,
         "d": int(table.shape[1]),
         "rows": base64.b64encode(raw).decode("ascii"),
-        "key": key,
+        "key": _key(layers, raw),
     }
+
+
+def _key(layers: Sequence[int], raw: bytes) -> str:
+    """What names a mix (in a worker's cache and in the prefix-cache salt): its layers and
+    row bytes, hashed."""
+    return hashlib.sha256(repr(list(layers)).encode() + raw).hexdigest()[:24]
 
 
 def decode_rows(payload: Mapping[str, Any]) -> tuple[str, list[int], torch.Tensor]:
@@ -113,6 +118,11 @@ def decode_rows(payload: Mapping[str, Any]) -> tuple[str, list[int], torch.Tenso
         raise EngineError(
             f"malformed traitlens steering payload: {len(raw)} bytes for {len(layers)} "
             f"layer(s) of width {d}"
+        )
+    if key != _key(layers, raw):  # a worker caches mixes by key: it must name these rows
+        raise EngineError(
+            "malformed traitlens steering payload: its key does not match its rows; build "
+            "payloads with traitlens.engines.vllm_worker.encode_rows"
         )
     table = torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy()).view(len(layers), d)
     return key, layers, table

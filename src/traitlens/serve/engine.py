@@ -498,6 +498,22 @@ class EngineGate:
         self._held = 0
         self._closed = False
 
+    _thread: threading.Thread  # the decoding thread each engine starts
+
+    @property
+    def waiting(self) -> int:
+        """Requests still wanted in the queue (cancelled ones no longer count)."""
+        with self._cond:
+            return sum(1 for item in self._pending if not _abandoned(item))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, job: DecodeJob) -> None:
+        """Queue a decode job (QueueFull past the limit, EngineClosed once closed)."""
+        self._enqueue(job)
+
     @contextmanager
     def hold(self) -> Iterator[None]:
         """Take no new work inside the block (jobs queue up; used by tests and to batch
@@ -577,26 +593,10 @@ class Engine(EngineGate):
         self._thread = threading.Thread(target=self._loop, name="traitlens-engine", daemon=True)
         self._thread.start()
 
-    @property
-    def waiting(self) -> int:
-        """Requests still wanted in the queue (cancelled ones no longer count)."""
-        with self._cond:
-            return sum(1 for item in self._pending if not _abandoned(item))
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def submit(self, job: DecodeJob) -> None:
-        self._put(job)
-
     def call(self, fn: Callable[[TraitModel], Any]) -> Future[Any]:
         future: Future[Any] = Future()
-        self._put((fn, future))
+        self._enqueue((fn, future))
         return future
-
-    def _put(self, item: DecodeJob | tuple[Callable[[TraitModel], Any], Future[Any]]) -> None:
-        self._enqueue(item)
 
     def _release(self, joining: Sequence[DecodeJob] = ()) -> None:
         """Forget the running batch's finished jobs (a batch that never ends must not
