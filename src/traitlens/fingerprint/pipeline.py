@@ -631,12 +631,35 @@ def answer_structure(
 # ---------------------------------------------------------------- one model
 
 
+@dataclass(frozen=True)
+class ScoredAxes:
+    """The axes stage's artifact: the calibration to score with, the length report, and
+    every answer scored once on the final axes (``[n_answers, T]``)."""
+
+    calibration: Calibration
+    length: dict[str, Any]
+    calibration_scores: FloatArray
+    baseline_scores: FloatArray
+
+    @property
+    def axes(self) -> TraitAxes:
+        return self.calibration.axes
+
+
 @FINGERPRINT.stage("axes", "axis fits, held-out scores and stability; the length confound")
-def stage_axes(ctx: StageContext) -> tuple[Calibration, dict[str, Any]]:
-    """The calibration to score with, and the length report (:func:`measure_length`)."""
+def stage_axes(ctx: StageContext) -> ScoredAxes:
+    """Fit the axes (:func:`calibrate_axes`), measure the length confound
+    (:func:`measure_length`, which may correct the axes), then score every answer."""
     cal, base = ctx["calibration"], ctx["baseline"]
     fitted = calibrate_axes(ctx.tm, ctx.config, ctx["questions"].layers, cal)
-    return measure_length(ctx.config, fitted, cal, base)
+    calibration, length = measure_length(ctx.config, fitted, cal, base)
+    axes = calibration.axes
+    return ScoredAxes(
+        calibration,
+        length,
+        axes.score(cal.pooled, lengths=cal.lengths),
+        axes.score(base.pooled, lengths=base.lengths),
+    )
 
 
 @FINGERPRINT.stage("statistics", "profile, calibration quality, reliability, dead zones")
@@ -644,8 +667,8 @@ def stage_statistics(ctx: StageContext) -> dict[str, Any]:
     """The per-axis statistics of ``summary.json``, in its order."""
     config: FingerprintConfig = ctx.config
     cal, base, questions = ctx["calibration"], ctx["baseline"], ctx["questions"]
-    calibration, _ = ctx["axes"]
-    scores = calibration.axes.score(base.pooled, lengths=base.lengths)
+    scored: ScoredAxes = ctx["axes"]
+    calibration, scores = scored.calibration, scored.baseline_scores
     profile, per_seed = baseline_profile(config, base, scores)
     quality = calibration_quality(config, calibration, cal)
     order = [q.id for q in questions.baseline]
@@ -668,7 +691,7 @@ def stage_drift(ctx: StageContext) -> dict[str, Any]:
     scenarios = resolve_scenarios(config.scenarios)
     if not scenarios:
         return {}
-    axes = ctx["axes"][0].axes
+    axes = ctx["axes"].axes
     turns = [list(s.turns[: config.drift_turns]) for s in scenarios]
     ctx.log(f"  {len(scenarios)} conversation(s) × up to {max(len(t) for t in turns)} turns")
     settings = {
@@ -708,10 +731,8 @@ def stage_summary(ctx: StageContext) -> ModelFingerprint:
     """``axes.*``, ``scores.jsonl`` (calibration then baseline) and ``summary.json``."""
     config: FingerprintConfig = ctx.config
     tm, cal, base = ctx.tm, ctx["calibration"], ctx["baseline"]
-    calibration, length = ctx["axes"]
-    axes = calibration.axes
-    base_scores = axes.score(base.pooled, lengths=base.lengths)
-    cal_scores = axes.score(cal.pooled, lengths=cal.lengths)
+    scored: ScoredAxes = ctx["axes"]
+    axes, base_scores, cal_scores = scored.axes, scored.baseline_scores, scored.calibration_scores
     summary: dict[str, Any] = {
         "model": tm.identity.to_dict(),
         "chat_format": tm.formatter.mode,
@@ -726,7 +747,7 @@ def stage_summary(ctx: StageContext) -> ModelFingerprint:
         **ctx["statistics"],
         "drift": ctx["drift"],
         "structure": answer_structure(config, axes, np.concatenate([cal_scores, base_scores])),
-        "length": length,
+        "length": scored.length,
         "examples": _examples(config, cal, base),
     }
     axes.save(ctx.run)
