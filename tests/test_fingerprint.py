@@ -41,6 +41,7 @@ from traitlens.fingerprint.stats import (
     participation_ratio,
     pca_explained_variance,
 )
+from traitlens.provenance import RunConflictError
 from traitlens.stats import separation_auc as auc
 
 # ---------------------------------------------------------------- pure statistics
@@ -356,6 +357,22 @@ def test_a_rerun_reuses_cached_answers(tmp_path: Path) -> None:
     assert [path.stat().st_mtime_ns for path in (cached, drift)] == stamps
     assert len(list(tmp_path.glob("answers_*--*.json"))) == 4  # calibration, 2 seeds, drift
     assert again.summary["n_answers"]["calibration"] > 0
+
+
+def test_a_rerun_with_other_inputs_is_refused_unless_forced(tmp_path: Path) -> None:
+    """Another sampling set-up into the same folder: its baseline activations would
+    replace ones made from other answers, so it is refused (naming --force) and changes
+    nothing; with ``force`` it replaces them."""
+    fingerprint_model(build_tiny("llama"), TINY, _questions(), tmp_path, progress=False)
+    summary = (tmp_path / "summary.json").read_bytes()
+    more_seeds = TINY.with_overrides(seeds=3)
+    with pytest.raises(RunConflictError, match="--force"):
+        fingerprint_model(build_tiny("llama"), more_seeds, _questions(), tmp_path, progress=False)
+    assert (tmp_path / "summary.json").read_bytes() == summary
+    forced = fingerprint_model(
+        build_tiny("llama"), more_seeds, _questions(), tmp_path, progress=False, force=True
+    )
+    assert len(forced.summary["profile"]["E"]["per_seed"]) == 3
 
 
 def test_a_model_that_answers_nothing_gets_a_clear_error() -> None:

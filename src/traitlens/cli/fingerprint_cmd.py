@@ -111,6 +111,9 @@ def register(app: typer.Typer) -> None:
             None, "--threads", help="torch CPU threads (1 is fastest on a busy machine)"
         ),
         report: bool = typer.Option(True, help="write fingerprint.html and figures"),
+        force: bool = typer.Option(
+            False, "--force", help="replace artifacts in --out made from other inputs"
+        ),
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
     ) -> None:
@@ -147,7 +150,9 @@ def register(app: typer.Typer) -> None:
 
             torch.set_num_threads(threads)
         check_out_dir(out)
-        path = run_fingerprint(models, out, config, device=device, dtype=dtype, log=log_line)
+        path = run_fingerprint(
+            models, out, config, device=device, dtype=dtype, log=log_line, force=force
+        )
         if report:
             from traitlens.report.fingerprint_report import write_fingerprint_report
 

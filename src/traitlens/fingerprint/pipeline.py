@@ -299,7 +299,7 @@ def _answer_set(
         batch_size=config.batch_size,
         progress=ctx.progress,
     )
-    activations = persist(job, ctx.run / "activations" / what)
+    activations = persist(job, ctx.run / "activations" / what, force=ctx.force)
     pooled = activations.get("resid", config.pooling).double().numpy()
     lengths = np.array(
         [len(ctx.tm.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in texts],
@@ -774,13 +774,15 @@ def fingerprint_model(
     *,
     progress: bool = True,
     log: Log = _quiet,
+    force: bool = False,
 ) -> ModelFingerprint:
     """Calibrate axes, measure the baseline profile, its reliability, dead zones and drift:
     the stages of :data:`FINGERPRINT`, run into ``out_dir``.
 
     ``questions`` default to the data stage's shipped set. In ``out_dir`` the axes,
     per-answer scores and summary are written, and the answers and activations are
-    keyed by their inputs, so a rerun resamples nothing; without it the stages run in a
+    keyed by their inputs, so a rerun resamples nothing; activations made there from
+    other inputs are refused unless ``force``. Without ``out_dir`` the stages run in a
     temporary folder that is removed afterwards.
     """
     questions = list(questions) if questions is not None else default_questions()
@@ -789,7 +791,7 @@ def fingerprint_model(
     with ExitStack() as scratch:
         if out_dir is None:
             out_dir = scratch.enter_context(TemporaryDirectory(prefix="traitlens-fingerprint-"))
-        context = StageContext.open(tm, out_dir, config, log, progress=progress)
+        context = StageContext.open(tm, out_dir, config, log, progress=progress, force=force)
         context.artifacts["questions"] = _Questions(baseline, neutral, by_axis, list(layers))
         result: ModelFingerprint = run_plan(FINGERPRINT.stages, context, "fingerprint ")["summary"]
     return result
@@ -932,6 +934,7 @@ def run_fingerprint(
     progress: bool = True,
     log: Log = _quiet,
     loader: Callable[[str | None], TraitModel] | None = None,
+    force: bool = False,
 ) -> Path:
     """Fingerprint each model in turn (one in memory at a time) and write ``RUN/fingerprint.json``.
 
@@ -954,7 +957,13 @@ def run_fingerprint(
         slugs.append(slug)
         log(f"{tm.identity.name} ({tm.n_layers} layers, chat format {tm.formatter.mode})")
         result = fingerprint_model(
-            tm, config, questions, run / "fingerprint" / slug, progress=progress, log=log
+            tm,
+            config,
+            questions,
+            run / "fingerprint" / slug,
+            progress=progress,
+            log=log,
+            force=force,
         )
         result.summary["artifacts"] = {
             "axes": f"fingerprint/{slug}/axes.json",
