@@ -375,6 +375,26 @@ def test_a_rerun_with_other_inputs_is_refused_unless_forced(tmp_path: Path) -> N
     assert len(forced.summary["profile"]["E"]["per_seed"]) == 3
 
 
+def test_a_rerun_with_other_settings_says_what_changed(tmp_path: Path) -> None:
+    from traitlens.fingerprint import run_fingerprint
+
+    def loader(name: str | None) -> Any:
+        return build_tiny("llama")
+
+    def run(config: Any) -> list[str]:
+        logs: list[str] = []
+        run_fingerprint(
+            [None], tmp_path, config, questions=_questions(), progress=False,
+            log=logs.append, loader=loader,
+        )  # fmt: skip
+        return [line for line in logs if "settings changed" in line]
+
+    assert run(TINY) == []
+    assert run(TINY) == []  # the same settings: nothing to say
+    (changed,) = run(TINY.with_overrides(bootstrap=200))
+    assert "bootstrap 100 → 200" in changed
+
+
 def test_a_model_that_answers_nothing_gets_a_clear_error() -> None:
     tm = build_tiny("llama")
     eos = tm.tokenizer.eos_token_id

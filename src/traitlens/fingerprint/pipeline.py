@@ -91,7 +91,7 @@ from traitlens.fingerprint.texts import (
 )
 from traitlens.models.generation import generate_answers
 from traitlens.models.loading import TraitModel
-from traitlens.provenance import Provenance, persist, provenance
+from traitlens.provenance import Provenance, describe_changes, persist, provenance
 from traitlens.rows import load_row, measured_row
 from traitlens.stats import separation_auc
 
@@ -947,6 +947,7 @@ def run_fingerprint(
         models = [None]
     run = Path(run_dir)
     questions = list(questions) if questions is not None else default_questions()
+    _log_config_changes(run / "fingerprint.json", config, log)
     results: list[ModelFingerprint] = []
     slugs: list[str] = []
     for name in models:
@@ -984,6 +985,19 @@ def run_fingerprint(
     path = run / "fingerprint.json"
     write_json(path, document)
     return path
+
+
+def _log_config_changes(previous: Path, config: FingerprintConfig, log: Log) -> None:
+    """Say so when ``previous`` (this folder's last fingerprint) was made with other
+    settings: its summaries are about to be replaced (answers and activations of both
+    stay, keyed by their inputs)."""
+    try:
+        old = json.loads(previous.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    changes = describe_changes({"config": old}, {"config": config.to_dict()})
+    if changes != ["inputs changed"]:  # its answer when no field differs
+        log("settings changed since this folder's last fingerprint: " + "; ".join(changes))
 
 
 def load_fingerprint(run_dir: str | Path, expect: ModelIdentity | None = None) -> dict[str, Any]:
